@@ -1,0 +1,25 @@
+"""torchlr: the d2l chapter "Linear Regression Implementation from Scratch" in PyTorch."""
+
+from torchlr import concise, scratch
+from torchlr.closed_form import least_squares
+from torchlr.data import data_iter, synthetic_data
+from torchlr.devices import resolve_device
+from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DivergenceError",
+    "FitConfig",
+    "FitResult",
+    "Progress",
+    "__version__",
+    "concise",
+    "data_iter",
+    "evaluate",
+    "fit",
+    "least_squares",
+    "resolve_device",
+    "scratch",
+    "synthetic_data",
+]

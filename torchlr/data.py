@@ -1,0 +1,91 @@
+"""The chapter's data: a synthetic linear data set and a minibatch iterator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import math
+
+import torch
+
+from torchlr.validation import check_positive_int
+
+
+def fresh_generator() -> torch.Generator:
+    """A CPU generator seeded from OS entropy: random, and independent of torch's global RNG."""
+    gen = torch.Generator()
+    gen.seed()
+    return gen
+
+
+def synthetic_data(
+    w: torch.Tensor | Sequence[float],
+    b: float,
+    num_examples: int,
+    noise: float = 0.01,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1)."""
+    num_examples = check_positive_int("num_examples", num_examples)
+    w = torch.as_tensor(w, dtype=torch.float32).reshape(-1).cpu()
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    gen = generator if generator is not None else fresh_generator()
+    X = torch.randn(num_examples, len(w), generator=gen, device=gen.device).cpu()  # (n, d)
+    y = X @ w + b  # (n,)
+    y += noise * torch.randn(y.shape, generator=gen, device=gen.device).cpu()
+    return X, y.reshape(-1, 1)
+
+
+def batch_order(
+    num_examples: int, *, shuffle: bool = True, generator: Optional[torch.Generator] = None,
+    device: torch.device | str | None = None,
+) -> Optional[torch.Tensor]:
+    """One epoch's example order on `device`, drawn from `generator` (None when not shuffling)."""
+    if not shuffle:
+        return None
+    gen = generator if generator is not None else fresh_generator()
+    # Drawn where the generator lives, then moved: the order depends on the seed, not the device.
+    order = torch.randperm(num_examples, generator=gen, device=gen.device)
+    return order.to(device) if device is not None else order
+
+
+def data_iter(
+    batch_size: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    shuffle: bool = True,
+    generator: Optional[torch.Generator] = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (X, y) minibatches covering each example once, in a fresh random order per call."""
+    batch_size = check_positive_int("batch_size", batch_size)
+    if len(features) != len(labels):
+        raise ValueError(
+            "Found input variables with inconsistent numbers of samples: "
+            f"features has {len(features)}, labels has {len(labels)}"
+        )
+    # Checked here, not lazily: a generator function would defer errors to the first batch.
+    order = batch_order(len(features), shuffle=shuffle, generator=generator,
+                        device=features.device)
+    return _batches(batch_size, features, labels, order, drop_last)
+
+
+def _batches(
+    batch_size: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    order: Optional[torch.Tensor],
+    drop_last: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(features)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield features[start:start + batch_size], labels[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield features.index_select(0, idx), labels.index_select(0, idx)

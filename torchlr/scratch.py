@@ -1,0 +1,45 @@
+"""The chapter's pieces on raw tensors: parameters, model, loss and the SGD step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+from torchlr.data import fresh_generator
+
+
+def init_params(
+    num_inputs: int,
+    sigma: float = 0.01,
+    *,
+    generator: Optional[torch.Generator] = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return w ~ N(0, sigma^2) of shape (d, 1) and b = 0 of shape (1,), both requiring grad."""
+    gen = generator if generator is not None else fresh_generator()
+    # Drawn on the generator's device and then moved, so every device starts from the same w.
+    w = sigma * torch.randn(num_inputs, 1, generator=gen, device=gen.device)
+    w = w.to(device).requires_grad_()
+    b = torch.zeros(1, device=device, requires_grad=True)
+    return w, b
+
+
+def linreg(X: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The linear model X w + b: (n, d) @ (d, 1) + (1,) -> (n, 1)."""
+    return torch.addmm(b, X, w)
+
+
+def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example squared loss (y_hat - y)^2 / 2, with y reshaped to y_hat's shape."""
+    # Without the reshape, (n, 1) - (n,) broadcasts to an (n, n) matrix.
+    return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+
+@torch.no_grad()
+def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
+    """Minibatch SGD on a summed loss: each gradient is divided by batch_size."""
+    for param in params:
+        param -= lr * param.grad / batch_size  # in place: param stays the leaf autograd tracks
+        param.grad = None

@@ -1,0 +1,234 @@
+"""fit(): one training loop that drives either implementation, with the chapter's numbers."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import torch
+
+from torchlr.concise import LinearRegression, half_mse, make_optimizer
+from torchlr.data import data_iter
+from torchlr.devices import resolve_device
+from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.validation import (
+    IMPLS,
+    check_choice,
+    check_data,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
+
+
+class DivergenceError(FloatingPointError):
+    """The loss became NaN or inf during training."""
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a run. The defaults reproduce the chapter."""
+
+    impl: str = "scratch"  # "scratch" (raw tensors + sgd) or "concise" (nn.Linear + optim.SGD)
+    lr: float = 0.03
+    batch_size: int = 10
+    num_epochs: int = 3
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
+    seed: int = 0  # seeds the initial parameters and the batch order
+    drop_last: bool = False  # keep the short last batch (with a true mean) unless set
+    # Steps between host reads of the minibatch losses: the only syncs inside an epoch.
+    # 0 reads once per epoch.
+    log_every: int = 50
+
+    def validate(self) -> None:
+        """Raise ValueError or TypeError naming the first bad option."""
+        check_choice("impl", self.impl, IMPLS)
+        check_positive_float("lr", self.lr)
+        check_positive_int("batch_size", self.batch_size)
+        check_nonnegative_int("num_epochs", self.num_epochs)
+        check_nonnegative_int("log_every", self.log_every)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
+        if not isinstance(self.drop_last, bool):
+            raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a fit stands, passed to on_progress at each host read and at each epoch's end."""
+
+    epoch: int  # 1-based
+    num_epochs: int
+    step: int  # steps done in this epoch
+    steps_per_epoch: int
+    epoch_loss: Optional[float] = None  # set once the epoch is over
+
+
+@dataclass
+class FitResult:
+    """The trained parameters and the history of a fit."""
+
+    w: torch.Tensor  # (d,) on the CPU
+    b: float
+    losses: list[float]  # per epoch: mean squared_loss over the whole training set
+    config: FitConfig
+    device: str
+    train_losses: torch.Tensor  # (num_epochs * steps_per_epoch,): each minibatch's mean loss
+    w_history: torch.Tensor  # (num_epochs + 1, d): w at the start and after each epoch
+    b_history: torch.Tensor  # (num_epochs + 1,)
+    epoch_seconds: list[float] = field(default_factory=list)
+    run_dir: Optional[str] = None
+
+    @property
+    def impl(self) -> str:
+        """The implementation that produced this result."""
+        return self.config.impl
+
+
+class ScratchModel:
+    """The chapter's training step: autograd on the summed squared_loss, then sgd."""
+
+    def __init__(self, num_inputs: int, lr: float, generator: torch.Generator,
+                 device: torch.device) -> None:
+        self.w, self.b = init_params(num_inputs, generator=generator, device=device)
+        self.lr = lr
+
+    def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
+        total = squared_loss(linreg(X, self.w, self.b), y).sum()
+        total.backward()
+        sgd([self.w, self.b], self.lr, len(X))  # the actual batch length: a short batch gets a true mean
+        return total.detach() / len(X)
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """w (d, 1) and b (1,)."""
+        return self.w, self.b
+
+
+class ConciseModel:
+    """The same step through nn.Linear, the halved MSELoss and torch.optim.SGD."""
+
+    def __init__(self, num_inputs: int, lr: float, generator: torch.Generator,
+                 device: torch.device) -> None:
+        self.module = LinearRegression(num_inputs, generator=generator, device=device)
+        self.optimizer = make_optimizer(self.module, lr)
+
+    def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
+        loss = half_mse(self.module(X), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """w (d, 1) and b (1,), views of the module's parameters."""
+        return self.module.w, self.module.b
+
+
+MODELS: dict[str, Callable[..., Any]] = {"scratch": ScratchModel, "concise": ConciseModel}
+
+
+@torch.no_grad()
+def evaluate(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
+             b: torch.Tensor) -> torch.Tensor:
+    """Mean squared_loss over a whole data set: the chapter's printed number (0-d tensor)."""
+    return squared_loss(linreg(features, w, b), labels).mean()
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
+    """How many minibatches one epoch has."""
+    return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+
+
+def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        raise DivergenceError(
+            f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
+            f"step {first_step + i} (lr={lr}); try a smaller learning rate."
+        )
+
+
+def fit(
+    features: Any,
+    labels: Any,
+    config: Optional[FitConfig] = None,
+    /,
+    *,
+    on_progress: Optional[Callable[[Progress], None]] = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    config = replace(config or FitConfig(), **overrides)
+    config.validate()
+    X, y = check_data(features, labels)
+    device = resolve_device(config.device)
+    n, d = X.shape
+    steps = steps_per_epoch(n, config.batch_size, config.drop_last)
+    if steps == 0:
+        raise ValueError(
+            f"batch_size={config.batch_size} with drop_last=True leaves no batch "
+            f"for {n} samples"
+        )
+    # Moved once: every batch is then gathered on the device.
+    X, y = X.to(device), y.to(device)
+    generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
+    model = MODELS[config.impl](d, config.lr, generator, device)
+
+    w, b = model.params()
+    w_history = [w.detach().reshape(-1).cpu()]
+    b_history = [b.detach().reshape(()).cpu()]
+    losses: list[float] = []
+    train_losses: list[torch.Tensor] = []
+    epoch_seconds: list[float] = []
+    step_losses = torch.empty(steps, device=device)  # filled on the device, read at log points
+    read_every = config.log_every or steps
+
+    for epoch in range(1, config.num_epochs + 1):
+        start = time.perf_counter()
+        done = 0
+        batches = data_iter(config.batch_size, X, y, generator=generator,
+                            drop_last=config.drop_last)
+        for i, (X_batch, y_batch) in enumerate(batches):
+            step_losses[i] = model.step(X_batch, y_batch)
+            if (i + 1) % read_every == 0 and i + 1 < steps:
+                chunk = step_losses[done:i + 1].cpu()  # the host sync, once per log interval
+                _check_finite(chunk, epoch, done + 1, config.lr)
+                train_losses.append(chunk)
+                done = i + 1
+                if on_progress is not None:
+                    on_progress(Progress(epoch, config.num_epochs, done, steps))
+        chunk = step_losses[done:].cpu()
+        _check_finite(chunk, epoch, done + 1, config.lr)
+        train_losses.append(chunk)
+
+        w, b = model.params()
+        loss = float(evaluate(X, y, w, b))
+        if not math.isfinite(loss):
+            raise DivergenceError(
+                f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
+                f"step {steps} (lr={config.lr}); try a smaller learning rate."
+            )
+        epoch_seconds.append(time.perf_counter() - start)
+        losses.append(loss)
+        w_history.append(w.detach().reshape(-1).cpu())
+        b_history.append(b.detach().reshape(()).cpu())
+        if on_progress is not None:
+            on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
+
+    return FitResult(
+        w=w_history[-1].clone(),
+        b=float(b_history[-1]),
+        losses=losses,
+        config=config,
+        device=str(device),
+        train_losses=torch.cat(train_losses) if train_losses else torch.empty(0),
+        w_history=torch.stack(w_history),
+        b_history=torch.stack(b_history),
+        epoch_seconds=epoch_seconds,
+    )

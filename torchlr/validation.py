@@ -1,0 +1,91 @@
+"""Input checks run before training, with scikit-learn-style messages that name the value."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+IMPLS = ("scratch", "concise")
+
+
+def as_float_tensor(name: str, value: Any) -> torch.Tensor:
+    """Convert a tensor or numpy array of real numbers to float32; refuse anything else."""
+    if isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value)):
+            raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    elif not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
+        )
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    # Integer and float64 inputs are converted on purpose: both implementations train in float32.
+    return value.detach().to(torch.float32)
+
+
+def check_data(features: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float32 features (n, d) and labels (n, 1), or raise naming what is wrong."""
+    X = as_float_tensor("features", features)
+    y = as_float_tensor("labels", labels)
+    if X.dim() != 2:
+        raise ValueError(
+            f"features must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}"
+        )
+    if y.dim() == 2 and y.shape[1] == 1:
+        pass
+    elif y.dim() == 1:
+        y = y.reshape(-1, 1)
+    else:
+        raise ValueError(f"labels must have shape (n,) or (n, 1), got shape {tuple(y.shape)}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(
+            "Found input variables with inconsistent numbers of samples: "
+            f"features has {X.shape[0]}, labels has {y.shape[0]}"
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"features is empty: shape {tuple(X.shape)}; need n >= 1 and d >= 1")
+    for name, t in (("features", X), ("labels", y)):
+        if torch.isnan(t).any():
+            raise ValueError(f"{name} contains NaN ({int(torch.isnan(t).sum())} value(s))")
+        if torch.isinf(t).any():
+            raise ValueError(f"{name} contains inf ({int(torch.isinf(t).sum())} value(s))")
+    return X, y
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return value as an int if it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}: {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """Return value as an int if it is an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__}: {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """Return value as a float if it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive finite number, got {type(value).__name__}: {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return value if it is one of choices."""
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
