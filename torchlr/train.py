@@ -100,7 +100,8 @@ class ScratchModel:
         """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
         total = squared_loss(linreg(X, self.w, self.b), y).sum()
         total.backward()
-        sgd([self.w, self.b], self.lr, len(X))  # the actual batch length: a short batch gets a true mean
+        # The actual batch length, so a short last batch gets a true mean.
+        sgd([self.w, self.b], self.lr, len(X))
         return total.detach() / len(X)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,7 +78,9 @@ def check_nonnegative_int(name: str, value: Any) -> int:
 def check_positive_float(name: str, value: Any) -> float:
     """Return value as a float if it is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive finite number, got {type(value).__name__}: {value!r}")
+        raise TypeError(
+            f"{name} must be a positive finite number, got {type(value).__name__}: {value!r}"
+        )
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
     return float(value)
