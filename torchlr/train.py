@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 
+from torchlr import distributed
 from torchlr.concise import LinearRegression, half_mse, make_optimizer
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
@@ -180,6 +181,14 @@ def fit(
     X, y = X.to(device), y.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
+    group = distributed.current()  # None outside an initialized process group
+    if group is not None:  # data parallel: each rank steps on its slice of every batch
+        group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
+                          "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
+        model = group.wrap(model, device)
+    batches_of = data_iter if group is None else group.batches
+    read = torch.Tensor.cpu if group is None else group.read
+    mean_loss = evaluate if group is None else group.mean_loss
 
     w, b = model.params()
     w_history = [w.detach().reshape(-1).cpu()]
@@ -193,23 +202,23 @@ def fit(
     for epoch in range(1, config.num_epochs + 1):
         start = time.perf_counter()
         done = 0
-        batches = data_iter(config.batch_size, X, y, generator=generator,
+        batches = batches_of(config.batch_size, X, y, generator=generator,
                             drop_last=config.drop_last)
-        for i, (X_batch, y_batch) in enumerate(batches):
-            step_losses[i] = model.step(X_batch, y_batch)
+        for i, batch in enumerate(batches):
+            step_losses[i] = model.step(*batch)  # (X, y), or (X, y, global length) in a group
             if (i + 1) % read_every == 0 and i + 1 < steps:
-                chunk = step_losses[done:i + 1].cpu()  # the host sync, once per log interval
+                chunk = read(step_losses[done:i + 1])  # the host sync, once per log interval
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
-        chunk = step_losses[done:].cpu()
+        chunk = read(step_losses[done:])
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
 
         w, b = model.params()
-        loss = float(evaluate(X, y, w, b))
+        loss = float(mean_loss(X, y, w, b))
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "

@@ -1,0 +1,303 @@
+"""Data-parallel training over torch.distributed: process groups, sharded batches, reductions.
+
+Every rank holds the same parameters and draws the same batch order from the seed. Each
+global batch of `batch_size` rows is cut into contiguous slices, one per rank (the first
+`len % world_size` ranks get one row more, so a short last batch may leave a rank with none).
+Gradients are summed across ranks and divided by the global batch length, so an N-process run
+takes the single-process steps up to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from torchlr.data import batch_order
+from torchlr.devices import resolve_device
+from torchlr.scratch import linreg, sgd, squared_loss
+
+BACKENDS = ("gloo", "nccl")
+# Long enough for ranks that start minutes apart on different machines, short enough that a
+# rank stuck on a dead peer gives up instead of hanging the job.
+DEFAULT_TIMEOUT = 300.0
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class WorkerError(RuntimeError):
+    """A worker process started by `launch` failed."""
+
+
+def in_torchrun(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when torchrun (or an equivalent launcher) set RANK, WORLD_SIZE and LOCAL_RANK."""
+    env = os.environ if environ is None else environ
+    return all(name in env for name in TORCHRUN_VARS)
+
+
+def default_backend(device: torch.device | str) -> str:
+    """The collective backend for a device: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def is_distributed() -> bool:
+    """True inside an initialized process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank in the default group; 0 outside one."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """The number of processes in the default group; 1 outside one."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on the one process that prints and writes files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def setup(device: str = "auto", *, backend: Optional[str] = None,
+          timeout: float = DEFAULT_TIMEOUT) -> torch.device:
+    """Join the process group described by torchrun's env vars; return this rank's device."""
+    if not in_torchrun():
+        missing = [name for name in TORCHRUN_VARS if name not in os.environ]
+        raise ValueError(
+            f"Cannot join a process group: environment variables {missing} are not set; "
+            "start the processes with torchrun or torchlr.distributed.launch."
+        )
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        if device.strip().lower() in ("auto", "cuda"):
+            # One GPU per process on each machine: local rank k takes cuda:k.
+            resolved = resolve_device(f"cuda:{local_rank}")
+        torch.cuda.set_device(resolved)
+    backend = default_backend(resolved) if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}.")
+    if backend == "nccl" and resolved.type != "cuda":
+        raise ValueError(f"backend='nccl' needs a CUDA device, got device={device!r}")
+    if not is_distributed():
+        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout))
+    return resolved
+
+
+def teardown() -> None:
+    """Leave the process group, if this process is in one."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def shard_bounds(length: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous slice of `length` rows; sizes differ by at most one."""
+    base, extra = divmod(length, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all ranks, in place; returns it. A no-op outside a process group."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+class ScratchDataParallel:
+    """The chapter's step on this rank's slice: summed gradients all-reduced, then sgd."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model  # a train.ScratchModel: w (d, 1), b (1,), lr
+
+    def step(self, X: torch.Tensor, y: torch.Tensor, batch_len: int) -> torch.Tensor:
+        """One update; returns this rank's share of the global batch mean loss (0-d)."""
+        w, b = self.model.w, self.model.b
+        total = squared_loss(linreg(X, w, b), y).sum()
+        total.backward()  # a rank with no rows gets zero gradients, not None
+        grads = torch.cat([w.grad.reshape(-1), b.grad.reshape(-1)])  # (d + 1,): one collective
+        all_reduce_sum(grads)
+        w.grad.copy_(grads[:-1].reshape(w.shape))
+        b.grad.copy_(grads[-1:])
+        # The global batch length: the update is the mean over the whole global batch.
+        sgd([w, b], self.model.lr, batch_len)
+        return total.detach() / batch_len
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """w (d, 1) and b (1,)."""
+        return self.model.params()
+
+
+class ConciseDataParallel:
+    """DistributedDataParallel around the nn.Module, its loss scaled to the global mean."""
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.model = model  # a train.ConciseModel: module, optimizer
+        ids = [device.index] if device.type == "cuda" else None
+        self.ddp = nn.parallel.DistributedDataParallel(model.module, device_ids=ids)
+
+    def step(self, X: torch.Tensor, y: torch.Tensor, batch_len: int) -> torch.Tensor:
+        """One update; returns this rank's share of the global batch mean loss (0-d)."""
+        y_hat = self.ddp(X)  # (rows, 1), rows possibly 0
+        # Summed, not averaged: the mean of an empty slice is NaN.
+        local = nn.functional.mse_loss(y_hat, y.reshape(y_hat.shape), reduction="sum") / 2
+        # DDP divides the summed gradients by world_size; this factor turns that into
+        # the sum over the global batch divided by its length.
+        loss = local * (dist.get_world_size() / batch_len)
+        self.model.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.model.optimizer.step()
+        return local.detach() / batch_len
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """w (d, 1) and b (1,), views of the module's parameters."""
+        return self.model.params()
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This rank's place in the group, and what fit() does differently in it."""
+
+    rank: int
+    world_size: int
+
+    def check_same(self, values: Mapping[str, float], device: torch.device) -> None:
+        """Raise ValueError on every rank if the ranks disagree on any of `values`."""
+        # On the training device: NCCL reduces only CUDA tensors.
+        local = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+        low, high = local.clone(), local.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        differ = [name for name, lo, hi in zip(values, low, high) if lo != hi]
+        if differ:
+            raise ValueError(
+                f"The {self.world_size} processes disagree on {differ}: every rank must "
+                "train with the same options on the same data."
+            )
+
+    def wrap(self, model: Any, device: torch.device) -> Any:
+        """The data-parallel version of a ScratchModel or ConciseModel."""
+        if hasattr(model, "module"):
+            return ConciseDataParallel(model, device)
+        return ScratchDataParallel(model)
+
+    def batches(
+        self,
+        batch_size: int,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Yield (X, y, global batch length): this rank's slice of each global batch."""
+        n = len(features)
+        # The same draw as data_iter's, so every rank and a single process see one order.
+        order = batch_order(n, generator=generator, device=features.device)
+        assert order is not None
+        stop = n - n % batch_size if drop_last else n
+        return self._slices(batch_size, features, labels, order, stop)
+
+    def _slices(self, batch_size: int, features: torch.Tensor, labels: torch.Tensor,
+                order: torch.Tensor, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        for start in range(0, stop, batch_size):
+            length = min(batch_size, stop - start)
+            lo, hi = shard_bounds(length, self.rank, self.world_size)
+            idx = order[start + lo:start + hi]
+            yield features.index_select(0, idx), labels.index_select(0, idx), length
+
+    def read(self, losses: torch.Tensor) -> torch.Tensor:
+        """Sum the ranks' shares of some minibatch losses and bring them to the host."""
+        return all_reduce_sum(losses.clone()).cpu()
+
+    @torch.no_grad()
+    def mean_loss(self, features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
+                  b: torch.Tensor) -> torch.Tensor:
+        """Mean squared_loss over the whole data set, each rank summing its own rows (0-d)."""
+        lo, hi = shard_bounds(len(features), self.rank, self.world_size)
+        total = squared_loss(linreg(features[lo:hi], w, b), labels[lo:hi]).sum()
+        return all_reduce_sum(total) / len(features)
+
+
+def current() -> Optional[DataParallel]:
+    """This rank's DataParallel inside an initialized process group, else None."""
+    if not is_distributed():
+        return None
+    return DataParallel(dist.get_rank(), dist.get_world_size())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, port: int,
+            device: str, backend: Optional[str], timeout: float, result_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    setup(device, backend=backend, timeout=timeout)
+    try:
+        result = fn(*args)
+        if local_rank == 0:
+            torch.save(result, result_path)
+    finally:
+        teardown()
+
+
+def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device: str = "auto",
+           backend: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """Run fn(*args) in `nprocs` local processes forming one group; return rank 0's result.
+
+    The processes are started with torch.multiprocessing's spawn, so `fn` and `args` must be
+    picklable (a function defined at the top level of a module). A worker that raises stops
+    them all, and the error is raised here as WorkerError.
+    """
+    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
+        raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
+    with tempfile.TemporaryDirectory(prefix="torchlr-launch-") as tmp:
+        # A file, not a queue: a large result in a pipe would block rank 0 before it exits.
+        result_path = os.path.join(tmp, "rank0.pt")
+        try:
+            mp.start_processes(
+                _worker,
+                args=(fn, args, nprocs, free_port(), device, backend, timeout, result_path),
+                nprocs=nprocs,
+                join=True,
+                start_method="spawn",
+            )
+        except mp.ProcessRaisedException as exc:
+            raise WorkerError(f"worker rank {exc.error_index} failed:\n{exc}") from None
+        except mp.ProcessExitedException as exc:
+            raise WorkerError(
+                f"worker rank {exc.error_index} exited with code {exc.exit_code}"
+            ) from None
+        return torch.load(result_path, weights_only=False)
+
+
+def _fit_worker(features: torch.Tensor, labels: torch.Tensor, options: dict[str, Any]) -> Any:
+    from torchlr.train import fit  # here, not at the top: train imports this module
+
+    return fit(features, labels, **options)
+
+
+def launch_fit(features: torch.Tensor, labels: torch.Tensor, nprocs: int = 2, *,
+               backend: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
+               **options: Any) -> Any:
+    """torchlr.fit on `nprocs` local processes (options as fit's); returns rank 0's FitResult."""
+    device = options.get("device", "auto")
+    return launch(_fit_worker, nprocs, args=(features, labels, options), device=device,
+                  backend=backend, timeout=timeout)
