@@ -7,11 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from torchlr import fit
 from torchlr.cli import main
-
-from conftest import REPO_ROOT
 
 X = torch.randn(20, 2)
 Y = torch.randn(20, 1)

@@ -1,9 +1,8 @@
 import numpy as np
 import torch
+from conftest import chapter_data
 
 from torchlr.closed_form import least_squares
-
-from conftest import chapter_data
 
 
 def test_recovers_noise_free_coefficients_exactly():

@@ -1,12 +1,11 @@
 import pytest
 import torch
+from conftest import TRUE_B, TRUE_W
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchlr
 from torchlr.data import data_iter, synthetic_data
-
-from conftest import TRUE_B, TRUE_W
 
 
 def test_synthetic_data_shapes_and_model():
@@ -95,7 +94,8 @@ def test_order_is_the_generators_randperm():
     X = torch.randn(37, 2)
     y = torch.arange(37.0).reshape(-1, 1)
     order = torch.randperm(37, generator=torch.Generator().manual_seed(5))
-    got = torch.cat([yb for _, yb in data_iter(8, X, y, generator=torch.Generator().manual_seed(5))])
+    g = torch.Generator().manual_seed(5)
+    got = torch.cat([yb for _, yb in data_iter(8, X, y, generator=g)])
     assert torch.equal(got[:, 0].long(), order)
 
 
