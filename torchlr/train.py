@@ -146,6 +146,11 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
     return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
 
 
+def _snapshot(param: torch.Tensor, *shape: int) -> torch.Tensor:
+    # copy=True: on the CPU, .cpu() would return a view that the next step overwrites.
+    return param.detach().to("cpu", copy=True).reshape(shape)
+
+
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):
@@ -154,6 +159,10 @@ def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) 
             f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
             f"step {first_step + i} (lr={lr}); try a smaller learning rate."
         )
+
+
+def _to_host(values: torch.Tensor) -> torch.Tensor:
+    return values.to("cpu", copy=True)
 
 
 def fit(
@@ -187,12 +196,12 @@ def fit(
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
         model = group.wrap(model, device)
     batches_of = data_iter if group is None else group.batches
-    read = torch.Tensor.cpu if group is None else group.read
+    read = _to_host if group is None else group.read  # a copy: the buffer is reused per epoch
     mean_loss = evaluate if group is None else group.mean_loss
 
     w, b = model.params()
-    w_history = [w.detach().reshape(-1).cpu()]
-    b_history = [b.detach().reshape(()).cpu()]
+    w_history = [_snapshot(w, -1)]  # each (d,)
+    b_history = [_snapshot(b)]  # each 0-d
     losses: list[float] = []
     train_losses: list[torch.Tensor] = []
     epoch_seconds: list[float] = []
@@ -226,13 +235,13 @@ def fit(
             )
         epoch_seconds.append(time.perf_counter() - start)
         losses.append(loss)
-        w_history.append(w.detach().reshape(-1).cpu())
-        b_history.append(b.detach().reshape(()).cpu())
+        w_history.append(_snapshot(w, -1))
+        b_history.append(_snapshot(b))
         if on_progress is not None:
             on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
 
     return FitResult(
-        w=w_history[-1].clone(),
+        w=w_history[-1].clone(),  # a copy: the history stays as it was
         b=float(b_history[-1]),
         losses=losses,
         config=config,
