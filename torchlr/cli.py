@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
 import torch
 
-from torchlr import __version__
+from torchlr import __version__, distributed
 from torchlr.data import synthetic_data
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
 from torchlr.validation import IMPLS
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
+    train.add_argument("--backend", choices=distributed.BACKENDS, default=None,
+                       help="collective backend under torchrun (default: nccl on CUDA, "
+                            "else gloo)")
+    train.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+                       help="seconds a process waits on the others under torchrun before "
+                            "giving up")
     return parser
 
 
@@ -135,14 +142,31 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _train_data_parallel(args: argparse.Namespace, out: TextIO) -> int:
+    """_train on every process torchrun started; only rank 0 prints."""
+    device = distributed.setup(args.device, backend=args.backend, timeout=args.dist_timeout)
+    try:
+        args.device = str(device)  # this rank's own GPU under CUDA
+        if distributed.is_main():
+            return _train(args, out)
+        with open(os.devnull, "w") as devnull:
+            return _train(args, devnull)
+    finally:
+        distributed.teardown()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
+            if distributed.in_torchrun():
+                return _train_data_parallel(args, sys.stdout)
             return _train(args, sys.stdout)
     except (ValueError, TypeError, DivergenceError) as exc:
-        print(f"torchlr: error: {exc}", file=sys.stderr)
+        # Every rank that fails says so: a failure on one rank alone must not go unseen.
+        where = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
+        print(f"torchlr: error: {where}{exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
 

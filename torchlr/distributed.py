@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -246,16 +247,35 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, port: int,
-            device: str, backend: Optional[str], timeout: float, result_path: str) -> None:
+            device: str, backend: Optional[str], timeout: float, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
-    setup(device, backend=backend, timeout=timeout)
     try:
+        setup(device, backend=backend, timeout=timeout)
         result = fn(*args)
         if local_rank == 0:
-            torch.save(result, result_path)
+            torch.save(result, os.path.join(folder, "result.pt"))
+    except BaseException as exc:
+        # When one rank fails its peers fail too, on a broken connection; the time of each
+        # error, written before this rank leaves the group, names the rank that failed first.
+        with open(os.path.join(folder, f"error-{local_rank}.txt"), "w") as f:
+            f.write(f"{time.time()!r}\n{type(exc).__name__}: {exc}")
+        raise
     finally:
         teardown()
+
+
+def _first_failures(folder: str, world: int) -> list[str]:
+    """One line per rank that recorded an error, earliest first."""
+    found = []
+    for r in range(world):
+        path = os.path.join(folder, f"error-{r}.txt")
+        if os.path.exists(path):
+            with open(path) as f:
+                stamp, _, message = f.read().partition("\n")
+            first_line = message.strip().splitlines()[0] if message.strip() else "(no message)"
+            found.append((float(stamp), f"rank {r}: {first_line}"))
+    return [line for _, line in sorted(found)]
 
 
 def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device: str = "auto",
@@ -268,24 +288,24 @@ def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device:
     """
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
-    with tempfile.TemporaryDirectory(prefix="torchlr-launch-") as tmp:
-        # A file, not a queue: a large result in a pipe would block rank 0 before it exits.
-        result_path = os.path.join(tmp, "rank0.pt")
+    with tempfile.TemporaryDirectory(prefix="torchlr-launch-") as folder:
+        # Results and errors go through files, not a queue: a large result in a pipe would
+        # block rank 0 before it exits.
         try:
             mp.start_processes(
                 _worker,
-                args=(fn, args, nprocs, free_port(), device, backend, timeout, result_path),
+                args=(fn, args, nprocs, free_port(), device, backend, timeout, folder),
                 nprocs=nprocs,
                 join=True,
                 start_method="spawn",
             )
-        except mp.ProcessRaisedException as exc:
-            raise WorkerError(f"worker rank {exc.error_index} failed:\n{exc}") from None
-        except mp.ProcessExitedException as exc:
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            failures = _first_failures(folder, nprocs) or [str(exc).strip().splitlines()[0]]
             raise WorkerError(
-                f"worker rank {exc.error_index} exited with code {exc.exit_code}"
-            ) from None
-        return torch.load(result_path, weights_only=False)
+                f"{len(failures)} of {nprocs} worker(s) failed, first {failures[0]}"
+                + "".join(f"\n  then {line}" for line in failures[1:])
+            ) from exc
+        return torch.load(os.path.join(folder, "result.pt"), weights_only=False)
 
 
 def _fit_worker(features: torch.Tensor, labels: torch.Tensor, options: dict[str, Any]) -> Any:

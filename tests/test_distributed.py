@@ -1,0 +1,189 @@
+"""Data-parallel training: N gloo processes over loopback against one process."""
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import REPO_ROOT, chapter_data
+
+import torchlr
+from torchlr import distributed
+from torchlr.cli import main
+from torchlr.data import data_iter
+from torchlr.distributed import DataParallel, WorkerError, launch, shard_bounds
+from torchlr.train import ConciseModel, ScratchModel
+
+IMPLS = ("scratch", "concise")
+# Batch 10: 1003 rows leave a last batch of 3 (split 2 + 1), 1001 a last batch of 1 (1 + 0).
+SIZES = (1003, 1001)
+OPTIONS = {"device": "cpu", "num_epochs": 2, "log_every": 7, "seed": 3}
+
+
+def _fit_all(datasets):
+    """Worker: every (n, impl) fit, plus the parameters each rank ended with."""
+    results = {}
+    for n, (X, y) in datasets.items():
+        for impl in IMPLS:
+            result = torchlr.fit(X, y, impl=impl, **OPTIONS)
+            every_w = [None] * distributed.world_size()
+            dist.all_gather_object(every_w, (result.w, result.b))
+            results[n, impl] = (result, every_w)
+    try:  # ranks that were given different seeds must refuse to train together
+        torchlr.fit(X, y, device="cpu", seed=distributed.rank())
+    except ValueError as exc:
+        results["disagree"] = str(exc)
+    return results
+
+
+def _fail_on_rank_one(X, y):
+    def stop(progress):
+        if distributed.rank() == 1 and progress.epoch == 2:
+            raise RuntimeError("rank 1 gives up")
+    return torchlr.fit(X, y, device="cpu", log_every=5, on_progress=stop)
+
+
+def _stall_on_rank_one(X, y):
+    def stall(progress):
+        if distributed.rank() == 1 and progress.epoch == 2:
+            time.sleep(120)
+    return torchlr.fit(X, y, device="cpu", log_every=5, on_progress=stall)
+
+
+@pytest.fixture
+def single_process_group():
+    """A gloo group of one process, in this process: fit's group path without a spawn."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shard_bounds_split_like_tensor_split(world):
+    for length in range(0, 25):
+        bounds = [shard_bounds(length, r, world) for r in range(world)]
+        expected = torch.tensor_split(torch.arange(length), world)
+        assert [list(range(lo, hi)) for lo, hi in bounds] == [t.tolist() for t in expected]
+
+
+def test_each_global_batch_is_the_ranks_slices_in_order():
+    X, y = chapter_data(num_examples=1001)
+    world = 3
+    reference = list(data_iter(10, X, y, generator=torch.Generator().manual_seed(5)))
+    per_rank = [
+        list(DataParallel(r, world).batches(10, X, y, generator=torch.Generator().manual_seed(5)))
+        for r in range(world)
+    ]
+    assert all(len(batches) == len(reference) for batches in per_rank)
+    for step, (X_ref, y_ref) in enumerate(reference):
+        slices = [batches[step] for batches in per_rank]
+        assert all(length == len(X_ref) for _, _, length in slices)
+        torch.testing.assert_close(torch.cat([s[0] for s in slices]), X_ref, rtol=0, atol=0)
+        torch.testing.assert_close(torch.cat([s[1] for s in slices]), y_ref, rtol=0, atol=0)
+    assert [len(per_rank[r][-1][0]) for r in range(world)] == [1, 0, 0]
+
+
+def test_torchrun_env_and_backend_choice(monkeypatch):
+    assert distributed.in_torchrun({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert not distributed.in_torchrun({"RANK": "0", "WORLD_SIZE": "2"})
+    assert distributed.default_backend("cpu") == "gloo"
+    assert distributed.default_backend("cuda:1") == "nccl"
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        distributed.setup("cpu")
+
+
+def test_outside_a_group_nothing_changes():
+    assert distributed.current() is None
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fit_in_a_one_process_group_equals_plain_fit(single_process_group, impl):
+    X, y = chapter_data(num_examples=203)
+    in_group = torchlr.fit(X, y, impl=impl, device="cpu", num_epochs=2)
+    assert distributed.current() == DataParallel(0, 1)
+    dist.destroy_process_group()
+    plain = torchlr.fit(X, y, impl=impl, device="cpu", num_epochs=2)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    torch.testing.assert_close(in_group.w_history, plain.w_history, rtol=1e-6, atol=0)
+    torch.testing.assert_close(in_group.train_losses, plain.train_losses, rtol=1e-5, atol=0)
+    assert in_group.losses == pytest.approx(plain.losses, rel=1e-6)
+
+
+@pytest.mark.parametrize("model_cls", [ScratchModel, ConciseModel])
+def test_a_rank_with_no_rows_steps_with_zero_gradient(single_process_group, model_cls):
+    model = DataParallel(0, 1).wrap(
+        model_cls(2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu")),
+        torch.device("cpu"))
+    w0, b0 = (p.detach().clone() for p in model.params())
+    loss = model.step(torch.empty(0, 2), torch.empty(0, 1), 3)
+    assert float(loss) == 0.0  # not NaN: an empty slice contributes nothing
+    w, b = model.params()
+    assert torch.equal(w, w0) and torch.equal(b, b0)
+
+
+def test_two_processes_train_the_single_process_model():
+    datasets = {n: chapter_data(seed=1, num_examples=n) for n in SIZES}
+    results = launch(_fit_all, 2, args=(datasets,), device="cpu")
+    for n, (X, y) in datasets.items():
+        for impl in IMPLS:
+            two, every_w = results[n, impl]
+            one = torchlr.fit(X, y, impl=impl, **OPTIONS)
+            # Same model within float rounding, after every epoch.
+            torch.testing.assert_close(two.w_history, one.w_history, rtol=1e-5, atol=0)
+            torch.testing.assert_close(two.b_history, one.b_history, rtol=1e-5, atol=0)
+            # Near the noise floor a 1e-7 change in w moves the loss by ~1e-9.
+            assert two.losses == pytest.approx(one.losses, rel=1e-5, abs=1e-8)
+            # Each minibatch loss is the global batch's mean, not one rank's share.
+            torch.testing.assert_close(two.train_losses, one.train_losses, rtol=1e-5, atol=1e-7)
+            # Both ranks hold the same parameters.
+            assert torch.equal(every_w[0][0], every_w[1][0]) and every_w[0][1] == every_w[1][1]
+    assert results["disagree"] == (
+        "The 2 processes disagree on ['seed']: every rank must train with the same options "
+        "on the same data."
+    )
+
+
+def test_a_failing_worker_stops_the_launch_and_is_named():
+    X, y = chapter_data(num_examples=1001)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"first rank 1: RuntimeError: rank 1 gives up"):
+        launch(_fail_on_rank_one, 2, args=(X, y), device="cpu")
+    assert time.monotonic() - start < 60
+
+
+def test_a_stalled_worker_times_out_instead_of_hanging():
+    X, y = chapter_data(num_examples=1001)
+    start = time.monotonic()
+    # Rank 0 waits on rank 1's gradients for at most the group's timeout.
+    with pytest.raises(WorkerError, match=r"first rank 0: .*[Tt]imed out"):
+        launch(_stall_on_rank_one, 2, args=(X, y), device="cpu", timeout=3)
+    assert time.monotonic() - start < 60
+
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def test_torchrun_cli_prints_the_single_process_numbers(capsys):
+    argv = ["train", "--impl", "both", "--num-examples", "1001", "--epochs", "2",
+            "--device", "cpu", "--seed", "4"]
+    assert main(argv) == 0
+    expected = capsys.readouterr().out.splitlines()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "torchlr", *argv],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # Rank 0 alone prints: one copy of each line, the same text around the numbers.
+    assert [NUMBER.sub("#", line) for line in lines] == [NUMBER.sub("#", e) for e in expected]
+    got = [float(v) for line in lines for v in NUMBER.findall(line)]
+    want = [float(v) for line in expected for v in NUMBER.findall(line)]
+    assert got == pytest.approx(want, rel=1e-4, abs=2e-6)  # the last printed digit may round
