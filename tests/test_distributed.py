@@ -118,11 +118,10 @@ def test_fit_in_a_one_process_group_equals_plain_fit(single_process_group, impl)
 
 @pytest.mark.parametrize("model_cls", [ScratchModel, ConciseModel])
 def test_a_rank_with_no_rows_steps_with_zero_gradient(single_process_group, model_cls):
-    model = DataParallel(0, 1).wrap(
-        model_cls(2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu")),
-        torch.device("cpu"))
+    model = model_cls(2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu"))
     w0, b0 = (p.detach().clone() for p in model.params())
-    loss = model.step(torch.empty(0, 2), torch.empty(0, 1), 3)
+    loss = DataParallel(0, 1).wrap(model, torch.device("cpu")).step(
+        torch.empty(0, 2), torch.empty(0, 1), 3)
     assert float(loss) == 0.0  # not NaN: an empty slice contributes nothing
     w, b = model.params()
     assert torch.equal(w, w0) and torch.equal(b, b0)

@@ -136,10 +136,6 @@ class ScratchDataParallel:
         sgd([w, b], self.model.lr, batch_len)
         return total.detach() / batch_len
 
-    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """w (d, 1) and b (1,)."""
-        return self.model.params()
-
 
 class ConciseDataParallel:
     """DistributedDataParallel around the nn.Module, its loss scaled to the global mean."""
@@ -161,10 +157,6 @@ class ConciseDataParallel:
         loss.backward()
         self.model.optimizer.step()
         return local.detach() / batch_len
-
-    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """w (d, 1) and b (1,), views of the module's parameters."""
-        return self.model.params()
 
 
 @dataclass(frozen=True)

@@ -191,10 +191,11 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
     group = distributed.current()  # None outside an initialized process group
-    if group is not None:  # data parallel: each rank steps on its slice of every batch
+    if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
-        model = group.wrap(model, device)
+    # In a group each rank steps on its slice of every batch; the model itself is unchanged.
+    step = model.step if group is None else group.wrap(model, device).step
     batches_of = data_iter if group is None else group.batches
     read = _to_host if group is None else group.read  # a copy: the buffer is reused per epoch
     mean_loss = evaluate if group is None else group.mean_loss
@@ -214,7 +215,7 @@ def fit(
         batches = batches_of(config.batch_size, X, y, generator=generator,
                             drop_last=config.drop_last)
         for i, batch in enumerate(batches):
-            step_losses[i] = model.step(*batch)  # (X, y), or (X, y, global length) in a group
+            step_losses[i] = step(*batch)  # (X, y), or (X, y, global length) in a group
             if (i + 1) % read_every == 0 and i + 1 < steps:
                 chunk = read(step_losses[done:i + 1])  # the host sync, once per log interval
                 _check_finite(chunk, epoch, done + 1, config.lr)
