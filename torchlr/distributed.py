@@ -10,7 +10,6 @@ takes the single-process steps up to float rounding.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -32,6 +31,7 @@ BACKENDS = ("gloo", "nccl")
 # rank stuck on a dead peer gives up instead of hanging the job.
 DEFAULT_TIMEOUT = 300.0
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+LOOPBACK = "127.0.0.1"
 
 
 class WorkerError(RuntimeError):
@@ -70,8 +70,11 @@ def is_main() -> bool:
 
 
 def setup(device: str = "auto", *, backend: Optional[str] = None,
-          timeout: float = DEFAULT_TIMEOUT) -> torch.device:
-    """Join the process group described by torchrun's env vars; return this rank's device."""
+          timeout: float = DEFAULT_TIMEOUT, store: Optional[dist.Store] = None) -> torch.device:
+    """Join the process group described by torchrun's env vars; return this rank's device.
+
+    Without `store` the ranks meet at MASTER_ADDR:MASTER_PORT (torchrun sets both).
+    """
     if not in_torchrun():
         missing = [name for name in TORCHRUN_VARS if name not in os.environ]
         raise ValueError(
@@ -93,7 +96,12 @@ def setup(device: str = "auto", *, backend: Optional[str] = None,
     if backend == "nccl" and resolved.type != "cuda":
         raise ValueError(f"backend='nccl' needs a CUDA device, got device={device!r}")
     if not is_distributed():
-        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout))
+        wait = timedelta(seconds=timeout)
+        if store is None:
+            dist.init_process_group(backend, init_method="env://", timeout=wait)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=wait)
     return resolved
 
 
@@ -231,19 +239,14 @@ def current() -> Optional[DataParallel]:
     return DataParallel(dist.get_rank(), dist.get_world_size())
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, port: int,
             device: str, backend: Optional[str], timeout: float, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
+    os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
     try:
-        setup(device, backend=backend, timeout=timeout)
+        store = dist.TCPStore(LOOPBACK, port, world, is_master=False,
+                              timeout=timedelta(seconds=timeout))
+        setup(device, backend=backend, timeout=timeout, store=store)
         result = fn(*args)
         if local_rank == 0:
             torch.save(result, os.path.join(folder, "result.pt"))
@@ -283,10 +286,14 @@ def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device:
     with tempfile.TemporaryDirectory(prefix="torchlr-launch-") as folder:
         # Results and errors go through files, not a queue: a large result in a pipe would
         # block rank 0 before it exits.
+        # The rendezvous store lives here, on a port the OS picks as it binds: no other
+        # program can take the port between choosing it and listening on it.
+        store = dist.TCPStore(LOOPBACK, 0, nprocs, is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=timeout))
         try:
             mp.start_processes(
                 _worker,
-                args=(fn, args, nprocs, free_port(), device, backend, timeout, folder),
+                args=(fn, args, nprocs, store.port, device, backend, timeout, folder),
                 nprocs=nprocs,
                 join=True,
                 start_method="spawn",
