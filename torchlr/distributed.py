@@ -244,12 +244,15 @@ def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, po
     os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
     try:
+        _mark(folder, local_rank, "joining the group")
         store = dist.TCPStore(LOOPBACK, port, world, is_master=False,
                               timeout=timedelta(seconds=timeout))
         setup(device, backend=backend, timeout=timeout, store=store)
+        _mark(folder, local_rank, "running")
         result = fn(*args)
         if local_rank == 0:
             torch.save(result, os.path.join(folder, "result.pt"))
+        _mark(folder, local_rank, "leaving the group")
     except BaseException as exc:
         # When one rank fails its peers fail too, on a broken connection; the time of each
         # error, written before this rank leaves the group, names the rank that failed first.
@@ -258,6 +261,21 @@ def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, po
         raise
     finally:
         teardown()
+    _mark(folder, local_rank, "exiting after its work")
+
+
+def _mark(folder: str, rank: int, stage: str) -> None:
+    # Where a worker was: a process killed by a signal leaves no Python error to report.
+    with open(os.path.join(folder, f"stage-{rank}.txt"), "w") as f:
+        f.write(stage)
+
+
+def _stage(folder: str, rank: int) -> str:
+    path = os.path.join(folder, f"stage-{rank}.txt")
+    if not os.path.exists(path):
+        return "starting"
+    with open(path) as f:
+        return f.read()
 
 
 def _first_failures(folder: str, world: int) -> list[str]:
@@ -299,7 +317,10 @@ def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device:
                 start_method="spawn",
             )
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-            failures = _first_failures(folder, nprocs) or [str(exc).strip().splitlines()[0]]
+            failures = _first_failures(folder, nprocs) or [
+                f"rank {exc.error_index}: {str(exc).strip().splitlines()[0]} while "
+                f"{_stage(folder, exc.error_index)}"
+            ]
             raise WorkerError(
                 f"{len(failures)} of {nprocs} worker(s) failed, first {failures[0]}"
                 + "".join(f"\n  then {line}" for line in failures[1:])
