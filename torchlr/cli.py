@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
+    train.add_argument("--plot", metavar="FILE.png",
+                       help="save the loss curves (every run of --impl both on one figure)")
     return parser
 
 
@@ -126,12 +128,22 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     ]
     for config in configs:  # every run's options are checked before any run starts
         config.validate()
+    if args.plot:
+        from torchlr import plots  # matplotlib is imported only when a plot is asked for
+
+        plots.check_image_path(args.plot)
+    results = []
     for config in configs:
         if len(configs) > 1 and not args.quiet:
             print(f"== {config.impl} ==", file=out)
         bar = _ProgressBar(out, config.impl) if out.isatty() and not args.quiet else None
         result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
         _report(result, true_w, out)
+        results.append(result)
+    if args.plot:
+        plots.loss_curves(results).savefig(args.plot)
+        if not args.quiet:
+            print(f"Saved the loss curves to {args.plot}", file=out)
     return 0
 
 
