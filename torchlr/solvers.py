@@ -55,23 +55,29 @@ def hessian(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> torch.Tensor:
     records the gradient's graph, so each gradient entry can be differentiated again.
     """
     params = list(params)
-    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
-    g = torch.cat([x.reshape(-1) for x in grads])  # (p,), still attached to the graph
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True, allow_unused=True)
+    g = _flat(grads, params)  # (p,), still attached to the graph
     rows = []
     for i in range(len(g)):
+        if not g[i].requires_grad:  # this gradient entry is constant: its row is zero
+            rows.append(torch.zeros_like(g).detach())
+            continue
         second = torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([
-            (torch.zeros_like(p) if s is None else s).reshape(-1)  # None: g[i] ignores p
-            for s, p in zip(second, params)
-        ]))
+        rows.append(_flat(second, params))
     return torch.stack(rows).detach()
+
+
+def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate gradients into one vector; None (a parameter not used) counts as zeros."""
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                      for g, p in zip(grads, params)])
 
 
 def newton_step(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """Move params in place by -H^-1 g, exact for a quadratic loss; return the step taken (p,)."""
     params = list(params)
     H = hessian(loss_fn, params)
-    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss_fn(), params)])
+    g = _flat(torch.autograd.grad(loss_fn(), params, allow_unused=True), params)
     step = -torch.linalg.solve(H, g)
     with torch.no_grad():
         offset = 0
