@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,7 +51,7 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
