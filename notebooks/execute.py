@@ -3,9 +3,9 @@
     python notebooks/execute.py            # execute all notebooks and write them back
     python notebooks/execute.py 02_*.ipynb # only some
 
-The kernel runs in a temporary folder, with the checkout first on PYTHONPATH, so it
-imports this torchlr and anything a notebook writes is thrown away. Cells tagged
-`skip-execution` (the TensorBoard cell) are left as they are. The tests use
+The kernel runs in the notebooks/ subfolder of a temporary folder, with the checkout first
+on PYTHONPATH, so it imports this torchlr and anything a notebook writes is thrown away.
+Cells tagged `skip-execution` (the TensorBoard cell) are left as they are. The tests use
 `execute_notebook` too.
 """
 
@@ -27,8 +27,14 @@ SKIP_TAG = "skip-execution"
 
 def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
                      timeout: int = 120) -> nbformat.NotebookNode:
-    """Execute the notebook at path in a fresh python3 kernel whose cwd is workdir."""
+    """Execute the notebook at path in a fresh python3 kernel; return it with its outputs.
+
+    The kernel's cwd is workdir/notebooks, mirroring the checkout, so a notebook's relative
+    paths such as ../runs land inside workdir.
+    """
     nb = nbformat.read(path, as_version=4)
+    cwd = Path(workdir) / "notebooks"
+    cwd.mkdir(parents=True, exist_ok=True)
     python_path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                  if p]
     env = {
@@ -43,8 +49,8 @@ def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
     # "python3" resolves to the running interpreter's ipykernel: the venv's when run from it.
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             skip_cells_with_tag=SKIP_TAG,
-                            resources={"metadata": {"path": str(workdir)}})
-    client.execute(env=env, cwd=str(workdir))
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute(env=env, cwd=str(cwd))
     return nb
 
 

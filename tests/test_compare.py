@@ -88,6 +88,8 @@ def test_markdown_table_layout():
         "| b | 2 | 0.5 |",
     ]
     assert compare.markdown_table([]) == ""
+    escaped = compare.markdown_table([{"|w|": "a|b"}])
+    assert escaped.splitlines() == ["| \\|w\\| |", "|---|", "| a\\|b |"]
 
 
 def test_timed_returns_the_value_and_the_elapsed_time():

@@ -85,6 +85,7 @@ def summary(
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Render rows of equal keys as a Markdown table; floats in 4 significant digits."""
+    # A literal | would end a cell early: escape it (the column names use |w - w_true|).
     if not rows:
         return ""
     keys = list(rows[0])
@@ -94,8 +95,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
             return "-"
         if isinstance(value, float):
             return f"{value:.4g}"
-        return str(value)
+        return str(value).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines = ["| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)

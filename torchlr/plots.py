@@ -192,6 +192,8 @@ def lr_sweep(
     if ok:
         ax.plot([lr for lr, _ in ok], [v for _, v in ok], marker="o", label="final loss")
     if bad:
+        if ok:  # headroom on the log axis, so the crosses do not hide the highest point
+            ax.set_ylim(top=max(v for _, v in ok) * 30)
         # x in data units, y in axes units: the crosses sit on the top edge at any scale.
         ax.plot(bad, [0.97] * len(bad), linestyle="none", marker="x", color="red",
                 markersize=9, transform=ax.get_xaxis_transform(), label="diverged")
