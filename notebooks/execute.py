@@ -1,7 +1,7 @@
 """Run the notebooks top to bottom in a Jupyter kernel, and save them with their outputs.
 
     python notebooks/execute.py            # execute all notebooks and write them back
-    python notebooks/execute.py 02_*.ipynb # only some
+    python notebooks/execute.py notebooks/02_*.ipynb   # only some
 
 The kernel runs in the notebooks/ subfolder of a temporary folder, with the checkout first
 on PYTHONPATH, so it imports this torchlr and anything a notebook writes is thrown away.
@@ -56,7 +56,8 @@ def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
 
 def main(argv: list[str]) -> int:
     """Execute the named notebooks (default: all) and write each back with its outputs."""
-    paths = [NOTEBOOKS / name for name in argv] or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    paths = [Path(name).resolve() if Path(name).exists() else NOTEBOOKS / name for name in argv]
+    paths = paths or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
     for path in paths:
         with tempfile.TemporaryDirectory() as workdir:
             nb = execute_notebook(path, workdir)
