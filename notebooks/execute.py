@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Union
 
 import nbformat
+from ipykernel.kernelspec import write_kernel_spec
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent
@@ -41,13 +44,17 @@ def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
         **os.environ,
         "PYTHONPATH": os.pathsep.join(python_path),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-        # Keep kernel-side caches and history out of the user's home and the checkout.
+        # IPython history and profile in the temporary folder, not in ~/.ipython.
         "IPYTHONDIR": str(Path(workdir) / ".ipython"),
-        "MPLCONFIGDIR": str(Path(workdir) / ".matplotlib"),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
     }
-    # "python3" resolves to the running interpreter's ipykernel: the venv's when run from it.
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    # A kernel spec of our own, for this interpreter (the venv's): a "python3" spec that the
+    # user installed elsewhere could point at a Python without torch.
+    specs = Path(workdir) / "kernels"
+    write_kernel_spec(specs / "python3")
+    km = KernelManager(kernel_name="python3",
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]))
+    client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
                             skip_cells_with_tag=SKIP_TAG,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute(env=env, cwd=str(cwd))
