@@ -55,7 +55,7 @@ def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
     km = KernelManager(kernel_name="python3",
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]))
     client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
-                            skip_cells_with_tag=SKIP_TAG,
+                            skip_cells_with_tag=SKIP_TAG, record_timing=False,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute(env=env, cwd=str(cwd))
     return nb
