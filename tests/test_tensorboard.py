@@ -24,8 +24,8 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 import torchlr
 from torchlr.cli import main
-from torchlr.tensorboard import new_run_dir
 from torchlr.scratch import linreg, squared_loss
+from torchlr.tensorboard import new_run_dir
 from torchlr.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +129,9 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
     assert set(data) == {"_hparams_/experiment", "_hparams_/session_start_info",
                          "_hparams_/session_end_info"}
     start = data["_hparams_/session_start_info"].session_start_info.hparams
-    assert {k: getattr(v, v.WhichOneof("kind")) for k, v in start.items()} == {"impl": impl, "lr": 0.03, "batch_size": 10, "num_epochs": 3,
-                                "seed": 0, "device": "cpu", "num_examples": 1000}
+    assert {k: getattr(v, v.WhichOneof("kind")) for k, v in start.items()} == {
+        "impl": impl, "lr": 0.03, "batch_size": 10, "num_epochs": 3, "seed": 0, "device": "cpu",
+        "num_examples": 1000}
     metrics = data["_hparams_/experiment"].experiment.metric_infos
     assert {m.name.tag for m in metrics} == {"loss/epoch", "error/w", "error/b"}
     end = data["_hparams_/session_end_info"].session_end_info
@@ -215,9 +216,9 @@ def test_cli_both_writes_two_sibling_runs_and_no_tensorboard_writes_none(tmp_pat
                  "--run-name", "cmp"]) == 0
     names = sorted(os.listdir(logdir))
     assert [re.sub(r"^\d{8}-\d{6}-", "", n) for n in names] == ["concise-cmp", "scratch-cmp"]
-    out = capsys.readouterr().out
+    err = capsys.readouterr().err
     for name in names:
-        assert f"TensorBoard run: {logdir / name}" in out
+        assert f"TensorBoard run: {logdir / name}" in err
         acc = read_run(str(logdir / name))
         assert set(acc.Tags()["scalars"]) == SCALARS  # the CLI gives the truth
     losses = [scalars(read_run(str(logdir / n)), "loss/epoch")[1] for n in names]
@@ -226,7 +227,7 @@ def test_cli_both_writes_two_sibling_runs_and_no_tensorboard_writes_none(tmp_pat
     assert main(["train", "--epochs", "1", "--no-tensorboard", "--logdir",
                  str(tmp_path / "none")]) == 0
     assert not (tmp_path / "none").exists()
-    assert "TensorBoard" not in capsys.readouterr().out
+    assert "TensorBoard" not in capsys.readouterr().err
 
 
 def event_files(logdir: Path) -> list[Path]:

@@ -142,7 +142,8 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
         _report(result, true_w, out)
         if result.run_dir is not None and not args.quiet:
-            print(f"TensorBoard run: {result.run_dir}", file=out)
+            # On stderr, so stdout stays the chapter's lines.
+            print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
     return 0
 
 

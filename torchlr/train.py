@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -59,7 +60,7 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
@@ -155,6 +156,11 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
     return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
 
 
+def _snapshot(param: torch.Tensor, *shape: int) -> torch.Tensor:
+    # copy=True: on the CPU, .cpu() would return a view that the next step overwrites.
+    return param.detach().to("cpu", copy=True).reshape(shape)
+
+
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):
@@ -208,8 +214,8 @@ def _fit(
     run.open(config, X, y, device, steps)
 
     w, b = model.params()
-    w_history = [w.detach().reshape(-1).cpu()]
-    b_history = [b.detach().reshape(()).cpu()]
+    w_history = [_snapshot(w, -1)]  # each (d,)
+    b_history = [_snapshot(b)]  # each 0-d
     losses: list[float] = []
     train_losses: list[torch.Tensor] = []
     epoch_seconds: list[float] = []
@@ -224,14 +230,14 @@ def _fit(
         for i, (X_batch, y_batch) in enumerate(batches):
             step_losses[i] = model.step(X_batch, y_batch)
             if (i + 1) % read_every == 0 and i + 1 < steps:
-                chunk = step_losses[done:i + 1].cpu()  # the host sync, once per log interval
+                chunk = step_losses[done:i + 1].to("cpu", copy=True)  # the host sync, per interval
                 run.train_losses(epoch, done, chunk)
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
-        chunk = step_losses[done:].cpu()
+        chunk = step_losses[done:].to("cpu", copy=True)
         run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
@@ -245,14 +251,14 @@ def _fit(
             )
         epoch_seconds.append(time.perf_counter() - start)
         losses.append(loss)
-        w_history.append(w.detach().reshape(-1).cpu())
-        b_history.append(b.detach().reshape(()).cpu())
+        w_history.append(_snapshot(w, -1))
+        b_history.append(_snapshot(b))
         run.epoch(epoch, loss, w, b, epoch_seconds[-1])
         if on_progress is not None:
             on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
 
     return FitResult(
-        w=w_history[-1].clone(),
+        w=w_history[-1].clone(),  # a copy: the history stays as it was
         b=float(b_history[-1]),
         losses=losses,
         config=config,
