@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import chapter_data, requires_cuda
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
@@ -33,11 +34,6 @@ TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
 SCALARS = {"loss/train", "loss/epoch", "error/w", "error/b", "grad/norm", "lr",
            "perf/samples_per_sec"}
-
-
-def chapter_data(n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return torchlr.synthetic_data(torch.tensor(TRUE_W), TRUE_B, n, generator=g)
 
 
 def read_run(run_dir: str) -> EventAccumulator:
@@ -150,7 +146,7 @@ def test_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
 
 
 def test_two_fits_in_a_row_write_two_runs(tmp_path):
-    X, y = chapter_data(200)
+    X, y = chapter_data(num_examples=200)
     first = torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, run_name="a")
     second = torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, run_name="a")
     assert first.run_dir != second.run_dir
@@ -160,7 +156,7 @@ def test_two_fits_in_a_row_write_two_runs(tmp_path):
 
 
 def test_divergence_closes_the_run_and_says_where_it_is(tmp_path):
-    X, y = chapter_data(200)
+    X, y = chapter_data(num_examples=200)
     with pytest.raises(torchlr.DivergenceError) as info:
         torchlr.fit(X, y, lr=100.0, log_every=5, logdir=tmp_path)
     run_dir = info.value.run_dir
@@ -189,7 +185,7 @@ def test_interrupt_in_the_first_epoch_keeps_loss_train(tmp_path):
 
 def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    X, y = chapter_data(100)
+    X, y = chapter_data(num_examples=100)
     assert torchlr.fit(X, y, num_epochs=1, true_w=TRUE_W, true_b=TRUE_B).run_dir is None
     assert os.listdir(tmp_path) == []
 
@@ -203,7 +199,7 @@ def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     ({"logdir": 5}, "logdir must be a path or None, got int: 5"),
 ])
 def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, message):
-    X, y = chapter_data(100)
+    X, y = chapter_data(num_examples=100)
     options = {"logdir": tmp_path / "runs", **options}
     with pytest.raises((TypeError, ValueError), match=re.escape(message)):
         torchlr.fit(X, y, **options)
@@ -318,3 +314,15 @@ def test_tensorboard_server_serves_the_fit(tmp_path):
             server.wait()
     assert [step for _, step, _ in points] == [1, 2, 3]
     assert [value for _, _, value in points] == f32(result.losses)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_a_cuda_run_matches_its_history(tmp_path):
+    X, y = chapter_data()
+    result = torchlr.fit(X, y, device="cuda", logdir=tmp_path, true_w=TRUE_W, true_b=TRUE_B)
+    acc = read_run(result.run_dir)
+    assert set(acc.Tags()["scalars"]) == SCALARS
+    assert scalars(acc, "loss/epoch") == ([1, 2, 3], f32(result.losses))
+    start = hparams_data(acc)["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["device"].string_value.startswith("cuda")
