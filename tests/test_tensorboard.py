@@ -173,13 +173,19 @@ def test_divergence_closes_the_run_and_says_where_it_is(tmp_path):
 def test_interrupt_in_the_first_epoch_keeps_loss_train(tmp_path):
     X, y = chapter_data()
 
+    on_disk = []
+
     def interrupt(progress):
+        # Still inside the fit, the writer open: the point must already be on disk.
+        (run_dir,) = tmp_path.iterdir()
+        on_disk.append(scalars(read_run(str(run_dir)), "loss/train"))
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt) as info:
         torchlr.fit(X, y, log_every=20, logdir=tmp_path, on_progress=interrupt)
     acc = read_run(info.value.run_dir)
     assert scalars(acc, "loss/train")[0] == [20]
+    assert on_disk == [scalars(acc, "loss/train")]
     assert "loss/epoch" not in acc.Tags()["scalars"]
 
 
@@ -273,8 +279,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as response:
+def get_json(url: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    # TensorBoard refuses POSTs without these headers (its XSRF guard, then the JSON body).
+    headers = {"X-XSRF-Protected": "1", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 
 
@@ -304,7 +314,11 @@ def test_tensorboard_server_serves_the_fit(tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
             time.sleep(0.25)
-        assert run in get_json(f"http://127.0.0.1:{port}/data/runs")
+        assert get_json(f"http://127.0.0.1:{port}/data/runs") == [run]
+        # The HParams dashboard's sessions are the runs themselves, with our tags as metrics.
+        groups = get_json(f"http://127.0.0.1:{port}/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_FAILURE"],
+            "colParams": [], "startIndex": 0, "sliceSize": 10})["sessionGroups"]
     finally:
         server.terminate()
         try:
@@ -314,6 +328,11 @@ def test_tensorboard_server_serves_the_fit(tmp_path):
             server.wait()
     assert [step for _, step, _ in points] == [1, 2, 3]
     assert [value for _, _, value in points] == f32(result.losses)
+    ((session,),) = [group["sessions"] for group in groups]
+    assert session["name"] == run and session["status"] == "STATUS_SUCCESS"
+    metrics = {m["name"]["tag"]: m["value"] for m in session["metricValues"]}
+    assert metrics == {"loss/epoch": f32(result.losses)[-1]}
+    assert groups[0]["hparams"]["impl"] == "scratch" and groups[0]["hparams"]["lr"] == 0.03
 
 
 @pytest.mark.cuda
