@@ -48,12 +48,12 @@ def executed(tmp_path_factory):
     """Each notebook executed once in a fresh kernel, and what the checkout looked like."""
     runner = load_runner()
     before = (files_under(ROOT), git_status())
-    results = {}
+    results, workdirs = {}, {}
     for name in NAMES:
-        workdir = tmp_path_factory.mktemp(name.split("_")[0])
-        results[name] = runner.execute_notebook(NOTEBOOKS / name, workdir, timeout=120)
+        workdirs[name] = tmp_path_factory.mktemp(name.split("_")[0])
+        results[name] = runner.execute_notebook(NOTEBOOKS / name, workdirs[name], timeout=120)
     after = (files_under(ROOT), git_status())
-    return results, before, after
+    return results, before, after, workdirs
 
 
 def code_cells(nb):
@@ -101,7 +101,7 @@ def test_notebook_runs_clean_with_every_cell_executed(executed, name):
 
 
 def test_running_the_notebooks_leaves_no_file_in_the_checkout(executed):
-    _, (files_before, status_before), (files_after, status_after) = executed
+    _, (files_before, status_before), (files_after, status_after), _ = executed
     assert files_after - files_before == set()
     assert status_after == status_before
 
@@ -135,6 +135,14 @@ def test_comparison_notebook_reports_gap_table_and_cuda(executed):
     assert images(nb) >= 2
     (tensorboard,) = [cell for cell in code_cells(nb) if skipped(cell)]
     assert "%load_ext tensorboard" in tensorboard.source
+    assert "--logdir ../runs" in tensorboard.source
+    # The runs it opens: one folder per implementation, written under the kernel's ../runs,
+    # which the test put in a temporary folder.
+    printed = re.findall(r"-> \.\./runs/(\S+)", text)
+    logged = sorted(p.name for p in (executed[3][NAMES[1]] / "runs").iterdir())
+    assert sorted(printed) == logged and len(logged) == 2
+    for folder in logged:
+        assert list((executed[3][NAMES[1]] / "runs" / folder).glob("events.out.tfevents.*"))
 
 
 def test_exercises_notebook_answers_all_seven(executed):

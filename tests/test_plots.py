@@ -196,24 +196,29 @@ def test_cli_plot_saves_both_runs_on_one_figure(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(plots, "loss_curves", spy)
     target = tmp_path / "loss.png"
-    assert cli.main(["train", "--impl", "both", "--epochs", "2", "--plot", str(target)]) == 0
+    argv = ["train", "--impl", "both", "--epochs", "2", "--plot", str(target), "--no-tensorboard"]
+    assert cli.main(argv) == 0
     assert target.read_bytes().startswith(b"\x89PNG")
+    out, err = capsys.readouterr()
+    assert err == f"Saved the loss curves to {target}\n"
     results, fig = drawn
     assert [r.impl for r in results] == ["scratch", "concise"]
     lines = fig.axes[0].lines
     assert [line.get_label() for line in lines] == ["scratch", "concise"]
     # The plotted numbers are the ones the command printed.
-    printed = [float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()
+    printed = [float(line.split()[-1]) for line in out.splitlines()
                if line.startswith("epoch ")]
     plotted = [float(v) for line in lines for v in line.get_ydata()]
     assert plotted == pytest.approx(printed, abs=5e-7)  # printed with 6 decimals
 
 
 def test_cli_plot_refuses_a_bad_path_before_training(tmp_path, capsys):
-    assert cli.main(["train", "--plot", str(tmp_path / "nowhere" / "x.png")]) == 2
+    argv = ["train", "--plot", str(tmp_path / "nowhere" / "x.png"), "--logdir", str(tmp_path)]
+    assert cli.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("torchlr: error: Cannot save a plot to") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
 
 
 def test_readme_figures_script_draws_its_three_figures(tmp_path):

@@ -15,6 +15,7 @@ from torchlr.concise import LinearRegression, half_mse, make_optimizer
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.validation import (
     IMPLS,
     check_choice,
@@ -43,6 +44,14 @@ class FitConfig:
     # Steps between host reads of the minibatch losses: the only syncs inside an epoch.
     # 0 reads once per epoch.
     log_every: int = 50
+    # TensorBoard: with a logdir the fit writes one run folder under it (torchlr.tensorboard).
+    logdir: Optional[str] = None
+    run_name: Optional[str] = None  # appended to the run folder's name
+    true_w: Optional[tuple[float, ...]] = None  # the truth, for the error/w and error/b tags
+    true_b: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
 
     def validate(self) -> None:
         """Raise ValueError or TypeError naming the first bad option."""
@@ -55,6 +64,7 @@ class FitConfig:
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,21 @@ def fit(
     **overrides: Any,
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
+    with RunWriter() as run:
+        result = _fit(features, labels, config, on_progress, run, **overrides)
+        run.finish(result)
+    return replace(result, run_dir=run.run_dir)
+
+
+def _fit(
+    features: Any,
+    labels: Any,
+    config: Optional[FitConfig],
+    on_progress: Optional[Callable[[Progress], None]],
+    run: RunWriter,
+    **overrides: Any,
+) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
     config.validate()
     X, y = check_data(features, labels)
@@ -186,6 +211,7 @@ def fit(
     X, y = X.to(device), y.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
+    run.open(config, X, y, device, steps)
 
     w, b = model.params()
     w_history = [_snapshot(w, -1)]  # each (d,)
@@ -205,12 +231,14 @@ def fit(
             step_losses[i] = model.step(X_batch, y_batch)
             if (i + 1) % read_every == 0 and i + 1 < steps:
                 chunk = step_losses[done:i + 1].to("cpu", copy=True)  # the host sync, per interval
+                run.train_losses(epoch, done, chunk)
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
         chunk = step_losses[done:].to("cpu", copy=True)
+        run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
 
@@ -225,6 +253,7 @@ def fit(
         losses.append(loss)
         w_history.append(_snapshot(w, -1))
         b_history.append(_snapshot(b))
+        run.epoch(epoch, loss, w, b, epoch_seconds[-1])
         if on_progress is not None:
             on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
 
