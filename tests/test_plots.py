@@ -153,17 +153,23 @@ def test_trajectories_needs_fit_results_and_matching_references(runs):
 
 def test_lr_sweep_plot_marks_diverged_runs_on_log_axes(data):
     X, y = data
-    points = lr_sweep(X, y, [0.01, 0.03, 50.0], num_epochs=1, device="cpu")
+    points = lr_sweep(X, y, [0.003, 0.1, 50.0], num_epochs=1, device="cpu")  # losses ~9, ~5e-5
     assert [p.diverged for p in points] == [False, False, True]
     fig = plots.lr_sweep(points)
     ax = fig.axes[0]
     finite, crosses = ax.lines
-    assert list(finite.get_xdata()) == [0.01, 0.03]
+    assert list(finite.get_xdata()) == [0.003, 0.1]
     assert list(finite.get_ydata()) == pytest.approx([p.final_loss for p in points[:2]])
     assert list(crosses.get_xdata()) == [50.0]
     assert crosses.get_label() == "diverged" and crosses.get_marker() == "x"
     assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("learning rate", "final loss")
+    # Every finite point is inside the view, below the row of crosses at 97 % height.
+    low, high = ax.get_ylim()
+    for p in points[:2]:
+        assert low < p.final_loss < high
+        height = ax.transLimits.transform(ax.transScale.transform((p.lr, p.final_loss)))[1]
+        assert 0 < height < 0.9
     assert png_bytes(fig).startswith(b"\x89PNG")
 
 

@@ -189,16 +189,17 @@ def lr_sweep(
     bad = [lr for lr, v in pairs if v is None or not math.isfinite(v)]
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     if ok:
-        ax.plot([lr for lr, _ in ok], [v for _, v in ok], marker="o", label="final loss")
+        values = [v for _, v in ok]
+        ax.plot([lr for lr, _ in ok], values, marker="o", label="final loss")
+        if bad:  # headroom on the log axis, so the crosses do not hide the highest point
+            ax.set_ylim(min(values) / 3, max(values) * 30)
     if bad:
-        if ok:  # headroom on the log axis, so the crosses do not hide the highest point
-            ax.set_ylim(top=max(v for _, v in ok) * 30)
         # x in data units, y in axes units: the crosses sit on the top edge at any scale.
         ax.plot(bad, [0.97] * len(bad), linestyle="none", marker="x", color="red",
                 markersize=9, transform=ax.get_xaxis_transform(), label="diverged")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final loss")
     ax.legend()
