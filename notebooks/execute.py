@@ -43,7 +43,6 @@ def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(python_path),
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         # IPython history and profile in the temporary folder, not in ~/.ipython.
         "IPYTHONDIR": str(Path(workdir) / ".ipython"),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",

@@ -1,6 +1,9 @@
 """torchlr.plots: the figures hold exactly the data they were given, and pyplot stays empty."""
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -241,3 +244,31 @@ def test_readme_figures_script_draws_its_three_figures(tmp_path):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
         # The README shows the committed copies of these figures.
         assert (script.parent / name).is_file()
+
+
+def test_figures_show_as_png_in_jupyter_without_pyplot(runs):
+    for fig in (plots.loss_curves(runs), plots.trajectories(runs),
+                plots.lr_sweep({0.1: 1.0}), plots.scatter(torch.ones(3, 2), torch.ones(3))):
+        assert isinstance(fig, plots.NotebookFigure) and isinstance(fig, Figure)
+        # What IPython shows for a cell's last value when no pyplot formatter is registered.
+        png = fig._repr_png_()
+        assert png.startswith(b"\x89PNG")
+        assert png == png_bytes(fig)
+
+
+def test_plots_never_import_pyplot():
+    code = (
+        "import sys, torch\n"
+        "import torchlr\n"
+        "from torchlr import plots\n"
+        "X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 50,"
+        " generator=torch.Generator().manual_seed(0))\n"
+        "run = torchlr.fit(X, y, num_epochs=1, device='cpu')\n"
+        "for fig in (plots.scatter(X, y, w=run.w, b=run.b), plots.loss_curves([run]),\n"
+        "            plots.trajectories([run]), plots.lr_sweep({0.03: 1e-4, 9.0: None})):\n"
+        "    fig._repr_png_()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr

@@ -1,12 +1,14 @@
 """Figures for data, losses, parameters and learning-rate sweeps, built without pyplot.
 
 Each function returns a new `matplotlib.figure.Figure` made with the object API, so it
-renders headless (Agg) and inline in Jupyter, and leaves no figure in pyplot's registry.
-Save one with `fig.savefig(path)`; in a notebook, make it the cell's last expression.
+renders headless (Agg) and leaves no figure in pyplot's registry. Save one with
+`fig.savefig(path)`; in a notebook, make it the cell's last expression or `display` it:
+it shows as a PNG, with or without `%matplotlib inline`.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,16 @@ from torchlr.train import FitResult
 
 Runs = Union[Sequence[FitResult], Mapping[str, Union[FitResult, Sequence[float]]]]
 Vector = Union[torch.Tensor, Sequence[float]]
+
+
+class NotebookFigure(Figure):
+    """A Figure that Jupyter displays as a PNG even when pyplot was never imported."""
+
+    def _repr_png_(self) -> bytes:
+        # IPython calls this when no figure formatter is registered (no %matplotlib inline).
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png")
+        return buffer.getvalue()
 
 
 def _cpu(values: Any) -> torch.Tensor:
@@ -64,7 +76,7 @@ def scatter(
     X = _cpu(features)
     y = _cpu(labels).reshape(-1)
     x = X[:, column]
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = NotebookFigure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     ax.scatter(x.numpy(), y.numpy(), s=1, label="data")
     if w is not None:
@@ -98,7 +110,7 @@ def loss_curves(
     minibatch=True also draws each FitResult's minibatch losses, placed at fractional
     epochs. reference draws a horizontal line, e.g. the loss of the closed-form solution.
     """
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = NotebookFigure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     for i, (label, run) in enumerate(_labelled(runs)):
         color = f"C{i}"
@@ -141,7 +153,7 @@ def trajectories(
     names = [f"w[{j}]" for j in range(d)] + ["b"]
     truth = _reference(true_w, true_b, d)
     closed = _reference(*exact, d) if exact is not None else [None] * (d + 1)
-    fig = Figure(figsize=figsize or (3.2 * (d + 1), 3.0), layout="constrained")
+    fig = NotebookFigure(figsize=figsize or (3.2 * (d + 1), 3.0), layout="constrained")
     axes = fig.subplots(1, d + 1, squeeze=False)[0]
     for j, ax in enumerate(axes):
         for i, (label, run) in enumerate(named):
@@ -187,7 +199,7 @@ def lr_sweep(
         pairs = [(p.lr, None if p.diverged else p.final_loss) for p in sweep]
     ok = [(lr, v) for lr, v in pairs if v is not None and math.isfinite(v)]
     bad = [lr for lr, v in pairs if v is None or not math.isfinite(v)]
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = NotebookFigure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     ax.set_xscale("log")
     ax.set_yscale("log")
