@@ -10,6 +10,14 @@ from typing import Optional, TextIO
 import torch
 
 from torchlr import __version__
+from torchlr.cli_data import (
+    add_predict_command,
+    add_train_options,
+    describe_weights,
+    predict_rows,
+    training_inputs,
+    write_atomic,
+)
 from torchlr.data import synthetic_data
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
 from torchlr.validation import IMPLS
@@ -63,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
+    add_train_options(train)
+    add_predict_command(sub)
     return parser
 
 
@@ -102,7 +112,8 @@ class _Printer:
         if p.epoch_loss is not None:
             if self.bar is not None:
                 self.bar.clear()
-            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}", file=self.out, flush=True)
+            val = "" if p.val_loss is None else f", val loss {p.val_loss:f}, val R2 {p.val_r2:f}"
+            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}{val}", file=self.out, flush=True)
 
 
 def _format_vector(values: torch.Tensor) -> str:
@@ -116,14 +127,13 @@ def _report(result: FitResult, true_w: torch.Tensor, out: TextIO) -> None:
 
 def _train(args: argparse.Namespace, out: TextIO) -> int:
     true_w = torch.tensor(TRUE_W)
-    data_gen = torch.Generator().manual_seed(args.seed)
-    features, labels = synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
-    impls = IMPLS if args.impl == "both" else (args.impl,)
-    configs = [
-        FitConfig(impl=impl, lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
-                  device=args.device, seed=args.seed)
-        for impl in impls
-    ]
+
+    def synthetic() -> tuple[torch.Tensor, torch.Tensor]:
+        data_gen = torch.Generator().manual_seed(args.seed)
+        return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
+
+    # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
+    features, labels, configs = training_inputs(args, FitConfig(), synthetic)
     for config in configs:  # every run's options are checked before any run starts
         config.validate()
     for config in configs:
@@ -131,7 +141,24 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
             print(f"== {config.impl} ==", file=out)
         bar = _ProgressBar(out, config.impl) if out.isatty() and not args.quiet else None
         result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
-        _report(result, true_w, out)
+        if args.data is None:
+            _report(result, true_w, out)
+        else:
+            for line in describe_weights(result.w, result.b, config.feature_names):
+                print(line, file=out)
+        if result.best_epoch is not None:
+            print(f"early stopping: kept epoch {result.best_epoch}", file=out)
+        if config.save is not None:
+            print(f"saved {config.save}", file=out)
+    return 0
+
+
+def _predict(args: argparse.Namespace, out: TextIO) -> int:
+    _, lines = predict_rows(args)  # every check runs before anything is written
+    if args.output is None:
+        out.writelines(lines)
+    else:
+        write_atomic(args.output, lines)
     return 0
 
 
@@ -141,6 +168,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args, sys.stdout)
+        if args.command == "predict":
+            return _predict(args, sys.stdout)
     except (ValueError, TypeError, DivergenceError) as exc:
         print(f"torchlr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
