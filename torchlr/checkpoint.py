@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -45,7 +46,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ValueError(f"No such checkpoint file: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign file's pickle protocol, say
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt zip, a pickle with code, a truncated file...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path} is not a readable torchlr checkpoint: {first}") from None

@@ -6,6 +6,7 @@ import array
 import csv
 import math
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ def column_names(path: str | os.PathLike[str]) -> list[str]:
     suffix = _check_path(path)
     if suffix == ".csv":
         return _csv_header(path)[0]
+    if suffix == ".npy":  # the header alone: the data may be larger than memory
+        shape = npy_header(path)[0]
+        if len(shape) == 2:
+            return [f"x{j + 1}" for j in range(shape[1])]
     return [name for name, _ in _array_columns(path, suffix)]
 
 
@@ -141,7 +146,7 @@ def estimate_bytes(path: str, num_columns: int) -> int:
         # Parsed into float64 (8 bytes a cell), then cast to float32 (4).
         return rows * num_columns * 12
     if suffix == ".npy":
-        shape, _ = _npy_shape(path)
+        shape = npy_header(path)[0]
         rows = shape[0] if shape else 1
         return rows * num_columns * 4 * COPIES_NEEDED
     if suffix == ".npz":
@@ -248,14 +253,17 @@ def _explain_cell(path: str, line: int, row: list[str], index: list[int],
 # --- arrays ------------------------------------------------------------------------------
 
 
-def _npy_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """A .npy file's (shape, fortran_order, dtype, data offset), read without its data."""
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)  # type: ignore
-    except (ValueError, OSError) as exc:
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            return shape, fortran, dtype, f.tell()
+    except (ValueError, OSError, EOFError) as exc:
         raise ValueError(f"{path} is not a valid .npy file: {exc}") from None
-    return shape, dtype
 
 
 def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
@@ -266,7 +274,9 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return [(key, z[key]) for key in z.files]
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign file's pickle protocol, say
+            warnings.simplefilter("ignore")
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # numpy and torch raise many types for a bad file
         raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
     if isinstance(content, (torch.Tensor, np.ndarray)):
@@ -312,7 +322,7 @@ def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:
                 else not (dtype == torch.bool or col.is_complex()))
         if not real or dtype == np.bool_:
             raise ValueError(f"{path}, column {name!r}: dtype {dtype} does not hold real numbers")
-        t = torch.from_numpy(np.asarray(col, dtype=np.float32)) if isinstance(col, np.ndarray) \
+        t = torch.from_numpy(np.array(col, dtype=np.float32)) if isinstance(col, np.ndarray) \
             else col
         t = t.to(torch.float32)
         bad = (~torch.isfinite(t)).nonzero()

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from torchlr.io import npy_header
 from torchlr.scratch import linreg, squared_loss
 from torchlr.validation import check_positive_int
 
@@ -39,13 +40,7 @@ class BlockStream:
             raise ValueError(f"--stream reads a 2-D .npy file; got {self.path}")
         if not os.path.isfile(self.path):
             raise ValueError(f"No such file: {self.path}")
-        try:
-            with open(self.path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # type: ignore
-                offset = f.tell()
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"{self.path} is not a valid .npy file: {exc}") from None
+        shape, fortran, dtype, offset = npy_header(self.path)
         if len(shape) != 2 or shape[0] == 0 or shape[1] < 2:
             raise ValueError(f"{self.path} has shape {shape}; streaming needs a 2-D table "
                              f"with rows and at least 2 columns")
