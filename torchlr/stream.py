@@ -15,7 +15,7 @@ from torchlr.io import npy_header
 from torchlr.scratch import linreg, squared_loss
 from torchlr.validation import check_positive_int
 
-BLOCK_BYTES = 32 * 2**20  # rows read together: large enough for fast reads, small for RSS
+BLOCK_BYTES = 16 * 2**20  # rows read together: large enough for fast reads, small for RSS
 
 
 def block_order(num_rows: int, block_rows: int,
