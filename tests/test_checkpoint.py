@@ -14,6 +14,11 @@ from torchlr.concise import LinearRegression
 from torchlr.train import ConciseModel, ScratchModel
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI writes TensorBoard runs under ./runs by default
+
+
 def dataset(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, 3, generator=g) * torch.tensor([1.0, 10.0, 0.1]) + 2

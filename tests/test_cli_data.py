@@ -14,6 +14,11 @@ from torchlr.io import load_data
 EPOCH = re.compile(r"^epoch (\d+), loss (\S+), val loss (\S+), val R2 (\S+)$")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI writes TensorBoard runs under ./runs by default
+
+
 @pytest.fixture
 def houses(tmp_path):
     """A CSV whose target is a known linear function of columns on different scales."""
@@ -169,3 +174,22 @@ def test_stream_trains_from_npy(tmp_path, capsys):
         2.0, abs=1e-3)
     assert main(["train", "--data", str(path), "--stream", "--standardize"]) == 2
     assert "not supported when streaming" in capsys.readouterr().err
+
+
+def test_validation_goes_to_tensorboard(houses, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    argv = ["train", "--data", str(houses), "--epochs", "3", "--val-fraction", "0.25",
+            "--logdir", str(logdir), *TRAIN]
+    assert main(argv) == 0
+    (run,) = logdir.iterdir()
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    data = load_data(houses, target="price")
+    result = torchlr.fit(data.features, data.target, num_epochs=3, val_fraction=0.25,
+                         standardize=True, standardize_target=True, lr=0.1, device="cpu")
+    for tag, expected in (("loss/val", result.val_losses), ("r2/val", result.val_r2)):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]
+        torch.testing.assert_close([e.value for e in events], expected, rtol=1e-6, atol=0)

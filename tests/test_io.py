@@ -9,6 +9,11 @@ from torchlr.cli import main
 from torchlr.io import column_names, load_data
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI writes TensorBoard runs under ./runs by default
+
+
 def write(path, text):
     path.write_text(text)
     return path

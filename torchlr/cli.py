@@ -26,6 +26,7 @@ from torchlr.validation import IMPLS
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
+    train.add_argument("--logdir", default="runs",
+                       help="TensorBoard log root: each run writes one folder under it")
+    train.add_argument("--no-tensorboard", action="store_true",
+                       help="write no TensorBoard run")
+    train.add_argument("--run-name", default=None,
+                       help="suffix for the run folder <YYYYmmdd-HHMMSS>-<impl>-<run-name>")
     add_train_options(train)
     add_predict_command(sub)
     return parser
@@ -133,7 +140,7 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
 
     # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
-    features, labels, configs = training_inputs(args, FitConfig(), synthetic)
+    features, labels, configs = training_inputs(args, FitConfig(), synthetic, (TRUE_W, TRUE_B))
     for config in configs:  # every run's options are checked before any run starts
         config.validate()
     for config in configs:
@@ -146,6 +153,9 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         else:
             for line in describe_weights(result.w, result.b, config.feature_names):
                 print(line, file=out)
+        if result.run_dir is not None and not args.quiet:
+            # On stderr, so stdout stays the chapter's lines.
+            print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
         if result.best_epoch is not None:
             print(f"early stopping: kept epoch {result.best_epoch}", file=out)
         if config.save is not None:
@@ -170,9 +180,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _train(args, sys.stdout)
         if args.command == "predict":
             return _predict(args, sys.stdout)
-    except (ValueError, TypeError, DivergenceError) as exc:
-        print(f"torchlr: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
+        where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
+        print(f"torchlr: error: {exc}" + (f" (TensorBoard run: {where})" if where else ""),
+              file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        if sys.stdout.isatty():
+            print(file=sys.stdout)  # end a half-drawn progress bar line
+        where = getattr(exc, "run_dir", None)
+        print("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
+                                        if where else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_USAGE
 
 

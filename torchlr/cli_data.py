@@ -75,9 +75,10 @@ def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
     return names
 
 
-def training_inputs(args: argparse.Namespace, defaults: FitConfig,
-                    synthetic: Any) -> tuple[Any, Any, list[FitConfig]]:
-    """(features, labels, configs) for train; synthetic() gives the chapter's data."""
+def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: Any,
+                    truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
+    """(features, labels, configs) for train; synthetic() gives the chapter's data, truth its
+    (w, b)."""
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
     if args.impl == "both" and (args.save or args.resume):
         raise ValueError("--save and --resume need one implementation: "
@@ -86,6 +87,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig,
                    device=args.device, seed=args.seed, val_fraction=args.val_fraction,
                    standardize=args.standardize, standardize_target=args.standardize_target,
                    early_stopping=args.early_stopping, save=args.save, resume=args.resume)
+    logging = dict(logdir=None if args.no_tensorboard else args.logdir, run_name=args.run_name)
     target, features = args.target, _features_arg(args)
     if args.resume is not None:
         saved = load_checkpoint(args.resume)["config"]
@@ -98,7 +100,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig,
         base = FitConfig(**{k: v for k, v in saved.items() if k in known})
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
-                       save=args.save or args.resume, log_every=base.log_every)
+                       save=args.save or args.resume)
         defaults = replace(base, feature_names=None, target_name=None)
         if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
             target = base.target_name if target is None else target
@@ -111,6 +113,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig,
             raise ValueError("--stream, --target and --features need --data FILE")
         X, y = synthetic()
         names: tuple[tuple[str, ...], Optional[str]] = SYNTHETIC_NAMES
+        logging.update(true_w=truth[0], true_b=truth[1])
     elif args.stream:
         X = BlockStream(args.data, target, features)
         y = None
@@ -120,7 +123,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig,
         X, y = data.features, data.target
         names = (tuple(data.feature_names), data.target_name)
     configs = [replace(defaults, impl=impl, feature_names=names[0], target_name=names[1],
-                       **options) for impl in impls]
+                       **options, **logging) for impl in impls]
     return X, y, configs
 
 

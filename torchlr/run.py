@@ -18,7 +18,7 @@ from torchlr.holdout import EarlyStopping, Holdout
 from torchlr.preprocess import Scaling, train_val_split
 
 
-class Run:
+class RunState:
     """One fit's data preparation and its per-epoch bookkeeping beyond the training loss."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, config: Any) -> None:
@@ -50,7 +50,7 @@ class Run:
         self.state: Optional[dict[str, Any]] = None  # the last checkpoint's contents
 
     @classmethod
-    def streaming(cls, num_examples: int, num_features: int, config: Any) -> Run:
+    def streaming(cls, num_examples: int, num_features: int, config: Any) -> RunState:
         """Bookkeeping for data read from disk: no split and no scaling."""
         for name in ("val_fraction", "standardize", "standardize_target"):
             if getattr(config, name):

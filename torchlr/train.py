@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,9 +16,10 @@ from torchlr.concise import LinearRegression, half_mse, make_optimizer
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
-from torchlr.run import Run
+from torchlr.run import RunState
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.stream import BlockStream
+from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.validation import (
     IMPLS,
     check_choice,
@@ -56,6 +58,14 @@ class FitConfig:
     resume: Optional[str] = None  # checkpoint to continue from, up to num_epochs
     feature_names: Optional[tuple[str, ...]] = None  # column names, kept in checkpoints
     target_name: Optional[str] = None
+    # TensorBoard: with a logdir the fit writes one run folder under it (torchlr.tensorboard).
+    logdir: Optional[str] = None
+    run_name: Optional[str] = None  # appended to the run folder's name
+    true_w: Optional[tuple[float, ...]] = None  # the truth, for the error/w and error/b tags
+    true_b: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
 
     def validate(self) -> None:
         """Raise ValueError or TypeError naming the first bad option."""
@@ -64,10 +74,11 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
+        check_options(self)
         check_run_options(self)
 
 
@@ -201,18 +212,33 @@ def fit(
     **overrides: Any,
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
+    with RunWriter() as run:
+        result = _fit(features, labels, config, on_progress, run, **overrides)
+        run.finish(result)
+    return replace(result, run_dir=run.run_dir)
+
+
+def _fit(
+    features: Any,
+    labels: Any,
+    config: Optional[FitConfig],
+    on_progress: Optional[Callable[[Progress], None]],
+    run: RunWriter,
+    **overrides: Any,
+) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
     config.validate()
     stream = features if isinstance(features, BlockStream) else None
     if stream is None:
         X, y = check_data(features, labels)
-        run = Run(X, y, config)  # the split and scaling, before anything trains
-        X, y = run.X, run.y
+        state = RunState(X, y, config)  # the split and scaling, before anything trains
+        X, y = state.X, state.y
     else:
-        run = Run.streaming(*stream.shape, config)
+        state = RunState.streaming(*stream.shape, config)
         X = y = stream
     device = resolve_device(config.device)
-    n, d = run.num_examples, stream.shape[1] if stream is not None else X.shape[1]
+    n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
     if steps == 0:
         raise ValueError(
@@ -222,9 +248,10 @@ def fit(
     # Moved once: every batch is then gathered on the device.
     if stream is None:
         X, y = X.to(device), y.to(device)
-    run.to(device)
+    state.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
+    run.open(config, X, y, device, steps)
 
     w, b = model.params()
     w_history = [_snapshot(w, -1)]  # each (d,)
@@ -234,7 +261,7 @@ def fit(
     epoch_seconds: list[float] = []
     step_losses = torch.empty(steps, device=device)  # filled on the device, read at log points
     read_every = config.log_every or steps
-    first_epoch = run.resume(model, generator, losses, w_history, b_history)
+    first_epoch = state.resume(model, generator, losses, w_history, b_history)
 
     for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
@@ -246,12 +273,14 @@ def fit(
             step_losses[i] = model.step(X_batch, y_batch)
             if (i + 1) % read_every == 0 and i + 1 < steps:
                 chunk = step_losses[done:i + 1].to("cpu", copy=True)  # the host sync, per interval
+                run.train_losses(epoch, done, chunk)
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
         chunk = step_losses[done:].to("cpu", copy=True)
+        run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
 
@@ -266,16 +295,18 @@ def fit(
         losses.append(loss)
         w_history.append(_snapshot(w, -1))
         b_history.append(_snapshot(b))
-        val_loss, val_r2, stop = run.end_epoch(epoch, model, generator, losses, w_history,
-                                               b_history)
+        val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, losses, w_history,
+                                                 b_history)
+        run.epoch(epoch, loss, w, b, epoch_seconds[-1])
+        run.validation(epoch, val_loss, val_r2)
         if on_progress is not None:
             on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss, val_r2))
         if stop:
             break
 
-    best_epoch = run.finish(model)
+    best_epoch = state.finish(model)
     return FitResult(
-        **run.result_fields(model, w_history, b_history),  # w, b, histories in original units
+        **state.result_fields(model, w_history, b_history),  # w, b, histories in original units
         best_epoch=best_epoch,
         losses=losses,
         config=config,
