@@ -65,6 +65,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not (isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.dim() == 2
             and w.shape[1] == 1 and b.shape == (1,)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad parameters")
+    history, best = state["history"], state.get("best")
+    if not (all(isinstance(history.get(k), list) for k in ("losses", "val_losses", "val_r2"))
+            and all(isinstance(history.get(k), torch.Tensor) for k in ("w", "b"))):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad history")
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("epoch"), int)
+                                 and isinstance(best.get("w"), torch.Tensor)
+                                 and isinstance(best.get("b"), torch.Tensor)):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad best epoch")
     return state
 
 
@@ -130,9 +138,12 @@ def restore(state: dict[str, Any], model: Any, generator: torch.Generator) -> No
     """Put parameters, optimizer state and RNG state back as they were at the saved epoch."""
     restore_params(model, state["params"])
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"The checkpoint's optimizer or RNG state is damaged: {exc}") from None
 
 
 @dataclass
