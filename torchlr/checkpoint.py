@@ -183,13 +183,10 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> TrainedMode
     num_inputs = state["params"]["w"].shape[0]
     lr = float(state["config"].get("lr", 0.03))
     model = MODELS[state["impl"]](num_inputs, lr, torch.Generator(), dev)
-    restore_params(model, state["params"])
+    restore(state, model, torch.Generator())  # parameters and optimizer state, checked
     best = state.get("best")
     if state["config"].get("early_stopping") and isinstance(best, dict):
         restore_params(model, best)  # what fit() returned: the best epoch's parameters
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
     return TrainedModel(state["impl"], model, Scaling.from_state(state["scaling"]),
                         state["feature_names"], state["target_name"], state["epoch"],
                         state["config"])
