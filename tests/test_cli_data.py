@@ -193,3 +193,38 @@ def test_validation_goes_to_tensorboard(houses, tmp_path):
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [1, 2, 3]
         torch.testing.assert_close([e.value for e in events], expected, rtol=1e-6, atol=0)
+
+
+def test_unwritable_paths_are_one_line_errors(houses, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save",
+                 str(blocker / "m.pt"), *TRAIN]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("torchlr: error:")
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
+                 str(blocker / "out.csv")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("torchlr: error:")
+
+
+def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
+    noisy = tmp_path / "noisy.csv"
+    g = torch.Generator().manual_seed(1)
+    lines = houses.read_text().splitlines()
+    noise = 40 * torch.randn(len(lines) - 1, generator=g)
+    rows = [",".join([*line.split(",")[:-1], repr(float(line.split(",")[-1]) + float(e))])
+            for line, e in zip(lines[1:], noise)]
+    noisy.write_text("\n".join([lines[0], *rows]) + "\n")
+    argv = ["train", "--data", str(noisy), "--epochs", "60", "--val-fraction", "0.3",
+            "--early-stopping", "2", "--batch-size", "4", *TRAIN]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    kept = int(next(line for line in out if line.startswith("early stopping")).split()[-1])
+    epochs = [EPOCH.match(line) for line in out if line.startswith("epoch")]
+    val = [float(m.group(3)) for m in epochs]
+    assert len(epochs) == kept + 2 < 60 and val[kept - 1] == min(val)
