@@ -36,6 +36,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except an unset option's None or False, which say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for `torchlr` and its subcommands."""
     parser = _Parser(
@@ -53,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and b = 4.2, as in the chapter. With no options it reproduces the chapter: "
             "1000 examples, batch size 10, learning rate 0.03, 3 epochs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     defaults = FitConfig()
     train.add_argument("--impl", choices=(*IMPLS, "both"), default="scratch",
