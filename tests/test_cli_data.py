@@ -172,7 +172,7 @@ def test_stream_trains_from_npy(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("w[x1]") and float(lines[0].split()[-1]) == pytest.approx(
         2.0, abs=1e-3)
-    assert main(["train", "--data", str(path), "--stream", "--standardize"]) == 2
+    assert main(["train", "--data", str(path), "--stream", "--val-fraction", "0.1"]) == 2
     assert "not supported when streaming" in capsys.readouterr().err
 
 

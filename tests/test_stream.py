@@ -111,3 +111,27 @@ def test_stream_refuses_bad_files(tmp_path):
     stream = BlockStream(tmp_path / "nan.npy", block_rows=5)
     with pytest.raises(ValueError, match="nan.npy, row 18: a value is NaN"):
         list(stream.batches(4, torch.Generator().manual_seed(0)))
+
+
+def test_streamed_standardization_matches_memory(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(250, 3, generator=g) * torch.tensor([0.01, 1.0, 300.0]) + torch.tensor(
+        [0.05, -2.0, 100.0])
+    y = X @ torch.tensor([40.0, -1.5, 0.02]) + 7.0 + 0.001 * torch.randn(250, generator=g)
+    path = tmp_path / "s.npy"
+    np.save(path, torch.cat([X, y[:, None]], 1).numpy())
+    stream = BlockStream(path, block_rows=32)  # several blocks: the moments are combined
+    kw = dict(standardize=True, standardize_target=True, lr=0.1, num_epochs=30, device="cpu")
+    streamed = torchlr.fit(stream, None, **kw)
+    in_memory = torchlr.fit(X, y, num_epochs=1, standardize=True, standardize_target=True)
+    torch.testing.assert_close(streamed.scaling.x_mean, in_memory.scaling.x_mean)
+    torch.testing.assert_close(streamed.scaling.x_scale, in_memory.scaling.x_scale)
+    assert streamed.scaling.y_scale == pytest.approx(in_memory.scaling.y_scale, rel=1e-9)
+    w_exact, b_exact = torchlr.least_squares(X, y)
+    exact = X.double() @ w_exact + b_exact
+    error = streamed.predict(X).reshape(-1).double() - exact
+    assert float(error.norm() / exact.norm()) < 1e-3
+    torch.testing.assert_close(streamed.w.double(), w_exact, rtol=1e-3, atol=0)
+    # A later fit without scaling trains on the raw rows again.
+    plain = torchlr.fit(stream, None, num_epochs=1, lr=1e-6, device="cpu")
+    assert plain.scaling.is_identity

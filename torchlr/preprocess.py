@@ -38,19 +38,26 @@ class Scaling:
         return cls(torch.zeros(num_features), torch.ones(num_features))
 
     @classmethod
-    def fit(cls, X: torch.Tensor, y: torch.Tensor, *, target: bool) -> Scaling:
-        """Statistics of the given (training) rows; the target's only when target is set."""
-        # float64 sums: float32 means over millions of rows lose digits.
-        X64 = X.double()
-        x_mean, x_std = X64.mean(0), X64.std(0, correction=0)
-        # A constant column is only shifted.
-        x_std = torch.where(x_std > 0, x_std, torch.ones_like(x_std))
-        y_mean, y_scale = 0.0, 1.0
-        if target:
-            y64 = y.double()
-            y_mean, y_scale = float(y64.mean()), float(y64.std(correction=0))
-            y_scale = y_scale if y_scale > 0 else 1.0
-        return cls(x_mean.float(), x_std.float(), y_mean, y_scale)
+    def fit(cls, X: torch.Tensor, y: torch.Tensor, *, target: bool,
+            features: bool = True) -> Scaling:
+        """Statistics of the given (training) rows, for the features and/or the target."""
+        # float64: float32 means over millions of rows lose digits.
+        X64, y64 = X.double(), y.double()
+        return cls.from_moments(X64.mean(0), X64.std(0, correction=0), float(y64.mean()),
+                                float(y64.std(correction=0)), features=features, target=target)
+
+    @classmethod
+    def from_moments(cls, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: float,
+                     y_std: float, *, features: bool, target: bool) -> Scaling:
+        """Scaling from means and standard deviations; an unscaled part stays the identity."""
+        if features:
+            # A constant column is only shifted.
+            x_std = torch.where(x_std > 0, x_std, torch.ones_like(x_std))
+        else:
+            x_mean, x_std = torch.zeros_like(x_mean), torch.ones_like(x_std)
+        if not target:
+            y_mean, y_std = 0.0, 1.0
+        return cls(x_mean.float(), x_std.float(), y_mean, y_std if y_std > 0 else 1.0)
 
     @property
     def is_identity(self) -> bool:

@@ -33,10 +33,8 @@ class RunState:
             X_val, y_val = X[val], y[val]
             X, y = X[train], y[train]
         if config.standardize or config.standardize_target:
-            self.scaling = Scaling.fit(X, y, target=config.standardize_target)
-            if not config.standardize:
-                self.scaling.x_mean.zero_()
-                self.scaling.x_scale.fill_(1)
+            self.scaling = Scaling.fit(X, y, target=config.standardize_target,
+                                       features=config.standardize)
         else:
             self.scaling = Scaling.identity(X.shape[1])
         self.X, self.y = self.scaling.features(X), self.scaling.target(y)  # what the model sees
@@ -50,16 +48,19 @@ class RunState:
         self.state: Optional[dict[str, Any]] = None  # the last checkpoint's contents
 
     @classmethod
-    def streaming(cls, num_examples: int, num_features: int, config: Any) -> RunState:
-        """Bookkeeping for data read from disk: no split and no scaling."""
-        for name in ("val_fraction", "standardize", "standardize_target"):
-            if getattr(config, name):
-                raise ValueError(f"{name}={getattr(config, name)!r} is not supported when "
-                                 f"streaming from disk; preprocess the .npy file instead")
+    def streaming(cls, stream: Any, config: Any) -> RunState:
+        """Bookkeeping for data read from disk: no split; scaling from one pass over the file."""
+        if config.val_fraction:
+            raise ValueError(f"val_fraction={config.val_fraction!r} is not supported when "
+                             f"streaming from disk; hold out rows in a separate file instead")
         run = cls.__new__(cls)
         run.config, run.val, run.stopper, run.state = config, None, None, None
-        run.scaling = Scaling.identity(num_features)
-        run.num_examples, run.X, run.y = num_examples, None, None
+        stream.scaling = None  # this fit's own, not one a previous fit left on the stream
+        if config.standardize or config.standardize_target:
+            stream.scaling = stream.fit_scaling(features=config.standardize,
+                                                target=config.standardize_target)
+        run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
+        run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
         return run
 

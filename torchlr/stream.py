@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from torchlr.io import npy_header
+from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg, squared_loss
 from torchlr.validation import check_positive_int
 
@@ -70,15 +71,40 @@ class BlockStream:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._array = np.ndarray(shape, dtype, buffer=self._map, offset=offset)
         self._offset, self._row_bytes = offset, row_bytes
+        self.scaling: Optional[Scaling] = None  # applied to every block once set
 
-    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit_scaling(self, *, features: bool = True, target: bool = False) -> Scaling:
+        """Standardization statistics from one pass over the file, block by block."""
+        # Chan's pairwise update of count, mean and sum of squared deviations, in float64.
+        count, mean, m2 = 0, None, None
+        for start in range(0, self.shape[0], self.block_rows):
+            X, y = self._block(start, min(start + self.block_rows, self.shape[0]), scaled=False)
+            block = torch.cat([X, y], 1).double()  # (k, d + 1)
+            k, b_mean = len(block), block.mean(0)
+            b_m2 = ((block - b_mean) ** 2).sum(0)
+            if mean is None:
+                count, mean, m2 = k, b_mean, b_m2
+                continue
+            delta, total = b_mean - mean, count + k
+            mean = mean + delta * k / total
+            m2 = m2 + b_m2 + delta**2 * count * k / total
+            count = total
+        std = (m2 / count).sqrt()
+        return Scaling.from_moments(mean[:-1], std[:-1], float(mean[-1]), float(std[-1]),
+                                    features=features, target=target)
+
+    def _block(self, start: int, stop: int,
+               scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [start, stop) as float32 (X (k, d), y (k, 1)), then let their pages go."""
         table = torch.from_numpy(np.array(self._array[start:stop], dtype=np.float32))
         self._release(start, stop)
         if not torch.isfinite(table).all():
             row = start + int((~torch.isfinite(table)).any(1).nonzero()[0, 0])
             raise ValueError(f"{self.path}, row {row + 1}: a value is NaN or infinite")
-        return table[:, self._feature_idx], table[:, self._target_idx:self._target_idx + 1]
+        X, y = table[:, self._feature_idx], table[:, self._target_idx:self._target_idx + 1]
+        if scaled and self.scaling is not None:
+            X, y = self.scaling.features(X), self.scaling.target(y)
+        return X, y
 
     def _release(self, start: int, stop: int) -> None:
         # Mapped pages count toward RSS until dropped; the page cache still keeps them.

@@ -235,7 +235,7 @@ def _fit(
         state = RunState(X, y, config)  # the split and scaling, before anything trains
         X, y = state.X, state.y
     else:
-        state = RunState.streaming(*stream.shape, config)
+        state = RunState.streaming(stream, config)  # scales the stream if asked
         X = y = stream
     device = resolve_device(config.device)
     n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
