@@ -69,7 +69,7 @@ def main() -> int:
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)")
         command = [sys.executable, "-m", "torchlr", "train", "--data", path, "--stream",
                    "--epochs", "1", "--batch-size", str(args.batch_size), "--lr",
-                   str(args.lr), "--device", "cpu", "--quiet"]
+                   str(args.lr), "--device", "cpu", "--quiet", "--no-tensorboard"]
         print("$", " ".join(command[1:]))
         start = time.perf_counter()
         env = dict(os.environ)
