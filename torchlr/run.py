@@ -45,7 +45,7 @@ class RunState:
         self.val_r2: list[float] = []
         self.stopper = EarlyStopping(config.early_stopping, self.val_losses) \
             if self.val is not None else None
-        self.state: Optional[dict[str, Any]] = None  # the last checkpoint's contents
+        self.checkpoint: Optional[dict[str, Any]] = None  # the last one saved or resumed
 
     @classmethod
     def streaming(cls, stream: Any, config: Any) -> RunState:
@@ -54,7 +54,7 @@ class RunState:
             raise ValueError(f"val_fraction={config.val_fraction!r} is not supported when "
                              f"streaming from disk; hold out rows in a separate file instead")
         run = cls.__new__(cls)
-        run.config, run.val, run.stopper, run.state = config, None, None, None
+        run.config, run.val, run.stopper, run.checkpoint = config, None, None, None
         stream.scaling = None  # this fit's own, not one a previous fit left on the stream
         if config.standardize or config.standardize_target:
             stream.scaling = stream.fit_scaling(features=config.standardize,
@@ -90,7 +90,7 @@ class RunState:
         self.val_r2[:] = history["val_r2"]
         w_history[:] = list(history["w"])
         b_history[:] = list(history["b"])
-        self.state = state
+        self.checkpoint = state
         if self.stopper is not None:
             self.stopper.best = state["best"]
             if self.stopper.should_stop(state["epoch"]):
@@ -110,14 +110,14 @@ class RunState:
             self.val_r2.append(val_r2)
             stop = self.stopper.update(epoch, w, b)
         if self.config.save is not None:
-            self.state = run_state(
+            self.checkpoint = run_state(
                 model=model, generator=generator, epoch=epoch, config=self.config,
                 scaling=self.scaling, num_examples=self.num_examples,
                 history={"losses": list(losses), "val_losses": list(self.val_losses),
                          "val_r2": list(self.val_r2), "w": torch.stack(w_history),
                          "b": torch.stack(b_history)},
                 best=self.stopper.best if self.stopper is not None else None)
-            save_checkpoint(self.config.save, self.state)
+            save_checkpoint(self.config.save, self.checkpoint)
         return val_loss, val_r2, stop
 
     def finish(self, model: Any) -> Optional[int]:
