@@ -120,6 +120,17 @@ def test_loss_curves_minibatch_draws_every_step_at_fractional_epochs(runs):
     assert list(epochs.get_ydata()) == pytest.approx(runs[0].losses)
 
 
+def test_loss_curves_adds_the_validation_curve_of_a_held_out_run(data):
+    X, y = data
+    run = torchlr.fit(X, y, num_epochs=2, val_fraction=0.25, device="cpu")
+    assert len(run.val_losses) == 2
+    train, val = plots.loss_curves([run]).axes[0].lines
+    assert list(train.get_ydata()) == pytest.approx(run.losses)
+    assert val.get_label() == "scratch (validation)"
+    assert list(val.get_xdata()) == [1, 2]
+    assert list(val.get_ydata()) == pytest.approx(run.val_losses)
+
+
 def test_loss_curves_names_the_device_when_runs_differ_in_it(runs):
     moved = [runs[0], type(runs[1])(**{**vars(runs[1]), "device": "cuda:0"})]
     labels = [line.get_label() for line in plots.loss_curves(moved).axes[0].lines]

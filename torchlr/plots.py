@@ -107,6 +107,7 @@ def loss_curves(
 ) -> Figure:
     """Per-epoch training loss of several runs on one axes (FitResults or label -> losses).
 
+    A FitResult with validation losses (val_fraction > 0) also gets its validation curve.
     minibatch=True also draws each FitResult's minibatch losses, placed at fractional
     epochs. reference draws a horizontal line, e.g. the loss of the closed-form solution.
     """
@@ -122,6 +123,10 @@ def loss_curves(
                     linewidth=0.8, label=f"{label} (minibatch)")
         epochs = list(range(1, len(losses) + 1))
         ax.plot(epochs, [float(v) for v in losses], label=label, **_style(i))
+        val_losses = getattr(run, "val_losses", None)
+        if val_losses:  # a FitResult trained with val_fraction > 0
+            ax.plot(list(range(1, len(val_losses) + 1)), [float(v) for v in val_losses],
+                    color=color, linestyle=":", marker="x", label=f"{label} (validation)")
     if reference is not None:
         ax.axhline(reference, color="black", linestyle=":", label="closed form")
     if log_scale:
