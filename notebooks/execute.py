@@ -57,7 +57,27 @@ def execute_notebook(path: Union[str, Path], workdir: Union[str, Path],
                             skip_cells_with_tag=SKIP_TAG, record_timing=False,
                             resources={"metadata": {"path": str(cwd)}})
     client.execute(env=env, cwd=str(cwd))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
     return nb
+
+
+def merge_streams(outputs: list) -> list:
+    """Join consecutive stdout (or stderr) chunks into one output.
+
+    The kernel flushes its streams on a timer, so one print can arrive in pieces; saved
+    as they came, a line would be cut in two on a code host.
+    """
+    merged: list = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if (out.output_type == "stream" and last is not None
+                and last.output_type == "stream" and last.name == out.name):
+            last.text += out.text
+        else:
+            merged.append(out)
+    return merged
 
 
 def main(argv: list[str]) -> int:

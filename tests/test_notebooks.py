@@ -174,4 +174,7 @@ def test_committed_notebooks_carry_their_outputs(name):
     counts = [cell.execution_count for cell in code_cells(nb) if not skipped(cell)]
     assert counts == list(range(1, len(counts) + 1))
     assert images(nb) >= 1
+    for cell in code_cells(nb):  # saved through execute.py: no print cut across two outputs
+        kinds = [(out.output_type, out.get("name")) for out in cell.outputs]
+        assert not any(a == b and a[0] == "stream" for a, b in zip(kinds, kinds[1:]))
     nbformat.validate(nb)
