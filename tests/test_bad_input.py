@@ -43,6 +43,12 @@ API_CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    # The CLI writes TensorBoard runs under ./runs by default: keep them out of the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.mark.parametrize("features, labels, options, error, words", API_CASES)
 def test_api_rejects_bad_input(features, labels, options, error, words):
     with pytest.raises(error) as info:

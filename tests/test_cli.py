@@ -13,6 +13,12 @@ from torchlr.cli import _ProgressBar, build_parser, main
 EPOCH_LINE = re.compile(r"^epoch (\d+), loss (\d+\.\d{6})$")
 
 
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    # The CLI writes TensorBoard runs under ./runs by default: keep them out of the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
 def test_default_run_prints_the_chapters_lines(capsys):
     assert main(["train", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -71,8 +77,8 @@ def test_python_dash_m_and_help_subprocess():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--batch-size" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "torchlr", "train", "--epochs", "1",
-                           "--device", "cpu"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
+                           "--device", "cpu", "--no-tensorboard"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and EPOCH_LINE.match(proc.stdout.splitlines()[0])
     assert "\r" not in proc.stdout  # no progress bar when stdout is not a terminal
 

@@ -11,6 +11,14 @@ from typing import Optional, TextIO
 import torch
 
 from torchlr import __version__, distributed
+from torchlr.cli_data import (
+    add_predict_command,
+    add_train_options,
+    describe_weights,
+    predict_rows,
+    training_inputs,
+    write_atomic,
+)
 from torchlr.data import synthetic_data
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
 from torchlr.validation import IMPLS
@@ -19,6 +27,7 @@ from torchlr.validation import IMPLS
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +35,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except an unset option's None or False, which say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and b = 4.2, as in the chapter. With no options it reproduces the chapter: "
             "1000 examples, batch size 10, learning rate 0.03, 3 epochs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     defaults = FitConfig()
     train.add_argument("--impl", choices=(*IMPLS, "both"), default="scratch",
@@ -64,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
+    train.add_argument("--logdir", default="runs",
+                       help="TensorBoard log root: each run writes one folder under it")
+    train.add_argument("--no-tensorboard", action="store_true",
+                       help="write no TensorBoard run")
+    train.add_argument("--run-name", default=None,
+                       help="suffix for the run folder <YYYYmmdd-HHMMSS>-<impl>-<run-name>")
+    train.add_argument("--plot", metavar="FILE.png",
+                       help="save the loss curves (every run of --impl both on one figure)")
+    add_train_options(train)
+    add_predict_command(sub)
     train.add_argument("--backend", choices=distributed.BACKENDS, default=None,
                        help="collective backend under torchrun (default: nccl on CUDA, "
                             "else gloo)")
@@ -109,7 +137,8 @@ class _Printer:
         if p.epoch_loss is not None:
             if self.bar is not None:
                 self.bar.clear()
-            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}", file=self.out, flush=True)
+            val = "" if p.val_loss is None else f", val loss {p.val_loss:f}, val R2 {p.val_r2:f}"
+            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}{val}", file=self.out, flush=True)
 
 
 def _format_vector(values: torch.Tensor) -> str:
@@ -123,22 +152,51 @@ def _report(result: FitResult, true_w: torch.Tensor, out: TextIO) -> None:
 
 def _train(args: argparse.Namespace, out: TextIO) -> int:
     true_w = torch.tensor(TRUE_W)
-    data_gen = torch.Generator().manual_seed(args.seed)
-    features, labels = synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
-    impls = IMPLS if args.impl == "both" else (args.impl,)
-    configs = [
-        FitConfig(impl=impl, lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
-                  device=args.device, seed=args.seed)
-        for impl in impls
-    ]
+
+    def synthetic() -> tuple[torch.Tensor, torch.Tensor]:
+        data_gen = torch.Generator().manual_seed(args.seed)
+        return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
+
+    # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
+    features, labels, configs = training_inputs(args, FitConfig(), synthetic, (TRUE_W, TRUE_B))
     for config in configs:  # every run's options are checked before any run starts
         config.validate()
+    if args.plot:
+        from torchlr import plots  # matplotlib is imported only when a plot is asked for
+
+        plots.check_image_path(args.plot)
+    results = []
     for config in configs:
         if len(configs) > 1 and not args.quiet:
             print(f"== {config.impl} ==", file=out)
         bar = _ProgressBar(out, config.impl) if out.isatty() and not args.quiet else None
         result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
-        _report(result, true_w, out)
+        if args.data is None:
+            _report(result, true_w, out)
+        else:
+            for line in describe_weights(result.w, result.b, config.feature_names):
+                print(line, file=out)
+        if result.run_dir is not None and not args.quiet:
+            # On stderr, so stdout stays the chapter's lines.
+            print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
+        if result.best_epoch is not None:
+            print(f"early stopping: kept epoch {result.best_epoch}", file=out)
+        if config.save is not None:
+            print(f"saved {config.save}", file=out)
+        results.append(result)
+    if args.plot:
+        plots.loss_curves(results).savefig(args.plot)
+        if not args.quiet:
+            print(f"Saved the loss curves to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _predict(args: argparse.Namespace, out: TextIO) -> int:
+    _, lines = predict_rows(args)  # every check runs before anything is written
+    if args.output is None:
+        out.writelines(lines)
+    else:
+        write_atomic(args.output, lines)
     return 0
 
 
@@ -149,6 +207,7 @@ def _train_data_parallel(args: argparse.Namespace, out: TextIO) -> int:
         args.device = str(device)  # this rank's own GPU under CUDA
         if distributed.is_main():
             return _train(args, out)
+        args.plot = None  # rank 0 alone prints and writes files
         with open(os.devnull, "w") as devnull:
             return _train(args, devnull)
     finally:
@@ -163,11 +222,22 @@ def main(argv: Optional[list[str]] = None) -> int:
             if distributed.in_torchrun():
                 return _train_data_parallel(args, sys.stdout)
             return _train(args, sys.stdout)
-    except (ValueError, TypeError, DivergenceError) as exc:
-        # Every rank that fails says so: a failure on one rank alone must not go unseen.
-        where = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
-        print(f"torchlr: error: {where}{exc}", file=sys.stderr)
+        if args.command == "predict":
+            return _predict(args, sys.stdout)
+    except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
+        where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
+        # Under torchrun every rank that fails says so, tagged: one rank's failure must show.
+        rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
+        print(f"torchlr: error: {rank}{exc}" + (f" (TensorBoard run: {where})" if where else ""),
+              file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        if sys.stdout.isatty():
+            print(file=sys.stdout)  # end a half-drawn progress bar line
+        where = getattr(exc, "run_dir", None)
+        print("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
+                                        if where else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_USAGE
 
 

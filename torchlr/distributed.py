@@ -9,6 +9,7 @@ takes the single-process steps up to float rounding.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from torch import nn
 from torchlr.data import batch_order
 from torchlr.devices import resolve_device
 from torchlr.scratch import linreg, sgd, squared_loss
+from torchlr.stream import BlockStream, block_order
 
 BACKENDS = ("gloo", "nccl")
 # Long enough for ranks that start minutes apart on different machines, short enough that a
@@ -210,13 +212,19 @@ class DataParallel:
     def batches(
         self,
         batch_size: int,
-        features: torch.Tensor,
-        labels: torch.Tensor,
+        features: Any,
+        labels: Any,
         *,
         generator: torch.Generator,
         drop_last: bool = False,
+        device: torch.device | str | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """Yield (X, y, global batch length): this rank's slice of each global batch."""
+        """Yield (X, y, global batch length): this rank's slice of each global batch.
+
+        `features` is a tensor (then `labels` too) or a BlockStream, read row by row.
+        """
+        if isinstance(features, BlockStream):
+            return self._stream_slices(features, batch_size, generator, drop_last, device)
         n = len(features)
         # The same draw as data_iter's, so every rank and a single process see one order.
         order = batch_order(n, generator=generator, device=features.device)
@@ -232,17 +240,75 @@ class DataParallel:
             idx = order[start + lo:start + hi]
             yield features.index_select(0, idx), labels.index_select(0, idx), length
 
+    def _mine(self, positions: torch.Tensor, batch_size: int, stop: int) -> torch.Tensor:
+        """Which of these positions in the epoch's row sequence fall in this rank's slices."""
+        k, j = positions // batch_size, positions % batch_size  # batch, place in the batch
+        length = torch.clamp(stop - k * batch_size, max=batch_size)  # the last may be short
+        base, extra = length // self.world_size, length % self.world_size
+        lo = self.rank * base + torch.clamp(extra, max=self.rank)
+        hi = lo + base + (self.rank < extra).long()
+        return (j >= lo) & (j < hi) & (positions < stop)
+
+    def _stream_slices(self, stream: BlockStream, batch_size: int, generator: torch.Generator,
+                       drop_last: bool, device: torch.device | str | None,
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        # The epoch's row sequence is the stream's: blocks in a random order, rows permuted
+        # within each, cut into global batches. Each rank reads only the rows of its slices.
+        n = stream.shape[0]
+        stop = n - n % batch_size if drop_last else n
+        num_batches = math.ceil(stop / batch_size)
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # rows read, not yet yielded
+        pos = 0  # position of the next block's first row in the sequence
+        k = 0  # the next global batch to yield
+        # Every block is drawn, even past `stop`: the generator ends the epoch as in one process.
+        for start, perm in block_order(n, stream.block_rows, generator):
+            positions = torch.arange(pos, pos + len(perm))
+            keep = self._mine(positions, batch_size, stop)
+            if keep.any():
+                X, y = stream.rows(start + perm[keep])
+                pending.append((X.to(device), y.to(device)))
+            pos += len(perm)
+            while k < num_batches and min((k + 1) * batch_size, stop) <= pos:
+                length = min(batch_size, stop - k * batch_size)
+                lo, hi = shard_bounds(length, self.rank, self.world_size)
+                X, y = _take(pending, hi - lo, stream.shape[1])
+                yield X.to(device), y.to(device), length  # a no-op but for an empty slice
+                k += 1
+
     def read(self, losses: torch.Tensor) -> torch.Tensor:
         """Sum the ranks' shares of some minibatch losses and bring them to the host."""
         return all_reduce_sum(losses.clone()).cpu()
 
     @torch.no_grad()
-    def mean_loss(self, features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
+    def mean_loss(self, features: Any, labels: Any, w: torch.Tensor,
                   b: torch.Tensor) -> torch.Tensor:
         """Mean squared_loss over the whole data set, each rank summing its own rows (0-d)."""
-        lo, hi = shard_bounds(len(features), self.rank, self.world_size)
+        n = features.shape[0]
+        lo, hi = shard_bounds(n, self.rank, self.world_size)
+        if isinstance(features, BlockStream):
+            return (all_reduce_sum(features.loss_sum(w, b, lo, hi)) / n).float()
         total = squared_loss(linreg(features[lo:hi], w, b), labels[lo:hi]).sum()
-        return all_reduce_sum(total) / len(features)
+        return all_reduce_sum(total) / n
+
+
+def _take(pending: list[tuple[torch.Tensor, torch.Tensor]], count: int,
+          num_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove and return the first `count` rows of the pending (X, y) pieces."""
+    Xs, ys = [], []
+    while count > 0:
+        X, y = pending[0]
+        if len(X) > count:
+            Xs.append(X[:count])
+            ys.append(y[:count])
+            pending[0] = (X[count:], y[count:])
+            break
+        Xs.append(X)
+        ys.append(y)
+        pending.pop(0)
+        count -= len(X)
+    if not Xs:  # no rows of this batch for this rank
+        return torch.empty(0, num_features), torch.empty(0, 1)
+    return (Xs[0], ys[0]) if len(Xs) == 1 else (torch.cat(Xs), torch.cat(ys))
 
 
 def current() -> Optional[DataParallel]:

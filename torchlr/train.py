@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,10 +12,15 @@ from typing import Any, Optional
 import torch
 
 from torchlr import distributed
+from torchlr.checkpoint import predict
 from torchlr.concise import LinearRegression, half_mse, make_optimizer
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
+from torchlr.preprocess import Scaling
+from torchlr.run import RunState
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.stream import BlockStream
+from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.validation import (
     IMPLS,
     check_choice,
@@ -22,6 +28,7 @@ from torchlr.validation import (
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,
+    check_run_options,
 )
 
 
@@ -43,6 +50,23 @@ class FitConfig:
     # Steps between host reads of the minibatch losses: the only syncs inside an epoch.
     # 0 reads once per epoch.
     log_every: int = 50
+    # Real data: validation, scaling, early stopping, checkpoints (torchlr.run does the work).
+    val_fraction: float = 0.0  # rows held out by a seeded split; val loss and R² per epoch
+    standardize: bool = False  # scale features by training-split mean and std
+    standardize_target: bool = False  # scale the target too; results stay in original units
+    early_stopping: int = 0  # patience: epochs without a lower val loss; 0 = off
+    save: Optional[str] = None  # checkpoint path, rewritten atomically after each epoch
+    resume: Optional[str] = None  # checkpoint to continue from, up to num_epochs
+    feature_names: Optional[tuple[str, ...]] = None  # column names, kept in checkpoints
+    target_name: Optional[str] = None
+    # TensorBoard: with a logdir the fit writes one run folder under it (torchlr.tensorboard).
+    logdir: Optional[str] = None
+    run_name: Optional[str] = None  # appended to the run folder's name
+    true_w: Optional[tuple[float, ...]] = None  # the truth, for the error/w and error/b tags
+    true_b: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
 
     def validate(self) -> None:
         """Raise ValueError or TypeError naming the first bad option."""
@@ -51,10 +75,12 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
+        check_options(self)
+        check_run_options(self)
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,8 @@ class Progress:
     step: int  # steps done in this epoch
     steps_per_epoch: int
     epoch_loss: Optional[float] = None  # set once the epoch is over
+    val_loss: Optional[float] = None  # with a validation split, set once the epoch is over
+    val_r2: Optional[float] = None
 
 
 @dataclass
@@ -82,6 +110,20 @@ class FitResult:
     b_history: torch.Tensor  # (num_epochs + 1,)
     epoch_seconds: list[float] = field(default_factory=list)
     run_dir: Optional[str] = None
+    val_losses: list[float] = field(default_factory=list)  # per epoch, with val_fraction > 0
+    val_r2: list[float] = field(default_factory=list)
+    best_epoch: Optional[int] = None  # the epoch early stopping restored
+    scaling: Optional[Scaling] = None  # w, b above are already in original units
+    scaled_w: Optional[torch.Tensor] = None  # (d,) what the model learned on scaled data
+    scaled_b: Optional[float] = None
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Predictions (n, 1) in original units, computed exactly as a loaded checkpoint does."""
+        X = torch.as_tensor(features, dtype=torch.float32)
+        scaling = self.scaling or Scaling.identity(X.shape[1])
+        w = self.w if self.scaled_w is None else self.scaled_w
+        b = self.b if self.scaled_b is None else self.scaled_b
+        return predict(X, w.reshape(-1, 1), torch.tensor([b], dtype=torch.float32), scaling)
 
     @property
     def impl(self) -> str:
@@ -175,11 +217,36 @@ def fit(
     **overrides: Any,
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
+    with RunWriter() as run:
+        result = _fit(features, labels, config, on_progress, run, **overrides)
+        run.finish(result)
+    return replace(result, run_dir=run.run_dir)
+
+
+def _fit(
+    features: Any,
+    labels: Any,
+    config: Optional[FitConfig],
+    on_progress: Optional[Callable[[Progress], None]],
+    run: RunWriter,
+    **overrides: Any,
+) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
     config.validate()
-    X, y = check_data(features, labels)
+    group = distributed.current()  # None outside an initialized process group
+    if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
+        config = replace(config, save=None, logdir=None)
+    stream = features if isinstance(features, BlockStream) else None
+    if stream is None:
+        X, y = check_data(features, labels)
+        state = RunState(X, y, config)  # the split and scaling, before anything trains
+        X, y = state.X, state.y
+    else:
+        state = RunState.streaming(stream, config)  # scales the stream if asked
+        X = y = stream
     device = resolve_device(config.device)
-    n, d = X.shape
+    n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
     if steps == 0:
         raise ValueError(
@@ -187,18 +254,16 @@ def fit(
             f"for {n} samples"
         )
     # Moved once: every batch is then gathered on the device.
-    X, y = X.to(device), y.to(device)
+    if stream is None:
+        X, y = X.to(device), y.to(device)
+    state.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
-    group = distributed.current()  # None outside an initialized process group
     if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
-    # In a group each rank steps on its slice of every batch; the model itself is unchanged.
-    step = model.step if group is None else group.wrap(model, device).step
-    batches_of = data_iter if group is None else group.batches
+    run.open(config, X, y, device, steps)
     read = _to_host if group is None else group.read  # a copy: the buffer is reused per epoch
-    mean_loss = evaluate if group is None else group.mean_loss
 
     w, b = model.params()
     w_history = [_snapshot(w, -1)]  # each (d,)
@@ -208,27 +273,40 @@ def fit(
     epoch_seconds: list[float] = []
     step_losses = torch.empty(steps, device=device)  # filled on the device, read at log points
     read_every = config.log_every or steps
+    first_epoch = state.resume(model, generator, losses, w_history, b_history)
+    # In a group each rank steps on its slice of every batch; the model itself is unchanged.
+    step = model.step if group is None else group.wrap(model, device).step
 
-    for epoch in range(1, config.num_epochs + 1):
+    for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
         done = 0
-        batches = batches_of(config.batch_size, X, y, generator=generator,
-                            drop_last=config.drop_last)
+        if group is not None:  # X is the data set or the stream
+            batches = group.batches(config.batch_size, X, y, generator=generator,
+                                    drop_last=config.drop_last, device=device)
+        else:
+            batches = data_iter(config.batch_size, X, y, generator=generator,
+                                drop_last=config.drop_last) if stream is None else \
+                stream.batches(config.batch_size, generator, config.drop_last, device)
         for i, batch in enumerate(batches):
             step_losses[i] = step(*batch)  # (X, y), or (X, y, global length) in a group
             if (i + 1) % read_every == 0 and i + 1 < steps:
                 chunk = read(step_losses[done:i + 1])  # the host sync, once per log interval
+                run.train_losses(epoch, done, chunk)
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
         chunk = read(step_losses[done:])
+        run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
 
         w, b = model.params()
-        loss = float(mean_loss(X, y, w, b))
+        if group is not None:  # each rank sums the loss over its share of the rows
+            loss = float(group.mean_loss(X, y, w, b))
+        else:
+            loss = float(evaluate(X, y, w, b) if stream is None else stream.evaluate(w, b))
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
@@ -238,17 +316,22 @@ def fit(
         losses.append(loss)
         w_history.append(_snapshot(w, -1))
         b_history.append(_snapshot(b))
+        val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, losses, w_history,
+                                                 b_history)
+        run.epoch(epoch, loss, w, b, epoch_seconds[-1])
+        run.validation(epoch, val_loss, val_r2)
         if on_progress is not None:
-            on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
+            on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss, val_r2))
+        if stop:
+            break
 
+    best_epoch = state.finish(model)
     return FitResult(
-        w=w_history[-1].clone(),  # a copy: the history stays as it was
-        b=float(b_history[-1]),
+        **state.result_fields(model, w_history, b_history),  # w, b, histories in original units
+        best_epoch=best_epoch,
         losses=losses,
         config=config,
         device=str(device),
         train_losses=torch.cat(train_losses) if train_losses else torch.empty(0),
-        w_history=torch.stack(w_history),
-        b_history=torch.stack(b_history),
         epoch_seconds=epoch_seconds,
     )
