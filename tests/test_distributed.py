@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,6 +16,7 @@ from torchlr import distributed
 from torchlr.cli import main
 from torchlr.data import data_iter
 from torchlr.distributed import DataParallel, WorkerError, launch, shard_bounds
+from torchlr.stream import BlockStream
 from torchlr.train import ConciseModel, ScratchModel
 
 IMPLS = ("scratch", "concise")
@@ -23,8 +25,9 @@ SIZES = (1003, 1001)
 OPTIONS = {"device": "cpu", "num_epochs": 2, "log_every": 7, "seed": 3}
 
 
-def _fit_all(datasets):
-    """Worker: every (n, impl) fit, plus the parameters each rank ended with."""
+def _fit_all(datasets, npy, checkpoint):
+    """Worker: every (n, impl) fit, plus the parameters each rank ended with; streamed fits;
+    a fit resumed from a checkpoint rank 0 saved."""
     results = {}
     for n, (X, y) in datasets.items():
         for impl in IMPLS:
@@ -32,11 +35,21 @@ def _fit_all(datasets):
             every_w = [None] * distributed.world_size()
             dist.all_gather_object(every_w, (result.w, result.b))
             results[n, impl] = (result, every_w)
+    for impl in IMPLS:
+        results["stream", impl] = torchlr.fit(_stream(npy), None, impl=impl, **OPTIONS)
+    X, y = datasets[SIZES[0]]
+    torchlr.fit(X, y, save=checkpoint, **{**OPTIONS, "num_epochs": 1})
+    # The next fit's first collective waits for rank 0, which has saved by then.
+    results["resumed"] = torchlr.fit(X, y, resume=checkpoint, **OPTIONS)
     try:  # ranks that were given different seeds must refuse to train together
         torchlr.fit(X, y, device="cpu", seed=distributed.rank())
     except ValueError as exc:
         results["disagree"] = str(exc)
     return results
+
+
+def _stream(path):
+    return BlockStream(path, block_rows=97)  # blocks that end inside batches
 
 
 def _fail_on_rank_one(X, y):
@@ -127,26 +140,39 @@ def test_a_rank_with_no_rows_steps_with_zero_gradient(single_process_group, mode
     assert torch.equal(w, w0) and torch.equal(b, b0)
 
 
-def test_two_processes_train_the_single_process_model():
+def test_two_processes_train_the_single_process_model(tmp_path):
     datasets = {n: chapter_data(seed=1, num_examples=n) for n in SIZES}
-    results = launch(_fit_all, 2, args=(datasets,), device="cpu")
-    for n, (X, y) in datasets.items():
-        for impl in IMPLS:
-            two, every_w = results[n, impl]
+    npy = tmp_path / "table.npy"
+    X, y = datasets[SIZES[1]]
+    np.save(npy, torch.cat([X, y], 1).numpy())
+    checkpoint = str(tmp_path / "run.pt")
+    results = launch(_fit_all, 2, args=(datasets, str(npy), checkpoint), device="cpu")
+    for key in [k for k in results if isinstance(k, tuple)]:
+        source, impl = key
+        if source == "stream":  # the same rows as SIZES[1], streamed from the file
+            two, every_w = results[key], None
+            one = torchlr.fit(_stream(npy), None, impl=impl, **OPTIONS)
+            X, y = datasets[SIZES[1]]
+        else:
+            (two, every_w), (X, y) = results[key], datasets[source]
             one = torchlr.fit(X, y, impl=impl, **OPTIONS)
-            # Same model within float rounding, after every epoch.
-            torch.testing.assert_close(two.w_history, one.w_history, rtol=1e-5, atol=0)
-            torch.testing.assert_close(two.b_history, one.b_history, rtol=1e-5, atol=0)
-            # The epoch loss is the whole set's mean at the group's parameters, and it
-            # prints as the single process's (6 decimals).
-            at_two = [float(torchlr.evaluate(X, y, w.reshape(-1, 1), b.reshape(1)))
-                      for w, b in zip(two.w_history[1:], two.b_history[1:])]
-            assert two.losses == pytest.approx(at_two, rel=1e-5)
-            assert two.losses == pytest.approx(one.losses, rel=1e-5, abs=1e-7)
-            # Each minibatch loss is the global batch's mean, not one rank's share.
-            torch.testing.assert_close(two.train_losses, one.train_losses, rtol=1e-5, atol=1e-7)
-            # Both ranks hold the same parameters.
+        # Same model within float rounding, after every epoch.
+        torch.testing.assert_close(two.w_history, one.w_history, rtol=1e-5, atol=0)
+        torch.testing.assert_close(two.b_history, one.b_history, rtol=1e-5, atol=0)
+        # The epoch loss is the whole set's mean at the group's parameters, and it
+        # prints as the single process's (6 decimals).
+        at_two = [float(torchlr.evaluate(X, y, w.reshape(-1, 1), b.reshape(1)))
+                  for w, b in zip(two.w_history[1:], two.b_history[1:])]
+        assert two.losses == pytest.approx(at_two, rel=1e-5)
+        assert two.losses == pytest.approx(one.losses, rel=1e-5, abs=1e-7)
+        # Each minibatch loss is the global batch's mean, not one rank's share.
+        torch.testing.assert_close(two.train_losses, one.train_losses, rtol=1e-5, atol=1e-7)
+        if every_w is not None:  # both ranks hold the same parameters
             assert torch.equal(every_w[0][0], every_w[1][0]) and every_w[0][1] == every_w[1][1]
+    # Every rank resumed from rank 0's checkpoint and went on as one uninterrupted run would.
+    X, y = datasets[SIZES[0]]
+    whole = torchlr.fit(X, y, **OPTIONS)
+    torch.testing.assert_close(results["resumed"].w_history, whole.w_history, rtol=1e-5, atol=0)
     assert results["disagree"] == (
         "The 2 processes disagree on ['seed']: every rank must train with the same options "
         "on the same data."
@@ -173,9 +199,8 @@ def test_a_stalled_worker_times_out_instead_of_hanging():
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 
 
-def test_torchrun_cli_prints_the_single_process_numbers(capsys):
-    argv = ["train", "--impl", "both", "--num-examples", "1001", "--epochs", "2",
-            "--device", "cpu", "--seed", "4"]
+def _torchrun_matches_one_process(argv, capsys):
+    """Run `torchlr <argv>` in this process, then on 2 processes under torchrun: same output."""
     assert main(argv) == 0
     expected = capsys.readouterr().out.splitlines()
     proc = subprocess.run(
@@ -190,3 +215,23 @@ def test_torchrun_cli_prints_the_single_process_numbers(capsys):
     got = [float(v) for line in lines for v in NUMBER.findall(line)]
     want = [float(v) for line in expected for v in NUMBER.findall(line)]
     assert got == pytest.approx(want, rel=1e-4, abs=2e-6)  # the last printed digit may round
+
+
+def test_torchrun_cli_prints_the_single_process_numbers(tmp_path, capsys):
+    argv = ["train", "--impl", "both", "--num-examples", "1001", "--epochs", "2",
+            "--device", "cpu", "--seed", "4", "--logdir", str(tmp_path)]
+    _torchrun_matches_one_process(argv, capsys)
+    # Two TensorBoard runs from this process and two from rank 0: none from rank 1.
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_torchrun_cli_on_a_csv(tmp_path, capsys):
+    X, y = chapter_data(seed=2, num_examples=403)
+    X = X * torch.tensor([100.0, 0.1])  # columns on different scales
+    path = tmp_path / "table.csv"
+    rows = ["a,b,target"] + [f"{a:.6f},{b:.6f},{t:.6f}" for (a, b), t in zip(X.tolist(), y[:, 0])]
+    path.write_text("\n".join(rows) + "\n")
+    argv = ["train", "--data", str(path), "--target", "target", "--standardize",
+            "--val-fraction", "0.2", "--impl", "both", "--epochs", "2", "--batch-size", "16",
+            "--device", "cpu", "--no-tensorboard"]
+    _torchrun_matches_one_process(argv, capsys)
