@@ -101,6 +101,29 @@ def test_each_global_batch_is_the_ranks_slices_in_order():
     assert [len(per_rank[r][-1][0]) for r in range(world)] == [1, 0, 0]
 
 
+@pytest.mark.parametrize("batch_size, drop_last", [(10, False), (10, True), (64, False)])
+def test_streamed_slices_are_the_streams_batches_cut_per_rank(tmp_path, batch_size, drop_last):
+    X, y = chapter_data(num_examples=1001)
+    np.save(tmp_path / "t.npy", torch.cat([X, y], 1).numpy())
+    stream = _stream(tmp_path / "t.npy")
+    after = torch.Generator().manual_seed(5)
+    reference = list(stream.batches(batch_size, after, drop_last))
+    for world in (2, 3):
+        per_rank = []
+        for r in range(world):
+            gen = torch.Generator().manual_seed(5)
+            per_rank.append(list(DataParallel(r, world).batches(
+                batch_size, stream, None, generator=gen, drop_last=drop_last)))
+            # Each rank's generator ends the epoch where one process's does.
+            assert torch.equal(gen.get_state(), after.get_state())
+        assert all(len(batches) == len(reference) for batches in per_rank)
+        for step, (X_ref, y_ref) in enumerate(reference):
+            slices = [batches[step] for batches in per_rank]
+            assert all(length == len(X_ref) for _, _, length in slices)
+            assert torch.equal(torch.cat([s[0] for s in slices]), X_ref)
+            assert torch.equal(torch.cat([s[1] for s in slices]), y_ref)
+
+
 def test_torchrun_env_and_backend_choice(monkeypatch):
     assert distributed.in_torchrun({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     assert not distributed.in_torchrun({"RANK": "0", "WORLD_SIZE": "2"})

@@ -254,6 +254,7 @@ class DataParallel:
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         # The epoch's row sequence is the stream's: blocks in a random order, rows permuted
         # within each, cut into global batches. Each rank reads only the rows of its slices.
+        device = "cpu" if device is None else device
         n = stream.shape[0]
         stop = n - n % batch_size if drop_last else n
         num_batches = math.ceil(stop / batch_size)
