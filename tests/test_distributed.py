@@ -1,6 +1,8 @@
 """Data-parallel training: N gloo processes over loopback against one process."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -57,6 +59,13 @@ def _fail_on_rank_one(X, y):
         if distributed.rank() == 1 and progress.epoch == 2:
             raise RuntimeError("rank 1 gives up")
     return torchlr.fit(X, y, device="cpu", log_every=5, on_progress=stop)
+
+
+def _killed_on_rank_one(X, y):
+    def die(progress):
+        if distributed.rank() == 1 and progress.epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # no Python error, no error file
+    return torchlr.fit(X, y, device="cpu", log_every=5, on_progress=die)
 
 
 def _stall_on_rank_one(X, y):
@@ -129,9 +138,16 @@ def test_torchrun_env_and_backend_choice(monkeypatch):
     assert not distributed.in_torchrun({"RANK": "0", "WORLD_SIZE": "2"})
     assert distributed.default_backend("cpu") == "gloo"
     assert distributed.default_backend("cuda:1") == "nccl"
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="backend='nccl' needs a CUDA device"):
+        distributed.setup("cpu", backend="nccl")
+    with pytest.raises(ValueError, match="Unknown backend 'mpi'"):
+        distributed.setup("cpu", backend="mpi")
+    monkeypatch.delenv("LOCAL_RANK")
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         distributed.setup("cpu")
+    assert not distributed.is_distributed()  # nothing was joined on the way
 
 
 def test_outside_a_group_nothing_changes():
@@ -210,6 +226,14 @@ def test_a_failing_worker_stops_the_launch_and_is_named():
     assert time.monotonic() - start < 60
 
 
+def test_a_killed_worker_is_named_with_its_stage():
+    X, y = chapter_data(num_examples=1001)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"first rank 1: killed by SIGKILL while running"):
+        launch(_killed_on_rank_one, 2, args=(X, y), device="cpu")
+    assert time.monotonic() - start < 60
+
+
 def test_a_stalled_worker_times_out_instead_of_hanging():
     X, y = chapter_data(num_examples=1001)
     start = time.monotonic()
@@ -242,7 +266,7 @@ def _torchrun_matches_one_process(argv, capsys):
 
 def test_torchrun_cli_prints_the_single_process_numbers(tmp_path, capsys):
     argv = ["train", "--impl", "both", "--num-examples", "1001", "--epochs", "2",
-            "--device", "cpu", "--seed", "4", "--logdir", str(tmp_path)]
+            "--device", "cpu", "--seed", "4", "--logdir", str(tmp_path), "--backend", "gloo"]
     _torchrun_matches_one_process(argv, capsys)
     # Two TensorBoard runs from this process and two from rank 0: none from rank 1.
     assert len(list(tmp_path.iterdir())) == 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -377,8 +378,8 @@ def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device:
     """Run fn(*args) in `nprocs` local processes forming one group; return rank 0's result.
 
     The processes are started with torch.multiprocessing's spawn, so `fn` and `args` must be
-    picklable (a function defined at the top level of a module). A worker that raises stops
-    them all, and the error is raised here as WorkerError.
+    picklable (a function defined at the top level of a module). A worker that raises or is
+    killed stops them all, and WorkerError names the rank that failed first.
     """
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
@@ -389,23 +390,35 @@ def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device:
         # program can take the port between choosing it and listening on it.
         store = dist.TCPStore(LOOPBACK, 0, nprocs, is_master=True, wait_for_workers=False,
                               timeout=timedelta(seconds=timeout))
+        context = mp.start_processes(
+            _worker,
+            args=(fn, args, nprocs, store.port, device, backend, timeout, folder),
+            nprocs=nprocs,
+            join=False,
+            start_method="spawn",
+        )
         try:
-            mp.start_processes(
-                _worker,
-                args=(fn, args, nprocs, store.port, device, backend, timeout, folder),
-                nprocs=nprocs,
-                join=True,
-                start_method="spawn",
-            )
+            while not context.join():
+                pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-            failures = _first_failures(folder, nprocs) or [
-                f"rank {exc.error_index}: {str(exc).strip().splitlines()[0]} while "
-                f"{_stage(folder, exc.error_index)}"
+            # A rank killed by a signal leaves no Python error; its peers' errors (a broken
+            # connection) follow from it, so it is named first. SIGTERM is spawn's own stop.
+            killed = [
+                f"rank {r}: killed by {signal.Signals(-p.exitcode).name} while {_stage(folder, r)}"
+                for r, p in enumerate(context.processes)
+                if p.exitcode is not None and p.exitcode < 0 and -p.exitcode != signal.SIGTERM
             ]
+            failures = killed + _first_failures(folder, nprocs) or [str(exc).strip()]
             raise WorkerError(
                 f"{len(failures)} of {nprocs} worker(s) failed, first {failures[0]}"
                 + "".join(f"\n  then {line}" for line in failures[1:])
             ) from exc
+        except BaseException:  # Ctrl-C in a notebook: leave no worker behind
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+                process.join(timeout=10)
+            raise
         return torch.load(os.path.join(folder, "result.pt"), weights_only=False)
 
 
