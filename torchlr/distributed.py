@@ -324,6 +324,9 @@ def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, po
             device: str, backend: Optional[str], timeout: float, folder: str) -> None:
     os.environ.update(MASTER_ADDR=LOOPBACK, MASTER_PORT=str(port), RANK=str(local_rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    # Like torchrun's OMP_NUM_THREADS=1: N workers with a full thread pool each would
+    # oversubscribe the cores, and a collective then waits on a descheduled peer.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         _mark(folder, local_rank, "joining the group")
         store = dist.TCPStore(LOOPBACK, port, world, is_master=False,
