@@ -340,8 +340,8 @@ def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, po
     except BaseException as exc:
         # When one rank fails its peers fail too, on a broken connection; the time of each
         # error, written before this rank leaves the group, names the rank that failed first.
-        with open(os.path.join(folder, f"error-{local_rank}.txt"), "w") as f:
-            f.write(f"{time.time()!r}\n{type(exc).__name__}: {exc}")
+        _write(os.path.join(folder, f"error-{local_rank}.txt"),
+               f"{time.time()!r}\n{type(exc).__name__}: {exc}")
         raise
     finally:
         teardown()
@@ -349,10 +349,16 @@ def _worker(local_rank: int, fn: Callable[..., Any], args: tuple, world: int, po
     exit_now(0)
 
 
+def _write(path: str, text: str) -> None:
+    # Whole or not at all: spawn may stop this process while it writes.
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def _mark(folder: str, rank: int, stage: str) -> None:
     # Where a worker was: a process killed by a signal leaves no Python error to report.
-    with open(os.path.join(folder, f"stage-{rank}.txt"), "w") as f:
-        f.write(stage)
+    _write(os.path.join(folder, f"stage-{rank}.txt"), stage)
 
 
 def _stage(folder: str, rank: int) -> str:
