@@ -73,7 +73,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: str = "auto", *, backend: Optional[str] = None,
+def setup(device: str | torch.device = "auto", *, backend: Optional[str] = None,
           timeout: float = DEFAULT_TIMEOUT, store: Optional[dist.Store] = None) -> torch.device:
     """Join the process group described by torchrun's env vars; return this rank's device.
 
@@ -90,7 +90,7 @@ def setup(device: str = "auto", *, backend: Optional[str] = None,
     local_rank = int(os.environ["LOCAL_RANK"])
     resolved = resolve_device(device)
     if resolved.type == "cuda":
-        if device.strip().lower() in ("auto", "cuda"):
+        if str(device).strip().lower() in ("auto", "cuda"):
             # One GPU per process on each machine: local rank k takes cuda:k.
             resolved = resolve_device(f"cuda:{local_rank}")
         torch.cuda.set_device(resolved)
