@@ -98,11 +98,11 @@ class ScratchModel:
 
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
+        n = X.shape[0]  # the actual batch length, so a short last batch gets a true mean
         total = squared_loss(linreg(X, self.w, self.b), y).sum()
         total.backward()
-        # The actual batch length, so a short last batch gets a true mean.
-        sgd([self.w, self.b], self.lr, len(X))
-        return total.detach() / len(X)
+        sgd([self.w, self.b], self.lr, n)
+        return total.detach() / n
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """w (d, 1) and b (1,)."""
@@ -120,7 +120,8 @@ class ConciseModel:
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
         loss = half_mse(self.module(X), y)
-        self.optimizer.zero_grad(set_to_none=True)
+        # The module's zero_grad: the optimizer's does the same behind a profiler scope.
+        self.module.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -143,6 +144,13 @@ def evaluate(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
     """How many minibatches one epoch has."""
     return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+
+
+def _read(step_losses: list[torch.Tensor]) -> torch.Tensor:
+    """Stack the pending minibatch losses, copy them to the host and start a new interval."""
+    chunk = torch.stack(step_losses).cpu()
+    step_losses.clear()
+    return chunk
 
 
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
@@ -187,7 +195,9 @@ def fit(
     losses: list[float] = []
     train_losses: list[torch.Tensor] = []
     epoch_seconds: list[float] = []
-    step_losses = torch.empty(steps, device=device)  # filled on the device, read at log points
+    # This interval's minibatch losses, 0-d tensors left on the device: appending costs no
+    # kernel, and one stack per host read gathers them.
+    step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
 
     for epoch in range(1, config.num_epochs + 1):
@@ -196,15 +206,15 @@ def fit(
         batches = data_iter(config.batch_size, X, y, generator=generator,
                             drop_last=config.drop_last)
         for i, (X_batch, y_batch) in enumerate(batches):
-            step_losses[i] = model.step(X_batch, y_batch)
+            step_losses.append(model.step(X_batch, y_batch))
             if (i + 1) % read_every == 0 and i + 1 < steps:
-                chunk = step_losses[done:i + 1].cpu()  # the host sync, once per log interval
+                chunk = _read(step_losses)  # the host sync, once per log interval
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
-        chunk = step_losses[done:].cpu()
+        chunk = _read(step_losses)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
 
