@@ -63,6 +63,9 @@ class Size:
     batch_size: int
     epochs: int
     device: str = "cpu"
+    # The references run at this size: at 10M rows the Python-list and per-example
+    # DataLoader loops would take minutes of a lent GPU's time for a known answer.
+    references: tuple[str, ...] = REFERENCES
 
     @property
     def steps(self) -> int:
@@ -75,9 +78,17 @@ SIZES = {
     "1Mx100": Size("1Mx100", 1_000_000, 100, 1024, 1),
     "cuda-chapter": Size("cuda-chapter", 1000, 2, 10, 3, "cuda"),
     "cuda-1Mx100": Size("cuda-1Mx100", 1_000_000, 100, 1024, 1, "cuda"),
-    "cuda-10Mx100": Size("cuda-10Mx100", 10_000_000, 100, 8192, 1, "cuda"),
+    "cuda-10Mx100": Size("cuda-10Mx100", 10_000_000, 100, 8192, 1, "cuda", ("lstsq",)),
 }
 CPU_SIZES = ("chapter", "1Mx100")
+# The issue's targets: (size, implementation, reference, the most time / reference time).
+TARGETS = (
+    ("chapter", "torchlr_scratch", "loop_port", 0.8),
+    ("chapter", "torchlr_concise", "dataloader", 0.5),
+    *(("1Mx100", impl, ref, limit) for impl in TORCHLR
+      for ref, limit in (("loop_port", 0.25), ("dataloader", 0.05), ("sklearn", 0.67))),
+    *(("1Mx100", impl, "read", 10.0) for impl in TORCHLR),  # the stretch goal
+)
 CUDA_SIZES = ("cuda-chapter", "cuda-1Mx100", "cuda-10Mx100")
 
 
@@ -191,7 +202,7 @@ def run_sklearn(data: tuple[Any, Any], size: Size, seed: int):
 def run_lstsq(X: torch.Tensor, y: torch.Tensor) -> None:
     """The closed form as users write it: append a ones column, call lstsq."""
     A = torch.cat([X, torch.ones(len(X), 1, device=X.device)], dim=1)  # (n, d + 1)
-    torch.linalg.lstsq(A.cpu(), y.cpu()).solution  # noqa: B018  (gelsy on CPU by default)
+    torch.linalg.lstsq(A, y).solution  # noqa: B018  (gelsy on the CPU, gels on CUDA)
 
 
 def run_read(X: torch.Tensor) -> None:
@@ -207,17 +218,28 @@ def run_torchlr(X: torch.Tensor, y: torch.Tensor, size: Size, impl: str, **optio
 
 # ---- timing -----------------------------------------------------------------------------------
 
-def time_runs(fn: Callable[[], Any], device: str, repeats: int, warmup: int = 1) -> list[float]:
-    """Wall seconds of repeats calls to fn, after warmup untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
+def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str,
+                     warmup: bool) -> dict[str, list[float]]:
+    """Wall seconds per call: one warm-up each, then rounds that call every job once.
+
+    Interleaving spreads a busy spell on a shared machine over all implementations
+    instead of charging it to one. A job with fewer repeats sits out the later rounds.
+    """
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    if warmup:
+        for name, (fn, _) in jobs.items():
+            print(f"  warm-up: {LABELS[name]}", file=sys.stderr, flush=True)
+            fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+    for round_ in range(max(reps for _, reps in jobs.values())):
+        for name, (fn, reps) in jobs.items():
+            if round_ >= reps:
+                continue
+            print(f"  round {round_ + 1}: {LABELS[name]}", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -227,22 +249,27 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
     sk_data = None if "sklearn" in skip or size.device != "cpu" else prepare_sklearn(X, y)
     # The slow references run fewer times at large sizes; their spread is reported.
     slow = size.n >= 100_000
+    # Without a warm-up round, the fast jobs' first call is run and dropped instead.
+    fast = repeats + 1 if slow else repeats
     jobs: dict[str, tuple[Callable[[], Any], int]] = {
-        "read": (lambda: run_read(X), repeats),
-        "torchlr_scratch": (lambda: run_torchlr(X, y, size, "scratch"), repeats),
-        "torchlr_concise": (lambda: run_torchlr(X, y, size, "concise"), repeats),
+        "read": (lambda: run_read(X), fast),
+        "torchlr_scratch": (lambda: run_torchlr(X, y, size, "scratch"), fast),
+        "torchlr_concise": (lambda: run_torchlr(X, y, size, "concise"), fast),
         "loop_port": (lambda: run_loop_port(X, y, size, 0), slow_repeats if slow else repeats),
         "dataloader": (lambda: run_dataloader(X, y, size, 0), slow_repeats if slow else repeats),
         "lstsq": (lambda: run_lstsq(X, y), slow_repeats if slow else repeats),
     }
     if sk_data is not None:
         jobs["sklearn"] = (lambda: run_sklearn(sk_data, size, 0), slow_repeats if slow else repeats)
-    times: dict[str, list[float]] = {}
-    for name, (fn, reps) in jobs.items():
-        if name in skip:
-            continue
-        print(f"  {size.name}: {LABELS[name]} x{reps} ...", file=sys.stderr, flush=True)
-        times[name] = time_runs(fn, size.device, reps, warmup=0 if slow and reps == 1 else 1)
+    jobs = {name: job for name, job in jobs.items()
+            if name not in skip and (name in size.references or name not in REFERENCES)}
+    # At large sizes one untimed pass of the slow references would cost minutes: the
+    # warm-up is skipped there (their first call is their only call by default).
+    times = time_round_robin(jobs, size.device, warmup=not slow)
+    if slow:
+        for name in ("read", *TORCHLR):
+            if name in times:
+                times[name] = times[name][1:]
     medians = {name: statistics.median(t) for name, t in times.items()}
     rows = {}
     for name, t in times.items():
@@ -258,7 +285,8 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
         if name in TORCHLR:
             row["ratio"] = {ref: med / medians[ref] for ref in REFERENCES if ref in medians}
         rows[name] = row
-    return {"size": size.__dict__ | {"steps": size.steps}, "results": rows}
+    return {"size": {**size.__dict__, "references": list(size.references), "steps": size.steps},
+            "results": rows}
 
 
 # ---- peak memory, one implementation per child process ---------------------------------------
@@ -360,7 +388,7 @@ def print_size(record: dict[str, Any]) -> None:
     print(f"\n== {size['name']}: {size['n']}x{size['d']}, batch {size['batch_size']}, "
           f"{size['epochs']} epoch(s), {size['steps']} steps, {size['device']} ==")
     refs = [r for r in REFERENCES if r in rows]
-    head = (f"{'implementation':<20}{'median s':>11}{'us/step':>10}{'samples/s':>12}"
+    head = (f"{'implementation':<20}{'median ms':>11}{'us/step':>10}{'samples/s':>12}"
             f"{'x read':>9}" + "".join(f"{'/' + r:>13}" for r in refs))
     print(head)
     for name, row in rows.items():
@@ -369,7 +397,7 @@ def print_size(record: dict[str, Any]) -> None:
         xr = f"{row['x_read']:9.1f}" if "x_read" in row else f"{'':>9}"
         ratios = "".join(f"{row['ratio'][r]:13.3f}" if "ratio" in row else f"{'':>13}"
                          for r in refs)
-        print(f"{LABELS[name]:<20}{row['median_s']:11.4f}{us}{sps}{xr}{ratios}")
+        print(f"{LABELS[name]:<20}{row['median_s'] * 1e3:11.4g}{us}{sps}{xr}{ratios}")
 
 
 def print_rss(rss: dict[str, Any]) -> None:
@@ -396,7 +424,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--skip", default="",
                         help="comma-separated implementations to leave out, e.g. dataloader")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS children")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every implementation "
+                             "(default: torch's own choice)")
     parser.add_argument("--out", default=None, help="JSON path (default: results/<machine>.json)")
+    parser.add_argument("--markdown", metavar="JSON",
+                        help="print a results file as the README's markdown tables and exit")
     parser.add_argument("--rss-child", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -406,6 +439,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.rss_child:
         rss_child(*args.rss_child)
+        return 0
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
         return 0
     if args.quick:
         names, args.repeats, args.no_rss = ["chapter"], min(args.repeats, 3), True
@@ -422,6 +458,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"no CUDA device: skipping {', '.join(skipped_cuda)}", file=sys.stderr)
         names = [s for s in names if s not in skipped_cuda]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     info = machine()
     started = dt.datetime.now(dt.timezone.utc)
@@ -443,12 +481,69 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["peak_rss_1Mx100"] = measure_rss("1Mx100")
         print("\n== peak RSS, training 1Mx100 (each in its own process) ==")
         print_rss(report["peak_rss_1Mx100"])
+    report["targets"] = check_targets(report["sizes"])
+    if report["targets"]:
+        print("\n== targets (time ratio, torchlr over reference, this run) ==")
+        for t in report["targets"]:
+            print(f"{t['size']:<8} {LABELS[t['impl']]:<16} / {LABELS[t['against']]:<18} "
+                  f"{t['ratio']:8.3f}  (at most {t['at_most']})  "
+                  f"{'met' if t['met'] else 'MISSED'}")
 
     out = Path(args.out) if args.out else RESULTS_DIR / default_name(info)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0
+
+
+def check_targets(sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target whose size and reference were measured, with its ratio and verdict."""
+    out = []
+    for size, impl, ref, limit in TARGETS:
+        rows = sizes.get(size, {}).get("results", {})
+        if impl not in rows or ref not in rows:
+            continue
+        ratio = rows[impl]["median_s"] / rows[ref]["median_s"]
+        out.append({"size": size, "impl": impl, "against": ref, "at_most": limit,
+                    "ratio": ratio, "met": ratio <= limit})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README's tables for one results file, each labelled with its machine and date."""
+    m = report["machine"]
+    where = (f"{m['gpu'] + ', ' if m['gpu'] else ''}{m['cpu']}, {m['cpu_count']} CPUs, "
+             f"{m['torch_threads']} torch threads, torch {m['torch']}, {report['date'][:10]}")
+    lines = [f"Machine: {where}.", ""]
+    for record in report["sizes"].values():
+        size, rows = record["size"], record["results"]
+        refs = [r for r in REFERENCES if r in rows]
+        lines += [f"**{size['name']}** ({size['n']}x{size['d']}, batch {size['batch_size']}, "
+                  f"{size['epochs']} epoch(s), {size['device']}):", "",
+                  "| implementation | median ms | µs/step | samples/s | × read | "
+                  + " | ".join(f"/ {LABELS[r]}" for r in refs) + " |",
+                  "|---" * (5 + len(refs)) + "|"]
+        for name, row in rows.items():
+            cells = [LABELS[name], f"{row['median_s'] * 1e3:.4g}",
+                     f"{row['us_per_step']:.1f}" if "us_per_step" in row else "",
+                     f"{row['samples_per_s']:.3g}" if "samples_per_s" in row else "",
+                     f"{row['x_read']:.1f}" if "x_read" in row else ""]
+            cells += [f"{row['ratio'][r]:.3f}" if "ratio" in row else "" for r in refs]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if report.get("targets"):
+        lines += ["| size | torchlr | against | ratio | at most | |", "|---|---|---|---|---|---|"]
+        for t in report["targets"]:
+            lines.append(f"| {t['size']} | {LABELS[t['impl']]} | {LABELS[t['against']]} | "
+                         f"{t['ratio']:.3f} | {t['at_most']} | "
+                         f"{'met' if t['met'] else '**missed**'} |")
+        lines.append("")
+    mib = 2**20
+    for impl, r in report.get("peak_rss_1Mx100", {}).items():
+        lines.append(f"- {LABELS[impl]}, training 1Mx100: peak RSS {r['peak_rss'] / mib:.0f} MiB "
+                     f"= {r['peak_over_data']:.2f}x the data ({r['data_bytes'] / mib:.0f} MiB); "
+                     f"the fit itself added {(r['peak_rss'] - r['rss_before_fit']) / mib:.0f} MiB.")
+    return "\n".join(lines)
 
 
 def default_name(info: dict[str, Any]) -> str:
