@@ -18,6 +18,7 @@ from torchlr.validation import IMPLS
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
+    train.add_argument("--logdir", default="runs",
+                       help="TensorBoard log root: each run writes one folder under it")
+    train.add_argument("--no-tensorboard", action="store_true",
+                       help="write no TensorBoard run")
+    train.add_argument("--run-name", default=None,
+                       help="suffix for the run folder <YYYYmmdd-HHMMSS>-<impl>-<run-name>")
     return parser
 
 
@@ -121,7 +128,9 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     impls = IMPLS if args.impl == "both" else (args.impl,)
     configs = [
         FitConfig(impl=impl, lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
-                  device=args.device, seed=args.seed)
+                  device=args.device, seed=args.seed,
+                  logdir=None if args.no_tensorboard else args.logdir,
+                  run_name=args.run_name, true_w=TRUE_W, true_b=TRUE_B)
         for impl in impls
     ]
     for config in configs:  # every run's options are checked before any run starts
@@ -132,6 +141,9 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         bar = _ProgressBar(out, config.impl) if out.isatty() and not args.quiet else None
         result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
         _report(result, true_w, out)
+        if result.run_dir is not None and not args.quiet:
+            # On stderr, so stdout stays the chapter's lines.
+            print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
     return 0
 
 
@@ -142,8 +154,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "train":
             return _train(args, sys.stdout)
     except (ValueError, TypeError, DivergenceError) as exc:
-        print(f"torchlr: error: {exc}", file=sys.stderr)
+        where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
+        print(f"torchlr: error: {exc}" + (f" (TensorBoard run: {where})" if where else ""),
+              file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        if sys.stdout.isatty():
+            print(file=sys.stdout)  # end a half-drawn progress bar line
+        where = getattr(exc, "run_dir", None)
+        print("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
+                                        if where else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_USAGE
 
 

@@ -23,7 +23,9 @@ class LinearRegression(nn.Module):
     ) -> None:
         super().__init__()
         # skip_init: nn.Linear's own init would draw from torch's global RNG.
-        self.linear = nn.utils.skip_init(nn.Linear, num_inputs, 1, device=device)
+        # skip_init would leave the weights on the meta device if given device=None.
+        self.linear = nn.utils.skip_init(nn.Linear, num_inputs, 1,
+                                         device=device if device is not None else "cpu")
         w, b = init_params(num_inputs, sigma, generator=generator, device=device)
         with torch.no_grad():
             self.linear.weight.copy_(w.T)  # (1, d)

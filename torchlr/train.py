@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from torchlr.concise import LinearRegression, half_mse, make_optimizer
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.validation import (
     IMPLS,
     check_choice,
@@ -42,6 +44,14 @@ class FitConfig:
     # Steps between host reads of the minibatch losses: the only syncs inside an epoch.
     # 0 reads once per epoch.
     log_every: int = 50
+    # TensorBoard: with a logdir the fit writes one run folder under it (torchlr.tensorboard).
+    logdir: Optional[str] = None
+    run_name: Optional[str] = None  # appended to the run folder's name
+    true_w: Optional[tuple[float, ...]] = None  # the truth, for the error/w and error/b tags
+    true_b: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
 
     def validate(self) -> None:
         """Raise ValueError or TypeError naming the first bad option."""
@@ -50,10 +60,11 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -148,9 +159,14 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
 
 def _read(step_losses: list[torch.Tensor]) -> torch.Tensor:
     """Stack the pending minibatch losses, copy them to the host and start a new interval."""
-    chunk = torch.stack(step_losses).cpu()
+    chunk = torch.stack(step_losses).cpu()  # stack makes a new tensor: nothing reuses it
     step_losses.clear()
     return chunk
+
+
+def _snapshot(param: torch.Tensor, *shape: int) -> torch.Tensor:
+    # copy=True: on the CPU, .cpu() would return a view that the next step overwrites.
+    return param.detach().to("cpu", copy=True).reshape(shape)
 
 
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
@@ -173,6 +189,21 @@ def fit(
     **overrides: Any,
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
+    with RunWriter() as run:
+        result = _fit(features, labels, config, on_progress, run, **overrides)
+        run.finish(result)
+    return replace(result, run_dir=run.run_dir)
+
+
+def _fit(
+    features: Any,
+    labels: Any,
+    config: Optional[FitConfig],
+    on_progress: Optional[Callable[[Progress], None]],
+    run: RunWriter,
+    **overrides: Any,
+) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
     config.validate()
     X, y = check_data(features, labels)
@@ -188,10 +219,11 @@ def fit(
     X, y = X.to(device), y.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
+    run.open(config, X, y, device, steps)
 
     w, b = model.params()
-    w_history = [w.detach().reshape(-1).cpu()]
-    b_history = [b.detach().reshape(()).cpu()]
+    w_history = [_snapshot(w, -1)]  # each (d,)
+    b_history = [_snapshot(b)]  # each 0-d
     losses: list[float] = []
     train_losses: list[torch.Tensor] = []
     epoch_seconds: list[float] = []
@@ -209,12 +241,14 @@ def fit(
             step_losses.append(model.step(X_batch, y_batch))
             if (i + 1) % read_every == 0 and i + 1 < steps:
                 chunk = _read(step_losses)  # the host sync, once per log interval
+                run.train_losses(epoch, done, chunk)
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
         chunk = _read(step_losses)
+        run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)
 
@@ -227,13 +261,14 @@ def fit(
             )
         epoch_seconds.append(time.perf_counter() - start)
         losses.append(loss)
-        w_history.append(w.detach().reshape(-1).cpu())
-        b_history.append(b.detach().reshape(()).cpu())
+        w_history.append(_snapshot(w, -1))
+        b_history.append(_snapshot(b))
+        run.epoch(epoch, loss, w, b, epoch_seconds[-1])
         if on_progress is not None:
             on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
 
     return FitResult(
-        w=w_history[-1].clone(),
+        w=w_history[-1].clone(),  # a copy: the history stays as it was
         b=float(b_history[-1]),
         losses=losses,
         config=config,

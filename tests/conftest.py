@@ -1,0 +1,28 @@
+"""Shared fixtures: the chapter's data set and small helpers."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+import torchlr
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRUE_W = torch.tensor([2.0, -3.4])
+TRUE_B = 4.2
+
+
+def chapter_data(seed: int = 0, num_examples: int = 1000):
+    """The chapter's synthetic data set, drawn from its own seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torchlr.synthetic_data(TRUE_W, TRUE_B, num_examples, generator=g)
+
+
+@pytest.fixture
+def data():
+    return chapter_data()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

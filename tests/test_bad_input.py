@@ -1,0 +1,110 @@
+"""Every bad input is refused before training, through the API and through the CLI."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from torchlr import fit
+from torchlr.cli import main
+
+X = torch.randn(20, 2)
+Y = torch.randn(20, 1)
+
+API_CASES = [
+    # (features, labels, options, exception, words the message must contain)
+    (torch.randn(20), Y, {}, ValueError, ["features", "2-D", "(20,)"]),
+    (torch.randn(20, 2, 1), Y, {}, ValueError, ["features", "(20, 2, 1)"]),
+    (X, torch.randn(10, 1), {}, ValueError, ["inconsistent", "20", "10"]),
+    (X, torch.randn(20, 2), {}, ValueError, ["labels", "(n,) or (n, 1)", "(20, 2)"]),
+    (torch.randn(0, 2), torch.randn(0, 1), {}, ValueError, ["empty", "(0, 2)"]),
+    (X.clone().index_fill_(0, torch.tensor([3]), math.nan), Y, {}, ValueError,
+     ["features", "NaN"]),
+    (X, Y.clone().index_fill_(0, torch.tensor([3]), math.inf), {}, ValueError,
+     ["labels", "inf"]),
+    (X, Y, {"batch_size": 0}, ValueError, ["batch_size", "0"]),
+    (X, Y, {"batch_size": -3}, ValueError, ["batch_size", "-3"]),
+    (X, Y, {"batch_size": 2.5}, TypeError, ["batch_size", "2.5"]),
+    (X, Y, {"lr": 0}, ValueError, ["lr", "0"]),
+    (X, Y, {"lr": -0.1}, ValueError, ["lr", "-0.1"]),
+    (X, Y, {"lr": math.inf}, ValueError, ["lr", "inf"]),
+    (X, Y, {"lr": math.nan}, ValueError, ["lr", "nan"]),
+    (X, Y, {"lr": "0.1"}, TypeError, ["lr", "'0.1'"]),
+    (X, Y, {"num_epochs": -1}, ValueError, ["num_epochs", "-1"]),
+    (X, Y, {"impl": "keras"}, ValueError, ["impl", "'keras'", "'scratch'", "'concise'"]),
+    (X, Y, {"device": "gpu"}, ValueError, ["device", "'gpu'"]),
+    ([[1.0, 2.0]], [1.0], {}, TypeError, ["features", "list"]),
+    (np.array([["a", "b"]]), np.array([1.0]), {}, TypeError, ["features", "dtype"]),
+    (X > 0, Y, {}, TypeError, ["features", "bool"]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    # The CLI writes TensorBoard runs under ./runs by default: keep them out of the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("features, labels, options, error, words", API_CASES)
+def test_api_rejects_bad_input(features, labels, options, error, words):
+    with pytest.raises(error) as info:
+        fit(features, labels, **{"device": "cpu", **options})
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_api_rejects_cuda_without_cuda():
+    with pytest.raises(ValueError, match="'cuda'.*CUDA is not available"):
+        fit(X, Y, device="cuda")
+
+
+def test_rejected_before_training(monkeypatch):
+    # The model is never built when an option is bad, even a late-checked one like device.
+    import torchlr.train as train
+
+    built = []
+    monkeypatch.setitem(train.MODELS, "scratch", lambda *a: built.append(a))
+    with pytest.raises(ValueError):
+        fit(X, Y, device="tpu")
+    with pytest.raises(ValueError):
+        fit(X, torch.randn(19, 1), device="cpu")
+    assert built == []
+
+
+CLI_CASES = [
+    (["--batch-size", "0"], "batch_size"),
+    (["--batch-size", "x"], "--batch-size"),
+    (["--lr", "-1"], "lr"),
+    (["--lr", "nan"], "lr"),
+    (["--lr", "abc"], "--lr"),
+    (["--epochs", "-2"], "num_epochs"),
+    (["--impl", "keras"], "--impl"),
+    (["--device", "tpu"], "tpu"),
+    (["--num-examples", "0"], "num_examples"),
+    (["--lr", "10"], "diverged"),
+]
+if not torch.cuda.is_available():
+    CLI_CASES.append((["--device", "cuda"], "CUDA is not available"))
+
+
+@pytest.mark.parametrize("args, word", CLI_CASES)
+def test_cli_one_line_exit_2(args, word, capsys):
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(["train", "--quiet", *args]))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and word in err, err
+    assert "Traceback" not in err
+
+
+def test_cli_subprocess_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "torchlr", "train", "--lr", "0"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "lr" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,115 @@
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TRUE_B, TRUE_W, chapter_data
+
+from torchlr import fit
+from torchlr.cli import _ProgressBar, build_parser, main
+
+EPOCH_LINE = re.compile(r"^epoch (\d+), loss (\d+\.\d{6})$")
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    # The CLI writes TensorBoard runs under ./runs by default: keep them out of the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
+def test_default_run_prints_the_chapters_lines(capsys):
+    assert main(["train", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [EPOCH_LINE.match(line).group(1) for line in lines[:3]] == ["1", "2", "3"]
+    # The printed numbers are the fit's own, with the chapter's data, seed and options.
+    X, y = chapter_data(seed=0)
+    result = fit(X, y, device="cpu")
+    assert [float(EPOCH_LINE.match(line).group(2)) for line in lines[:3]] == [
+        round(loss, 6) for loss in result.losses
+    ]
+    assert lines[3].startswith("Error in estimating w [")
+    assert lines[4].startswith("Error in estimating b ")
+    w_error = [float(v) for v in lines[3].split("[")[1].rstrip("]").split()]
+    torch.testing.assert_close(torch.tensor(w_error), TRUE_W - result.w, rtol=1e-5, atol=0)
+    assert float(lines[4].split()[-1]) == pytest.approx(TRUE_B - result.b, rel=1e-5)
+    assert len(lines) == 5
+
+
+def test_both_runs_each_implementation(capsys):
+    assert main(["train", "--impl", "both", "--device", "cpu", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "== scratch ==" in out and "== concise ==" in out
+    losses = [line for line in out.splitlines() if line.startswith("epoch")]
+    assert len(losses) == 4 and losses[:2] == losses[2:]  # agree to the printed digits
+
+
+def test_options_reach_fit(capsys):
+    args = ["train", "--device", "cpu", "--epochs", "1", "--lr", "0.1", "--batch-size", "7",
+            "--num-examples", "50", "--seed", "4", "--impl", "concise"]
+    assert main(args) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    g = torch.Generator().manual_seed(4)
+    import torchlr
+
+    X, y = torchlr.synthetic_data(TRUE_W, TRUE_B, 50, generator=g)
+    result = fit(X, y, impl="concise", lr=0.1, batch_size=7, num_epochs=1, seed=4, device="cpu")
+    assert line == f"epoch 1, loss {result.losses[0]:f}"
+
+
+def test_quiet_prints_only_the_errors(capsys):
+    assert main(["train", "--quiet", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Error in estimating w")
+
+
+def test_help_explains_each_option():
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for option in ["--impl", "--epochs", "--lr", "--batch-size", "--num-examples", "--seed",
+                   "--device", "--quiet"]:
+        assert option in text
+    assert "scratch" in text and "concise" in text and "cuda:N" in text
+
+
+def test_python_dash_m_and_help_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "torchlr", "train", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--batch-size" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "torchlr", "train", "--epochs", "1",
+                           "--device", "cpu", "--no-tensorboard"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and EPOCH_LINE.match(proc.stdout.splitlines()[0])
+    assert "\r" not in proc.stdout  # no progress bar when stdout is not a terminal
+
+
+def test_missing_command_exits_2(capsys):
+    assert_exit = pytest.raises(SystemExit)
+    with assert_exit as info:
+        main([])
+    assert info.value.code == 2
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    fake = _Tty()
+    monkeypatch.setattr(sys, "stdout", fake)
+    assert main(["train", "--device", "cpu", "--epochs", "2", "--num-examples", "2000"]) == 0
+    text = fake.getvalue()
+    assert "\r" in text and "epoch 1/2" in text and "[" in text
+    # The epoch lines still stand on lines of their own.
+    lines = [part.split("\r")[-1].replace("\033[K", "") for part in text.split("\n")]
+    assert sum(bool(EPOCH_LINE.match(line)) for line in lines) == 2
+
+
+def test_progress_bar_fills():
+    from torchlr.train import Progress
+
+    stream = io.StringIO()
+    bar = _ProgressBar(stream, "scratch", width=10)
+    bar(Progress(epoch=2, num_epochs=2, step=50, steps_per_epoch=100))
+    assert "[#######---]" in stream.getvalue()

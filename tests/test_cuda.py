@@ -1,0 +1,68 @@
+"""CUDA paths: run wherever CUDA is present, skipped elsewhere."""
+
+import warnings
+
+import pytest
+import torch
+from conftest import chapter_data, requires_cuda
+
+from torchlr import fit
+from torchlr.data import data_iter
+from torchlr.scratch import init_params
+
+pytestmark = [pytest.mark.cuda, requires_cuda]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_cuda_matches_cpu(impl):
+    X, y = chapter_data(num_examples=1003)
+    cpu = fit(X, y, impl=impl, device="cpu", num_epochs=3)
+    gpu = fit(X, y, impl=impl, device="cuda", num_epochs=3)
+    assert gpu.device.startswith("cuda")
+    assert gpu.w.device.type == "cpu" and isinstance(gpu.b, float)
+    torch.testing.assert_close(gpu.w_history, cpu.w_history, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(gpu.losses), torch.tensor(cpu.losses),
+                               rtol=1e-3, atol=1e-8)
+
+
+def test_scratch_and_concise_agree_on_cuda():
+    X, y = chapter_data(num_examples=1003)
+    s = fit(X, y, impl="scratch", device="cuda")
+    c = fit(X, y, impl="concise", device="cuda")
+    assert (s.w_history - c.w_history).abs().max() < 1e-6
+
+
+def test_batch_order_does_not_depend_on_device():
+    X, y = chapter_data(num_examples=257)
+    y = torch.arange(257.0).reshape(-1, 1)
+    cpu = [yb for _, yb in data_iter(16, X, y, generator=torch.Generator().manual_seed(3))]
+    gpu = [yb for _, yb in data_iter(16, X.cuda(), y.cuda(),
+                                     generator=torch.Generator().manual_seed(3))]
+    assert all(a.device.type == "cuda" for a in gpu)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+
+
+def test_init_params_same_on_every_device():
+    w_cpu, _ = init_params(5, generator=torch.Generator().manual_seed(0))
+    w_gpu, b_gpu = init_params(5, generator=torch.Generator().manual_seed(0), device="cuda")
+    assert w_gpu.is_cuda and b_gpu.is_cuda and w_gpu.is_leaf
+    assert torch.equal(w_cpu, w_gpu.cpu())
+
+
+def _count_syncs(num_examples):
+    X, y = chapter_data(num_examples=num_examples)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fit(X, y, device="cuda", num_epochs=2, log_every=0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def test_no_host_sync_per_step():
+    # Ten times the steps, the same number of syncs: none of them is per step.
+    small, large = _count_syncs(1000), _count_syncs(10000)
+    assert large == small

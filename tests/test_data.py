@@ -1,0 +1,118 @@
+import pytest
+import torch
+from conftest import TRUE_B, TRUE_W
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchlr
+from torchlr.data import data_iter, synthetic_data
+
+
+def test_synthetic_data_shapes_and_model():
+    g = torch.Generator().manual_seed(1)
+    X, y = synthetic_data(TRUE_W, TRUE_B, 5000, noise=0.01, generator=g)
+    assert X.shape == (5000, 2) and X.dtype == torch.float32
+    assert y.shape == (5000, 1) and y.dtype == torch.float32
+    residual = y[:, 0] - (X @ TRUE_W + TRUE_B)
+    # The residual is the noise: mean ~0, std ~0.01 (5000 draws: std error of std ~1e-4).
+    assert abs(residual.mean()) < 1e-3
+    assert abs(residual.std() - 0.01) < 1e-3
+    assert abs(X.mean()) < 0.05 and abs(X.std() - 1) < 0.05
+
+
+def test_synthetic_data_noise_free_is_exact():
+    X, y = synthetic_data([1.5, -2.0, 0.5], -1.0, 50, noise=0.0,
+                          generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(y[:, 0], X @ torch.tensor([1.5, -2.0, 0.5]) - 1.0)
+
+
+def test_synthetic_data_is_seeded_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a = synthetic_data(TRUE_W, TRUE_B, 100, generator=torch.Generator().manual_seed(7))
+    b = synthetic_data(TRUE_W, TRUE_B, 100, generator=torch.Generator().manual_seed(7))
+    c = synthetic_data(TRUE_W, TRUE_B, 100, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_synthetic_data_rejects_bad_num_examples(bad):
+    with pytest.raises((ValueError, TypeError), match="num_examples"):
+        synthetic_data(TRUE_W, TRUE_B, bad)
+
+
+def _epoch(n, batch_size, seed, drop_last=False, shuffle=True, d=3):
+    X = torch.arange(n * d, dtype=torch.float32).reshape(n, d)
+    y = torch.arange(n, dtype=torch.float32).reshape(n, 1)
+    g = torch.Generator().manual_seed(seed)
+    return X, y, list(data_iter(batch_size, X, y, generator=g, drop_last=drop_last,
+                                shuffle=shuffle))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), batch_size=st.integers(1, 64), seed=st.integers(0, 2**31))
+def test_each_example_once_per_epoch_with_true_batch_sizes(n, batch_size, seed):
+    X, y, batches = _epoch(n, batch_size, seed)
+    sizes = [len(xb) for xb, _ in batches]
+    assert sizes == [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    seen = torch.cat([yb[:, 0] for _, yb in batches]).long()
+    assert sorted(seen.tolist()) == list(range(n))
+    for xb, yb in batches:  # rows stay paired with their labels
+        torch.testing.assert_close(xb, X[yb[:, 0].long()])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 200), batch_size=st.integers(1, 64), seed=st.integers(0, 2**31))
+def test_drop_last_drops_only_the_short_batch(n, batch_size, seed):
+    _, _, batches = _epoch(n, batch_size, seed, drop_last=True)
+    assert [len(xb) for xb, _ in batches] == [batch_size] * (n // batch_size)
+    seen = torch.cat([yb[:, 0] for _, yb in batches]).long().tolist() if batches else []
+    assert len(set(seen)) == len(seen) == (n // batch_size) * batch_size
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 200), batch_size=st.integers(1, 64), seed=st.integers(0, 2**31))
+def test_same_seed_same_order(n, batch_size, seed):
+    _, _, a = _epoch(n, batch_size, seed)
+    _, _, b = _epoch(n, batch_size, seed)
+    assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))
+
+
+def test_new_order_each_epoch_from_one_generator():
+    X = torch.randn(100, 2)
+    y = torch.arange(100.0).reshape(-1, 1)
+    g = torch.Generator().manual_seed(0)
+    first = torch.cat([yb for _, yb in data_iter(10, X, y, generator=g)])
+    second = torch.cat([yb for _, yb in data_iter(10, X, y, generator=g)])
+    assert not torch.equal(first, second)
+    assert torch.equal(first.sort(0).values, second.sort(0).values)
+
+
+def test_order_is_the_generators_randperm():
+    # The order is exactly randperm(n) from the generator: nothing else consumes it.
+    X = torch.randn(37, 2)
+    y = torch.arange(37.0).reshape(-1, 1)
+    order = torch.randperm(37, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    got = torch.cat([yb for _, yb in data_iter(8, X, y, generator=g)])
+    assert torch.equal(got[:, 0].long(), order)
+
+
+def test_no_shuffle_keeps_file_order():
+    X, y, batches = _epoch(23, 5, 0, shuffle=False)
+    assert torch.equal(torch.cat([yb for _, yb in batches]), y)
+
+
+def test_data_iter_validates_eagerly():
+    X, y = torch.randn(10, 2), torch.randn(9, 1)
+    with pytest.raises(ValueError, match=r"10.*9"):
+        data_iter(2, X, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        data_iter(0, X, X[:, :1])
+    with pytest.raises(TypeError, match="batch_size"):
+        data_iter(2.0, X, X[:, :1])
+
+
+def test_public_names():
+    assert torchlr.data_iter is data_iter and torchlr.synthetic_data is synthetic_data

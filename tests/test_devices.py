@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from torchlr.devices import resolve_device
+
+
+def test_cpu_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device(" CPU ") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "tpu", "", "cpu:0:1"])
+def test_unknown_device_lists_choices(bad):
+    with pytest.raises(ValueError, match="Unknown device") as info:
+        resolve_device(bad)
+    assert repr(bad) in str(info.value) and "cuda:N" in str(info.value)
+
+
+def test_non_string_device():
+    with pytest.raises(TypeError, match="device"):
+        resolve_device(0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_requested_without_cuda(name):
+    with pytest.raises(ValueError, match="CUDA is not available") as info:
+        resolve_device(name)
+    assert repr(name) in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_mps_requested_without_mps():
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        pytest.skip("MPS is present here")
+    with pytest.raises(ValueError, match="MPS is not available"):
+        resolve_device("mps")

@@ -1,0 +1,348 @@
+"""TensorBoard runs, read back with TensorBoard's own reader and its own server."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import chapter_data, requires_cuda
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+import torchlr
+from torchlr.cli import main
+from torchlr.scratch import linreg, squared_loss
+from torchlr.tensorboard import new_run_dir
+from torchlr.train import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TRUE_W = (2.0, -3.4)
+TRUE_B = 4.2
+SCALARS = {"loss/train", "loss/epoch", "error/w", "error/b", "grad/norm", "lr",
+           "perf/samples_per_sec"}
+
+
+def read_run(run_dir: str) -> EventAccumulator:
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "histograms": 0,
+                                                   "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def scalars(acc: EventAccumulator, tag: str) -> tuple[list[int], list[float]]:
+    events = acc.Scalars(tag)
+    return [e.step for e in events], [e.value for e in events]
+
+
+def hparams_data(acc: EventAccumulator) -> dict[str, plugin_data_pb2.HParamsPluginData]:
+    return {tag: plugin_data_pb2.HParamsPluginData.FromString(content)
+            for tag, content in acc.PluginTagToContent("hparams").items()}
+
+
+def f32(values) -> list[float]:
+    """What a TensorBoard scalar holds: the value rounded to float32."""
+    return torch.tensor(values, dtype=torch.float64).float().tolist()
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
+    X, y = chapter_data()
+    result = torchlr.fit(X, y, impl=impl, num_epochs=3, log_every=30, logdir=tmp_path,
+                         true_w=torch.tensor(TRUE_W, dtype=torch.float64), true_b=TRUE_B)
+    run_dir = Path(result.run_dir)
+    assert run_dir.parent == tmp_path and os.listdir(tmp_path) == [run_dir.name]
+    assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{impl}", run_dir.name)
+    assert result.config.true_w == TRUE_W  # the tensor is kept as plain floats
+    acc = read_run(str(run_dir))
+    assert set(acc.Tags()["scalars"]) == SCALARS
+
+    # loss/train: one point per host read (30, 60, 90 and the epoch's tail at 100), the
+    # mean of the minibatch losses read there.
+    steps, values = scalars(acc, "loss/train")
+    bounds = [0, 30, 60, 90, 100]
+    assert steps == [e * 100 + s for e in range(3) for s in bounds[1:]]
+    chunks = [result.train_losses[e * 100 + a:e * 100 + b].double().mean().item()
+              for e in range(3) for a, b in zip(bounds, bounds[1:])]
+    assert values == pytest.approx(f32(chunks), rel=1e-6)
+
+    epochs = [1, 2, 3]
+    steps, values = scalars(acc, "loss/epoch")
+    assert steps == epochs and values == f32(result.losses)
+
+    w_true = torch.tensor(TRUE_W, dtype=torch.float64)
+    errors_w = [(w.double() - w_true).norm().item() for w in result.w_history[1:]]
+    errors_b = [abs(b.item() - TRUE_B) for b in result.b_history[1:]]
+    assert scalars(acc, "error/w") == (epochs, pytest.approx(f32(errors_w), rel=1e-5))
+    assert scalars(acc, "error/b") == (epochs, pytest.approx(f32(errors_b), rel=1e-5))
+    assert scalars(acc, "lr") == (epochs, f32([0.03] * 3))
+    speeds = [1000 / s for s in result.epoch_seconds]
+    assert scalars(acc, "perf/samples_per_sec") == (epochs, pytest.approx(f32(speeds), rel=1e-6))
+
+    # grad/norm and grad/w against autograd on the epoch loss at the epoch's parameters.
+    grad_norms, grads_w = [], []
+    for w, b in zip(result.w_history[1:], result.b_history[1:]):
+        w = w.reshape(-1, 1).clone().requires_grad_()
+        b = b.reshape(1).clone().requires_grad_()
+        squared_loss(linreg(X, w, b), y).mean().backward()
+        grad_norms.append(torch.cat([w.grad.reshape(-1), b.grad]).norm().item())
+        grads_w.append(w.grad.reshape(-1))
+    assert scalars(acc, "grad/norm") == (epochs, pytest.approx(f32(grad_norms), rel=1e-3))
+
+    for tag, history in (("params/w", list(result.w_history[1:])), ("grad/w", grads_w)):
+        events = acc.Histograms(tag)
+        assert [e.step for e in events] == epochs
+        for event, values in zip(events, history):
+            assert event.histogram_value.num == len(values)
+            assert event.histogram_value.min == pytest.approx(values.min().item(), rel=1e-4)
+            assert event.histogram_value.max == pytest.approx(values.max().item(), rel=1e-4)
+
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    for option in fields(FitConfig):
+        assert f"| {option.name} |" in text
+    assert f"| impl | `{impl}` |" in text and "| num_examples | `1000` |" in text
+
+    (image,) = acc.Images("plot/fit")
+    assert image.step == 3 and image.width > 100 and image.height > 100
+    assert image.encoded_image_string.startswith(b"\x89PNG")
+
+    # The hyperparameters live in the run's own event file: no sibling or child run.
+    assert [p.is_file() for p in run_dir.iterdir()] == [True]
+    data = hparams_data(acc)
+    assert set(data) == {"_hparams_/experiment", "_hparams_/session_start_info",
+                         "_hparams_/session_end_info"}
+    start = data["_hparams_/session_start_info"].session_start_info.hparams
+    assert {k: getattr(v, v.WhichOneof("kind")) for k, v in start.items()} == {
+        "impl": impl, "lr": 0.03, "batch_size": 10, "num_epochs": 3, "seed": 0, "device": "cpu",
+        "num_examples": 1000}
+    metrics = data["_hparams_/experiment"].experiment.metric_infos
+    assert {m.name.tag for m in metrics} == {"loss/epoch", "error/w", "error/b"}
+    end = data["_hparams_/session_end_info"].session_end_info
+    assert end.status == api_pb2.Status.Value("STATUS_SUCCESS")
+
+
+def test_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
+    now = time.mktime((2026, 3, 1, 9, 5, 7, 0, 0, -1))
+    made = [new_run_dir(tmp_path, "scratch", now=now) for _ in range(3)]
+    made.append(new_run_dir(tmp_path, "scratch", "demo", now=now))
+    assert [Path(p).name for p in made] == [
+        "20260301-090507-scratch", "20260301-090507-scratch-2", "20260301-090507-scratch-3",
+        "20260301-090507-scratch-demo",
+    ]
+    assert all(Path(p).is_dir() for p in made)
+
+
+def test_two_fits_in_a_row_write_two_runs(tmp_path):
+    X, y = chapter_data(num_examples=200)
+    first = torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, run_name="a")
+    second = torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, run_name="a")
+    assert first.run_dir != second.run_dir
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [Path(first.run_dir).name, Path(second.run_dir).name])
+    assert re.fullmatch(r"\d{8}-\d{6}-scratch-a(-2)?", Path(second.run_dir).name)
+
+
+def test_divergence_closes_the_run_and_says_where_it_is(tmp_path):
+    X, y = chapter_data(num_examples=200)
+    with pytest.raises(torchlr.DivergenceError) as info:
+        torchlr.fit(X, y, lr=100.0, log_every=5, logdir=tmp_path)
+    run_dir = info.value.run_dir
+    assert os.listdir(tmp_path) == [Path(run_dir).name]
+    acc = read_run(run_dir)
+    steps, values = scalars(acc, "loss/train")
+    assert steps == list(range(5, 5 * len(steps) + 1, 5))
+    assert not math.isfinite(values[-1]) and all(math.isfinite(v) for v in values[:-1])
+    assert "loss/epoch" not in acc.Tags()["scalars"]
+    end = hparams_data(acc)["_hparams_/session_end_info"].session_end_info
+    assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
+
+
+def test_interrupt_in_the_first_epoch_keeps_loss_train(tmp_path):
+    X, y = chapter_data()
+
+    on_disk = []
+
+    def interrupt(progress):
+        # Still inside the fit, the writer open: the point must already be on disk.
+        (run_dir,) = tmp_path.iterdir()
+        on_disk.append(scalars(read_run(str(run_dir)), "loss/train"))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        torchlr.fit(X, y, log_every=20, logdir=tmp_path, on_progress=interrupt)
+    acc = read_run(info.value.run_dir)
+    assert scalars(acc, "loss/train")[0] == [20]
+    assert on_disk == [scalars(acc, "loss/train")]
+    assert "loss/epoch" not in acc.Tags()["scalars"]
+
+
+def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    X, y = chapter_data(num_examples=100)
+    assert torchlr.fit(X, y, num_epochs=1, true_w=TRUE_W, true_b=TRUE_B).run_dir is None
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"run_name": "a/b"}, "run_name must be a non-empty folder name without '/', got 'a/b'"),
+    ({"run_name": 3}, "run_name must be a str or None, got int: 3"),
+    ({"true_w": (1.0, 2.0, 3.0)}, "true_w has 3 values but features has 2 columns"),
+    ({"true_w": (1.0, float("nan"))}, "true_w must be a non-empty sequence of finite numbers"),
+    ({"true_b": "x"}, "true_b must be a finite number or None, got 'x'"),
+    ({"logdir": 5}, "logdir must be a path or None, got int: 5"),
+])
+def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, message):
+    X, y = chapter_data(num_examples=100)
+    options = {"logdir": tmp_path / "runs", **options}
+    with pytest.raises((TypeError, ValueError), match=re.escape(message)):
+        torchlr.fit(X, y, **options)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_both_writes_two_sibling_runs_and_no_tensorboard_writes_none(tmp_path, capsys):
+    logdir = tmp_path / "runs"
+    assert main(["train", "--impl", "both", "--epochs", "1", "--logdir", str(logdir),
+                 "--run-name", "cmp"]) == 0
+    # Sorted by what follows the time stamp: the two runs may start in different seconds.
+    names = sorted(os.listdir(logdir), key=lambda n: n[16:])
+    assert [re.sub(r"^\d{8}-\d{6}-", "", n) for n in names] == ["concise-cmp", "scratch-cmp"]
+    err = capsys.readouterr().err
+    for name in names:
+        assert f"TensorBoard run: {logdir / name}" in err
+        acc = read_run(str(logdir / name))
+        assert set(acc.Tags()["scalars"]) == SCALARS  # the CLI gives the truth
+    losses = [scalars(read_run(str(logdir / n)), "loss/epoch")[1] for n in names]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+    assert main(["train", "--epochs", "1", "--no-tensorboard", "--logdir",
+                 str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none").exists()
+    assert "TensorBoard" not in capsys.readouterr().err
+
+
+def event_files(logdir: Path) -> list[Path]:
+    return sorted(logdir.glob("*/events.out.tfevents.*"))
+
+
+def test_sigint_mid_epoch_exits_130_with_one_line_and_readable_events(tmp_path):
+    logdir = tmp_path / "runs"
+    # 5 million examples: the first epoch lasts seconds, far longer than the wait below.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torchlr", "train", "--num-examples", "5000000",
+         "--epochs", "2", "--logdir", str(logdir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell that starts the suite in the background ignores SIGINT for its children.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            files = event_files(logdir)
+            if files and "loss/train" in read_run(str(files[0].parent)).Tags()["scalars"]:
+                break
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no loss/train event in 45 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    run_dir = files[0].parent
+    assert proc.returncode == 130
+    assert err == f"torchlr: interrupted; the TensorBoard run so far is in {run_dir}\n"
+    assert "Traceback" not in out
+    acc = read_run(str(run_dir))
+    steps, values = scalars(acc, "loss/train")
+    assert steps == list(range(50, 50 * len(steps) + 1, 50)) and all(map(math.isfinite, values))
+    assert "loss/epoch" not in acc.Tags()["scalars"]  # interrupted inside the first epoch
+    end = hparams_data(acc)["_hparams_/session_end_info"].session_end_info
+    assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    # TensorBoard refuses POSTs without these headers (its XSRF guard, then the JSON body).
+    headers = {"X-XSRF-Protected": "1", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def test_tensorboard_server_serves_the_fit(tmp_path):
+    X, y = chapter_data()
+    result = torchlr.fit(X, y, num_epochs=3, logdir=tmp_path)
+    run = Path(result.run_dir).name
+    port = free_port()
+    executable = Path(sys.executable).with_name("tensorboard")
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [str(executable), "--logdir", str(tmp_path), "--host", "127.0.0.1",
+             "--port", str(port), "--reload_interval", "1", "--load_fast", "false"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    query = urllib.parse.urlencode({"run": run, "tag": "loss/epoch"})
+    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{query}"
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                points = get_json(url)
+                if len(points) == 3:
+                    break
+            except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.25)
+        assert get_json(f"http://127.0.0.1:{port}/data/runs") == [run]
+        # The HParams dashboard's sessions are the runs themselves, with our tags as metrics.
+        groups = get_json(f"http://127.0.0.1:{port}/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_FAILURE"],
+            "colParams": [], "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert [step for _, step, _ in points] == [1, 2, 3]
+    assert [value for _, _, value in points] == f32(result.losses)
+    ((session,),) = [group["sessions"] for group in groups]
+    assert session["name"] == run and session["status"] == "STATUS_SUCCESS"
+    metrics = {m["name"]["tag"]: m["value"] for m in session["metricValues"]}
+    assert metrics == {"loss/epoch": f32(result.losses)[-1]}
+    assert groups[0]["hparams"]["impl"] == "scratch" and groups[0]["hparams"]["lr"] == 0.03
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_a_cuda_run_matches_its_history(tmp_path):
+    X, y = chapter_data()
+    result = torchlr.fit(X, y, device="cuda", logdir=tmp_path, true_w=TRUE_W, true_b=TRUE_B)
+    acc = read_run(result.run_dir)
+    assert set(acc.Tags()["scalars"]) == SCALARS
+    assert scalars(acc, "loss/epoch") == ([1, 2, 3], f32(result.losses))
+    start = hparams_data(acc)["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["device"].string_value.startswith("cuda")

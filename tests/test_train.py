@@ -1,0 +1,214 @@
+import math
+
+import pytest
+import torch
+from conftest import TRUE_B, TRUE_W, chapter_data
+
+import torchlr
+from torchlr import FitConfig, fit, least_squares
+from torchlr.data import data_iter
+from torchlr.scratch import init_params, linreg, sgd, squared_loss
+
+NOISE_FLOOR = 0.01**2 / 2  # sigma^2 / 2
+
+
+def _max_diff(a, b):
+    return max((a.w_history - b.w_history).abs().max().item(),
+               (a.b_history - b.b_history).abs().max().item())
+
+
+@pytest.mark.parametrize("num_examples", [1000, 1003])
+def test_scratch_and_concise_agree_after_every_epoch(num_examples):
+    X, y = chapter_data(num_examples=num_examples)
+    s = fit(X, y, impl="scratch", num_epochs=4, device="cpu")
+    c = fit(X, y, impl="concise", num_epochs=4, device="cpu")
+    assert s.w_history.shape == (5, 2)
+    assert torch.equal(s.w_history[0], c.w_history[0])  # the same start
+    assert _max_diff(s, c) < 1e-6
+    torch.testing.assert_close(torch.tensor(s.losses), torch.tensor(c.losses),
+                               rtol=1e-4, atol=1e-9)
+
+
+def test_fit_reproduces_the_hand_written_chapter_loop():
+    # The chapter's loop, written out with the public pieces and the same generator use.
+    X, y = chapter_data(num_examples=1003)
+    g = torch.Generator().manual_seed(0)
+    w, b = init_params(2, generator=g)
+    for _ in range(3):
+        for X_batch, y_batch in data_iter(10, X, y, generator=g):
+            squared_loss(linreg(X_batch, w, b), y_batch).sum().backward()
+            sgd([w, b], 0.03, len(X_batch))
+    result = fit(X, y, impl="scratch", device="cpu")
+    torch.testing.assert_close(result.w, w.detach().reshape(-1), rtol=0, atol=0)
+    assert result.b == b.item()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_chapter_run_reaches_the_noise_floor(seed, impl):
+    X, y = chapter_data(seed=seed)
+    result = fit(X, y, impl=impl, seed=seed, device="cpu")
+    assert len(result.losses) == 3
+    assert result.losses[0] > result.losses[1] > 0
+    assert NOISE_FLOOR / 2 < result.losses[-1] < NOISE_FLOOR * 1.6
+    assert (result.w - TRUE_W).abs().max() < 3e-3
+    assert abs(result.b - TRUE_B) < 3e-3
+    assert result.w.shape == (2,) and result.w.device.type == "cpu"
+    assert isinstance(result.b, float)
+
+
+def test_losses_are_the_mean_squared_loss_over_the_training_set():
+    X, y = chapter_data()
+    result = fit(X, y, num_epochs=2, device="cpu")
+    for epoch in (1, 2):
+        w = result.w_history[epoch].reshape(-1, 1)
+        b = result.b_history[epoch].reshape(1)
+        expected = ((X.double() @ w.double() + b.double() - y.double()) ** 2 / 2).mean()
+        assert math.isclose(result.losses[epoch - 1], expected.item(), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_long_run_matches_least_squares(impl):
+    X, y = chapter_data()
+    w_exact, b_exact = least_squares(X, y)
+    # Larger batches quiet the minibatch noise; reshuffled epochs cancel most of the rest.
+    result = fit(X, y, impl=impl, lr=0.03, num_epochs=40, batch_size=100, device="cpu")
+    assert (result.w.double() - w_exact).abs().max() < 1e-4
+    assert abs(result.b - b_exact) < 1e-4
+
+
+def test_short_last_batch_takes_a_true_mean_gradient():
+    """Exercise 7: n = 1003, batch 10 leaves a last batch of 3."""
+    X, y = chapter_data(num_examples=1003)
+    w0 = torch.tensor([[0.5], [0.5]], dtype=torch.float64)
+    X_last, y_last = X[-3:].double(), y[-3:].double()
+
+    # torchlr's scratch step divides by the batch's real length.
+    w = w0.clone().requires_grad_()
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    squared_loss(linreg(X_last, w, b), y_last).sum().backward()
+    sgd([w, b], 0.03, len(X_last))
+
+    residual = X_last @ w0 - y_last  # (3, 1)
+    mean_grad = X_last.T @ residual / 3  # the true mean gradient
+    torch.testing.assert_close(w.detach(), w0 - 0.03 * mean_grad)
+    # The chapter's fixed divisor (10) would shrink this step by 3/10.
+    fixed = w0 - 0.03 * (X_last.T @ residual) / 10
+    assert (w.detach() - fixed).abs().max() > 1e-3
+
+    # And fit agrees with optim.SGD on the mean loss, short batch included.
+    result = fit(X, y, impl="scratch", num_epochs=1, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    w2, b2 = init_params(2, generator=g)
+    opt = torch.optim.SGD([w2, b2], lr=0.03)
+    sizes = []
+    for X_batch, y_batch in data_iter(10, X, y, generator=g):
+        sizes.append(len(X_batch))
+        opt.zero_grad()
+        squared_loss(linreg(X_batch, w2, b2), y_batch).mean().backward()
+        opt.step()
+    assert sizes[-1] == 3
+    torch.testing.assert_close(result.w, w2.detach().reshape(-1), rtol=0, atol=1e-6)
+
+
+def test_drop_last_skips_the_short_batch():
+    X, y = chapter_data(num_examples=1003)
+    kept = fit(X, y, num_epochs=1, device="cpu")
+    dropped = fit(X, y, num_epochs=1, device="cpu", drop_last=True)
+    assert len(kept.train_losses) == 101 and len(dropped.train_losses) == 100
+    torch.testing.assert_close(kept.train_losses[:100], dropped.train_losses)
+
+
+def test_same_seed_same_run_and_global_rng_untouched():
+    X, y = chapter_data()
+    state = torch.get_rng_state()
+    a = fit(X, y, seed=5, device="cpu")
+    b = fit(X, y, seed=5, device="cpu")
+    c = fit(X, y, seed=6, device="cpu")
+    assert torch.equal(a.w_history, b.w_history) and a.losses == b.losses
+    assert not torch.equal(a.w_history, c.w_history)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_train_losses_are_each_minibatch_mean_loss():
+    X, y = chapter_data(num_examples=95)
+    result = fit(X, y, num_epochs=2, batch_size=10, log_every=3, device="cpu")
+    assert result.train_losses.shape == (20,)
+    # Replay the first epoch by hand and compare each minibatch's loss before its update.
+    g = torch.Generator().manual_seed(0)
+    w, b = init_params(2, generator=g)
+    expected = []
+    for X_batch, y_batch in data_iter(10, X, y, generator=g):
+        loss = squared_loss(linreg(X_batch, w, b), y_batch)
+        expected.append(loss.mean().item())
+        loss.sum().backward()
+        sgd([w, b], 0.03, len(X_batch))
+    torch.testing.assert_close(result.train_losses[:10], torch.tensor(expected))
+
+
+def test_log_every_does_not_change_the_result():
+    X, y = chapter_data()
+    a = fit(X, y, log_every=1, device="cpu")
+    b = fit(X, y, log_every=0, device="cpu")
+    assert torch.equal(a.w_history, b.w_history)
+    assert torch.equal(a.train_losses, b.train_losses)
+
+
+def test_progress_reports_each_epoch_loss():
+    X, y = chapter_data()
+    seen = []
+    result = fit(X, y, device="cpu", log_every=40, on_progress=seen.append)
+    ends = [p for p in seen if p.epoch_loss is not None]
+    assert [p.epoch_loss for p in ends] == result.losses
+    assert [p.step for p in seen if p.epoch == 1] == [40, 80, 100]
+
+
+def test_zero_epochs_returns_the_initial_parameters():
+    X, y = chapter_data()
+    result = fit(X, y, num_epochs=0, device="cpu")
+    w0, b0 = init_params(2, generator=torch.Generator().manual_seed(0))
+    assert result.losses == [] and torch.equal(result.w, w0.detach().reshape(-1))
+    assert result.b == 0.0
+
+
+def test_config_object_and_overrides():
+    X, y = chapter_data()
+    config = FitConfig(impl="concise", num_epochs=1, device="cpu")
+    result = fit(X, y, config, lr=0.05)
+    assert result.config.lr == 0.05 and result.impl == "concise"
+    assert config.lr == 0.03  # the caller's config is not mutated
+    with pytest.raises(TypeError, match="no_such_option"):
+        fit(X, y, no_such_option=1)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_divergence_stops_with_epoch_and_step(impl):
+    X, y = chapter_data()
+    with pytest.raises(torchlr.DivergenceError) as info:
+        fit(X, y, impl=impl, lr=5.0, device="cpu")
+    message = str(info.value)
+    assert "epoch 1" in message and "step" in message and "smaller learning rate" in message
+    # The named step is the first non-finite minibatch loss.
+    step = int(message.split("step ")[1].split()[0])
+    g = torch.Generator().manual_seed(0)
+    w, b = init_params(2, generator=g)
+    first_bad = None
+    for i, (X_batch, y_batch) in enumerate(data_iter(10, X, y, generator=g), start=1):
+        loss = squared_loss(linreg(X_batch, w, b), y_batch).sum()
+        if not torch.isfinite(loss):
+            first_bad = i
+            break
+        loss.backward()
+        sgd([w, b], 5.0, len(X_batch))
+    assert step == first_bad
+
+
+def test_numpy_and_integer_inputs_are_converted():
+    X, y = chapter_data()
+    a = fit(X.numpy(), y.numpy().reshape(-1), num_epochs=1, device="cpu")
+    b = fit(X, y, num_epochs=1, device="cpu")
+    assert torch.equal(a.w, b.w)
+    Xi = torch.randint(-3, 4, (200, 2), generator=torch.Generator().manual_seed(0))
+    yi = Xi @ torch.tensor([2, -1]) + 3
+    result = fit(Xi, yi, num_epochs=20, lr=0.02, device="cpu")
+    assert (result.w - torch.tensor([2.0, -1.0])).abs().max() < 1e-2

@@ -1,0 +1,229 @@
+"""TensorBoard runs: one folder per fit, written as the fit goes and closed however it ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+
+from torchlr.scratch import linreg
+
+if TYPE_CHECKING:
+    from torchlr.train import FitConfig, FitResult
+
+# Metrics the HParams dashboard shows for each run: the last value of these scalar tags.
+LOSS_TAG = "loss/epoch"
+ERROR_TAGS = ("error/w", "error/b")
+FIGURE_POINTS = 2000  # at most this many points in the scatter, so huge data sets stay cheap
+
+
+def new_run_dir(logdir: str | os.PathLike[str], impl: str, suffix: Optional[str] = None,
+                *, now: Optional[float] = None) -> str:
+    """Create and return a fresh folder `<logdir>/<YYYYmmdd-HHMMSS>-<impl>[-suffix]`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = os.path.join(os.fspath(logdir), f"{stamp}-{impl}" + (f"-{suffix}" if suffix else ""))
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    k = 1
+    while True:
+        path = base if k == 1 else f"{base}-{k}"
+        try:
+            os.mkdir(path)  # atomic: a run started in the same second, even elsewhere, gets -2
+            return path
+        except FileExistsError:
+            k += 1
+
+
+def as_float_tuple(value: Any) -> Any:
+    """A tensor, array or sequence of numbers as a tuple of floats; anything else unchanged."""
+    if value is None or isinstance(value, (str, bytes)):
+        return value
+    try:
+        flat = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        return value  # validate() names it
+    return tuple(float(v) for v in flat)
+
+
+def check_options(config: FitConfig) -> None:
+    """Raise TypeError or ValueError naming the first bad TensorBoard option of a FitConfig."""
+    if config.logdir is not None and not isinstance(config.logdir, (str, os.PathLike)):
+        raise TypeError(f"logdir must be a path or None, got {type(config.logdir).__name__}: "
+                        f"{config.logdir!r}")
+    name = config.run_name
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"run_name must be a str or None, got {type(name).__name__}: "
+                            f"{name!r}")
+        if not name or name in (".", "..") or "/" in name or os.sep in name:
+            raise ValueError(f"run_name must be a non-empty folder name without '/', "
+                             f"got {name!r}")
+    true_w = config.true_w
+    if true_w is not None and not (
+        isinstance(true_w, tuple) and true_w and all(math.isfinite(v) for v in true_w)
+    ):
+        raise ValueError(f"true_w must be a non-empty sequence of finite numbers or None, "
+                         f"got {true_w!r}")
+    true_b = config.true_b
+    if true_b is not None and (isinstance(true_b, bool) or not isinstance(true_b, numbers.Real)
+                               or not math.isfinite(true_b)):
+        raise ValueError(f"true_b must be a finite number or None, got {true_b!r}")
+
+
+class RunWriter:
+    """One fit's TensorBoard run; every method does nothing until open() is given a logdir.
+
+    Use it as a context manager: on the way out, however the fit ends, it records how the
+    session ended, flushes and closes the event file, and gives an escaping exception a
+    `run_dir` attribute so the caller can say where the run is.
+    """
+
+    def __init__(self) -> None:
+        self.run_dir: Optional[str] = None
+        self._writer: Any = None  # a SummaryWriter once open
+
+    def open(self, config: FitConfig, X: torch.Tensor, y: torch.Tensor, device: torch.device,
+             steps: int) -> None:
+        """Create the run folder and write the configuration and hyperparameters."""
+        if config.logdir is None:
+            return
+        n, d = X.shape
+        if config.true_w is not None and len(config.true_w) != d:
+            raise ValueError(f"true_w has {len(config.true_w)} values but features has "
+                             f"{d} columns")
+        # Imported here: `import torchlr` stays light, and only runs that log pay for it.
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        self.run_dir = new_run_dir(config.logdir, config.impl, config.run_name)
+        self._writer = SummaryWriter(log_dir=self.run_dir)
+        self._config, self._X, self._y, self._steps = config, X, y, steps
+        self._samples = min(n, steps * config.batch_size)  # drop_last may skip a tail
+        self._true_w = (None if config.true_w is None
+                        else torch.tensor(config.true_w, dtype=torch.float64))
+
+        facts = {"num_examples": n, "num_features": d, "steps_per_epoch": steps,
+                 "device (resolved)": str(device), "torch": torch.__version__}
+        rows = [*dataclasses.asdict(config).items(), *facts.items()]
+        table = "| option | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v}` |" for k, v in rows)
+        self._writer.add_text("config", table, 0)
+
+        hparam_dict = {"impl": config.impl, "lr": config.lr, "batch_size": config.batch_size,
+                       "num_epochs": config.num_epochs, "seed": config.seed,
+                       "device": str(device), "num_examples": n}
+        metrics = [LOSS_TAG]
+        if config.true_w is not None:
+            metrics.append(ERROR_TAGS[0])
+        if config.true_b is not None:
+            metrics.append(ERROR_TAGS[1])
+        # Written into this run's own file, unlike SummaryWriter.add_hparams (a sibling run).
+        experiment, session_start, self._session_end = hparams(
+            hparam_dict, dict.fromkeys(metrics, 0.0)
+        )
+        self._writer.file_writer.add_summary(experiment)
+        self._writer.file_writer.add_summary(session_start)
+        self._writer.flush()
+
+    def train_losses(self, epoch: int, first_step: int, chunk: torch.Tensor) -> None:
+        """Write one loss/train point: the mean of a host-read chunk of minibatch losses."""
+        if self._writer is None or len(chunk) == 0:
+            return
+        step = (epoch - 1) * self._steps + first_step + len(chunk)  # the chunk's last step
+        self._writer.add_scalar("loss/train", float(chunk.double().mean()), step)
+        self._writer.flush()  # an interrupted run keeps everything read so far
+
+    @torch.no_grad()
+    def epoch(self, epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor,
+              seconds: float) -> None:
+        """Write the epoch's scalars and the histograms of w and its full-batch gradient."""
+        if self._writer is None:
+            return
+        write = self._writer.add_scalar
+        # Gradient of the epoch loss (mean squared_loss over the whole set): one extra pass.
+        residual = linreg(self._X, w, b) - self._y  # (n, 1)
+        grad_w = (self._X.T @ residual).reshape(-1) / len(self._X)  # (d,)
+        grad_b = residual.mean().reshape(1)
+        grad_w, grad_b = grad_w.double().cpu(), grad_b.double().cpu()
+        write(LOSS_TAG, loss, epoch)
+        write("grad/norm", float(torch.cat([grad_w, grad_b]).norm()), epoch)
+        write("lr", self._config.lr, epoch)
+        write("perf/samples_per_sec", self._samples / max(seconds, 1e-12), epoch)
+        w_host = w.detach().reshape(-1).double().cpu()
+        if self._true_w is not None:
+            write(ERROR_TAGS[0], float((w_host - self._true_w).norm()), epoch)
+        if self._config.true_b is not None:
+            write(ERROR_TAGS[1], abs(float(b) - self._config.true_b), epoch)
+        self._writer.add_histogram("params/w", w_host, epoch)
+        self._writer.add_histogram("grad/w", grad_w, epoch)
+        self._writer.flush()
+
+    def finish(self, result: FitResult) -> None:
+        """Write the scatter of the data with the fitted line."""
+        if self._writer is None:
+            return
+        image = fit_figure(self._X, self._y, result.w, result.b)
+        self._writer.add_image("plot/fit", image, result.config.num_epochs, dataformats="HWC")
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        if self._writer is None:
+            return
+        try:
+            if exc is not None:
+                exc.run_dir = self.run_dir  # type: ignore[union-attr]
+            self._writer.file_writer.add_summary(_with_status(self._session_end, exc is None))
+        finally:
+            self._writer.close()  # flushes
+            self._writer = None
+
+
+def _with_status(session_end: Any, success: bool) -> Any:
+    """The session-end summary from hparams(), marked as a failure when the fit raised."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    value = session_end.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    data.session_end_info.status = api_pb2.Status.Value(
+        "STATUS_SUCCESS" if success else "STATUS_FAILURE"
+    )
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return session_end
+
+
+def fit_figure(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
+               b: float) -> np.ndarray:
+    """The chapter's scatter of features[:, 1] against labels with the fitted line, as RGBA."""
+    # Agg on a bare Figure: no pyplot, so no global figure list and no GUI backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    X, y = features.detach().cpu().double(), labels.detach().cpu().double().reshape(-1)
+    w = w.detach().cpu().double().reshape(-1)
+    col = min(1, X.shape[1] - 1)
+    keep = torch.arange(0, len(X), max(1, len(X) // FIGURE_POINTS))
+    x = X[keep, col]
+    # The model's prediction along this feature with the others at their mean: (n,) -> a line.
+    offset = float(b) + float(X.mean(0) @ w) - float(X[:, col].mean()) * float(w[col])
+    xs = torch.linspace(float(x.min()), float(x.max()), 2)
+
+    fig = Figure(figsize=(5, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.scatter(x.numpy(), y[keep].numpy(), s=2, alpha=0.5, label="data")
+    ax.plot(xs.numpy(), (w[col] * xs + offset).numpy(), color="C3",
+            label=f"fit: slope {float(w[col]):.4g}")
+    ax.set_xlabel(f"features[:, {col}]")
+    ax.set_ylabel("labels")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
