@@ -482,6 +482,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\n== peak RSS, training 1Mx100 (each in its own process) ==")
         print_rss(report["peak_rss_1Mx100"])
     report["targets"] = check_targets(report["sizes"])
+    report["machine"]["load_avg_at_end"] = (list(os.getloadavg())
+                                            if hasattr(os, "getloadavg") else None)
     if report["targets"]:
         print("\n== targets (time ratio, torchlr over reference, this run) ==")
         for t in report["targets"]:

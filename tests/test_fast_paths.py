@@ -107,3 +107,19 @@ def test_divergence_still_names_epoch_and_step():
     X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 200, generator=gen)
     with pytest.raises(torchlr.DivergenceError, match=r"epoch 1, step \d+"):
         torchlr.fit(X * 1e3, y, lr=10.0, device="cpu")
+
+
+def test_finite_data_whose_sum_overflows_is_accepted():
+    # The one-sum finite check must fall back to the exact masks, not refuse the data.
+    from torchlr.validation import check_data
+
+    X = torch.full((4, 2), 3e38)
+    y = torch.tensor([3e38, 3e38, -1.0, 0.0])
+    assert not torch.isfinite(X.sum())
+    got_X, got_y = check_data(X, y)
+    assert torch.equal(got_X, X) and got_y.shape == (4, 1)
+    for bad, word in ((float("nan"), "NaN"), (float("inf"), "inf")):
+        X_bad = X.clone()
+        X_bad[1, 0] = bad
+        with pytest.raises(ValueError, match=f"features contains {word}"):
+            check_data(X_bad, y)
