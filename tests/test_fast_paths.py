@@ -123,3 +123,47 @@ def test_finite_data_whose_sum_overflows_is_accepted():
         X_bad[1, 0] = bad
         with pytest.raises(ValueError, match=f"features contains {word}"):
             check_data(X_bad, y)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fit_uses_one_thread_on_the_cpu_and_restores_the_setting(two_threads):
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 100, generator=gen)
+    seen = []
+    torchlr.fit(X, y, device="cpu", on_progress=lambda p: seen.append(torch.get_num_threads()))
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    seen.clear()
+    torchlr.fit(X, y, device="cpu", threads=None,
+                on_progress=lambda p: seen.append(torch.get_num_threads()))
+    assert set(seen) == {2}
+
+
+def test_thread_setting_is_restored_after_an_error(two_threads):
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 200, generator=gen)
+    with pytest.raises(torchlr.DivergenceError):
+        torchlr.fit(X * 1e3, y, lr=10.0, device="cpu")
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_threads_is_refused_before_training(bad):
+    X, y = torch.randn(10, 2), torch.randn(10)
+    with pytest.raises((ValueError, TypeError), match="threads"):
+        torchlr.fit(X, y, device="cpu", threads=bad)
+
+
+def test_thread_count_does_not_change_the_result(two_threads):
+    gen = torch.Generator().manual_seed(1)
+    X, y = torchlr.synthetic_data(torch.randn(64, generator=gen), 0.5, 4000, generator=gen)
+    one = torchlr.fit(X, y, batch_size=512, num_epochs=2, device="cpu", threads=1)
+    two = torchlr.fit(X, y, batch_size=512, num_epochs=2, device="cpu", threads=None)
+    torch.testing.assert_close(one.w_history, two.w_history, rtol=0, atol=1e-6)

@@ -16,6 +16,7 @@ from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
+from torchlr.threads import CpuThreads
 from torchlr.validation import (
     IMPLS,
     check_choice,
@@ -49,6 +50,10 @@ class FitConfig:
     run_name: Optional[str] = None  # appended to the run folder's name
     true_w: Optional[tuple[float, ...]] = None  # the truth, for the error/w and error/b tags
     true_b: Optional[float] = None
+    # torch threads while fitting on the CPU (restored after): steps are small ops, which a
+    # second thread barely speeds up and, on a busy machine, slows down many times over.
+    # None keeps torch's own setting.
+    threads: Optional[int] = 1
 
     def __post_init__(self) -> None:
         self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
@@ -60,6 +65,8 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
@@ -190,8 +197,8 @@ def fit(
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
     # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
-    with RunWriter() as run:
-        result = _fit(features, labels, config, on_progress, run, **overrides)
+    with RunWriter() as run, CpuThreads() as cpu_threads:
+        result = _fit(features, labels, config, on_progress, run, cpu_threads, **overrides)
         run.finish(result)
     return replace(result, run_dir=run.run_dir)
 
@@ -202,12 +209,14 @@ def _fit(
     config: Optional[FitConfig],
     on_progress: Optional[Callable[[Progress], None]],
     run: RunWriter,
+    cpu_threads: CpuThreads,
     **overrides: Any,
 ) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
     config.validate()
     X, y = check_data(features, labels)
     device = resolve_device(config.device)
+    cpu_threads.limit(config.threads, device)
     n, d = X.shape
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
     if steps == 0:
