@@ -467,12 +467,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": info,
         "settings": {"repeats": args.repeats, "slow_repeats": args.slow_repeats, "lr": LR,
+                     # torchlr.fit's own default (FitConfig.threads); the references use
+                     # torch_threads above.
+                     "torchlr_fit_threads": torchlr.FitConfig().threads,
                      "sklearn_eta0": {s: sklearn_eta0(SIZES[s].d) for s in names},
                      "skipped": sorted(skip)},
         "sizes": {},
     }
     print(f"machine: {info['cpu']} ({info['cpu_count']} CPUs, {info['torch_threads']} torch "
-          f"threads), GPU: {info['gpu'] or 'none'}, torch {info['torch']}, {report['date']}")
+          f"threads; torchlr.fit uses {torchlr.FitConfig().threads or 'the same'} on the CPU), "
+          f"GPU: {info['gpu'] or 'none'}, torch {info['torch']}, {report['date']}")
     for name in names:
         record = bench_size(SIZES[name], args.repeats, args.slow_repeats, skip)
         report["sizes"][name] = record
@@ -514,8 +518,12 @@ def check_targets(sizes: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     """The README's tables for one results file, each labelled with its machine and date."""
     m = report["machine"]
+    fit_threads = report["settings"].get("torchlr_fit_threads")
+    load = m.get("load_avg_at_start")
     where = (f"{m['gpu'] + ', ' if m['gpu'] else ''}{m['cpu']}, {m['cpu_count']} CPUs, "
-             f"{m['torch_threads']} torch threads, torch {m['torch']}, {report['date'][:10]}")
+             f"{m['torch_threads']} torch threads (torchlr.fit: {fit_threads or 'the same'}), "
+             f"torch {m['torch']}, {report['date']}"
+             + (f", 1-min load average {load[0]:.2f} at the start" if load else ""))
     lines = [f"Machine: {where}.", ""]
     for record in report["sizes"].values():
         size, rows = record["size"], record["results"]
