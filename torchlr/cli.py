@@ -10,6 +10,14 @@ from typing import Optional, TextIO
 import torch
 
 from torchlr import __version__
+from torchlr.cli_data import (
+    add_predict_command,
+    add_train_options,
+    describe_weights,
+    predict_rows,
+    training_inputs,
+    write_atomic,
+)
 from torchlr.data import synthetic_data
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
 from torchlr.validation import IMPLS
@@ -26,6 +34,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except an unset option's None or False, which say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and b = 4.2, as in the chapter. With no options it reproduces the chapter: "
             "1000 examples, batch size 10, learning rate 0.03, 3 epochs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     defaults = FitConfig()
     train.add_argument("--impl", choices=(*IMPLS, "both"), default="scratch",
@@ -70,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write no TensorBoard run")
     train.add_argument("--run-name", default=None,
                        help="suffix for the run folder <YYYYmmdd-HHMMSS>-<impl>-<run-name>")
+    train.add_argument("--plot", metavar="FILE.png",
+                       help="save the loss curves (every run of --impl both on one figure)")
+    add_train_options(train)
+    add_predict_command(sub)
     return parser
 
 
@@ -109,7 +130,8 @@ class _Printer:
         if p.epoch_loss is not None:
             if self.bar is not None:
                 self.bar.clear()
-            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}", file=self.out, flush=True)
+            val = "" if p.val_loss is None else f", val loss {p.val_loss:f}, val R2 {p.val_r2:f}"
+            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}{val}", file=self.out, flush=True)
 
 
 def _format_vector(values: torch.Tensor) -> str:
@@ -123,27 +145,51 @@ def _report(result: FitResult, true_w: torch.Tensor, out: TextIO) -> None:
 
 def _train(args: argparse.Namespace, out: TextIO) -> int:
     true_w = torch.tensor(TRUE_W)
-    data_gen = torch.Generator().manual_seed(args.seed)
-    features, labels = synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
-    impls = IMPLS if args.impl == "both" else (args.impl,)
-    configs = [
-        FitConfig(impl=impl, lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
-                  device=args.device, seed=args.seed,
-                  logdir=None if args.no_tensorboard else args.logdir,
-                  run_name=args.run_name, true_w=TRUE_W, true_b=TRUE_B)
-        for impl in impls
-    ]
+
+    def synthetic() -> tuple[torch.Tensor, torch.Tensor]:
+        data_gen = torch.Generator().manual_seed(args.seed)
+        return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
+
+    # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
+    features, labels, configs = training_inputs(args, FitConfig(), synthetic, (TRUE_W, TRUE_B))
     for config in configs:  # every run's options are checked before any run starts
         config.validate()
+    if args.plot:
+        from torchlr import plots  # matplotlib is imported only when a plot is asked for
+
+        plots.check_image_path(args.plot)
+    results = []
     for config in configs:
         if len(configs) > 1 and not args.quiet:
             print(f"== {config.impl} ==", file=out)
         bar = _ProgressBar(out, config.impl) if out.isatty() and not args.quiet else None
         result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
-        _report(result, true_w, out)
+        if args.data is None:
+            _report(result, true_w, out)
+        else:
+            for line in describe_weights(result.w, result.b, config.feature_names):
+                print(line, file=out)
         if result.run_dir is not None and not args.quiet:
             # On stderr, so stdout stays the chapter's lines.
             print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
+        if result.best_epoch is not None:
+            print(f"early stopping: kept epoch {result.best_epoch}", file=out)
+        if config.save is not None:
+            print(f"saved {config.save}", file=out)
+        results.append(result)
+    if args.plot:
+        plots.loss_curves(results).savefig(args.plot)
+        if not args.quiet:
+            print(f"Saved the loss curves to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _predict(args: argparse.Namespace, out: TextIO) -> int:
+    _, lines = predict_rows(args)  # every check runs before anything is written
+    if args.output is None:
+        out.writelines(lines)
+    else:
+        write_atomic(args.output, lines)
     return 0
 
 
@@ -153,7 +199,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "train":
             return _train(args, sys.stdout)
-    except (ValueError, TypeError, DivergenceError) as exc:
+        if args.command == "predict":
+            return _predict(args, sys.stdout)
+    except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
         print(f"torchlr: error: {exc}" + (f" (TensorBoard run: {where})" if where else ""),
               file=sys.stderr)

@@ -117,7 +117,7 @@ class RunWriter:
         hparam_dict = {"impl": config.impl, "lr": config.lr, "batch_size": config.batch_size,
                        "num_epochs": config.num_epochs, "seed": config.seed,
                        "device": str(device), "num_examples": n}
-        metrics = [LOSS_TAG]
+        metrics = [LOSS_TAG, *(["loss/val", "r2/val"] if config.val_fraction else [])]
         if config.true_w is not None:
             metrics.append(ERROR_TAGS[0])
         if config.true_b is not None:
@@ -145,13 +145,15 @@ class RunWriter:
         if self._writer is None:
             return
         write = self._writer.add_scalar
-        # Gradient of the epoch loss (mean squared_loss over the whole set): one extra pass.
-        residual = linreg(self._X, w, b) - self._y  # (n, 1)
-        grad_w = (self._X.T @ residual).reshape(-1) / len(self._X)  # (d,)
-        grad_b = residual.mean().reshape(1)
-        grad_w, grad_b = grad_w.double().cpu(), grad_b.double().cpu()
         write(LOSS_TAG, loss, epoch)
-        write("grad/norm", float(torch.cat([grad_w, grad_b]).norm()), epoch)
+        grad_w = None
+        if isinstance(self._X, torch.Tensor):  # not for data streamed from disk
+            # Gradient of the epoch loss (mean squared_loss over the whole set): one extra pass.
+            residual = linreg(self._X, w, b) - self._y  # (n, 1)
+            grad_w = (self._X.T @ residual).reshape(-1) / len(self._X)  # (d,)
+            grad_b = residual.mean().reshape(1)
+            grad_w, grad_b = grad_w.double().cpu(), grad_b.double().cpu()
+            write("grad/norm", float(torch.cat([grad_w, grad_b]).norm()), epoch)
         write("lr", self._config.lr, epoch)
         write("perf/samples_per_sec", self._samples / max(seconds, 1e-12), epoch)
         w_host = w.detach().reshape(-1).double().cpu()
@@ -160,14 +162,26 @@ class RunWriter:
         if self._config.true_b is not None:
             write(ERROR_TAGS[1], abs(float(b) - self._config.true_b), epoch)
         self._writer.add_histogram("params/w", w_host, epoch)
-        self._writer.add_histogram("grad/w", grad_w, epoch)
+        if grad_w is not None:
+            self._writer.add_histogram("grad/w", grad_w, epoch)
+        self._writer.flush()
+
+    def validation(self, epoch: int, loss: Optional[float], r2: Optional[float]) -> None:
+        """Write loss/val and r2/val for the epoch, when the fit holds out rows."""
+        if self._writer is None or loss is None:
+            return
+        self._writer.add_scalar("loss/val", loss, epoch)
+        self._writer.add_scalar("r2/val", r2, epoch)
         self._writer.flush()
 
     def finish(self, result: FitResult) -> None:
         """Write the scatter of the data with the fitted line."""
-        if self._writer is None:
+        if self._writer is None or not isinstance(self._X, torch.Tensor):
             return
-        image = fit_figure(self._X, self._y, result.w, result.b)
+        # The model's own (scaled) parameters: self._X is the data as the model saw it.
+        w = result.w if result.scaled_w is None else result.scaled_w
+        b = result.b if result.scaled_b is None else result.scaled_b
+        image = fit_figure(self._X, self._y, w, b)
         self._writer.add_image("plot/fit", image, result.config.num_epochs, dataformats="HWC")
 
     def __enter__(self) -> RunWriter:

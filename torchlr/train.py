@@ -11,10 +11,14 @@ from typing import Any, Optional
 
 import torch
 
+from torchlr.checkpoint import predict
 from torchlr.concise import LinearRegression, half_mse, make_optimizer
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
+from torchlr.preprocess import Scaling
+from torchlr.run import RunState
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.stream import BlockStream
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
 from torchlr.validation import (
@@ -24,6 +28,7 @@ from torchlr.validation import (
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,
+    check_run_options,
 )
 
 
@@ -45,6 +50,15 @@ class FitConfig:
     # Steps between host reads of the minibatch losses: the only syncs inside an epoch.
     # 0 reads once per epoch.
     log_every: int = 50
+    # Real data: validation, scaling, early stopping, checkpoints (torchlr.run does the work).
+    val_fraction: float = 0.0  # rows held out by a seeded split; val loss and R² per epoch
+    standardize: bool = False  # scale features by training-split mean and std
+    standardize_target: bool = False  # scale the target too; results stay in original units
+    early_stopping: int = 0  # patience: epochs without a lower val loss; 0 = off
+    save: Optional[str] = None  # checkpoint path, rewritten atomically after each epoch
+    resume: Optional[str] = None  # checkpoint to continue from, up to num_epochs
+    feature_names: Optional[tuple[str, ...]] = None  # column names, kept in checkpoints
+    target_name: Optional[str] = None
     # TensorBoard: with a logdir the fit writes one run folder under it (torchlr.tensorboard).
     logdir: Optional[str] = None
     run_name: Optional[str] = None  # appended to the run folder's name
@@ -72,6 +86,7 @@ class FitConfig:
         if not isinstance(self.drop_last, bool):
             raise TypeError(f"drop_last must be a bool, got {self.drop_last!r}")
         check_options(self)
+        check_run_options(self)
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class Progress:
     step: int  # steps done in this epoch
     steps_per_epoch: int
     epoch_loss: Optional[float] = None  # set once the epoch is over
+    val_loss: Optional[float] = None  # with a validation split, set once the epoch is over
+    val_r2: Optional[float] = None
 
 
 @dataclass
@@ -99,6 +116,20 @@ class FitResult:
     b_history: torch.Tensor  # (num_epochs + 1,)
     epoch_seconds: list[float] = field(default_factory=list)
     run_dir: Optional[str] = None
+    val_losses: list[float] = field(default_factory=list)  # per epoch, with val_fraction > 0
+    val_r2: list[float] = field(default_factory=list)
+    best_epoch: Optional[int] = None  # the epoch early stopping restored
+    scaling: Optional[Scaling] = None  # w, b above are already in original units
+    scaled_w: Optional[torch.Tensor] = None  # (d,) what the model learned on scaled data
+    scaled_b: Optional[float] = None
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Predictions (n, 1) in original units, computed exactly as a loaded checkpoint does."""
+        X = torch.as_tensor(features, dtype=torch.float32)
+        scaling = self.scaling or Scaling.identity(X.shape[1])
+        w = self.w if self.scaled_w is None else self.scaled_w
+        b = self.b if self.scaled_b is None else self.scaled_b
+        return predict(X, w.reshape(-1, 1), torch.tensor([b], dtype=torch.float32), scaling)
 
     @property
     def impl(self) -> str:
@@ -214,10 +245,17 @@ def _fit(
 ) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
     config.validate()
-    X, y = check_data(features, labels)
+    stream = features if isinstance(features, BlockStream) else None
+    if stream is None:
+        X, y = check_data(features, labels)
+        state = RunState(X, y, config)  # the split and scaling, before anything trains
+        X, y = state.X, state.y
+    else:
+        state = RunState.streaming(stream, config)  # scales the stream if asked
+        X = y = stream
     device = resolve_device(config.device)
     cpu_threads.limit(config.threads, device)
-    n, d = X.shape
+    n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
     if steps == 0:
         raise ValueError(
@@ -225,7 +263,9 @@ def _fit(
             f"for {n} samples"
         )
     # Moved once: every batch is then gathered on the device.
-    X, y = X.to(device), y.to(device)
+    if stream is None:
+        X, y = X.to(device), y.to(device)
+    state.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
     model = MODELS[config.impl](d, config.lr, generator, device)
     run.open(config, X, y, device, steps)
@@ -240,12 +280,14 @@ def _fit(
     # kernel, and one stack per host read gathers them.
     step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
+    first_epoch = state.resume(model, generator, losses, w_history, b_history)
 
-    for epoch in range(1, config.num_epochs + 1):
+    for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
         done = 0
         batches = data_iter(config.batch_size, X, y, generator=generator,
-                            drop_last=config.drop_last)
+                            drop_last=config.drop_last) if stream is None else \
+            stream.batches(config.batch_size, generator, config.drop_last, device)
         for i, (X_batch, y_batch) in enumerate(batches):
             step_losses.append(model.step(X_batch, y_batch))
             if (i + 1) % read_every == 0 and i + 1 < steps:
@@ -262,7 +304,7 @@ def _fit(
         train_losses.append(chunk)
 
         w, b = model.params()
-        loss = float(evaluate(X, y, w, b))
+        loss = float(evaluate(X, y, w, b) if stream is None else stream.evaluate(w, b))
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
@@ -272,18 +314,22 @@ def _fit(
         losses.append(loss)
         w_history.append(_snapshot(w, -1))
         b_history.append(_snapshot(b))
+        val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, losses, w_history,
+                                                 b_history)
         run.epoch(epoch, loss, w, b, epoch_seconds[-1])
+        run.validation(epoch, val_loss, val_r2)
         if on_progress is not None:
-            on_progress(Progress(epoch, config.num_epochs, steps, steps, loss))
+            on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss, val_r2))
+        if stop:
+            break
 
+    best_epoch = state.finish(model)
     return FitResult(
-        w=w_history[-1].clone(),  # a copy: the history stays as it was
-        b=float(b_history[-1]),
+        **state.result_fields(model, w_history, b_history),  # w, b, histories in original units
+        best_epoch=best_epoch,
         losses=losses,
         config=config,
         device=str(device),
         train_losses=torch.cat(train_losses) if train_losses else torch.empty(0),
-        w_history=torch.stack(w_history),
-        b_history=torch.stack(b_history),
         epoch_seconds=epoch_seconds,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -95,3 +96,29 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
     return value
+
+
+def check_run_options(config: Any) -> None:
+    """Check FitConfig's options for real data: split, scaling, early stopping, checkpoints."""
+    if isinstance(config.val_fraction, bool) or not isinstance(config.val_fraction,
+                                                                numbers.Real):
+        raise TypeError(f"val_fraction must be a number in [0, 1), got {config.val_fraction!r}")
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {config.val_fraction!r}")
+    for name in ("standardize", "standardize_target"):
+        if not isinstance(getattr(config, name), bool):
+            raise TypeError(f"{name} must be a bool, got {getattr(config, name)!r}")
+    check_nonnegative_int("early_stopping", config.early_stopping)
+    if config.early_stopping and not config.val_fraction:
+        raise ValueError(f"early_stopping={config.early_stopping} needs a validation split: "
+                         f"set val_fraction > 0")
+    for name in ("save", "resume"):
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path or None, got {value!r}")
+    if config.target_name is not None and not isinstance(config.target_name, str):
+        raise TypeError(f"target_name must be a str or None, got {config.target_name!r}")
+    names = config.feature_names
+    if names is not None and not (isinstance(names, (tuple, list))
+                                  and all(isinstance(n, str) for n in names)):
+        raise TypeError(f"feature_names must be a tuple of str or None, got {names!r}")

@@ -1,0 +1,181 @@
+"""Checkpoints: resume equals an uninterrupted run bit for bit; bad files are refused."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import torchlr
+from torchlr.checkpoint import load_checkpoint, load_model, save_checkpoint
+from torchlr.cli import main
+from torchlr.concise import LinearRegression
+from torchlr.train import ConciseModel, ScratchModel
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI writes TensorBoard runs under ./runs by default
+
+
+def dataset(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g) * torch.tensor([1.0, 10.0, 0.1]) + 2
+    y = X @ torch.tensor([1.0, -0.2, 5.0]) + 1.0 + 0.01 * torch.randn(n, generator=g)
+    return X, y
+
+
+OPTIONS = [
+    {},
+    {"standardize": True, "standardize_target": True, "val_fraction": 0.2, "batch_size": 7},
+]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "scaled+val"])
+def test_resume_equals_straight_bit_for_bit(tmp_path, impl, options):
+    X, y = dataset()
+    kw = dict(impl=impl, lr=0.01, device="cpu", **options)
+    straight = torchlr.fit(X, y, num_epochs=5, **kw)
+    path = tmp_path / "run.pt"
+    first = torchlr.fit(X, y, num_epochs=2, save=str(path), **kw)
+    assert load_checkpoint(path)["epoch"] == 2
+    resumed = torchlr.fit(X, y, num_epochs=5, resume=str(path), **kw)
+    assert not torch.equal(first.w, straight.w)  # the resume did the remaining epochs
+    assert torch.equal(resumed.w, straight.w) and resumed.b == straight.b
+    assert torch.equal(resumed.scaled_w, straight.scaled_w)
+    assert resumed.losses == straight.losses and resumed.val_losses == straight.val_losses
+    assert torch.equal(resumed.w_history, straight.w_history)
+    # The per-step losses of the resumed epochs are the straight run's last ones.
+    assert torch.equal(resumed.train_losses, straight.train_losses[-len(resumed.train_losses):])
+
+
+def test_resume_refuses_a_changed_run(tmp_path):
+    X, y = dataset()
+    path = tmp_path / "run.pt"
+    torchlr.fit(X, y, num_epochs=1, save=str(path), device="cpu")
+    with pytest.raises(ValueError, match=r"lr=0.03 in the checkpoint, 0.1 now"):
+        torchlr.fit(X, y, num_epochs=3, lr=0.1, resume=str(path), device="cpu")
+    with pytest.raises(ValueError, match=r"trained on 300 rows, this data has 200"):
+        torchlr.fit(X[:200], y[:200], num_epochs=3, resume=str(path), device="cpu")
+    torchlr.fit(X, y, num_epochs=1, save=str(path), standardize=True, device="cpu")
+    with pytest.raises(ValueError, match=r"statistics differ"):
+        torchlr.fit(X + 1, y, num_epochs=3, standardize=True, resume=str(path), device="cpu")
+
+
+def test_checkpoint_holds_the_whole_run(tmp_path):
+    X, y = dataset()
+    path = tmp_path / "run.pt"
+    result = torchlr.fit(X, y, impl="concise", num_epochs=2, save=str(path), device="cpu",
+                         feature_names=("a", "b", "c"), target_name="t", standardize=True)
+    state = torch.load(path, weights_only=True)  # plain tensors, numbers, lists and dicts
+    assert state["impl"] == "concise" and state["epoch"] == 2
+    assert state["feature_names"] == ["a", "b", "c"] and state["target_name"] == "t"
+    assert state["config"]["standardize"] is True and state["config"]["lr"] == 0.03
+    assert torch.equal(state["params"]["w"].reshape(-1), result.scaled_w)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.03
+    assert torch.equal(state["scaling"]["x_mean"], result.scaling.x_mean)
+    assert state["history"]["losses"] == result.losses
+    # The RNG state is the generator's after init and two epochs' permutations.
+    g = torch.Generator().manual_seed(0)
+    torch.randn(3, 1, generator=g)
+    torch.randperm(300, generator=g)
+    torch.randperm(300, generator=g)
+    assert torch.equal(state["generator"], g.get_state())
+    assert os.listdir(tmp_path) == ["run.pt"]  # no temporary file left beside it
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"format": "old"})
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"format": "new"})
+    assert path.read_bytes() == before  # the old file is intact, and no temporary remains
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "pickle-code", "plain-dict",
+                                  "damaged"])
+def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, kind, capsys):
+    X, y = dataset()
+    good = tmp_path / "good.pt"
+    torchlr.fit(X, y, num_epochs=1, save=str(good), device="cpu")
+    path = tmp_path / "bad.pt"
+    if kind == "garbage":
+        path.write_bytes(os.urandom(256))
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:300])
+    elif kind == "foreign":
+        torch.save(LinearRegression(3).state_dict(), path)
+    elif kind == "pickle-code":
+        path.write_bytes(pickle.dumps(Payload()))
+    elif kind == "plain-dict":
+        torch.save({"weights": torch.ones(3)}, path)
+    else:
+        state = torch.load(good, weights_only=True)
+        del state["generator"]
+        torch.save(state, path)
+    with pytest.raises(ValueError, match="bad.pt") as info:
+        load_checkpoint(path)
+    assert "checkpoint" in str(info.value)
+    data = tmp_path / "d.npy"
+    np.save(data, torch.cat([X, y[:, None]], 1).numpy())
+    out = tmp_path / "out.csv"
+    for argv in (["predict", "--model", str(path), "--data", str(data), "--output", str(out)],
+                 ["train", "--data", str(data), "--resume", str(path), "--epochs", "2"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "bad.pt" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("impl,kind", [("scratch", ScratchModel), ("concise", ConciseModel)])
+def test_load_model_gives_a_ready_model_of_its_implementation(tmp_path, impl, kind):
+    X, y = dataset()
+    path = tmp_path / "m.pt"
+    result = torchlr.fit(X, y, impl=impl, num_epochs=2, standardize=True, save=str(path),
+                         device="cpu")
+    model = load_model(path)
+    assert model.impl == impl and isinstance(model.model, kind)
+    assert torch.equal(model.predict(X), result.predict(X))
+    if impl == "concise":  # a real nn.Module with the trained weights
+        assert torch.equal(model.model.module.linear.weight.reshape(-1), result.scaled_w)
+
+
+def test_early_stopping_restores_the_best_epoch(tmp_path):
+    X, y = dataset()
+    y_noisy = y + 3 * torch.randn(len(y), generator=torch.Generator().manual_seed(9))
+    path = tmp_path / "es.pt"
+    result = torchlr.fit(X, y_noisy, lr=0.05, num_epochs=40, val_fraction=0.3,
+                         early_stopping=2, standardize=True, save=str(path), device="cpu")
+    best = result.best_epoch
+    assert result.val_losses[best - 1] == min(result.val_losses)
+    ran = len(result.losses)
+    assert ran == best + 2 or ran == 40  # stopped after `patience` epochs without progress
+    assert ran < 40
+    w_best, b_best = result.w_history[best], result.b_history[best]
+    assert torch.equal(result.w, w_best) and result.b == pytest.approx(float(b_best), rel=1e-6)
+    assert torch.equal(load_model(path).predict(X), result.predict(X))  # the best, as fit gave
+    # Resuming the stopped run to a later epoch changes nothing: the straight run stopped too.
+    again = torchlr.fit(X, y_noisy, lr=0.05, num_epochs=40, val_fraction=0.3,
+                        early_stopping=2, standardize=True, resume=str(path), device="cpu")
+    assert torch.equal(again.w, result.w) and again.losses == result.losses
+
+
+def test_early_stopping_needs_a_validation_split():
+    X, y = dataset()
+    with pytest.raises(ValueError, match="early_stopping=3 needs a validation split"):
+        torchlr.fit(X, y, early_stopping=3)

@@ -1,0 +1,230 @@
+"""The command line on files: train, predict, resume, and the column checks of predict."""
+
+import csv
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import torchlr
+from torchlr.cli import main
+from torchlr.io import load_data
+
+EPOCH = re.compile(r"^epoch (\d+), loss (\S+), val loss (\S+), val R2 (\S+)$")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI writes TensorBoard runs under ./runs by default
+
+
+@pytest.fixture
+def houses(tmp_path):
+    """A CSV whose target is a known linear function of columns on different scales."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(120, 3, generator=g) * torch.tensor([50.0, 1.0, 0.1]) + torch.tensor(
+        [100.0, 3.0, 0.0])
+    y = X @ torch.tensor([0.5, -4.0, 20.0]) + 10.0
+    path = tmp_path / "houses.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["area", "rooms", "slope", "price"])
+        writer.writerows([*map(repr, map(float, x)), repr(float(t))] for x, t in zip(X, y))
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], np.array(rows[1:], dtype=np.float64)
+
+
+TRAIN = ["--target", "price", "--standardize", "--standardize-target", "--lr", "0.1",
+         "--device", "cpu"]
+
+
+def test_train_on_a_csv_recovers_the_coefficients(houses, capsys):
+    assert main(["train", "--data", str(houses), "--epochs", "40", "--quiet", *TRAIN]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    weights = dict(re.match(r"^(w\[\w+\]|b)\s+= (\S+)$", line).groups() for line in lines)
+    assert float(weights["w[area]"]) == pytest.approx(0.5, rel=1e-3)
+    assert float(weights["w[rooms]"]) == pytest.approx(-4.0, rel=1e-3)
+    assert float(weights["w[slope]"]) == pytest.approx(20.0, rel=1e-3)
+    assert float(weights["b"]) == pytest.approx(10.0, rel=1e-2)
+
+
+def test_validation_is_printed_per_epoch(houses, capsys):
+    argv = ["train", "--data", str(houses), "--epochs", "3", "--val-fraction", "0.25", *TRAIN]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    data = load_data(houses, target="price")
+    result = torchlr.fit(data.features, data.target, num_epochs=3, val_fraction=0.25,
+                         standardize=True, standardize_target=True, lr=0.1, device="cpu")
+    matches = [EPOCH.match(line) for line in lines[:3]]
+    assert [float(m.group(3)) for m in matches] == [round(v, 6) for v in result.val_losses]
+    assert [float(m.group(4)) for m in matches] == [round(v, 6) for v in result.val_r2]
+
+
+def test_predict_on_the_training_file_reproduces_the_fit(houses, tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    argv = ["train", "--data", str(houses), "--epochs", "3", "--save", str(model), *TRAIN]
+    assert main(argv) == 0
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
+                 str(out)]) == 0
+    header, table = read_csv(out)
+    assert header == ["area", "rooms", "slope", "price", "prediction"]
+    data = load_data(houses, target="price")
+    result = torchlr.fit(data.features, data.target, num_epochs=3, standardize=True,
+                         standardize_target=True, lr=0.1, device="cpu")
+    expected = result.predict(data.features).reshape(-1)
+    # The text reads back as exactly the float32 values the fit predicts.
+    assert torch.equal(torch.from_numpy(table[:, -1].astype(np.float32)), expected)
+    assert np.array_equal(table[:, :3].astype(np.float32), data.features.numpy())
+    assert len(table) == 120
+
+
+def test_predict_to_stdout_and_without_the_target_column(houses, tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    capsys.readouterr()
+    features_only = tmp_path / "new.csv"
+    features_only.write_text("slope,area,rooms\n0.1,120,2\n")  # any column order
+    assert main(["predict", "--model", str(model), "--data", str(features_only)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "area,rooms,slope,prediction"
+    expected = torchlr.checkpoint.load_model(model).predict(torch.tensor([[120.0, 2.0, 0.1]]))
+    assert np.float32(lines[1].split(",")[-1]) == expected.item()
+
+
+def test_predict_lists_the_column_difference(houses, tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other.csv"
+    other.write_text("area,rooms,colour\n1,2,3\n")
+    out = tmp_path / "out.csv"
+    assert main(["predict", "--model", str(model), "--data", str(other), "--output",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing 'slope'" in err and "unexpected 'colour'" in err
+    assert "\n" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_cli_resume_equals_straight(houses, tmp_path, capsys, impl):
+    straight, part = tmp_path / "straight.pt", tmp_path / "part.pt"
+    common = ["--data", str(houses), "--impl", impl, "--val-fraction", "0.2", *TRAIN]
+    assert main(["train", *common, "--epochs", "4", "--save", str(straight)]) == 0
+    assert main(["train", *common, "--epochs", "2", "--save", str(part)]) == 0
+    capsys.readouterr()
+    # Options come from the checkpoint: only the data and the new epoch count are given.
+    assert main(["train", "--data", str(houses), "--resume", str(part), "--epochs", "4",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in out[:2]] == ["epoch 3", "epoch 4"]
+    a = torch.load(straight, weights_only=True)
+    b = torch.load(part, weights_only=True)
+    assert b["epoch"] == 4
+    assert torch.equal(a["params"]["w"], b["params"]["w"])
+    assert torch.equal(a["params"]["b"], b["params"]["b"])
+    assert torch.equal(a["generator"], b["generator"])
+    assert a["history"]["val_losses"] == b["history"]["val_losses"]
+
+
+def test_resume_refuses_other_options(houses, tmp_path, capsys):
+    part = tmp_path / "part.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(part),
+                 *TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(houses), "--resume", str(part), "--epochs", "2",
+                 "--lr", "0.5"]) == 2
+    assert "differs from the checkpoint's 0.1" in capsys.readouterr().err
+    assert main(["train", "--resume", str(part), "--epochs", "2"]) == 2
+    assert "pass it again with --data" in capsys.readouterr().err
+
+
+def test_synthetic_run_saves_and_resumes(tmp_path, capsys):
+    path = tmp_path / "chapter.pt"
+    assert main(["train", "--device", "cpu", "--epochs", "1", "--save", str(path)]) == 0
+    assert main(["train", "--device", "cpu", "--epochs", "3", "--resume", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"saved {path}"
+    straight = torchlr.fit(*torchlr.synthetic_data(
+        torch.tensor([2.0, -3.4]), 4.2, 1000, generator=torch.Generator().manual_seed(0)),
+        device="cpu")
+    state = torch.load(path, weights_only=True)
+    assert torch.equal(state["params"]["w"].reshape(-1), straight.w)
+    assert state["feature_names"] == ["x1", "x2"]
+
+
+def test_stream_trains_from_npy(tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(500, 2, generator=g)
+    y = X @ torch.tensor([2.0, -3.4]) + 4.2
+    path = tmp_path / "big.npy"
+    np.save(path, torch.cat([X, y[:, None]], 1).numpy())
+    assert main(["train", "--data", str(path), "--stream", "--epochs", "5", "--lr", "0.1",
+                 "--device", "cpu", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("w[x1]") and float(lines[0].split()[-1]) == pytest.approx(
+        2.0, abs=1e-3)
+    assert main(["train", "--data", str(path), "--stream", "--val-fraction", "0.1"]) == 2
+    assert "not supported when streaming" in capsys.readouterr().err
+
+
+def test_validation_goes_to_tensorboard(houses, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = tmp_path / "tb"
+    argv = ["train", "--data", str(houses), "--epochs", "3", "--val-fraction", "0.25",
+            "--logdir", str(logdir), *TRAIN]
+    assert main(argv) == 0
+    (run,) = logdir.iterdir()
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    data = load_data(houses, target="price")
+    result = torchlr.fit(data.features, data.target, num_epochs=3, val_fraction=0.25,
+                         standardize=True, standardize_target=True, lr=0.1, device="cpu")
+    for tag, expected in (("loss/val", result.val_losses), ("r2/val", result.val_r2)):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]
+        torch.testing.assert_close([e.value for e in events], expected, rtol=1e-6, atol=0)
+
+
+def test_unwritable_paths_are_one_line_errors(houses, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save",
+                 str(blocker / "m.pt"), *TRAIN]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("torchlr: error:")
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
+                 str(blocker / "out.csv")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("torchlr: error:")
+
+
+def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
+    noisy = tmp_path / "noisy.csv"
+    g = torch.Generator().manual_seed(1)
+    lines = houses.read_text().splitlines()
+    noise = 40 * torch.randn(len(lines) - 1, generator=g)
+    rows = [",".join([*line.split(",")[:-1], repr(float(line.split(",")[-1]) + float(e))])
+            for line, e in zip(lines[1:], noise)]
+    noisy.write_text("\n".join([lines[0], *rows]) + "\n")
+    argv = ["train", "--data", str(noisy), "--epochs", "60", "--val-fraction", "0.3",
+            "--early-stopping", "2", "--batch-size", "4", *TRAIN]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    kept = int(next(line for line in out if line.startswith("early stopping")).split()[-1])
+    epochs = [EPOCH.match(line) for line in out if line.startswith("epoch")]
+    val = [float(m.group(3)) for m in epochs]
+    assert len(epochs) == kept + 2 < 60 and val[kept - 1] == min(val)

@@ -1,0 +1,170 @@
+"""Loading tables: every format, and every file error named with file, line and column."""
+
+import numpy as np
+import pytest
+import torch
+
+import torchlr
+from torchlr.cli import main
+from torchlr.io import column_names, load_data
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI writes TensorBoard runs under ./runs by default
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def table():
+    """A small table with a known linear target, as float32 values."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 3, generator=g)
+    y = X @ torch.tensor([1.5, -2.0, 0.25]) + 3.0
+    return X, y
+
+
+def test_csv_loads_named_columns_as_float32(tmp_path):
+    path = write(tmp_path / "t.csv", "a,b,y\n1,2.5,3\n-4,5e-1,6\n")
+    data = load_data(path, target="y")
+    assert data.feature_names == ["a", "b"] and data.target_name == "y"
+    assert data.features.dtype == torch.float32 and data.target.shape == (2, 1)
+    assert torch.equal(data.features, torch.tensor([[1.0, 2.5], [-4.0, 0.5]]))
+    assert torch.equal(data.target, torch.tensor([[3.0], [6.0]]))
+
+
+def test_csv_feature_selection_and_default_target(tmp_path):
+    path = write(tmp_path / "t.csv", "a,b,c,y\n1,2,3,4\n5,6,7,9\n")
+    assert load_data(path).target_name == "y"  # the last column by default
+    data = load_data(path, target="a", features=["c", "b"])
+    assert data.feature_names == ["c", "b"]
+    assert torch.equal(data.features, torch.tensor([[3.0, 2.0], [7.0, 6.0]]))
+    assert torch.equal(data.target, torch.tensor([[1.0], [5.0]]))
+
+
+def test_csv_skips_blank_lines_and_reads_quoted_cells(tmp_path):
+    path = write(tmp_path / "t.csv", '\n"a","y"\n\n"1",2\n3,"4"\n\n')
+    data = load_data(path)
+    assert torch.equal(data.features, torch.tensor([[1.0], [3.0]]))
+
+
+def test_binary_formats_agree_with_csv(tmp_path, table):
+    X, y = table
+    full = torch.cat([X, y[:, None]], 1)
+    np.save(tmp_path / "t.npy", full.numpy())
+    np.savez(tmp_path / "t.npz", X=X.numpy(), y=y.numpy())
+    torch.save({"X": X, "y": y}, tmp_path / "t.pt")
+    torch.save((X, y), tmp_path / "pair.pt")
+    assert column_names(tmp_path / "t.npy") == ["x1", "x2", "x3", "x4"]
+    assert column_names(tmp_path / "t.npz") == ["X1", "X2", "X3", "y"]
+    assert column_names(tmp_path / "pair.pt") == ["x1", "x2", "x3", "y"]
+    for name in ("t.npy", "t.npz", "t.pt", "pair.pt"):
+        data = load_data(tmp_path / name)  # the target is the last column or the array y
+        assert torch.equal(data.features, X), name
+        assert torch.equal(data.target, y[:, None]), name
+
+
+def test_csv_fit_recovers_known_coefficients(tmp_path, table):
+    X, y = table
+    rows = "\n".join(",".join(repr(float(v)) for v in [*x, t]) for x, t in zip(X, y))
+    path = write(tmp_path / "lin.csv", "u,v,w,target\n" + rows + "\n")
+    data = load_data(path, target="target")
+    result = torchlr.fit(data.features, data.target, lr=0.1, num_epochs=60, device="cpu")
+    torch.testing.assert_close(result.w, torch.tensor([1.5, -2.0, 0.25]), atol=1e-3, rtol=0)
+    assert result.b == pytest.approx(3.0, abs=1e-3)
+
+
+# --- every file error: a ValueError naming file, line and column; exit 2 from the CLI ----
+
+ERRORS = [
+    # (file name, content or None for a missing file, CLI extra args, pieces of the message)
+    ("missing.csv", None, [], ["No such file", "missing.csv"]),
+    ("empty.csv", "", [], ["empty.csv", "is empty"]),
+    ("blank.csv", "\n\n", [], ["blank.csv", "is empty"]),
+    ("header.csv", "a,b,y\n", [], ["header.csv", "header but no data rows"]),
+    ("ragged.csv", "a,b,y\n1,2,3\n4,5\n", [], ["ragged.csv", "line 3", "expected 3", "found 2"]),
+    ("text.csv", "a,b,y\n1,2,3\n4,abc,6\n", [], ["text.csv", "line 3", "column 'b'", "'abc'",
+                                               "not a number"]),
+    ("hole.csv", "a,b,y\n1,,3\n", [], ["hole.csv", "line 2", "column 'b'", "missing value"]),
+    ("nan.csv", "a,b,y\n1,2,3\n1,NA,3\n", [], ["nan.csv", "line 3", "column 'b'", "missing"]),
+    ("inf.csv", "a,b,y\n1,2,inf\n", [], ["inf.csv", "line 2", "column 'y'", "not a finite"]),
+    ("target.csv", "a,b,y\n1,2,3\n", ["--target", "z"], ["Unknown target column 'z'",
+                                                         "target.csv", "a, b, y"]),
+    ("feature.csv", "a,b,y\n1,2,3\n", ["--features", "a,q"], ["Unknown feature column",
+                                                              "'q'", "feature.csv"]),
+    ("const.csv", "a,y\n1,2\n3,2\n", [], ["const.csv", "'y'", "constant", "2.0"]),
+    ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
+    ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
+]
+
+
+@pytest.mark.parametrize("name,content,extra,pieces", ERRORS, ids=[e[0] for e in ERRORS])
+def test_file_errors_in_the_api(tmp_path, name, content, extra, pieces):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    target = extra[1] if extra[:1] == ["--target"] else None
+    features = extra[1].split(",") if extra[:1] == ["--features"] else None
+    with pytest.raises(ValueError) as info:
+        load_data(path, target=target, features=features)
+    message = str(info.value)
+    assert "\n" not in message
+    for piece in pieces:
+        assert piece in message
+
+
+@pytest.mark.parametrize("name,content,extra,pieces", ERRORS, ids=[e[0] for e in ERRORS])
+def test_file_errors_in_the_cli_exit_2_and_write_nothing(tmp_path, capsys, name, content,
+                                                         extra, pieces):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    save = tmp_path / "model.pt"
+    code = main(["train", "--data", str(path), "--device", "cpu", "--save", str(save), *extra])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchlr: error: ")
+    assert pieces[0] in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([name] if content is not None else [])
+
+
+def test_binary_file_errors(tmp_path):
+    bad = np.ones((3, 2))
+    bad[1, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(ValueError, match=r"nan.npy, row 2, column 'x1': missing value"):
+        load_data(tmp_path / "nan.npy")
+    np.save(tmp_path / "text.npy", np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(ValueError, match=r"text.npy, column 'x1': dtype <U1 does not hold real"):
+        load_data(tmp_path / "text.npy")
+    np.savez(tmp_path / "ragged.npz", a=np.ones(3), y=np.ones(4))
+    with pytest.raises(ValueError, match=r"columns differ in length: a has 3, y has 4"):
+        load_data(tmp_path / "ragged.npz")
+    np.save(tmp_path / "norows.npy", np.ones((0, 3)))
+    with pytest.raises(ValueError, match="no rows"):
+        load_data(tmp_path / "norows.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(ValueError, match="junk.npy is not a valid .npy file"):
+        load_data(tmp_path / "junk.npy")
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04not torch")
+    with pytest.raises(ValueError, match="junk.pt is not a valid .pt data file"):
+        load_data(tmp_path / "junk.pt")
+
+
+def test_a_file_too_large_for_memory_points_to_stream(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path / "t.csv", "a,y\n" + "1.5,2\n3.5,4\n" * 50)
+    np.save(tmp_path / "t.npy", np.ones((100, 2), dtype=np.float32))
+    monkeypatch.setattr("torchlr.io.available_memory", lambda: 1000)  # bytes
+    for name in ("t.csv", "t.npy"):
+        with pytest.raises(ValueError, match=r"needs about .* GiB .*--stream"):
+            load_data(tmp_path / name)
+    assert main(["train", "--data", str(path), "--device", "cpu"]) == 2
+    assert "--stream" in capsys.readouterr().err
+    monkeypatch.setattr("torchlr.io.available_memory", lambda: 10**6)
+    assert load_data(path).features.shape == (100, 1)  # the same file fits with more memory

@@ -1,0 +1,285 @@
+"""torchlr.plots: the figures hold exactly the data they were given, and pyplot stays empty."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")  # before pyplot: the suite runs headless
+from matplotlib import pyplot as plt  # noqa: E402  (only to check that nothing registers)
+from matplotlib.figure import Figure  # noqa: E402
+
+import torchlr  # noqa: E402
+from torchlr import cli, plots  # noqa: E402
+from torchlr.sweep import SweepPoint, lr_sweep  # noqa: E402
+
+TRUE_W = torch.tensor([2.0, -3.4])
+TRUE_B = 4.2
+
+
+@pytest.fixture(autouse=True)
+def no_pyplot_figures():
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == []
+
+
+@pytest.fixture(scope="module")
+def data():
+    gen = torch.Generator().manual_seed(0)
+    return torchlr.synthetic_data(TRUE_W, TRUE_B, 200, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    X, y = data
+    return [torchlr.fit(X, y, impl=impl, num_epochs=2, device="cpu") for impl in ("scratch",
+                                                                                   "concise")]
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def test_scatter_holds_the_chosen_column_against_the_labels(data):
+    X, y = data
+    fig = plots.scatter(X, y)
+    assert isinstance(fig, Figure)
+    (ax,) = fig.axes
+    (points,) = ax.collections
+    offsets = torch.as_tensor(points.get_offsets().data)
+    torch.testing.assert_close(offsets[:, 0], X[:, 1].double())
+    torch.testing.assert_close(offsets[:, 1], y[:, 0].double())
+    assert ax.get_xlabel() == "features[:, 1]" and ax.get_ylabel() == "labels"
+    assert len(ax.lines) == 0
+    assert png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_scatter_line_has_the_weight_as_slope_and_passes_through_the_mean_prediction(data):
+    X, y = data
+    w, b = torch.tensor([1.5, -2.0]), 0.7
+    fig = plots.scatter(X, y, column=0, w=w, b=b)
+    (line,) = fig.axes[0].lines
+    xs, ys = (torch.as_tensor(v, dtype=torch.float64) for v in line.get_data())
+    slope = (ys[1] - ys[0]) / (xs[1] - xs[0])
+    assert float(slope) == pytest.approx(1.5)
+    assert float(xs[0]) == pytest.approx(float(X[:, 0].min()))
+    assert float(xs[1]) == pytest.approx(float(X[:, 0].max()))
+    # The mean prediction over the data lies on the line at the mean of the column.
+    mean_prediction = float((X.double() @ w.double() + b).mean())
+    at_mean = ys[0] + slope * (float(X[:, 0].double().mean()) - xs[0])
+    assert float(at_mean) == pytest.approx(mean_prediction, abs=1e-6)
+
+
+def test_scatter_refuses_a_half_given_or_misshaped_fit(data):
+    X, y = data
+    with pytest.raises(ValueError, match="needs b"):
+        plots.scatter(X, y, w=[1.0, 2.0])
+    with pytest.raises(ValueError, match="w has 3 entries but features has 2"):
+        plots.scatter(X, y, w=[1.0, 2.0, 3.0], b=0.0)
+
+
+def test_loss_curves_draws_one_line_per_run_with_its_epoch_losses(runs):
+    fig = plots.loss_curves(runs)
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.lines] == ["scratch", "concise"]
+    for line, run in zip(ax.lines, runs):
+        assert list(line.get_xdata()) == [1, 2]
+        assert list(line.get_ydata()) == pytest.approx(run.losses)
+    assert ax.get_yscale() == "log"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "loss")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["scratch", "concise"]
+
+
+def test_loss_curves_takes_a_mapping_of_plain_losses_and_a_reference():
+    fig = plots.loss_curves({"a": [4.0, 2.0, 1.0], "b": [3.0]}, reference=0.5, log_scale=False)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["a", "b", "closed form"]
+    assert list(ax.lines[0].get_ydata()) == [4.0, 2.0, 1.0]
+    assert list(ax.lines[1].get_xdata()) == [1]
+    assert list(ax.lines[2].get_ydata()) == [0.5, 0.5]
+    assert ax.get_yscale() == "linear"
+
+
+def test_loss_curves_minibatch_draws_every_step_at_fractional_epochs(runs):
+    fig = plots.loss_curves(runs[:1], minibatch=True)
+    steps, epochs = fig.axes[0].lines
+    assert steps.get_label() == "scratch (minibatch)"
+    torch.testing.assert_close(torch.as_tensor(steps.get_ydata()),
+                               runs[0].train_losses.double())
+    n = len(runs[0].train_losses)
+    assert steps.get_xdata()[-1] == pytest.approx(2.0)
+    assert steps.get_xdata()[0] == pytest.approx(2.0 / n)
+    assert list(epochs.get_ydata()) == pytest.approx(runs[0].losses)
+
+
+def test_loss_curves_adds_the_validation_curve_of_a_held_out_run(data):
+    X, y = data
+    run = torchlr.fit(X, y, num_epochs=2, val_fraction=0.25, device="cpu")
+    assert len(run.val_losses) == 2
+    train, val = plots.loss_curves([run]).axes[0].lines
+    assert list(train.get_ydata()) == pytest.approx(run.losses)
+    assert val.get_label() == "scratch (validation)"
+    assert list(val.get_xdata()) == [1, 2]
+    assert list(val.get_ydata()) == pytest.approx(run.val_losses)
+
+
+def test_loss_curves_names_the_device_when_runs_differ_in_it(runs):
+    moved = [runs[0], type(runs[1])(**{**vars(runs[1]), "device": "cuda:0"})]
+    labels = [line.get_label() for line in plots.loss_curves(moved).axes[0].lines]
+    assert labels == ["scratch (cpu)", "concise (cuda:0)"]
+
+
+def test_trajectories_plot_each_parameter_history_with_reference_lines(runs):
+    w_exact, b_exact = torch.tensor([1.9, -3.3], dtype=torch.float64), 4.1
+    fig = plots.trajectories(runs, true_w=TRUE_W, true_b=TRUE_B, exact=(w_exact, b_exact))
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["w[0]", "w[1]", "b"]
+    truth = [2.0, -3.4, 4.2]
+    exact = [1.9, -3.3, 4.1]
+    for j, ax in enumerate(axes):
+        run_lines = ax.lines[:2]
+        for line, run in zip(run_lines, runs):
+            history = run.w_history[:, j] if j < 2 else run.b_history
+            assert list(line.get_xdata()) == [0, 1, 2]
+            torch.testing.assert_close(torch.as_tensor(line.get_ydata()), history.double())
+        truth_line, exact_line = ax.lines[2:]
+        assert truth_line.get_ydata()[0] == pytest.approx(truth[j])
+        assert exact_line.get_ydata()[0] == pytest.approx(exact[j])
+        assert len(ax.lines) == 4
+
+
+def test_trajectories_needs_fit_results_and_matching_references(runs):
+    with pytest.raises(TypeError, match="FitResults"):
+        plots.trajectories({"a": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="reference w has 3 entries, the runs have 2"):
+        plots.trajectories(runs, true_w=[1.0, 2.0, 3.0])
+    fig = plots.trajectories(runs[0])
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1, 1]
+
+
+def test_lr_sweep_plot_marks_diverged_runs_on_log_axes(data):
+    X, y = data
+    points = lr_sweep(X, y, [0.003, 0.1, 50.0], num_epochs=1, device="cpu")  # losses ~9, ~5e-5
+    assert [p.diverged for p in points] == [False, False, True]
+    fig = plots.lr_sweep(points)
+    ax = fig.axes[0]
+    finite, crosses = ax.lines
+    assert list(finite.get_xdata()) == [0.003, 0.1]
+    assert list(finite.get_ydata()) == pytest.approx([p.final_loss for p in points[:2]])
+    assert list(crosses.get_xdata()) == [50.0]
+    assert crosses.get_label() == "diverged" and crosses.get_marker() == "x"
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("learning rate", "final loss")
+    # Every finite point is inside the view, below the row of crosses at 97 % height.
+    low, high = ax.get_ylim()
+    for p in points[:2]:
+        assert low < p.final_loss < high
+        height = ax.transLimits.transform(ax.transScale.transform((p.lr, p.final_loss)))[1]
+        assert 0 < height < 0.9
+    assert png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_lr_sweep_plot_takes_a_mapping_with_none_nan_and_inf_as_diverged():
+    fig = plots.lr_sweep({0.1: 1e-3, 1.0: None, 2.0: float("nan"), 3.0: float("inf")})
+    finite, crosses = fig.axes[0].lines
+    assert list(finite.get_xdata()) == [0.1]
+    assert list(crosses.get_xdata()) == [1.0, 2.0, 3.0]
+    only_bad = plots.lr_sweep([SweepPoint(1.0, error="diverged")])
+    assert [line.get_label() for line in only_bad.axes[0].lines] == ["diverged"]
+
+
+def test_check_image_path_refuses_unknown_formats_and_missing_folders(tmp_path):
+    assert plots.check_image_path(tmp_path / "a.png") == tmp_path / "a.png"
+    with pytest.raises(ValueError, match="unknown image format 'txt'"):
+        plots.check_image_path(tmp_path / "a.txt")
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.check_image_path(tmp_path / "missing" / "a.png")
+
+
+def test_cli_plot_saves_both_runs_on_one_figure(tmp_path, monkeypatch, capsys):
+    drawn = []
+    real = plots.loss_curves
+
+    def spy(results, **kwargs):
+        drawn.append(results)
+        fig = real(results, **kwargs)
+        drawn.append(fig)
+        return fig
+
+    monkeypatch.setattr(plots, "loss_curves", spy)
+    target = tmp_path / "loss.png"
+    argv = ["train", "--impl", "both", "--epochs", "2", "--plot", str(target), "--no-tensorboard"]
+    assert cli.main(argv) == 0
+    assert target.read_bytes().startswith(b"\x89PNG")
+    out, err = capsys.readouterr()
+    assert err == f"Saved the loss curves to {target}\n"
+    results, fig = drawn
+    assert [r.impl for r in results] == ["scratch", "concise"]
+    lines = fig.axes[0].lines
+    assert [line.get_label() for line in lines] == ["scratch", "concise"]
+    # The plotted numbers are the ones the command printed.
+    printed = [float(line.split()[-1]) for line in out.splitlines()
+               if line.startswith("epoch ")]
+    plotted = [float(v) for line in lines for v in line.get_ydata()]
+    assert plotted == pytest.approx(printed, abs=5e-7)  # printed with 6 decimals
+
+
+def test_cli_plot_refuses_a_bad_path_before_training(tmp_path, capsys):
+    argv = ["train", "--plot", str(tmp_path / "nowhere" / "x.png"), "--logdir", str(tmp_path)]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("torchlr: error: Cannot save a plot to") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
+
+
+def test_readme_figures_script_draws_its_three_figures(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["lr_sweep.png", "scatter.png", "trajectories.png"]
+    for name in written:
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+        # The README shows the committed copies of these figures.
+        assert (script.parent / name).is_file()
+
+
+def test_figures_show_as_png_in_jupyter_without_pyplot(runs):
+    for fig in (plots.loss_curves(runs), plots.trajectories(runs),
+                plots.lr_sweep({0.1: 1.0}), plots.scatter(torch.ones(3, 2), torch.ones(3))):
+        assert isinstance(fig, plots.NotebookFigure) and isinstance(fig, Figure)
+        # What IPython shows for a cell's last value when no pyplot formatter is registered.
+        png = fig._repr_png_()
+        assert png.startswith(b"\x89PNG")
+        assert png == png_bytes(fig)
+
+
+def test_plots_never_import_pyplot():
+    code = (
+        "import sys, torch\n"
+        "import torchlr\n"
+        "from torchlr import plots\n"
+        "X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 50,"
+        " generator=torch.Generator().manual_seed(0))\n"
+        "run = torchlr.fit(X, y, num_epochs=1, device='cpu')\n"
+        "for fig in (plots.scatter(X, y, w=run.w, b=run.b), plots.loss_curves([run]),\n"
+        "            plots.trajectories([run]), plots.lr_sweep({0.03: 1e-4, 9.0: None})):\n"
+        "    fig._repr_png_()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,93 @@
+"""Split and standardization: statistics from the training rows only, results in original units."""
+
+import pytest
+import torch
+
+import torchlr
+from torchlr.preprocess import Scaling, r2_score, train_val_split
+
+
+def badly_scaled(n=400, seed=0):
+    """Well-conditioned once scaled, but columns of very different size and offset."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g) * torch.tensor([0.01, 1.0, 300.0]) + torch.tensor(
+        [0.05, -2.0, 100.0])
+    y = X @ torch.tensor([40.0, -1.5, 0.02]) + 7.0 + 0.001 * torch.randn(n, generator=g)
+    return X, y
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    train, val = train_val_split(100, 0.2, seed=3)
+    assert len(val) == 20 and len(train) == 80
+    assert torch.equal(torch.sort(torch.cat([train, val])).values, torch.arange(100))
+    again = train_val_split(100, 0.2, seed=3)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
+    assert not torch.equal(train_val_split(100, 0.2, seed=4)[1], val)
+    with pytest.raises(ValueError, match="leaves 0 for validation"):
+        train_val_split(3, 0.1, seed=0)
+
+
+def test_scaling_uses_training_rows_only():
+    X, y = badly_scaled()
+    result = torchlr.fit(X, y, val_fraction=0.25, standardize=True, standardize_target=True,
+                         num_epochs=1, device="cpu")
+    train, _ = train_val_split(len(X), 0.25, seed=0)
+    X64, y64 = X[train].double(), y[train].double()
+    torch.testing.assert_close(result.scaling.x_mean, X64.mean(0).float())
+    torch.testing.assert_close(result.scaling.x_scale, X64.std(0, correction=0).float())
+    assert result.scaling.y_mean == pytest.approx(float(y64.mean()))
+    assert not torch.allclose(result.scaling.x_mean, X.double().mean(0).float(), rtol=0,
+                              atol=0)  # the held-out rows are not in the statistics
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_standardized_fit_matches_the_unscaled_closed_form(impl):
+    X, y = badly_scaled()
+    result = torchlr.fit(X, y, impl=impl, standardize=True, standardize_target=True, lr=0.1,
+                         num_epochs=30, device="cpu")
+    w_exact, b_exact = torchlr.least_squares(X, y)
+    # Weights are reported in original units, and predictions come out in them too.
+    torch.testing.assert_close(result.w.double(), w_exact, rtol=1e-3, atol=0)
+    assert result.b == pytest.approx(b_exact, rel=1e-3)
+    exact = X.double() @ w_exact + b_exact
+    error = result.predict(X).reshape(-1).double() - exact
+    assert float(error.norm() / exact.norm()) < 1e-3  # relative, over all predictions
+    assert float(error.abs().max()) < 1e-3 * float(exact.std())  # and each one
+
+
+def test_unscaled_sgd_fails_where_scaling_succeeds():
+    X, y = badly_scaled()
+    with pytest.raises(torchlr.DivergenceError):
+        torchlr.fit(X, y, lr=0.1, num_epochs=30, device="cpu")
+
+
+def test_original_params_invert_the_scaling():
+    X, y = badly_scaled()
+    scaling = Scaling.fit(X, y.reshape(-1, 1), target=True)
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(3, 1, generator=g), torch.randn(1, generator=g)
+    w_orig, b_orig = scaling.original_params(w, b)
+    via_scaled = scaling.unscale_target(scaling.features(X) @ w + b).reshape(-1)
+    torch.testing.assert_close(X @ w_orig + b_orig, via_scaled, rtol=1e-4, atol=1e-3)
+
+
+def test_constant_feature_is_only_shifted():
+    X = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
+    scaling = Scaling.fit(X, torch.zeros(3, 1), target=False)
+    assert torch.equal(scaling.features(X)[:, 1], torch.zeros(3))
+
+
+def test_r2_matches_its_definition_and_validation_is_reported():
+    y = torch.tensor([[1.0], [2.0], [4.0]])
+    y_hat = torch.tensor([[1.5], [2.0], [3.0]])
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    assert float(r2_score(y_hat, y)) == pytest.approx(1 - 1.25 / ss_tot, rel=1e-6)
+    X, y = badly_scaled()
+    result = torchlr.fit(X, y, standardize=True, standardize_target=True, val_fraction=0.2,
+                         num_epochs=4, lr=0.1, device="cpu")
+    assert len(result.val_losses) == len(result.val_r2) == 4
+    _, val = train_val_split(len(X), 0.2, seed=0)
+    pred = result.predict(X[val])
+    torch.testing.assert_close(result.val_r2[-1], float(r2_score(pred, y[val])), rtol=1e-4,
+                               atol=1e-5)
+    assert result.val_r2[-1] > 0.999

@@ -1,0 +1,137 @@
+"""Streaming from a .npy on disk: each row once per epoch, shuffled by block, seeded."""
+
+import numpy as np
+import pytest
+import torch
+
+import torchlr
+from torchlr.stream import BlockStream, block_order
+
+
+def test_block_order_covers_each_row_once_in_shuffled_blocks():
+    g = torch.Generator().manual_seed(0)
+    blocks = list(block_order(103, 10, g))
+    assert len(blocks) == 11
+    starts = [start for start, _ in blocks]
+    assert sorted(starts) == list(range(0, 103, 10)) and starts != sorted(starts)
+    rows = torch.cat([start + perm for start, perm in blocks])
+    assert torch.equal(rows.sort().values, torch.arange(103))  # a permutation of all rows
+    for _, perm in blocks:  # rows stay within their block, shuffled there
+        assert torch.equal(perm.sort().values, torch.arange(len(perm)))
+    assert any(not torch.equal(perm, torch.arange(len(perm))) for _, perm in blocks)
+
+
+def test_block_order_is_deterministic_under_a_seed():
+    def order(seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.cat([s + p for s, p in block_order(57, 8, g)])
+
+    assert torch.equal(order(1), order(1))
+    assert not torch.equal(order(1), order(2))
+
+
+@pytest.fixture
+def table(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(103, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
+    full = torch.cat([X, y[:, None]], 1).double()  # float64 on disk, float32 in training
+    path = tmp_path / "t.npy"
+    np.save(path, full.numpy())
+    return path, X, y
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 10, 200])
+def test_batches_hold_each_row_exactly_once(table, batch_size):
+    path, X, y = table
+    stream = BlockStream(path, block_rows=10)
+    seen = []
+    g = torch.Generator().manual_seed(3)
+    batches = list(stream.batches(batch_size, g))
+    assert all(len(bx) == batch_size for bx, _ in batches[:-1])  # only the last may be short
+    assert len(batches) == -(-103 // batch_size)
+    for bx, by in batches:
+        # Every streamed row is a real row of the table, with its own target.
+        idx = torch.cdist(bx, X).argmin(1)
+        assert torch.equal(X[idx], bx) and torch.equal(y[idx][:, None], by)
+        seen.append(idx)
+    assert torch.equal(torch.cat(seen).sort().values, torch.arange(103))
+    again = list(stream.batches(batch_size, torch.Generator().manual_seed(3)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+
+
+def test_drop_last_and_column_selection(table):
+    path, X, y = table
+    stream = BlockStream(path, target="x1", features=["x3", "x4"], block_rows=16)
+    assert stream.shape == (103, 2)
+    batches = list(stream.batches(10, torch.Generator().manual_seed(0), drop_last=True))
+    assert len(batches) == 10 and all(len(b[0]) == 10 for b in batches)
+    bx, by = batches[0]
+    full = torch.cat([X, y[:, None]], 1)
+    idx = torch.cdist(bx, full[:, 2:]).argmin(1)
+    assert torch.equal(by[:, 0], full[idx, 0])
+
+
+def test_stream_evaluate_and_fit_agree_with_memory(table):
+    path, X, y = table
+    stream = BlockStream(path, block_rows=9)
+    w, b = torch.tensor([[0.5], [0.1], [-0.2]]), torch.tensor([0.7])
+    torch.testing.assert_close(stream.evaluate(w, b), torchlr.evaluate(X, y, w, b))
+    result = torchlr.fit(stream, None, lr=0.1, num_epochs=20, device="cpu")
+    w_exact, b_exact = torchlr.least_squares(X, y)
+    torch.testing.assert_close(result.w.double(), w_exact, atol=1e-4, rtol=0)
+    assert len(result.train_losses) == 20 * 11
+
+
+def test_stream_resume_equals_straight(table, tmp_path):
+    path, _, _ = table
+    kw = dict(lr=0.05, batch_size=7, device="cpu")
+    straight = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=3, **kw)
+    ckpt = tmp_path / "s.pt"
+    torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=1, save=str(ckpt), **kw)
+    resumed = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=3,
+                          resume=str(ckpt), **kw)
+    assert torch.equal(resumed.w, straight.w) and resumed.losses == straight.losses
+
+
+def test_stream_refuses_bad_files(tmp_path):
+    np.save(tmp_path / "one.npy", np.ones(5))
+    with pytest.raises(ValueError, match="streaming needs a 2-D table"):
+        BlockStream(tmp_path / "one.npy")
+    with pytest.raises(ValueError, match="reads a 2-D .npy file"):
+        BlockStream(tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="No such file"):
+        BlockStream(tmp_path / "none.npy")
+    np.save(tmp_path / "two.npy", np.ones((4, 2)))
+    with pytest.raises(ValueError, match="Unknown target column 'y'"):
+        BlockStream(tmp_path / "two.npy", target="y")
+    bad = np.ones((30, 2))
+    bad[17, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    stream = BlockStream(tmp_path / "nan.npy", block_rows=5)
+    with pytest.raises(ValueError, match="nan.npy, row 18: a value is NaN"):
+        list(stream.batches(4, torch.Generator().manual_seed(0)))
+
+
+def test_streamed_standardization_matches_memory(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(250, 3, generator=g) * torch.tensor([0.01, 1.0, 300.0]) + torch.tensor(
+        [0.05, -2.0, 100.0])
+    y = X @ torch.tensor([40.0, -1.5, 0.02]) + 7.0 + 0.001 * torch.randn(250, generator=g)
+    path = tmp_path / "s.npy"
+    np.save(path, torch.cat([X, y[:, None]], 1).numpy())
+    stream = BlockStream(path, block_rows=32)  # several blocks: the moments are combined
+    kw = dict(standardize=True, standardize_target=True, lr=0.1, num_epochs=30, device="cpu")
+    streamed = torchlr.fit(stream, None, **kw)
+    in_memory = torchlr.fit(X, y, num_epochs=1, standardize=True, standardize_target=True)
+    torch.testing.assert_close(streamed.scaling.x_mean, in_memory.scaling.x_mean)
+    torch.testing.assert_close(streamed.scaling.x_scale, in_memory.scaling.x_scale)
+    assert streamed.scaling.y_scale == pytest.approx(in_memory.scaling.y_scale, rel=1e-9)
+    w_exact, b_exact = torchlr.least_squares(X, y)
+    exact = X.double() @ w_exact + b_exact
+    error = streamed.predict(X).reshape(-1).double() - exact
+    assert float(error.norm() / exact.norm()) < 1e-3
+    torch.testing.assert_close(streamed.w.double(), w_exact, rtol=1e-3, atol=0)
+    # A later fit without scaling trains on the raw rows again.
+    plain = torchlr.fit(stream, None, num_epochs=1, lr=1e-6, device="cpu")
+    assert plain.scaling.is_identity

@@ -1,0 +1,192 @@
+"""Checkpoints: an atomic save of a run's full state, a checked load, and a ready model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from torchlr.preprocess import Scaling
+from torchlr.scratch import linreg
+
+FORMAT = "torchlr-checkpoint"
+VERSION = 1
+# FitConfig fields that define the run: a resumed run must keep them as they were.
+RUN_FIELDS = ("impl", "lr", "batch_size", "seed", "drop_last", "val_fraction", "standardize",
+              "standardize_target", "feature_names", "target_name")
+REQUIRED = {"format": str, "version": int, "impl": str, "epoch": int, "params": dict,
+            "optimizer": dict, "generator": torch.Tensor, "scaling": dict, "config": dict,
+            "history": dict, "num_examples": int}
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write state to path atomically: a temporary file in the same folder, then a rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see old or new, never half
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a torchlr checkpoint (weights_only: no code runs); ValueError if not one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"No such checkpoint file: {path}")
+    try:
+        with warnings.catch_warnings():  # a foreign file's pickle protocol, say
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt zip, a pickle with code, a truncated file...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a readable torchlr checkpoint: {first}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a torchlr checkpoint (no {FORMAT!r} marker)")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path} has checkpoint version {state.get('version')!r}; "
+                         f"this torchlr reads version {VERSION}")
+    for key, kind in REQUIRED.items():
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{path} is a damaged torchlr checkpoint: {key!r} is missing "
+                             f"or not a {kind.__name__}")
+    w, b = state["params"].get("w"), state["params"].get("b")
+    if not (isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.dim() == 2
+            and w.shape[1] == 1 and b.shape == (1,)):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad parameters")
+    history, best = state["history"], state.get("best")
+    if not (all(isinstance(history.get(k), list) for k in ("losses", "val_losses", "val_r2"))
+            and all(isinstance(history.get(k), torch.Tensor) for k in ("w", "b"))):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad history")
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("epoch"), int)
+                                 and isinstance(best.get("w"), torch.Tensor)
+                                 and isinstance(best.get("b"), torch.Tensor)):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad best epoch")
+    return state
+
+
+def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any,
+              scaling: Scaling, num_examples: int, history: dict[str, Any],
+              best: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Everything needed to resume or to predict, as tensors, primitives, lists and dicts."""
+    w, b = model.params()
+    optimizer = getattr(model, "optimizer", None)
+    # Paths as str and tuples as lists: what torch.load(weights_only=True) reads back.
+    config_dict = {k: (list(v) if isinstance(v, tuple)
+                       else os.fspath(v) if isinstance(v, os.PathLike) else v)
+                   for k, v in vars(config).items()}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "impl": config.impl,
+        "epoch": epoch,
+        "params": {"w": w.detach().to("cpu", copy=True), "b": b.detach().to("cpu", copy=True)},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {"lr": config.lr},
+        "generator": generator.get_state(),  # the batch order of every later epoch
+        "scaling": scaling.state(),
+        "feature_names": list(config.feature_names) if config.feature_names else None,
+        "target_name": config.target_name,
+        "config": config_dict,
+        "history": history,
+        "best": best,
+        "num_examples": num_examples,
+    }
+
+
+def check_resumable(path: str, state: dict[str, Any], config: Any, num_examples: int) -> None:
+    """Refuse to resume a checkpoint under a config or data that would change the run."""
+    saved = state["config"]
+    diffs = []
+    for name in RUN_FIELDS:
+        now = getattr(config, name)
+        now = list(now) if isinstance(now, tuple) else now
+        if saved.get(name) != now:
+            diffs.append(f"{name}={saved.get(name)!r} in the checkpoint, {now!r} now")
+    if diffs:
+        raise ValueError(f"Cannot resume {path}: " + "; ".join(diffs))
+    if state["num_examples"] != num_examples:
+        raise ValueError(f"Cannot resume {path}: it trained on {state['num_examples']} rows, "
+                         f"this data has {num_examples}")
+    if state["epoch"] > config.num_epochs:
+        raise ValueError(f"Cannot resume {path} at epoch {state['epoch']} up to "
+                         f"num_epochs={config.num_epochs}; ask for at least {state['epoch']}")
+
+
+@torch.no_grad()
+def restore_params(model: Any, params: dict[str, torch.Tensor]) -> None:
+    """Copy saved w (d, 1) and b (1,) into the model's own parameters, in place."""
+    w, b = model.params()
+    if w.shape != params["w"].shape:
+        raise ValueError(f"The checkpoint has {params['w'].shape[0]} features, "
+                         f"the data has {w.shape[0]}")
+    w.copy_(params["w"])
+    b.copy_(params["b"])
+
+
+def restore(state: dict[str, Any], model: Any, generator: torch.Generator) -> None:
+    """Put parameters, optimizer state and RNG state back as they were at the saved epoch."""
+    restore_params(model, state["params"])
+    optimizer = getattr(model, "optimizer", None)
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"The checkpoint's optimizer or RNG state is damaged: {exc}") from None
+
+
+@dataclass
+class TrainedModel:
+    """A model loaded from a checkpoint: predicts in the original units of the target."""
+
+    impl: str
+    model: Any  # torchlr.train.ScratchModel or ConciseModel, parameters loaded
+    scaling: Scaling
+    feature_names: Optional[list[str]]
+    target_name: Optional[str]
+    epoch: int
+    config: dict[str, Any]
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Predictions (n, 1) float32 for features (n, d) in original units."""
+        w, b = self.model.params()
+        return predict(features.to(w.device), w, b, self.scaling)
+
+
+@torch.no_grad()
+def predict(features: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+            scaling: Scaling) -> torch.Tensor:
+    """The model's (n, 1) predictions in original units: scale X, apply w and b, unscale y."""
+    return scaling.unscale_target(linreg(scaling.features(features), w, b))
+
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu") -> TrainedModel:
+    """Load a checkpoint into a ready model of its implementation (scratch or concise)."""
+    from torchlr.devices import resolve_device
+    from torchlr.train import MODELS  # here: train imports this module
+
+    state = load_checkpoint(path)
+    if state["impl"] not in MODELS:
+        raise ValueError(f"{os.fspath(path)} names an unknown implementation {state['impl']!r}")
+    dev = resolve_device(device)
+    num_inputs = state["params"]["w"].shape[0]
+    lr = float(state["config"].get("lr", 0.03))
+    model = MODELS[state["impl"]](num_inputs, lr, torch.Generator(), dev)
+    restore(state, model, torch.Generator())  # parameters and optimizer state, checked
+    best = state.get("best")
+    if state["config"].get("early_stopping") and isinstance(best, dict):
+        restore_params(model, best)  # what fit() returned: the best epoch's parameters
+    return TrainedModel(state["impl"], model, Scaling.from_state(state["scaling"]),
+                        state["feature_names"], state["target_name"], state["epoch"],
+                        state["config"])

@@ -1,0 +1,172 @@
+"""The command line's work with files: options, data and configs for train, and predict."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import fields, replace
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from torchlr.checkpoint import TrainedModel, load_checkpoint, load_model
+from torchlr.io import feature_columns, load_columns, load_data
+from torchlr.stream import BlockStream
+from torchlr.train import FitConfig
+
+SYNTHETIC_NAMES = (("x1", "x2"), "y")  # the chapter's columns, so its model can predict files
+# FitConfig fields a resumed run takes from its checkpoint, never from the command line.
+RUN_OPTIONS = {"impl": "impl", "lr": "lr", "batch_size": "batch_size", "seed": "seed"}
+
+
+def add_train_options(train: argparse.ArgumentParser) -> None:
+    """The train subcommand's options for files, preprocessing and checkpoints."""
+    group = train.add_argument_group("your own data")
+    group.add_argument("--data", metavar="FILE",
+                       help="train on a table: .csv with a header, .npy, .npz or .pt")
+    group.add_argument("--target", metavar="COLUMN",
+                       help="the column to predict (default: the last column)")
+    group.add_argument("--features", metavar="A,B,C",
+                       help="comma-separated feature columns (default: all but the target)")
+    group.add_argument("--stream", action="store_true",
+                       help="train from a memory-mapped 2-D .npy in shuffled blocks, for data "
+                            "larger than memory (columns are named x1, x2, ...)")
+    group.add_argument("--standardize", action="store_true",
+                       help="scale features by the training split's mean and std; weights "
+                            "and predictions stay in original units")
+    group.add_argument("--standardize-target", action="store_true",
+                       help="scale the target the same way")
+    group.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                       help="hold out this fraction of rows (seeded) and report validation "
+                            "loss and R² per epoch")
+    group.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                       help="stop after this many epochs without a lower validation loss and "
+                            "keep the best epoch's parameters (0: off)")
+    group.add_argument("--save", metavar="PATH",
+                       help="write a checkpoint after each epoch (atomically)")
+    group.add_argument("--resume", metavar="PATH",
+                       help="continue a saved run up to --epochs; writes back to PATH "
+                            "unless --save says otherwise")
+
+
+def add_predict_command(sub: Any) -> None:
+    """The predict subcommand."""
+    predict = sub.add_parser(
+        "predict", help="predict with a saved model",
+        description="Predict with a checkpoint written by `torchlr train --save`. The file must "
+                    "hold the model's feature columns (its target column may be there too). "
+                    "Writes CSV: the columns read, then `prediction`.")
+    predict.add_argument("--model", required=True, metavar="PATH", help="a checkpoint")
+    predict.add_argument("--data", required=True, metavar="FILE",
+                         help=".csv with a header, .npy, .npz or .pt")
+    predict.add_argument("--output", metavar="OUT.csv", help="where to write (default: stdout)")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+
+
+def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
+    if args.features is None:
+        return None
+    names = [name.strip() for name in args.features.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"--features lists no column: {args.features!r}")
+    return names
+
+
+def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: Any,
+                    truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
+    """(features, labels, configs) for train; synthetic() gives the chapter's data, truth its
+    (w, b)."""
+    impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
+    if args.impl == "both" and (args.save or args.resume):
+        raise ValueError("--save and --resume need one implementation: "
+                         "--impl scratch or --impl concise")
+    options = dict(lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
+                   device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+                   standardize=args.standardize, standardize_target=args.standardize_target,
+                   early_stopping=args.early_stopping, save=args.save, resume=args.resume)
+    logging = dict(logdir=None if args.no_tensorboard else args.logdir, run_name=args.run_name)
+    target, features = args.target, _features_arg(args)
+    if args.resume is not None:
+        saved = load_checkpoint(args.resume)["config"]
+        for name, option in RUN_OPTIONS.items():
+            given, default = getattr(args, option), getattr(defaults, name)
+            if given not in (default, saved[name]) and not (name == "impl" and given == "both"):
+                raise ValueError(f"--{option.replace('_', '-')} {given} differs from the "
+                                 f"checkpoint's {saved[name]!r}; a resumed run keeps its options")
+        known = {f.name for f in fields(FitConfig)}
+        base = FitConfig(**{k: v for k, v in saved.items() if k in known})
+        impls = (base.impl,)
+        options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
+                       save=args.save or args.resume)
+        defaults = replace(base, feature_names=None, target_name=None)
+        if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
+            target = base.target_name if target is None else target
+            features = list(base.feature_names) if features is None else features
+            if args.data is None:
+                raise ValueError(f"{args.resume} was trained on a file: pass it again with "
+                                 f"--data")
+    if args.data is None:
+        if args.stream or target or features:
+            raise ValueError("--stream, --target and --features need --data FILE")
+        X, y = synthetic()
+        names: tuple[tuple[str, ...], Optional[str]] = SYNTHETIC_NAMES
+        logging.update(true_w=truth[0], true_b=truth[1])
+    elif args.stream:
+        X = BlockStream(args.data, target, features)
+        y = None
+        names = (tuple(X.feature_names), X.target_name)
+    else:
+        data = load_data(args.data, target, features)
+        X, y = data.features, data.target
+        names = (tuple(data.feature_names), data.target_name)
+    configs = [replace(defaults, impl=impl, feature_names=names[0], target_name=names[1],
+                       **options, **logging) for impl in impls]
+    return X, y, configs
+
+
+def describe_weights(w: torch.Tensor, b: float, names: Optional[Iterable[str]]) -> list[str]:
+    """Lines naming each learned weight, in the data's original units."""
+    names = list(names) if names is not None else [f"x{j + 1}" for j in range(len(w))]
+    width = max(len(name) for name in names)
+    return [f"w[{name}]{' ' * (width - len(name))} = {float(v):.9g}"
+            for name, v in zip(names, w)] + [f"b{' ' * (width + 2)} = {b:.9g}"]
+
+
+def _cell(value: np.float32) -> str:
+    return str(value)  # numpy's shortest text that reads back as the same float32
+
+
+def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]:
+    """Load the model and data (every check done first); return the CSV lines to write."""
+    model = load_model(args.model, device=args.device)
+    if model.feature_names is None:
+        raise ValueError(f"{args.model} has no feature names; it cannot match columns")
+    # The target, when the file has it, is echoed so predictions sit next to the truth.
+    wanted = feature_columns(args.data, model.feature_names, model.target_name)
+    values = load_columns(args.data, wanted)  # (n, k) float32
+    d = len(model.feature_names)
+    predictions = model.predict(values[:, :d]).cpu()  # (n, 1)
+
+    def lines() -> Iterator[str]:
+        yield ",".join([*wanted, "prediction"]) + "\n"
+        table = np.concatenate([values.numpy(), predictions.numpy()], axis=1)
+        for row in table:
+            yield ",".join(_cell(v) for v in row) + "\n"
+
+    return model, lines()
+
+
+def write_atomic(path: str, lines: Iterable[str]) -> None:
+    """Write text to a temporary file beside path, then rename: no half-written output."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

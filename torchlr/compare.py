@@ -1,0 +1,102 @@
+"""Side-by-side numbers for runs of the two implementations and the closed form."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import torch
+
+from torchlr.scratch import linreg, squared_loss
+from torchlr.train import FitResult
+
+T = TypeVar("T")
+Vector = Union[torch.Tensor, Sequence[float]]
+
+
+def timed(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> tuple[T, float]:
+    """Call fn(*args, **kwargs); return its value and the wall time in seconds."""
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def max_abs_difference(a: FitResult, b: FitResult) -> torch.Tensor:
+    """The largest |a - b| over all parameters (w and b), at the start and after each epoch."""
+    if a.w_history.shape != b.w_history.shape:
+        raise ValueError(
+            "The runs have different histories: "
+            f"{tuple(a.w_history.shape)} and {tuple(b.w_history.shape)}"
+        )
+    gap_w = (a.w_history.double() - b.w_history.double()).abs().amax(dim=1)  # (epochs + 1,)
+    gap_b = (a.b_history.double() - b.b_history.double()).abs()  # (epochs + 1,)
+    return torch.maximum(gap_w, gap_b)
+
+
+@torch.no_grad()
+def mean_loss(features: torch.Tensor, labels: torch.Tensor, w: Vector, b: float) -> float:
+    """The chapter's loss, mean squared_loss, of parameters (w, b) on a data set, in float64."""
+    X = torch.as_tensor(features).detach().cpu().double()
+    y = torch.as_tensor(labels).detach().cpu().double().reshape(-1, 1)
+    w_col = torch.as_tensor(w).detach().cpu().double().reshape(-1, 1)  # (d, 1)
+    return float(squared_loss(linreg(X, w_col, torch.tensor([float(b)], dtype=X.dtype)), y)
+                 .mean())
+
+
+def summary(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    runs: Mapping[str, FitResult],
+    *,
+    true_w: Vector,
+    true_b: float,
+    exact: Optional[tuple[Vector, float]] = None,
+    exact_seconds: Optional[float] = None,
+) -> list[dict[str, Any]]:
+    """One row per run (and one for the closed form): final loss, errors and wall time.
+
+    A run's time is the sum of its epoch times; errors are max |w - w_true| and |b - b_true|.
+    """
+    w_true = torch.as_tensor(true_w).detach().cpu().double().reshape(-1)
+    rows = []
+    entries: list[tuple[str, str, torch.Tensor, float, Optional[float]]] = [
+        (name, run.device, run.w.double(), run.b, sum(run.epoch_seconds))
+        for name, run in runs.items()
+    ]
+    if exact is not None:
+        w_exact = torch.as_tensor(exact[0]).detach().cpu().double().reshape(-1)
+        entries.append(("closed form", "cpu", w_exact, float(exact[1]), exact_seconds))
+    for name, device, w, b, seconds in entries:
+        row = {
+            "run": name,
+            "device": device,
+            "loss": mean_loss(features, labels, w, b),
+            "max |w - w_true|": float((w - w_true).abs().max()),
+            "|b - b_true|": abs(b - float(true_b)),
+        }
+        if exact is not None:
+            row["max |w - w_exact|"] = float((w - w_exact).abs().max())
+            row["|b - b_exact|"] = abs(b - float(exact[1]))
+        row["seconds"] = seconds
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Render rows of equal keys as a Markdown table; floats in 4 significant digits."""
+    # A literal | would end a cell early: escape it (the column names use |w - w_true|).
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)

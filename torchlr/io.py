@@ -1,0 +1,334 @@
+"""Loading tables from CSV, .npy, .npz and .pt files into float32 tensors with column names."""
+
+from __future__ import annotations
+
+import array
+import csv
+import math
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+FORMATS = (".csv", ".npy", ".npz", ".pt")
+MISSING = {"", "na", "n/a", "nan", "null", "none"}  # cells read as a missing value, any case
+# Loading needs the float32 table and about one more copy of it (split, scaling).
+COPIES_NEEDED = 2
+
+
+@dataclass
+class Dataset:
+    """Features and target read from a file, with the names of their columns."""
+
+    features: torch.Tensor  # (n, d) float32
+    target: Optional[torch.Tensor]  # (n, 1) float32, None when no target was asked for
+    feature_names: list[str]
+    target_name: Optional[str]
+    path: str
+
+
+def load_data(
+    path: str | os.PathLike[str],
+    target: Optional[str] = None,
+    features: Optional[Sequence[str]] = None,
+) -> Dataset:
+    """Read a CSV/.npy/.npz/.pt table; target defaults to the last column, features to the rest."""
+    path = os.fspath(path)
+    names = column_names(path)
+    target = names[-1] if target is None else target
+    if target not in names:
+        raise ValueError(f"Unknown target column {target!r} in {path}; "
+                         f"its columns are: {', '.join(names)}")
+    if features is None:
+        features = [name for name in names if name != target]
+    else:
+        features = list(features)
+        unknown = [name for name in features if name not in names]
+        if unknown:
+            raise ValueError(f"Unknown feature column(s) {', '.join(map(repr, unknown))} in "
+                             f"{path}; its columns are: {', '.join(names)}")
+        if target in features:
+            raise ValueError(f"Column {target!r} is both the target and a feature")
+        if len(set(features)) != len(features):
+            raise ValueError(f"Feature columns repeat: {', '.join(features)}")
+    if not features:
+        raise ValueError(f"{path} has no feature column besides the target {target!r}")
+    values = load_columns(path, [*features, target])  # (n, d + 1)
+    y = values[:, -1:]
+    if bool((y == y[0]).all()):
+        raise ValueError(f"Target column {target!r} in {path} is constant "
+                         f"(every value is {float(y[0, 0])!r}); there is nothing to fit")
+    return Dataset(values[:, :-1], y, features, target, path)
+
+
+def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
+                    target_name: Optional[str] = None) -> list[str]:
+    """The columns to read for a model: its features, then its target if the file has it."""
+    path = os.fspath(path)
+    names = column_names(path)
+    missing = [name for name in feature_names if name not in names]
+    extra = [name for name in names if name not in feature_names and name != target_name]
+    if missing or extra:
+        parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
+        raise ValueError(f"The columns of {path} do not match the model's features "
+                         f"({', '.join(feature_names)}): {'; '.join(parts)}")
+    return [*feature_names, *([target_name] if target_name in names else [])]
+
+
+def _check_path(path: str) -> str:
+    if not os.path.exists(path):
+        raise ValueError(f"No such file: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"Not a file: {path}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"Unsupported file type {suffix or '(none)'!r} for {path}; "
+                         f"use one of {', '.join(FORMATS)}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty")
+    return suffix
+
+
+def column_names(path: str | os.PathLike[str]) -> list[str]:
+    """The names of a file's columns, read cheaply (the header, or the arrays' shapes)."""
+    path = os.fspath(path)
+    suffix = _check_path(path)
+    if suffix == ".csv":
+        return _csv_header(path)[0]
+    if suffix == ".npy":  # the header alone: the data may be larger than memory
+        shape = npy_header(path)[0]
+        if len(shape) == 2:
+            return [f"x{j + 1}" for j in range(shape[1])]
+    return [name for name, _ in _array_columns(path, suffix)]
+
+
+def load_columns(path: str | os.PathLike[str], names: Sequence[str]) -> torch.Tensor:
+    """The named columns of a file as one float32 tensor (n, len(names)), fully checked."""
+    path = os.fspath(path)
+    suffix = _check_path(path)
+    check_fits_in_memory(path, estimate_bytes(path, len(names)))
+    if suffix == ".csv":
+        return _read_csv(path, names)
+    columns = dict(_array_columns(path, suffix))
+    return _numeric_columns(path, [(name, columns[name]) for name in names])
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can still give, or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_bytes(path: str, num_columns: int) -> int:
+    """About how many bytes loading num_columns of the file as float32 takes."""
+    suffix = os.path.splitext(path)[1].lower()
+    size = os.path.getsize(path)
+    if suffix == ".csv":
+        with open(path, "rb") as f:
+            sample = f.read(1 << 16)
+        lines = max(sample.count(b"\n"), 1)
+        rows = size * lines // max(len(sample), 1)  # rows, from the sample's bytes per line
+        # Parsed into float64 (8 bytes a cell), then cast to float32 (4).
+        return rows * num_columns * 12
+    if suffix == ".npy":
+        shape = npy_header(path)[0]
+        rows = shape[0] if shape else 1
+        return rows * num_columns * 4 * COPIES_NEEDED
+    if suffix == ".npz":
+        with zipfile.ZipFile(path) as z:
+            return sum(info.file_size for info in z.infolist()) * COPIES_NEEDED
+    return size * COPIES_NEEDED
+
+
+def check_fits_in_memory(path: str, needed: int) -> None:
+    """Refuse a file whose table would not fit in the memory available now."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise ValueError(
+            f"{path} needs about {needed / 2**30:.1f} GiB to load but only "
+            f"{free / 2**30:.1f} GiB of memory is available; train from disk with --stream "
+            f"(a 2-D .npy file)"
+        )
+
+
+# --- CSV ---------------------------------------------------------------------------------
+
+
+def _open_csv(path: str):  # noqa: ANN202
+    try:
+        return open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ValueError(f"Cannot read {path}: {exc.strerror}") from None
+
+
+def _csv_header(path: str) -> tuple[list[str], int]:
+    """The header's names and its line number (1 unless blank lines come first)."""
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    names = [cell.strip() for cell in row]
+                    break
+            else:
+                raise ValueError(f"{path} is empty: no header row")
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
+        line = reader.line_num
+    for i, name in enumerate(names, start=1):
+        if not name:
+            raise ValueError(f"{path}, line {line}: column {i} of the header has no name")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{path}, line {line}: the header repeats column {name!r}")
+        seen.add(name)
+    return names, line
+
+
+def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
+    names, header_line = _csv_header(path)
+    index = [names.index(name) for name in wanted]
+    values = array.array("d")  # flat, compact: 8 bytes a cell while reading
+    rows = 0
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                if reader.line_num <= header_line or not any(cell.strip() for cell in row):
+                    continue  # the header, and blank lines
+                if len(row) != len(names):
+                    raise ValueError(
+                        f"{path}, line {reader.line_num}: expected {len(names)} fields as in "
+                        f"the header, found {len(row)}"
+                    )
+                try:
+                    parsed = [float(row[i]) for i in index]
+                except ValueError:
+                    parsed = []
+                if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
+                    _explain_cell(path, reader.line_num, row, index, names)
+                values.extend(parsed)
+                rows += 1
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
+    if rows == 0:
+        raise ValueError(f"{path} has a header but no data rows")
+    table = np.frombuffer(values, dtype=np.float64).reshape(rows, len(index))
+    return torch.from_numpy(table.astype(np.float32))
+
+
+def _explain_cell(path: str, line: int, row: list[str], index: list[int],
+                  names: list[str]) -> None:
+    """Raise for the first cell of the row that is missing, not a number, or not finite."""
+    for i in index:
+        cell = row[i].strip()
+        where = f"{path}, line {line}, column {names[i]!r}"
+        if cell.lower() in MISSING:
+            raise ValueError(f"{where}: missing value {row[i]!r}")
+        try:
+            value = float(cell)
+        except ValueError:
+            raise ValueError(f"{where}: {row[i]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {row[i]!r} is not a finite number")
+    raise AssertionError("unreachable: every cell parsed")  # pragma: no cover
+
+
+# --- arrays ------------------------------------------------------------------------------
+
+
+def npy_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """A .npy file's (shape, fortran_order, dtype, data offset), read without its data."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            return shape, fortran, dtype, f.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a valid .npy file: {exc}") from None
+
+
+def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
+    """The file's arrays, each named: a bare array is called x, a pair (X, y) is x and y."""
+    try:
+        if suffix == ".npy":
+            return [("x", np.load(path, mmap_mode="r", allow_pickle=False))]
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return [(key, z[key]) for key in z.files]
+        with warnings.catch_warnings():  # a foreign file's pickle protocol, say
+            warnings.simplefilter("ignore")
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # numpy and torch raise many types for a bad file
+        raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
+    if isinstance(content, (torch.Tensor, np.ndarray)):
+        return [("x", content)]
+    if isinstance(content, (tuple, list)) and len(content) == 2:
+        return [("x", content[0]), ("y", content[1])]
+    if isinstance(content, dict) and content and all(isinstance(k, str) for k in content):
+        return list(content.items())
+    raise ValueError(f"{path} holds a {type(content).__name__}; expected a tensor, a pair "
+                     f"(X, y) or a dict of named tensors")
+
+
+def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
+    """(name, 1-D column) pairs: a 1-D array is one column, a 2-D array K gives K1, K2, ..."""
+    columns: list[tuple[str, Any]] = []
+    for key, value in _load_arrays(path, suffix):
+        if not isinstance(value, (np.ndarray, torch.Tensor)):
+            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
+        if value.ndim == 1:
+            columns.append((key, value))
+        elif value.ndim == 2:
+            columns.extend((f"{key}{j + 1}", value[:, j]) for j in range(value.shape[1]))
+        else:
+            raise ValueError(f"{path}: array {key!r} has shape {tuple(value.shape)}; "
+                             f"expected 1-D columns or a 2-D table")
+    if not columns:
+        raise ValueError(f"{path} is empty: it holds no columns")
+    lengths = {name: len(col) for name, col in columns}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{path}: columns differ in length: "
+                         + ", ".join(f"{k} has {v}" for k, v in lengths.items()))
+    if next(iter(lengths.values())) == 0:
+        raise ValueError(f"{path} has columns but no rows")
+    return columns
+
+
+def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:
+    out = []
+    for name, col in columns:
+        dtype = col.dtype
+        real = (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+                if isinstance(col, np.ndarray)
+                else not (dtype == torch.bool or col.is_complex()))
+        if not real or dtype == np.bool_:
+            raise ValueError(f"{path}, column {name!r}: dtype {dtype} does not hold real numbers")
+        t = torch.from_numpy(np.array(col, dtype=np.float32)) if isinstance(col, np.ndarray) \
+            else col
+        t = t.to(torch.float32)
+        bad = (~torch.isfinite(t)).nonzero()
+        if len(bad):
+            row = int(bad[0, 0])
+            what = "missing value (NaN)" if math.isnan(float(t[row])) else "not a finite number"
+            raise ValueError(f"{path}, row {row + 1}, column {name!r}: {what}")
+        out.append(t)
+    return torch.stack(out, dim=1)

@@ -1,0 +1,114 @@
+"""Preprocessing before a fit: a seeded train/validation split and standardization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def train_val_split(num_examples: int, val_fraction: float,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (train, val), drawn from their own generator so the fit's draws are unchanged."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    num_val = round(num_examples * val_fraction)
+    if val_fraction > 0 and not 1 <= num_val < num_examples:
+        raise ValueError(f"val_fraction={val_fraction} of {num_examples} samples leaves "
+                         f"{num_val} for validation and {num_examples - num_val} for training; "
+                         f"each needs at least 1")
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
+    # Sorted, so the training rows keep the file's order and the batch order alone shuffles.
+    return order[num_val:].sort().values, order[:num_val].sort().values
+
+
+@dataclass
+class Scaling:
+    """Per-column x -> (x - mean) / scale, and the same for the target; identity by default."""
+
+    x_mean: torch.Tensor  # (d,) float32
+    x_scale: torch.Tensor  # (d,) float32, never 0
+    y_mean: float = 0.0
+    y_scale: float = 1.0
+
+    @classmethod
+    def identity(cls, num_features: int) -> Scaling:
+        """No scaling at all."""
+        return cls(torch.zeros(num_features), torch.ones(num_features))
+
+    @classmethod
+    def fit(cls, X: torch.Tensor, y: torch.Tensor, *, target: bool,
+            features: bool = True) -> Scaling:
+        """Statistics of the given (training) rows, for the features and/or the target."""
+        # float64: float32 means over millions of rows lose digits.
+        X64, y64 = X.double(), y.double()
+        return cls.from_moments(X64.mean(0), X64.std(0, correction=0), float(y64.mean()),
+                                float(y64.std(correction=0)), features=features, target=target)
+
+    @classmethod
+    def from_moments(cls, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: float,
+                     y_std: float, *, features: bool, target: bool) -> Scaling:
+        """Scaling from means and standard deviations; an unscaled part stays the identity."""
+        if features:
+            # A constant column is only shifted.
+            x_std = torch.where(x_std > 0, x_std, torch.ones_like(x_std))
+        else:
+            x_mean, x_std = torch.zeros_like(x_mean), torch.ones_like(x_std)
+        if not target:
+            y_mean, y_std = 0.0, 1.0
+        return cls(x_mean.float(), x_std.float(), y_mean, y_std if y_std > 0 else 1.0)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when nothing is scaled."""
+        return (self.y_mean == 0.0 and self.y_scale == 1.0 and not self.x_mean.any()
+                and bool((self.x_scale == 1).all()))
+
+    def features(self, X: torch.Tensor) -> torch.Tensor:
+        """Scale features (n, d) as the model sees them."""
+        if self.is_identity:
+            return X
+        return (X - self.x_mean.to(X.device)) / self.x_scale.to(X.device)
+
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """Scale the target (n, 1) as the model sees it."""
+        if self.y_mean == 0.0 and self.y_scale == 1.0:
+            return y
+        return (y - self.y_mean) / self.y_scale
+
+    def unscale_target(self, y_scaled: torch.Tensor) -> torch.Tensor:
+        """Predictions in the original units of the target."""
+        if self.y_mean == 0.0 and self.y_scale == 1.0:
+            return y_scaled
+        return y_scaled * self.y_scale + self.y_mean
+
+    def original_params(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The model's (w, b) in original units: y = x @ w_orig + b_orig; w_orig float32 (d,)."""
+        # y = s_y (sum_j w_j (x_j - m_j) / s_j + b) + m_y
+        w64 = w.detach().cpu().double().reshape(-1)
+        b64 = float(b.detach().cpu().double().reshape(()))
+        w_orig = self.y_scale * w64 / self.x_scale.double()
+        b_orig = self.y_scale * (b64 - float((w64 * self.x_mean.double()
+                                              / self.x_scale.double()).sum())) + self.y_mean
+        return w_orig.float(), b_orig
+
+    def state(self) -> dict[str, Any]:
+        """Tensors and floats only, as a checkpoint stores them."""
+        return {"x_mean": self.x_mean.cpu(), "x_scale": self.x_scale.cpu(),
+                "y_mean": self.y_mean, "y_scale": self.y_scale}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Scaling:
+        """The inverse of state()."""
+        return cls(state["x_mean"].float(), state["x_scale"].float(),
+                   float(state["y_mean"]), float(state["y_scale"]))
+
+
+@torch.no_grad()
+def r2_score(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Coefficient of determination 1 - SS_res / SS_tot (0-d tensor, not synced)."""
+    y = y.reshape(y_hat.shape)
+    ss_res = ((y - y_hat) ** 2).sum()
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    return 1 - ss_res / ss_tot

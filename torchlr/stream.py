@@ -1,0 +1,151 @@
+"""Training data larger than memory: a memory-mapped 2-D .npy read in shuffled blocks."""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+
+from torchlr.io import npy_header
+from torchlr.preprocess import Scaling
+from torchlr.scratch import linreg, squared_loss
+from torchlr.validation import check_positive_int
+
+BLOCK_BYTES = 16 * 2**20  # rows read together: large enough for fast reads, small for RSS
+
+
+def block_order(num_rows: int, block_rows: int,
+                generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
+    """One epoch's order: (block start, its row offsets permuted), the blocks in random order."""
+    num_blocks = math.ceil(num_rows / block_rows)
+    for block in torch.randperm(num_blocks, generator=generator).tolist():
+        start = block * block_rows
+        length = min(block_rows, num_rows - start)
+        # Drawn lazily, block by block: the generator's state after an epoch is still fixed.
+        yield start, torch.randperm(length, generator=generator)
+
+
+class BlockStream:
+    """A 2-D .npy table on disk; features and target are columns named x1, x2, ... as in io."""
+
+    def __init__(self, path: str | os.PathLike[str], target: Optional[str] = None,
+                 features: Optional[Sequence[str]] = None, *,
+                 block_rows: Optional[int] = None) -> None:
+        self.path = os.fspath(path)
+        if os.path.splitext(self.path)[1].lower() != ".npy":
+            raise ValueError(f"--stream reads a 2-D .npy file; got {self.path}")
+        if not os.path.isfile(self.path):
+            raise ValueError(f"No such file: {self.path}")
+        shape, fortran, dtype, offset = npy_header(self.path)
+        if len(shape) != 2 or shape[0] == 0 or shape[1] < 2:
+            raise ValueError(f"{self.path} has shape {shape}; streaming needs a 2-D table "
+                             f"with rows and at least 2 columns")
+        real = np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+        if fortran or not real:
+            raise ValueError(f"{self.path}: streaming needs a C-ordered real array, "
+                             f"got dtype {dtype}{' in Fortran order' if fortran else ''}")
+        names = [f"x{j + 1}" for j in range(shape[1])]
+        target = names[-1] if target is None else target
+        if target not in names:
+            raise ValueError(f"Unknown target column {target!r} in {self.path}; "
+                             f"its columns are: {', '.join(names)}")
+        features = [n for n in names if n != target] if features is None else list(features)
+        unknown = [n for n in features if n not in names or n == target]
+        if unknown or not features:
+            raise ValueError(f"Bad feature column(s) {', '.join(map(repr, unknown))} in "
+                             f"{self.path}; its columns are: {', '.join(names)} "
+                             f"(target {target!r})")
+        self.feature_names, self.target_name = features, target
+        self._feature_idx = torch.tensor([names.index(n) for n in features])
+        self._target_idx = names.index(target)
+        self.shape = (shape[0], len(features))  # (n, d) as fit() sees it
+        row_bytes = shape[1] * dtype.itemsize
+        self.block_rows = check_positive_int("block_rows", block_rows) if block_rows \
+            else max(1, BLOCK_BYTES // row_bytes)
+        with open(self.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._array = np.ndarray(shape, dtype, buffer=self._map, offset=offset)
+        self._offset, self._row_bytes = offset, row_bytes
+        self.scaling: Optional[Scaling] = None  # applied to every block once set
+
+    def fit_scaling(self, *, features: bool = True, target: bool = False) -> Scaling:
+        """Standardization statistics from one pass over the file, block by block."""
+        # Chan's pairwise update of count, mean and sum of squared deviations, in float64.
+        count, mean, m2 = 0, None, None
+        for start in range(0, self.shape[0], self.block_rows):
+            X, y = self._block(start, min(start + self.block_rows, self.shape[0]), scaled=False)
+            block = torch.cat([X, y], 1).double()  # (k, d + 1)
+            k, b_mean = len(block), block.mean(0)
+            b_m2 = ((block - b_mean) ** 2).sum(0)
+            if mean is None:
+                count, mean, m2 = k, b_mean, b_m2
+                continue
+            delta, total = b_mean - mean, count + k
+            mean = mean + delta * k / total
+            m2 = m2 + b_m2 + delta**2 * count * k / total
+            count = total
+        std = (m2 / count).sqrt()
+        return Scaling.from_moments(mean[:-1], std[:-1], float(mean[-1]), float(std[-1]),
+                                    features=features, target=target)
+
+    def _block(self, start: int, stop: int,
+               scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [start, stop) as float32 (X (k, d), y (k, 1)), then let their pages go."""
+        table = torch.from_numpy(np.array(self._array[start:stop], dtype=np.float32))
+        self._release(start, stop)
+        if not torch.isfinite(table).all():
+            row = start + int((~torch.isfinite(table)).any(1).nonzero()[0, 0])
+            raise ValueError(f"{self.path}, row {row + 1}: a value is NaN or infinite")
+        X, y = table[:, self._feature_idx], table[:, self._target_idx:self._target_idx + 1]
+        if scaled and self.scaling is not None:
+            X, y = self.scaling.features(X), self.scaling.target(y)
+        return X, y
+
+    def _release(self, start: int, stop: int) -> None:
+        # Mapped pages count toward RSS until dropped; the page cache still keeps them.
+        if not hasattr(self._map, "madvise"):
+            return
+        first = self._offset + start * self._row_bytes
+        last = self._offset + stop * self._row_bytes
+        first -= first % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, first, min(last, len(self._map)) - first)
+
+    def batches(self, batch_size: int, generator: torch.Generator, drop_last: bool = False,
+                device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of minibatches: every row once, blocks and rows within them shuffled."""
+        batch_size = check_positive_int("batch_size", batch_size)
+        carry: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # a short tail awaiting rows
+        for start, perm in block_order(self.shape[0], self.block_rows, generator):
+            X, y = self._block(start, start + len(perm))
+            X, y = X[perm].to(device), y[perm].to(device)  # one move per block
+            if carry is not None:
+                need = batch_size - len(carry[0])
+                X_head, y_head = X[:need], y[:need]
+                X, y = X[need:], y[need:]
+                carry = (torch.cat([carry[0], X_head]), torch.cat([carry[1], y_head]))
+                if len(carry[0]) < batch_size:
+                    continue
+                yield carry
+                carry = None
+            full = len(X) - len(X) % batch_size
+            for i in range(0, full, batch_size):
+                yield X[i:i + batch_size], y[i:i + batch_size]
+            if full < len(X):
+                carry = (X[full:], y[full:])
+        if carry is not None and not drop_last:
+            yield carry
+
+    @torch.no_grad()
+    def evaluate(self, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Mean squared_loss over every row, read block by block in file order (0-d)."""
+        total = torch.zeros((), dtype=torch.float64, device=w.device)
+        for start in range(0, self.shape[0], self.block_rows):
+            X, y = self._block(start, min(start + self.block_rows, self.shape[0]))
+            X, y = X.to(w.device), y.to(w.device)
+            total += squared_loss(linreg(X, w, b), y).sum(dtype=torch.float64)
+        return (total / self.shape[0]).float()
