@@ -167,3 +167,15 @@ def test_thread_count_does_not_change_the_result(two_threads):
     one = torchlr.fit(X, y, batch_size=512, num_epochs=2, device="cpu", threads=1)
     two = torchlr.fit(X, y, batch_size=512, num_epochs=2, device="cpu", threads=None)
     torch.testing.assert_close(one.w_history, two.w_history, rtol=0, atol=1e-6)
+
+
+def test_thread_limit_leaves_other_devices_alone(two_threads):
+    from torchlr.threads import CpuThreads
+
+    with CpuThreads() as threads:
+        threads.limit(1, torch.device("cuda"))  # nothing runs: only the device's type is read
+        assert torch.get_num_threads() == 2
+    with CpuThreads() as threads:
+        threads.limit(1, torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
