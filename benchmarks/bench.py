@@ -1,8 +1,10 @@
 """Side-by-side timings: torchlr against the loops users copy today, and against a read of X.
 
-Run `make bench` (or `python benchmarks/bench.py --help`). Every size trains each
-implementation `--repeats` times after one warm-up run and reports the median. The JSON
-written under benchmarks/results/ names the machine, the date and the torch version.
+Run `make bench` (or `python benchmarks/bench.py --help`). Every size runs each
+implementation `--repeats` times, in interleaved rounds, after one warm-up call, and reports
+the median; at 1Mx100 the slow references run `--slow-repeats` times (default 1) with no
+warm-up. The JSON written under benchmarks/results/ names the machine, the date and the
+torch version.
 
 References, in the styles users copy:
   (a) loop_port    the older PyTorch port of the chapter: a Python list of indices shuffled
