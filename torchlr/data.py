@@ -73,6 +73,11 @@ def data_iter(
     return _batches(batch_size, features, labels, order, drop_last)
 
 
+# Rows gathered at once: small batches come out as views of one gather (fewer kernel calls
+# per step), while a block this size never copies more than ~1 MiB of the data set.
+BLOCK_BYTES = 1 << 20
+
+
 def _batches(
     batch_size: int,
     features: torch.Tensor,
@@ -82,9 +87,15 @@ def _batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(features)
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        if order is None:
+    if order is None:
+        for start in range(0, stop, batch_size):
             yield features[start:start + batch_size], labels[start:start + batch_size]
-        else:
-            idx = order[start:start + batch_size]
-            yield features.index_select(0, idx), labels.index_select(0, idx)
+        return
+    row_bytes = (features[:1].nbytes + labels[:1].nbytes) or 1
+    # A whole number of batches per block, so block edges are batch edges.
+    block = max(1, BLOCK_BYTES // (batch_size * row_bytes)) * batch_size
+    for block_start in range(0, stop, block):
+        idx = order[block_start:min(block_start + block, stop)]
+        X_block, y_block = features.index_select(0, idx), labels.index_select(0, idx)
+        for start in range(0, len(idx), batch_size):
+            yield X_block[start:start + batch_size], y_block[start:start + batch_size]

@@ -277,9 +277,11 @@ class DataParallel:
                 yield X.to(device), y.to(device), length  # a no-op but for an empty slice
                 k += 1
 
-    def read(self, losses: torch.Tensor) -> torch.Tensor:
-        """Sum the ranks' shares of some minibatch losses and bring them to the host."""
-        return all_reduce_sum(losses.clone()).cpu()
+    def read(self, step_losses: list[torch.Tensor]) -> torch.Tensor:
+        """Sum the ranks' shares of the pending minibatch losses, then bring them to the host."""
+        chunk = torch.stack(step_losses)  # one collective for the whole interval
+        step_losses.clear()
+        return all_reduce_sum(chunk).cpu()
 
     @torch.no_grad()
     def mean_loss(self, features: Any, labels: Any, w: torch.Tensor,

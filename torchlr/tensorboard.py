@@ -215,29 +215,16 @@ def _with_status(session_end: Any, success: bool) -> Any:
 
 def fit_figure(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
                b: float) -> np.ndarray:
-    """The chapter's scatter of features[:, 1] against labels with the fitted line, as RGBA."""
-    # Agg on a bare Figure: no pyplot, so no global figure list and no GUI backend.
+    """The chapter's scatter of features[:, 1] against labels with the fitted line, as RGB."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    X, y = features.detach().cpu().double(), labels.detach().cpu().double().reshape(-1)
-    w = w.detach().cpu().double().reshape(-1)
-    col = min(1, X.shape[1] - 1)
-    keep = torch.arange(0, len(X), max(1, len(X) // FIGURE_POINTS))
-    x = X[keep, col]
-    # The model's prediction along this feature with the others at their mean: (n,) -> a line.
-    offset = float(b) + float(X.mean(0) @ w) - float(X[:, col].mean()) * float(w[col])
-    xs = torch.linspace(float(x.min()), float(x.max()), 2)
+    from torchlr.plots import scatter
 
-    fig = Figure(figsize=(5, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.scatter(x.numpy(), y[keep].numpy(), s=2, alpha=0.5, label="data")
-    ax.plot(xs.numpy(), (w[col] * xs + offset).numpy(), color="C3",
-            label=f"fit: slope {float(w[col]):.4g}")
-    ax.set_xlabel(f"features[:, {col}]")
-    ax.set_ylabel("labels")
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
+    # Subsampled where the data lives: only FIGURE_POINTS rows ever reach the host.
+    keep = torch.arange(0, len(features), max(1, len(features) // FIGURE_POINTS),
+                        device=features.device)
+    fig = scatter(features.index_select(0, keep), labels.index_select(0, keep),
+                  column=min(1, features.shape[1] - 1), w=w, b=float(b))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8

@@ -21,6 +21,7 @@ from torchlr.run import RunState
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.stream import BlockStream
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
+from torchlr.threads import CpuThreads
 from torchlr.validation import (
     IMPLS,
     check_choice,
@@ -64,6 +65,10 @@ class FitConfig:
     run_name: Optional[str] = None  # appended to the run folder's name
     true_w: Optional[tuple[float, ...]] = None  # the truth, for the error/w and error/b tags
     true_b: Optional[float] = None
+    # torch threads while fitting on the CPU (restored after): steps are small ops, which a
+    # second thread barely speeds up and, on a busy machine, slows down many times over.
+    # None keeps torch's own setting.
+    threads: Optional[int] = 1
 
     def __post_init__(self) -> None:
         self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
@@ -75,6 +80,8 @@ class FitConfig:
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
         check_nonnegative_int("log_every", self.log_every)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         if not isinstance(self.drop_last, bool):
@@ -141,11 +148,11 @@ class ScratchModel:
 
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
+        n = X.shape[0]  # the actual batch length, so a short last batch gets a true mean
         total = squared_loss(linreg(X, self.w, self.b), y).sum()
         total.backward()
-        # The actual batch length, so a short last batch gets a true mean.
-        sgd([self.w, self.b], self.lr, len(X))
-        return total.detach() / len(X)
+        sgd([self.w, self.b], self.lr, n)
+        return total.detach() / n
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """w (d, 1) and b (1,)."""
@@ -163,7 +170,8 @@ class ConciseModel:
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns the batch's mean loss, 0-d, not synced."""
         loss = half_mse(self.module(X), y)
-        self.optimizer.zero_grad(set_to_none=True)
+        # The module's zero_grad: the optimizer's does the same behind a profiler scope.
+        self.module.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -188,6 +196,13 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:
     return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
 
 
+def _read(step_losses: list[torch.Tensor]) -> torch.Tensor:
+    """Stack the pending minibatch losses, copy them to the host and start a new interval."""
+    chunk = torch.stack(step_losses).cpu()  # stack makes a new tensor: nothing reuses it
+    step_losses.clear()
+    return chunk
+
+
 def _snapshot(param: torch.Tensor, *shape: int) -> torch.Tensor:
     # copy=True: on the CPU, .cpu() would return a view that the next step overwrites.
     return param.detach().to("cpu", copy=True).reshape(shape)
@@ -203,10 +218,6 @@ def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) 
         )
 
 
-def _to_host(values: torch.Tensor) -> torch.Tensor:
-    return values.to("cpu", copy=True)
-
-
 def fit(
     features: Any,
     labels: Any,
@@ -218,8 +229,8 @@ def fit(
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
     # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
-    with RunWriter() as run:
-        result = _fit(features, labels, config, on_progress, run, **overrides)
+    with RunWriter() as run, CpuThreads() as cpu_threads:
+        result = _fit(features, labels, config, on_progress, run, cpu_threads, **overrides)
         run.finish(result)
     return replace(result, run_dir=run.run_dir)
 
@@ -230,6 +241,7 @@ def _fit(
     config: Optional[FitConfig],
     on_progress: Optional[Callable[[Progress], None]],
     run: RunWriter,
+    cpu_threads: CpuThreads,
     **overrides: Any,
 ) -> FitResult:
     config = replace(config or FitConfig(), **overrides)
@@ -246,6 +258,7 @@ def _fit(
         state = RunState.streaming(stream, config)  # scales the stream if asked
         X = y = stream
     device = resolve_device(config.device)
+    cpu_threads.limit(config.threads, device)
     n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
     if steps == 0:
@@ -263,7 +276,7 @@ def _fit(
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
     run.open(config, X, y, device, steps)
-    read = _to_host if group is None else group.read  # a copy: the buffer is reused per epoch
+    read = _read if group is None else group.read  # in a group, summed over the ranks first
 
     w, b = model.params()
     w_history = [_snapshot(w, -1)]  # each (d,)
@@ -271,7 +284,9 @@ def _fit(
     losses: list[float] = []
     train_losses: list[torch.Tensor] = []
     epoch_seconds: list[float] = []
-    step_losses = torch.empty(steps, device=device)  # filled on the device, read at log points
+    # This interval's minibatch losses, 0-d tensors left on the device: appending costs no
+    # kernel, and one stack per host read gathers them.
+    step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
     first_epoch = state.resume(model, generator, losses, w_history, b_history)
     # In a group each rank steps on its slice of every batch; the model itself is unchanged.
@@ -288,16 +303,16 @@ def _fit(
                                 drop_last=config.drop_last) if stream is None else \
                 stream.batches(config.batch_size, generator, config.drop_last, device)
         for i, batch in enumerate(batches):
-            step_losses[i] = step(*batch)  # (X, y), or (X, y, global length) in a group
+            step_losses.append(step(*batch))  # (X, y), or (X, y, global length) in a group
             if (i + 1) % read_every == 0 and i + 1 < steps:
-                chunk = read(step_losses[done:i + 1])  # the host sync, once per log interval
+                chunk = read(step_losses)  # the host sync, once per log interval
                 run.train_losses(epoch, done, chunk)
                 _check_finite(chunk, epoch, done + 1, config.lr)
                 train_losses.append(chunk)
                 done = i + 1
                 if on_progress is not None:
                     on_progress(Progress(epoch, config.num_epochs, done, steps))
-        chunk = read(step_losses[done:])
+        chunk = read(step_losses)
         run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
         train_losses.append(chunk)

@@ -1,0 +1,573 @@
+"""Side-by-side timings: torchlr against the loops users copy today, and against a read of X.
+
+Run `make bench` (or `python benchmarks/bench.py --help`). Every size runs each
+implementation `--repeats` times, in interleaved rounds, after one warm-up call, and reports
+the median; at 1Mx100 the slow references run `--slow-repeats` times (default 1) with no
+warm-up. The JSON written under benchmarks/results/ names the machine, the date and the
+torch version.
+
+References, in the styles users copy:
+  (a) loop_port    the older PyTorch port of the chapter: a Python list of indices shuffled
+                   with `random`, `torch.tensor(indices[i:i+B])` per batch, autograd, and an
+                   sgd that divides by the batch size
+  (b) dataloader   nn.Linear, DataLoader(TensorDataset), optim.SGD and MSELoss
+  (c) sklearn      SGDRegressor with a constant learning rate (needs the `bench` extra)
+  (d) lstsq        the closed form, torch.linalg.lstsq on [X, 1]
+  read             one read pass over X (X.sum()): the memory floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+import torchlr
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LR = 0.03  # the chapter's learning rate, used by every SGD loop
+REFERENCES = ("loop_port", "dataloader", "sklearn", "lstsq")
+TORCHLR = ("torchlr_scratch", "torchlr_concise")
+LABELS = {
+    "torchlr_scratch": "torchlr scratch",
+    "torchlr_concise": "torchlr concise",
+    "loop_port": "(a) loop port",
+    "dataloader": "(b) DataLoader",
+    "sklearn": "(c) sklearn SGD",
+    "lstsq": "(d) lstsq",
+    "read": "read pass X.sum()",
+}
+
+
+@dataclass(frozen=True)
+class Size:
+    """One benchmark problem: n examples of d features, trained for epochs with batch_size."""
+
+    name: str
+    n: int
+    d: int
+    batch_size: int
+    epochs: int
+    device: str = "cpu"
+    # The references run at this size: on a GPU the Python-list and per-example
+    # DataLoader loops would take minutes at the large sizes, for a known answer.
+    references: tuple[str, ...] = REFERENCES
+
+    @property
+    def steps(self) -> int:
+        """Minibatch steps in the whole run (the short last batch counts as one)."""
+        return self.epochs * math.ceil(self.n / self.batch_size)
+
+
+SIZES = {
+    "chapter": Size("chapter", 1000, 2, 10, 3),
+    "1Mx100": Size("1Mx100", 1_000_000, 100, 1024, 1),
+    "cuda-chapter": Size("cuda-chapter", 1000, 2, 10, 3, "cuda"),
+    # On CUDA the per-example DataLoader costs minutes at 1M rows: (b) runs at the chapter size.
+    "cuda-1Mx100": Size("cuda-1Mx100", 1_000_000, 100, 1024, 1, "cuda", ("loop_port", "lstsq")),
+    "cuda-10Mx100": Size("cuda-10Mx100", 10_000_000, 100, 8192, 1, "cuda", ("lstsq",)),
+}
+CPU_SIZES = ("chapter", "1Mx100")
+# The issue's targets: (size, implementation, reference, the most time / reference time).
+TARGETS = (
+    ("chapter", "torchlr_scratch", "loop_port", 0.8),
+    ("chapter", "torchlr_concise", "dataloader", 0.5),
+    *(("1Mx100", impl, ref, limit) for impl in TORCHLR
+      for ref, limit in (("loop_port", 0.25), ("dataloader", 0.05), ("sklearn", 0.67))),
+    *(("1Mx100", impl, "read", 10.0) for impl in TORCHLR),  # the stretch goal
+    *(("cuda-10Mx100", impl, "read", 3.0) for impl in TORCHLR),  # the GPU goal
+)
+CUDA_SIZES = ("cuda-chapter", "cuda-1Mx100", "cuda-10Mx100")
+
+
+def make_data(size: Size, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chapter's data for size (w = [2, -3.4] at d = 2), on the size's device."""
+    gen = torch.Generator().manual_seed(seed)
+    if size.d == 2:
+        true_w = torch.tensor([2.0, -3.4])
+    else:
+        true_w = torch.randn(size.d, generator=gen)
+    X, y = torchlr.synthetic_data(true_w, 4.2, size.n, generator=gen)
+    return X.to(size.device), y.to(size.device)
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a timer measures it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---- (a) the older port's loop, written as users copied it ----------------------------------
+
+def run_loop_port(X: torch.Tensor, y: torch.Tensor, size: Size, seed: int):
+    """Python-list shuffling, torch.tensor per batch, autograd, sgd dividing by batch size."""
+    rng = random.Random(seed)
+
+    def iterate(batch_size, features, labels):
+        num_examples = len(features)
+        indices = list(range(num_examples))
+        rng.shuffle(indices)
+        for i in range(0, num_examples, batch_size):
+            batch_indices = torch.tensor(indices[i:min(i + batch_size, num_examples)],
+                                         device=features.device)
+            yield features[batch_indices], labels[batch_indices]
+
+    def linreg(X, w, b):
+        return torch.matmul(X, w) + b
+
+    def squared_loss(y_hat, y):
+        return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+    def sgd(params, lr, batch_size):
+        with torch.no_grad():
+            for param in params:
+                param -= lr * param.grad / batch_size
+                param.grad.zero_()
+
+    torch.manual_seed(seed)
+    w = torch.normal(0, 0.01, size=(X.shape[1], 1), requires_grad=True, device=X.device)
+    b = torch.zeros(1, requires_grad=True, device=X.device)
+    for _ in range(size.epochs):
+        for X_batch, y_batch in iterate(size.batch_size, X, y):
+            loss = squared_loss(linreg(X_batch, w, b), y_batch)
+            loss.sum().backward()
+            sgd([w, b], LR, size.batch_size)
+        with torch.no_grad():
+            float(squared_loss(linreg(X, w, b), y).mean())  # the printed epoch loss
+    return w.detach().reshape(-1), float(b.detach())
+
+
+# ---- (b) nn.Linear + DataLoader + optim.SGD + MSELoss ---------------------------------------
+
+def run_dataloader(X: torch.Tensor, y: torch.Tensor, size: Size, seed: int):
+    """The concise chapter as commonly written: DataLoader over a TensorDataset."""
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=size.batch_size, shuffle=True)
+    net = nn.Sequential(nn.Linear(X.shape[1], 1)).to(X.device)
+    net[0].weight.data.normal_(0, 0.01)
+    net[0].bias.data.fill_(0)
+    loss = nn.MSELoss()
+    trainer = torch.optim.SGD(net.parameters(), lr=LR)
+    for _ in range(size.epochs):
+        for X_batch, y_batch in loader:
+            batch_loss = loss(net(X_batch), y_batch)
+            trainer.zero_grad()
+            batch_loss.backward()
+            trainer.step()
+        with torch.no_grad():
+            float(loss(net(X), y))  # the printed epoch loss
+    return net[0].weight.detach().reshape(-1), float(net[0].bias.detach())
+
+
+# ---- (c) scikit-learn, (d) the closed form, and the read pass -------------------------------
+
+def sklearn_eta0(d: int) -> float:
+    """Per-example SGD diverges once eta0 * |x|^2 > 2 (|x|^2 ~ d): cap eta0 at 0.5 / d."""
+    return min(LR, 0.5 / d)
+
+
+def prepare_sklearn(X: torch.Tensor, y: torch.Tensor) -> Optional[tuple[Any, Any]]:
+    """float64 numpy copies made outside the timer (sklearn would convert them itself)."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return None
+    return X.cpu().double().numpy(), y.cpu().double().numpy().ravel()
+
+
+def run_sklearn(data: tuple[Any, Any], size: Size, seed: int):
+    """SGDRegressor, constant learning rate, no penalty, exactly size.epochs passes."""
+    from sklearn.linear_model import SGDRegressor
+
+    model = SGDRegressor(loss="squared_error", penalty=None, learning_rate="constant",
+                         eta0=sklearn_eta0(size.d), max_iter=size.epochs, tol=None,
+                         shuffle=True, random_state=seed)
+    model.fit(*data)
+    return torch.as_tensor(model.coef_), float(model.intercept_[0])
+
+
+def run_lstsq(X: torch.Tensor, y: torch.Tensor) -> None:
+    """The closed form as users write it: append a ones column, call lstsq."""
+    A = torch.cat([X, torch.ones(len(X), 1, device=X.device)], dim=1)  # (n, d + 1)
+    torch.linalg.lstsq(A, y).solution  # noqa: B018  (gelsy on the CPU, gels on CUDA)
+
+
+def run_read(X: torch.Tensor) -> None:
+    """One pass over every byte of X."""
+    X.sum()
+
+
+def run_torchlr(X: torch.Tensor, y: torch.Tensor, size: Size, impl: str, **options: Any):
+    """torchlr.fit with default options except the size's batch, epochs and device."""
+    return torchlr.fit(X, y, impl=impl, batch_size=size.batch_size, num_epochs=size.epochs,
+                       device=size.device, **options)
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str,
+                     warmup: bool) -> dict[str, list[float]]:
+    """Wall seconds per call: one warm-up each, then rounds that call every job once.
+
+    Interleaving spreads a busy spell on a shared machine over all implementations
+    instead of charging it to one. A job with fewer repeats sits out the later rounds.
+    """
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    if warmup:
+        for name, (fn, _) in jobs.items():
+            print(f"  warm-up: {LABELS[name]}", file=sys.stderr, flush=True)
+            fn()
+        sync(device)
+    for round_ in range(max(reps for _, reps in jobs.values())):
+        for name, (fn, reps) in jobs.items():
+            if round_ >= reps:
+                continue
+            print(f"  round {round_ + 1}: {LABELS[name]}", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> dict[str, Any]:
+    """Time every implementation on one size; return the size's JSON record."""
+    X, y = make_data(size)
+    sk_data = None if "sklearn" in skip or size.device != "cpu" else prepare_sklearn(X, y)
+    # The slow references run fewer times at large sizes; their spread is reported.
+    slow = size.n >= 100_000
+    # Without a warm-up round, the fast jobs' first call is run and dropped instead.
+    fast = repeats + 1 if slow else repeats
+    jobs: dict[str, tuple[Callable[[], Any], int]] = {
+        "read": (lambda: run_read(X), fast),
+        "torchlr_scratch": (lambda: run_torchlr(X, y, size, "scratch"), fast),
+        "torchlr_concise": (lambda: run_torchlr(X, y, size, "concise"), fast),
+        "loop_port": (lambda: run_loop_port(X, y, size, 0), slow_repeats if slow else repeats),
+        "dataloader": (lambda: run_dataloader(X, y, size, 0), slow_repeats if slow else repeats),
+        "lstsq": (lambda: run_lstsq(X, y), slow_repeats if slow else repeats),
+    }
+    if sk_data is not None:
+        jobs["sklearn"] = (lambda: run_sklearn(sk_data, size, 0), slow_repeats if slow else repeats)
+    jobs = {name: job for name, job in jobs.items()
+            if name not in skip and (name in size.references or name not in REFERENCES)}
+    # At large sizes one untimed pass of the slow references would cost minutes: the
+    # warm-up is skipped there (their first call is their only call by default).
+    times = time_round_robin(jobs, size.device, warmup=not slow)
+    if slow:
+        for name in ("read", *TORCHLR):
+            if name in times:
+                times[name] = times[name][1:]
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    rows = {}
+    for name, t in times.items():
+        med = medians[name]
+        row: dict[str, Any] = {"median_s": med, "times_s": t}
+        if name not in ("read", "lstsq"):
+            # sklearn steps once per example; the torch loops once per minibatch.
+            steps = size.epochs * size.n if name == "sklearn" else size.steps
+            row["us_per_step"] = med / steps * 1e6
+            row["samples_per_s"] = size.epochs * size.n / med
+        if "read" in medians:
+            row["x_read"] = med / medians["read"]
+        if name in TORCHLR:
+            row["ratio"] = {ref: med / medians[ref] for ref in REFERENCES if ref in medians}
+        rows[name] = row
+    return {"size": {**size.__dict__, "references": list(size.references), "steps": size.steps},
+            "results": rows}
+
+
+# ---- peak memory, one implementation per child process ---------------------------------------
+
+def rss_child(size_name: str, impl: str) -> None:
+    """Child mode: make the data, train once, print RSS figures (bytes) as JSON."""
+    size = SIZES[size_name]
+    _reset_peak_rss()  # a forked child starts with its parent's peak
+    before_data = _rss()
+    X, y = make_data(size)
+    data_bytes = X.nbytes + y.nbytes
+    before_fit = _rss()
+    _reset_peak_rss()
+    run_torchlr(X, y, size, impl.removeprefix("torchlr_"))
+    peak = _peak_rss()
+    print(json.dumps({"impl": impl, "data_bytes": data_bytes, "rss_before_data": before_data,
+                      "rss_before_fit": before_fit, "peak_rss": max(peak, before_fit)}))
+
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    """Linux: restart the high-water mark (VmHWM) from the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _rss() -> int:
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else _peak_rss()
+
+
+def _peak_rss() -> int:
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # elsewhere ru_maxrss is in KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def measure_rss(size_name: str) -> dict[str, Any]:
+    """Peak RSS of each torchlr implementation training size_name, each in a fresh process."""
+    out = {}
+    for impl in TORCHLR:
+        print(f"  {size_name}: peak RSS of {LABELS[impl]} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--rss-child", size_name, impl],
+            capture_output=True, text=True, check=True)
+        record = json.loads(proc.stdout.strip().splitlines()[-1])
+        record["peak_over_data"] = record["peak_rss"] / record["data_bytes"]
+        record["fit_growth_over_data"] = (
+            (record["peak_rss"] - record["rss_before_fit"]) / record["data_bytes"])
+        out[impl] = record
+    return out
+
+
+# ---- machine, printing, CLI -------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """What produced the figures: CPU, cores, torch threads, GPU (or None), torch version."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def print_size(record: dict[str, Any]) -> None:
+    """One table per size: time, per step, throughput, ratios to references and to the read."""
+    size = record["size"]
+    rows = record["results"]
+    print(f"\n== {size['name']}: {size['n']}x{size['d']}, batch {size['batch_size']}, "
+          f"{size['epochs']} epoch(s), {size['steps']} steps, {size['device']} ==")
+    refs = [r for r in REFERENCES if r in rows]
+    head = (f"{'implementation':<20}{'median ms':>11}{'us/step':>10}{'samples/s':>12}"
+            f"{'x read':>9}" + "".join(f"{'/' + r:>13}" for r in refs))
+    print(head)
+    for name, row in rows.items():
+        us = f"{row['us_per_step']:10.1f}" if "us_per_step" in row else f"{'':>10}"
+        sps = f"{row['samples_per_s']:12.3g}" if "samples_per_s" in row else f"{'':>12}"
+        xr = f"{row['x_read']:9.1f}" if "x_read" in row else f"{'':>9}"
+        ratios = "".join(f"{row['ratio'][r]:13.3f}" if "ratio" in row else f"{'':>13}"
+                         for r in refs)
+        print(f"{LABELS[name]:<20}{row['median_s'] * 1e3:11.4g}{us}{sps}{xr}{ratios}")
+
+
+def print_rss(rss: dict[str, Any]) -> None:
+    """Peak RSS per implementation, against 2x the data size."""
+    for impl, r in rss.items():
+        mib = 2**20
+        print(f"{LABELS[impl]:<20} peak RSS {r['peak_rss'] / mib:8.0f} MiB = "
+              f"{r['peak_over_data']:.2f}x data ({r['data_bytes'] / mib:.0f} MiB; target < 2x); "
+              f"fit added {(r['peak_rss'] - r['rss_before_fit']) / mib:.0f} MiB")
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """The command line; --rss-child is internal."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=None,
+                        help=f"comma-separated, from {', '.join(SIZES)} "
+                             "(default: the CPU sizes, plus the CUDA sizes when CUDA is present)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs per implementation (median reported); default 5")
+    parser.add_argument("--slow-repeats", type=int, default=1,
+                        help="timed runs of the slow references at large sizes; default 1")
+    parser.add_argument("--quick", action="store_true",
+                        help="the chapter size only, 3 repeats, no RSS children")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated implementations to leave out, e.g. dataloader")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS children")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for every implementation "
+                             "(default: torch's own choice)")
+    parser.add_argument("--out", default=None, help="JSON path (default: results/<machine>.json)")
+    parser.add_argument("--markdown", metavar="JSON",
+                        help="print a results file as the README's markdown tables and exit")
+    parser.add_argument("--rss-child", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the benchmark, print the tables and write the JSON."""
+    args = parse_args(argv)
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return 0
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
+    if args.quick:
+        names, args.repeats, args.no_rss = ["chapter"], min(args.repeats, 3), True
+    elif args.sizes:
+        names = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    else:
+        names = list(CPU_SIZES) + (list(CUDA_SIZES) if torch.cuda.is_available() else [])
+    unknown = [s for s in names if s not in SIZES]
+    if unknown:
+        print(f"unknown size(s) {unknown}; choose from {', '.join(SIZES)}", file=sys.stderr)
+        return 2
+    skipped_cuda = [s for s in names if SIZES[s].device == "cuda" and not torch.cuda.is_available()]
+    if skipped_cuda:
+        print(f"no CUDA device: skipping {', '.join(skipped_cuda)}", file=sys.stderr)
+        names = [s for s in names if s not in skipped_cuda]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    info = machine()
+    started = dt.datetime.now(dt.timezone.utc)
+    report: dict[str, Any] = {
+        "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": info,
+        "settings": {"repeats": args.repeats, "slow_repeats": args.slow_repeats, "lr": LR,
+                     # torchlr.fit's own default (FitConfig.threads); the references use
+                     # torch_threads above.
+                     "torchlr_fit_threads": torchlr.FitConfig().threads,
+                     "sklearn_eta0": {s: sklearn_eta0(SIZES[s].d) for s in names},
+                     "skipped": sorted(skip)},
+        "sizes": {},
+    }
+    print(f"machine: {info['cpu']} ({info['cpu_count']} CPUs, {info['torch_threads']} torch "
+          f"threads; torchlr.fit uses {torchlr.FitConfig().threads or 'the same'} on the CPU), "
+          f"GPU: {info['gpu'] or 'none'}, torch {info['torch']}, {report['date']}")
+    for name in names:
+        record = bench_size(SIZES[name], args.repeats, args.slow_repeats, skip)
+        report["sizes"][name] = record
+        print_size(record)
+    if not args.no_rss and "1Mx100" in names:
+        report["peak_rss_1Mx100"] = measure_rss("1Mx100")
+        print("\n== peak RSS, training 1Mx100 (each in its own process) ==")
+        print_rss(report["peak_rss_1Mx100"])
+    report["targets"] = check_targets(report["sizes"])
+    report["machine"]["load_avg_at_end"] = (list(os.getloadavg())
+                                            if hasattr(os, "getloadavg") else None)
+    if report["targets"]:
+        print("\n== targets (time ratio, torchlr over reference, this run) ==")
+        for t in report["targets"]:
+            print(f"{t['size']:<8} {LABELS[t['impl']]:<16} / {LABELS[t['against']]:<18} "
+                  f"{t['ratio']:8.3f}  (at most {t['at_most']})  "
+                  f"{'met' if t['met'] else 'MISSED'}")
+
+    out = Path(args.out) if args.out else RESULTS_DIR / default_name(info)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def check_targets(sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target whose size and reference were measured, with its ratio and verdict."""
+    out = []
+    for size, impl, ref, limit in TARGETS:
+        rows = sizes.get(size, {}).get("results", {})
+        if impl not in rows or ref not in rows:
+            continue
+        ratio = rows[impl]["median_s"] / rows[ref]["median_s"]
+        out.append({"size": size, "impl": impl, "against": ref, "at_most": limit,
+                    "ratio": ratio, "met": ratio <= limit})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README's tables for one results file, each labelled with its machine and date."""
+    m = report["machine"]
+    fit_threads = report["settings"].get("torchlr_fit_threads")
+    load = m.get("load_avg_at_start")
+    where = (f"{m['gpu'] + ', ' if m['gpu'] else ''}{m['cpu']}, {m['cpu_count']} CPUs, "
+             f"{m['torch_threads']} torch threads (torchlr.fit: {fit_threads or 'the same'}), "
+             f"torch {m['torch']}, {report['date']}"
+             + (f", 1-min load average {load[0]:.2f} at the start" if load else ""))
+    lines = [f"Machine: {where}.", ""]
+    for record in report["sizes"].values():
+        size, rows = record["size"], record["results"]
+        refs = [r for r in REFERENCES if r in rows]
+        lines += [f"**{size['name']}** ({size['n']}x{size['d']}, batch {size['batch_size']}, "
+                  f"{size['epochs']} epoch(s), {size['device']}):", "",
+                  "| implementation | median ms | µs/step | samples/s | × read | "
+                  + " | ".join(f"/ {LABELS[r]}" for r in refs) + " |",
+                  "|---" * (5 + len(refs)) + "|"]
+        for name, row in rows.items():
+            cells = [LABELS[name], f"{row['median_s'] * 1e3:.4g}",
+                     f"{row['us_per_step']:.1f}" if "us_per_step" in row else "",
+                     f"{row['samples_per_s']:.3g}" if "samples_per_s" in row else "",
+                     f"{row['x_read']:.1f}" if "x_read" in row else ""]
+            cells += [f"{row['ratio'][r]:.3f}" if "ratio" in row else "" for r in refs]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if report.get("targets"):
+        lines += ["| size | torchlr | against | ratio | at most | |", "|---|---|---|---|---|---|"]
+        for t in report["targets"]:
+            lines.append(f"| {t['size']} | {LABELS[t['impl']]} | {LABELS[t['against']]} | "
+                         f"{t['ratio']:.3f} | {t['at_most']} | "
+                         f"{'met' if t['met'] else '**missed**'} |")
+        lines.append("")
+    mib = 2**20
+    for impl, r in report.get("peak_rss_1Mx100", {}).items():
+        lines.append(f"- {LABELS[impl]}, training 1Mx100: peak RSS {r['peak_rss'] / mib:.0f} MiB "
+                     f"= {r['peak_over_data']:.2f}x the data ({r['data_bytes'] / mib:.0f} MiB); "
+                     f"the fit itself added {(r['peak_rss'] - r['rss_before_fit']) / mib:.0f} MiB.")
+    return "\n".join(lines)
+
+
+def default_name(info: dict[str, Any]) -> str:
+    """results/<cpu-or-gpu>-<threads>t.json: one file per machine."""
+    base = info["gpu"] or info["cpu"]
+    slug = "".join(c if c.isalnum() else "-" for c in base.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{slug}-{info['torch_threads']}t.json"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

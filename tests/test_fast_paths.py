@@ -1,0 +1,181 @@
+"""The speed-ups keep the results: blocked gathers, the one-kernel sgd, the lean steps."""
+
+import pytest
+import torch
+
+import torchlr
+from torchlr import data
+from torchlr.data import batch_order, data_iter
+from torchlr.scratch import init_params, linreg, sgd, squared_loss
+
+
+def reference_batches(batch_size, X, y, seed, drop_last):
+    """One index_select per batch over the same order: the plain data path."""
+    order = batch_order(len(X), generator=torch.Generator().manual_seed(seed))
+    stop = len(X) - len(X) % batch_size if drop_last else len(X)
+    return [(X[order[s:min(s + batch_size, stop)]], y[order[s:min(s + batch_size, stop)]])
+            for s in range(0, stop, batch_size)]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 200, 1000, 1 << 20])
+@pytest.mark.parametrize(("n", "batch_size", "drop_last"),
+                         [(103, 10, False), (103, 10, True), (100, 10, False), (7, 10, False),
+                          (64, 1, False), (50, 50, True)])
+def test_blocked_gather_gives_the_same_batches(monkeypatch, block_bytes, n, batch_size,
+                                               drop_last):
+    monkeypatch.setattr(data, "BLOCK_BYTES", block_bytes)
+    gen = torch.Generator().manual_seed(3)
+    X, y = torch.randn(n, 3, generator=gen), torch.randn(n, 1, generator=gen)
+    got = list(data_iter(batch_size, X, y, generator=torch.Generator().manual_seed(5),
+                         drop_last=drop_last))
+    want = reference_batches(batch_size, X, y, 5, drop_last)
+    assert len(got) == len(want)
+    for (gX, gy), (wX, wy) in zip(got, want):
+        assert torch.equal(gX, wX) and torch.equal(gy, wy)
+
+
+def test_batches_survive_later_blocks(monkeypatch):
+    # Batches kept by the caller are views of their own block, never overwritten later.
+    monkeypatch.setattr(data, "BLOCK_BYTES", 64)
+    X = torch.arange(40.0).reshape(20, 2)
+    y = torch.arange(20.0).reshape(20, 1)
+    kept = list(data_iter(3, X, y, generator=torch.Generator().manual_seed(0)))
+    rows = torch.cat([b for _, b in kept]).reshape(-1)
+    assert sorted(rows.tolist()) == list(range(20))
+    for Xb, yb in kept:
+        assert torch.equal(Xb[:, 0], 2 * yb[:, 0])
+
+
+@pytest.mark.parametrize("batch_size", [10, 7])
+def test_sgd_equals_the_chapter_formula_and_torch_optim(batch_size):
+    gen = torch.Generator().manual_seed(1)
+    X, y = torch.randn(batch_size, 4, generator=gen), torch.randn(batch_size, 1, generator=gen)
+    w, b = init_params(4, sigma=0.5, generator=gen)
+    w_ref = w.detach().clone().requires_grad_()
+    b_ref = b.detach().clone().requires_grad_()
+
+    squared_loss(linreg(X, w, b), y).sum().backward()
+    chapter = [p.detach() - 0.03 * p.grad / batch_size for p in (w, b)]
+    sgd([w, b], 0.03, batch_size)
+    assert w.grad is None and b.grad is None
+
+    opt = torch.optim.SGD([w_ref, b_ref], lr=0.03)
+    squared_loss(linreg(X, w_ref, b_ref), y).mean().backward()
+    opt.step()
+    for got, formula, ref in zip((w, b), chapter, (w_ref, b_ref)):
+        torch.testing.assert_close(got.detach(), formula, rtol=0, atol=1e-7)
+        torch.testing.assert_close(got.detach(), ref.detach(), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("block_bytes", [64, 1 << 20])
+def test_implementations_agree_after_every_epoch(monkeypatch, block_bytes):
+    monkeypatch.setattr(data, "BLOCK_BYTES", block_bytes)
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4, 1.0], 4.2, 95, generator=gen)
+    runs = {impl: torchlr.fit(X, y, impl=impl, batch_size=10, num_epochs=4, device="cpu",
+                              seed=9, log_every=3) for impl in ("scratch", "concise")}
+    s, c = runs["scratch"], runs["concise"]
+    torch.testing.assert_close(s.w_history, c.w_history, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.b_history, c.b_history, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.train_losses, c.train_losses, rtol=1e-5, atol=1e-7)
+    assert len(s.train_losses) == 4 * 10
+
+
+def test_fit_matches_a_hand_loop_over_the_reference_batches():
+    # The fit's updates, batch by batch, against the chapter's loop on per-batch gathers.
+    gen = torch.Generator().manual_seed(4)
+    X, y = torchlr.synthetic_data([1.5, -0.5], 0.3, 57, generator=gen)
+    result = torchlr.fit(X, y, impl="scratch", batch_size=8, num_epochs=2, device="cpu", seed=2)
+
+    order_gen = torch.Generator().manual_seed(2)
+    w, b = init_params(2, generator=order_gen)
+    for _ in range(2):
+        order = batch_order(len(X), generator=order_gen)
+        for s in range(0, len(X), 8):
+            idx = order[s:s + 8]
+            squared_loss(linreg(X[idx], w, b), y[idx]).sum().backward()
+            with torch.no_grad():
+                for p in (w, b):
+                    p -= 0.03 * p.grad / len(idx)
+                    p.grad = None
+    torch.testing.assert_close(result.w, w.detach().reshape(-1), rtol=0, atol=1e-6)
+    assert abs(result.b - float(b.detach())) < 1e-6
+
+
+def test_divergence_still_names_epoch_and_step():
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 200, generator=gen)
+    with pytest.raises(torchlr.DivergenceError, match=r"epoch 1, step \d+"):
+        torchlr.fit(X * 1e3, y, lr=10.0, device="cpu")
+
+
+def test_finite_data_whose_sum_overflows_is_accepted():
+    # The one-sum finite check must fall back to the exact masks, not refuse the data.
+    from torchlr.validation import check_data
+
+    X = torch.full((4, 2), 3e38)
+    y = torch.tensor([3e38, 3e38, -1.0, 0.0])
+    assert not torch.isfinite(X.sum())
+    got_X, got_y = check_data(X, y)
+    assert torch.equal(got_X, X) and got_y.shape == (4, 1)
+    for bad, word in ((float("nan"), "NaN"), (float("inf"), "inf")):
+        X_bad = X.clone()
+        X_bad[1, 0] = bad
+        with pytest.raises(ValueError, match=f"features contains {word}"):
+            check_data(X_bad, y)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fit_uses_one_thread_on_the_cpu_and_restores_the_setting(two_threads):
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 100, generator=gen)
+    seen = []
+    torchlr.fit(X, y, device="cpu", on_progress=lambda p: seen.append(torch.get_num_threads()))
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    seen.clear()
+    torchlr.fit(X, y, device="cpu", threads=None,
+                on_progress=lambda p: seen.append(torch.get_num_threads()))
+    assert set(seen) == {2}
+
+
+def test_thread_setting_is_restored_after_an_error(two_threads):
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 200, generator=gen)
+    with pytest.raises(torchlr.DivergenceError):
+        torchlr.fit(X * 1e3, y, lr=10.0, device="cpu")
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_threads_is_refused_before_training(bad):
+    X, y = torch.randn(10, 2), torch.randn(10)
+    with pytest.raises((ValueError, TypeError), match="threads"):
+        torchlr.fit(X, y, device="cpu", threads=bad)
+
+
+def test_thread_count_does_not_change_the_result(two_threads):
+    gen = torch.Generator().manual_seed(1)
+    X, y = torchlr.synthetic_data(torch.randn(64, generator=gen), 0.5, 4000, generator=gen)
+    one = torchlr.fit(X, y, batch_size=512, num_epochs=2, device="cpu", threads=1)
+    two = torchlr.fit(X, y, batch_size=512, num_epochs=2, device="cpu", threads=None)
+    torch.testing.assert_close(one.w_history, two.w_history, rtol=0, atol=1e-6)
+
+
+def test_thread_limit_leaves_other_devices_alone(two_threads):
+    from torchlr.threads import CpuThreads
+
+    with CpuThreads() as threads:
+        threads.limit(1, torch.device("cuda"))  # nothing runs: only the device's type is read
+        assert torch.get_num_threads() == 2
+    with CpuThreads() as threads:
+        threads.limit(1, torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
