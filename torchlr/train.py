@@ -218,6 +218,27 @@ def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) 
         )
 
 
+def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStream],
+                   group: Any, generator: torch.Generator, device: torch.device) -> Any:
+    """One epoch's minibatches: from tensors, from a stream, or this rank's slices of them."""
+    if group is not None:  # X is the data set or the stream
+        return group.batches(config.batch_size, X, y, generator=generator,
+                             drop_last=config.drop_last, device=device)
+    if stream is not None:
+        return stream.batches(config.batch_size, generator, config.drop_last, device)
+    return data_iter(config.batch_size, X, y, generator=generator, drop_last=config.drop_last)
+
+
+def _epoch_loss(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
+                stream: Optional[BlockStream], group: Any) -> float:
+    """The chapter's number: mean squared_loss over the whole training set."""
+    if group is not None:  # each rank sums the loss over its share of the rows
+        return float(group.mean_loss(X, y, w, b))
+    if stream is not None:
+        return float(stream.evaluate(w, b))
+    return float(evaluate(X, y, w, b))
+
+
 def fit(
     features: Any,
     labels: Any,
@@ -295,13 +316,7 @@ def _fit(
     for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
         done = 0
-        if group is not None:  # X is the data set or the stream
-            batches = group.batches(config.batch_size, X, y, generator=generator,
-                                    drop_last=config.drop_last, device=device)
-        else:
-            batches = data_iter(config.batch_size, X, y, generator=generator,
-                                drop_last=config.drop_last) if stream is None else \
-                stream.batches(config.batch_size, generator, config.drop_last, device)
+        batches = _epoch_batches(config, X, y, stream, group, generator, device)
         for i, batch in enumerate(batches):
             step_losses.append(step(*batch))  # (X, y), or (X, y, global length) in a group
             if (i + 1) % read_every == 0 and i + 1 < steps:
@@ -318,10 +333,7 @@ def _fit(
         train_losses.append(chunk)
 
         w, b = model.params()
-        if group is not None:  # each rank sums the loss over its share of the rows
-            loss = float(group.mean_loss(X, y, w, b))
-        else:
-            loss = float(evaluate(X, y, w, b) if stream is None else stream.evaluate(w, b))
+        loss = _epoch_loss(X, y, w, b, stream, group)
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
