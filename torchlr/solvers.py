@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from torchlr.scratch import sgd
-from torchlr.train import DivergenceError
+from torchlr.train import DivergenceError, first_nonfinite
 
 LossFn = Callable[[], torch.Tensor]
 
@@ -38,9 +38,8 @@ def gradient_descent(
     with torch.no_grad():
         losses.append(loss_fn().detach())
     history = torch.stack(losses).double().cpu()  # the one host read
-    bad = (~torch.isfinite(history)).nonzero()
-    if len(bad):
-        step = int(bad[0, 0])
+    step = first_nonfinite(history)
+    if step is not None:
         raise DivergenceError(
             f"Gradient descent diverged: the loss became {float(history[step])} at step "
             f"{step} of {steps} (lr={lr}); try a smaller learning rate or rescale the problem."

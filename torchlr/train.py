@@ -208,10 +208,15 @@ def _snapshot(param: torch.Tensor, *shape: int) -> torch.Tensor:
     return param.detach().to("cpu", copy=True).reshape(shape)
 
 
-def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
+def first_nonfinite(values: torch.Tensor) -> Optional[int]:
+    """Index of the first NaN or inf in a 1-D tensor, or None when all are finite."""
     bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
-        i = int(bad[0, 0])
+    return int(bad[0, 0]) if len(bad) else None
+
+
+def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
+    i = first_nonfinite(values)
+    if i is not None:
         raise DivergenceError(
             f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
             f"step {first_step + i} (lr={lr}); try a smaller learning rate."
