@@ -74,7 +74,7 @@ def test_checkpoint_holds_the_whole_run(tmp_path):
     assert state["feature_names"] == ["a", "b", "c"] and state["target_name"] == "t"
     assert state["config"]["standardize"] is True and state["config"]["lr"] == 0.03
     assert torch.equal(state["params"]["w"].reshape(-1), result.scaled_w)
-    assert state["optimizer"]["param_groups"][0]["lr"] == 0.03
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.015  # MSELoss has no 1/2
     assert torch.equal(state["scaling"]["x_mean"], result.scaling.x_mean)
     assert state["history"]["losses"] == result.losses
     # The RNG state is the generator's after init and two epochs' permutations.
@@ -152,7 +152,7 @@ def test_load_model_gives_a_ready_model_of_its_implementation(tmp_path, impl, ki
     assert model.impl == impl and isinstance(model.model, kind)
     assert torch.equal(model.predict(X), result.predict(X))
     if impl == "concise":  # a real nn.Module with the trained weights
-        assert torch.equal(model.model.module.linear.weight.reshape(-1), result.scaled_w)
+        assert torch.equal(model.model.module.weight.reshape(-1), result.scaled_w)
 
 
 def test_early_stopping_restores_the_best_epoch(tmp_path):
@@ -179,3 +179,19 @@ def test_early_stopping_needs_a_validation_split():
     X, y = dataset()
     with pytest.raises(ValueError, match="early_stopping=3 needs a validation split"):
         torchlr.fit(X, y, early_stopping=3)
+
+
+def test_a_version_1_concise_checkpoint_resumes_at_the_same_step(tmp_path):
+    # Version 1 stored the concise optimizer at lr (its loss was halved); now lr / 2.
+    X, y = dataset()
+    kw = dict(impl="concise", lr=0.01, device="cpu")
+    straight = torchlr.fit(X, y, num_epochs=4, **kw)
+    path = tmp_path / "run.pt"
+    torchlr.fit(X, y, num_epochs=2, save=str(path), **kw)
+    state = torch.load(path, weights_only=True)
+    state["version"] = 1
+    state["optimizer"]["param_groups"][0]["lr"] = 0.01
+    save_checkpoint(path, state)
+    assert load_checkpoint(path)["optimizer"]["param_groups"][0]["lr"] == 0.005
+    resumed = torchlr.fit(X, y, num_epochs=4, resume=str(path), **kw)
+    assert torch.equal(resumed.w, straight.w) and resumed.b == straight.b

@@ -14,7 +14,8 @@ from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
 
 FORMAT = "torchlr-checkpoint"
-VERSION = 1
+# 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
+VERSION = 2
 # FitConfig fields that define the run: a resumed run must keep them as they were.
 RUN_FIELDS = ("impl", "lr", "batch_size", "seed", "drop_last", "val_fraction", "standardize",
               "standardize_target", "feature_names", "target_name")
@@ -54,9 +55,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable torchlr checkpoint: {first}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a torchlr checkpoint (no {FORMAT!r} marker)")
-    if state.get("version") != VERSION:
+    if state.get("version") not in (1, VERSION):
         raise ValueError(f"{path} has checkpoint version {state.get('version')!r}; "
-                         f"this torchlr reads version {VERSION}")
+                         f"this torchlr reads versions 1 and {VERSION}")
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):
             raise ValueError(f"{path} is a damaged torchlr checkpoint: {key!r} is missing "
@@ -73,7 +74,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                                  and isinstance(best.get("w"), torch.Tensor)
                                  and isinstance(best.get("b"), torch.Tensor)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad best epoch")
+    if state["version"] == 1:
+        _upgrade_from_1(state)
     return state
+
+
+def _upgrade_from_1(state: dict[str, Any]) -> None:
+    """Version 1's concise optimizer ran at lr on the halved loss; now it runs at lr / 2."""
+    if state["impl"] == "concise":
+        for group in state["optimizer"].get("param_groups", []):
+            group["lr"] = group["lr"] / 2
+    state["version"] = VERSION
 
 
 def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any,

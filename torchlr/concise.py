@@ -1,4 +1,4 @@
-"""The same model with nn.Linear, a loss and torch.optim.SGD scaled to take the scratch step."""
+"""The same model as an nn.Linear, trained with nn.MSELoss and torch.optim.SGD."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from torch import nn
 from torchlr.scratch import init_params
 
 
-class LinearRegression(nn.Module):
-    """y_hat = X w + b as one nn.Linear(num_inputs, 1), initialized like the chapter."""
+class LinearRegression(nn.Linear):
+    """y_hat = X w + b: an nn.Linear(num_inputs, 1) that starts where the scratch model does."""
+
+    sigma: Optional[float] = None  # set by __init__; None while nn.Linear.__init__ runs
 
     def __init__(
         self,
@@ -21,36 +23,50 @@ class LinearRegression(nn.Module):
         generator: Optional[torch.Generator] = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
-        # skip_init: nn.Linear's own init would draw from torch's global RNG.
-        # skip_init would leave the weights on the meta device if given device=None.
-        self.linear = nn.utils.skip_init(nn.Linear, num_inputs, 1,
-                                         device=device if device is not None else "cpu")
-        w, b = init_params(num_inputs, sigma, generator=generator, device=device)
-        with torch.no_grad():
-            self.linear.weight.copy_(w.T)  # (1, d)
-            self.linear.bias.copy_(b)  # (1,)
+        super().__init__(num_inputs, 1, device=device)  # parameters left uninitialized
+        self.sigma = sigma
+        self._draw(generator)
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, 1)."""
-        return self.linear(X)
+    def reset_parameters(self) -> None:
+        """Draw w ~ N(0, sigma^2) and b = 0 again, from a fresh generator."""
+        # nn.Linear.__init__ calls this too; its own init would draw from torch's global RNG.
+        if self.sigma is not None:
+            self._draw(None)
+
+    def _draw(self, generator: Optional[torch.Generator]) -> None:
+        w, b = init_params(self.in_features, self.sigma, generator=generator,
+                           device=self.weight.device)
+        with torch.no_grad():
+            self.weight.copy_(w.T)  # (1, d): nn.Linear's layout
+            self.bias.copy_(b)  # (1,)
 
     @property
     def w(self) -> torch.Tensor:
-        """The weights as the chapter holds them: a (d, 1) view of linear.weight."""
-        return self.linear.weight.T
+        """The weights as the chapter holds them: a (d, 1) view of weight."""
+        return self.weight.T
 
     @property
     def b(self) -> torch.Tensor:
         """The bias, shape (1,)."""
-        return self.linear.bias
+        return self.bias
 
 
-def half_mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of the chapter's squared_loss: nn.MSELoss halved, since MSELoss has no 1/2."""
-    return nn.functional.mse_loss(y_hat, y.reshape(y_hat.shape)) / 2
+def mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """nn.MSELoss: the batch mean of (y_hat - y)^2, twice the mean of scratch.squared_loss."""
+    if y.shape != y_hat.shape:  # (n,) against (n, 1) would broadcast to (n, n)
+        y = y.reshape(y_hat.shape)
+    return nn.functional.mse_loss(y_hat, y)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
-    """Plain SGD: on the batch mean of squared_loss its step equals scratch.sgd's."""
-    return torch.optim.SGD(model.parameters(), lr=lr)
+    """Plain SGD that, on `mse`, takes exactly the step scratch.sgd takes at learning rate lr.
+
+    MSELoss has no 1/2, so its gradient is twice the chapter's; SGD runs at lr / 2. Scaling
+    by 2 is exact in binary floating point, so the update is the same to the last bit, and
+    the step needs no extra op to halve the loss.
+    """
+    params = list(model.parameters())
+    # On the CPU, foreach=False skips the per-step check for the multi-tensor kernels,
+    # which torch.optim uses only for CUDA parameters anyway.
+    foreach = False if all(p.device.type == "cpu" for p in params) else None
+    return torch.optim.SGD(params, lr=lr / 2, foreach=foreach)

@@ -88,8 +88,7 @@ def _batches(
     n = len(features)
     stop = n - n % batch_size if drop_last else n
     if order is None:
-        for start in range(0, stop, batch_size):
-            yield features[start:start + batch_size], labels[start:start + batch_size]
+        yield from zip(features[:stop].split(batch_size), labels[:stop].split(batch_size))
         return
     row_bytes = (features[:1].nbytes + labels[:1].nbytes) or 1
     # A whole number of batches per block, so block edges are batch edges.
@@ -97,5 +96,5 @@ def _batches(
     for block_start in range(0, stop, block):
         idx = order[block_start:min(block_start + block, stop)]
         X_block, y_block = features.index_select(0, idx), labels.index_select(0, idx)
-        for start in range(0, len(idx), batch_size):
-            yield X_block[start:start + batch_size], y_block[start:start + batch_size]
+        # split makes all of the block's batch views in one call, not one slice per step.
+        yield from zip(X_block.split(batch_size), y_block.split(batch_size))

@@ -146,9 +146,10 @@ class ScratchDataParallel:
 
     def __init__(self, model: Any) -> None:
         self.model = model  # a train.ScratchModel: w (d, 1), b (1,), lr
+        self.batch_means = model.batch_means  # the ranks' sums are summed before it
 
     def step(self, X: torch.Tensor, y: torch.Tensor, batch_len: int) -> torch.Tensor:
-        """One update; returns this rank's share of the global batch mean loss (0-d)."""
+        """One update; returns the summed loss over this rank's rows (0-d)."""
         w, b = self.model.w, self.model.b
         total = squared_loss(linreg(X, w, b), y).sum()
         total.backward()  # a rank with no rows gets zero gradients, not None
@@ -158,29 +159,34 @@ class ScratchDataParallel:
         b.grad.copy_(grads[-1:])
         # The global batch length: the update is the mean over the whole global batch.
         sgd([w, b], self.model.lr, batch_len)
-        return total.detach() / batch_len
+        return total.detach()
 
 
 class ConciseDataParallel:
     """DistributedDataParallel around the nn.Module, its loss scaled to the global mean."""
 
     def __init__(self, model: Any, device: torch.device) -> None:
-        self.model = model  # a train.ConciseModel: module, optimizer
+        self.model = model  # a train.ConciseModel: module, optimizer (at lr / 2)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = nn.parallel.DistributedDataParallel(model.module, device_ids=ids)
 
     def step(self, X: torch.Tensor, y: torch.Tensor, batch_len: int) -> torch.Tensor:
-        """One update; returns this rank's share of the global batch mean loss (0-d)."""
+        """One update; returns the summed squared error over this rank's rows (0-d)."""
         y_hat = self.ddp(X)  # (rows, 1), rows possibly 0
         # Summed, not averaged: the mean of an empty slice is NaN.
-        local = nn.functional.mse_loss(y_hat, y.reshape(y_hat.shape), reduction="sum") / 2
-        # DDP divides the summed gradients by world_size; this factor turns that into
-        # the sum over the global batch divided by its length.
+        local = nn.functional.mse_loss(y_hat, y.reshape(y_hat.shape), reduction="sum")
+        # DDP divides the summed gradients by world_size; this factor turns that into the
+        # gradient of MSELoss over the whole global batch, as in the one-process step.
         loss = local * (dist.get_world_size() / batch_len)
         self.model.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.model.optimizer.step()
-        return local.detach() / batch_len
+        return local.detach()
+
+    @staticmethod
+    def batch_means(raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The ranks' summed squared errors as each batch's mean squared_loss (with its 1/2)."""
+        return raw / (2 * lengths)
 
 
 @dataclass(frozen=True)
