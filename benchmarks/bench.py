@@ -1,10 +1,11 @@
 """Side-by-side timings: torchlr against the loops users copy today, and against a read of X.
 
 Run `make bench` (or `python benchmarks/bench.py --help`). Every size runs each
-implementation `--repeats` times, in interleaved rounds, after one warm-up call, and reports
-the median; at 1Mx100 the slow references run `--slow-repeats` times (default 1) with no
-warm-up. The JSON written under benchmarks/results/ names the machine, the date and the
-torch version.
+implementation `--repeats` times (3x that at the chapter's size, where a call takes tens of
+milliseconds and a busy spell on a shared machine moves a short median most), in interleaved
+rounds, after one warm-up call, and reports the median; at 1Mx100 the slow references run
+`--slow-repeats` times (default 1) with no warm-up. The JSON written under
+benchmarks/results/ names the machine, the date and the torch version.
 
 References, in the styles users copy:
   (a) loop_port    the older PyTorch port of the chapter: a Python list of indices shuffled
@@ -84,6 +85,9 @@ SIZES = {
     "cuda-10Mx100": Size("cuda-10Mx100", 10_000_000, 100, 8192, 1, "cuda", ("lstsq",)),
 }
 CPU_SIZES = ("chapter", "1Mx100")
+# Sizes up to SMALL_N rows run SMALL_REPEATS times as many rounds: a chapter-sized call takes
+# tens of milliseconds, so the extra rounds cost seconds and steady the median.
+SMALL_N, SMALL_REPEATS = 10_000, 3
 # The issue's targets: (size, implementation, reference, the most time / reference time).
 TARGETS = (
     ("chapter", "torchlr_scratch", "loop_port", 0.8),
@@ -253,6 +257,8 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
     sk_data = None if "sklearn" in skip or size.device != "cpu" else prepare_sklearn(X, y)
     # The slow references run fewer times at large sizes; their spread is reported.
     slow = size.n >= 100_000
+    if size.n <= SMALL_N:
+        repeats *= SMALL_REPEATS
     # Without a warm-up round, the fast jobs' first call is run and dropped instead.
     fast = repeats + 1 if slow else repeats
     jobs: dict[str, tuple[Callable[[], Any], int]] = {
@@ -420,11 +426,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         help=f"comma-separated, from {', '.join(SIZES)} "
                              "(default: the CPU sizes, plus the CUDA sizes when CUDA is present)")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="timed runs per implementation (median reported); default 5")
+                        help="timed runs per implementation (median reported); default 5, "
+                             "times 3 at the chapter size")
     parser.add_argument("--slow-repeats", type=int, default=1,
                         help="timed runs of the slow references at large sizes; default 1")
     parser.add_argument("--quick", action="store_true",
-                        help="the chapter size only, 3 repeats, no RSS children")
+                        help="the chapter size only, 1 repeat (x3), no RSS children")
     parser.add_argument("--skip", default="",
                         help="comma-separated implementations to leave out, e.g. dataloader")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS children")
@@ -448,7 +455,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(markdown(json.loads(Path(args.markdown).read_text())))
         return 0
     if args.quick:
-        names, args.repeats, args.no_rss = ["chapter"], min(args.repeats, 3), True
+        names, args.repeats, args.no_rss = ["chapter"], min(args.repeats, 1), True
     elif args.sizes:
         names = [s.strip() for s in args.sizes.split(",") if s.strip()]
     else:
@@ -471,6 +478,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": info,
         "settings": {"repeats": args.repeats, "slow_repeats": args.slow_repeats, "lr": LR,
+                     "small_sizes_repeats": args.repeats * SMALL_REPEATS,
                      # torchlr.fit's own default (FitConfig.threads); the references use
                      # torch_threads above.
                      "torchlr_fit_threads": torchlr.FitConfig().threads,

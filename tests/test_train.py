@@ -212,3 +212,12 @@ def test_numpy_and_integer_inputs_are_converted():
     yi = Xi @ torch.tensor([2, -1]) + 3
     result = fit(Xi, yi, num_epochs=20, lr=0.02, device="cpu")
     assert (result.w - torch.tensor([2.0, -1.0])).abs().max() < 1e-2
+
+
+def test_first_nonfinite_finds_the_first_bad_value_even_when_the_sum_overflows():
+    from torchlr.train import first_nonfinite
+
+    assert first_nonfinite(torch.tensor([3e38, 3e38])) is None  # finite; the sum is inf
+    assert first_nonfinite(torch.tensor([1.0, float("nan"), float("inf")])) == 1
+    assert first_nonfinite(torch.tensor([1.0, 2.0, float("inf"), -float("inf")])) == 2
+    assert first_nonfinite(torch.tensor([0.5, 0.25])) is None
