@@ -17,21 +17,33 @@ def reference_batches(batch_size, X, y, seed, drop_last):
             for s in range(0, stop, batch_size)]
 
 
+@pytest.mark.parametrize("reuse_buffer", [False, True])
 @pytest.mark.parametrize("block_bytes", [1, 200, 1000, 1 << 20])
 @pytest.mark.parametrize(("n", "batch_size", "drop_last"),
                          [(103, 10, False), (103, 10, True), (100, 10, False), (7, 10, False),
                           (64, 1, False), (50, 50, True)])
 def test_blocked_gather_gives_the_same_batches(monkeypatch, block_bytes, n, batch_size,
-                                               drop_last):
+                                               drop_last, reuse_buffer):
     monkeypatch.setattr(data, "BLOCK_BYTES", block_bytes)
     gen = torch.Generator().manual_seed(3)
     X, y = torch.randn(n, 3, generator=gen), torch.randn(n, 1, generator=gen)
-    got = list(data_iter(batch_size, X, y, generator=torch.Generator().manual_seed(5),
-                         drop_last=drop_last))
+    # Cloned as drawn: with reuse_buffer a batch is valid only until the next one.
+    got = [(Xb.clone(), yb.clone())
+           for Xb, yb in data_iter(batch_size, X, y, generator=torch.Generator().manual_seed(5),
+                                   drop_last=drop_last, reuse_buffer=reuse_buffer)]
     want = reference_batches(batch_size, X, y, 5, drop_last)
     assert len(got) == len(want)
     for (gX, gy), (wX, wy) in zip(got, want):
         assert torch.equal(gX, wX) and torch.equal(gy, wy)
+
+
+def test_reused_buffer_is_one_allocation_overwritten_block_by_block(monkeypatch):
+    monkeypatch.setattr(data, "BLOCK_BYTES", 64)  # 64 B of 12 B rows: blocks of 2 batches of 2
+    X = torch.arange(40.0).reshape(20, 2)
+    y = torch.arange(20.0).reshape(20, 1)
+    batches = data_iter(2, X, y, generator=torch.Generator().manual_seed(0), reuse_buffer=True)
+    storages = {Xb.untyped_storage().data_ptr() for Xb, _ in batches}
+    assert len(storages) == 1
 
 
 def test_batches_survive_later_blocks(monkeypatch):

@@ -256,7 +256,9 @@ def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStre
                              drop_last=config.drop_last, device=device)
     if stream is not None:
         return stream.batches(config.batch_size, generator, config.drop_last, device)
-    return data_iter(config.batch_size, X, y, generator=generator, drop_last=config.drop_last)
+    # Each batch is done with (backward run, loss detached) before the next is drawn.
+    return data_iter(config.batch_size, X, y, generator=generator, drop_last=config.drop_last,
+                     reuse_buffer=True)
 
 
 def _epoch_loss(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
