@@ -4,7 +4,7 @@ Run `make bench` (or `python benchmarks/bench.py --help`). Every size runs each
 implementation `--repeats` times (3x that at the chapter's size, where a call takes tens of
 milliseconds and a busy spell on a shared machine moves a short median most), in interleaved
 rounds, after one warm-up call, and reports the median; at 1Mx100 the slow references run
-`--slow-repeats` times (default 1) with no warm-up. The JSON written under
+`--slow-repeats` times (default 3) with no warm-up. The JSON written under
 benchmarks/results/ names the machine, the date and the torch version.
 
 References, in the styles users copy:
@@ -428,8 +428,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs per implementation (median reported); default 5, "
                              "times 3 at the chapter size")
-    parser.add_argument("--slow-repeats", type=int, default=1,
-                        help="timed runs of the slow references at large sizes; default 1")
+    parser.add_argument("--slow-repeats", type=int, default=3,
+                        help="timed runs of the slow references at large sizes; default 3")
     parser.add_argument("--quick", action="store_true",
                         help="the chapter size only, 1 repeat (x3), no RSS children")
     parser.add_argument("--skip", default="",
