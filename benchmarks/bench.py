@@ -4,8 +4,9 @@ Run `make bench` (or `python benchmarks/bench.py --help`). Every size runs each
 implementation `--repeats` times (3x that at the chapter's size, where a call takes tens of
 milliseconds and a busy spell on a shared machine moves a short median most), in interleaved
 rounds, after one warm-up call, and reports the median; at 1Mx100 the slow references run
-`--slow-repeats` times (default 3) with no warm-up. The JSON written under
-benchmarks/results/ names the machine, the date and the torch version.
+`--slow-repeats` times (default 3) with no warm-up. Ratios are paired: the median over
+the rounds of (torchlr's time / the reference's time in the same round), with their range.
+The JSON written under benchmarks/results/ names the machine, the date and the torch version.
 
 References, in the styles users copy:
   (a) loop_port    the older PyTorch port of the chapter: a Python list of indices shuffled
@@ -227,18 +228,19 @@ def run_torchlr(X: torch.Tensor, y: torch.Tensor, size: Size, impl: str, **optio
 # ---- timing -----------------------------------------------------------------------------------
 
 def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str,
-                     warmup: bool) -> dict[str, list[float]]:
-    """Wall seconds per call: one warm-up each, then rounds that call every job once.
+                     warm_up: set[str]) -> dict[str, list[float]]:
+    """Wall seconds per call: a warm-up call of the jobs in warm_up, then rounds that call
+    every job once, so times[name][r] is round r's.
 
     Interleaving spreads a busy spell on a shared machine over all implementations
     instead of charging it to one. A job with fewer repeats sits out the later rounds.
     """
     times: dict[str, list[float]] = {name: [] for name in jobs}
-    if warmup:
-        for name, (fn, _) in jobs.items():
+    for name, (fn, _) in jobs.items():
+        if name in warm_up:
             print(f"  warm-up: {LABELS[name]}", file=sys.stderr, flush=True)
             fn()
-        sync(device)
+    sync(device)
     for round_ in range(max(reps for _, reps in jobs.values())):
         for name, (fn, reps) in jobs.items():
             if round_ >= reps:
@@ -251,6 +253,17 @@ def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str
     return times
 
 
+def paired_ratio(times: list[float], ref_times: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over the rounds both ran of time / reference time.
+
+    The two calls of a round ran seconds apart, so a drift in the machine's speed between
+    rounds (seen here: the same fit taking 0.42 s in one round and 0.69 s three rounds on)
+    cancels in each round's ratio instead of landing on whichever job ran in the slow rounds.
+    """
+    pairs = [t / r for t, r in zip(times, ref_times)]  # times[r] is round r's for every job
+    return statistics.median(pairs), min(pairs), max(pairs)
+
+
 def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> dict[str, Any]:
     """Time every implementation on one size; return the size's JSON record."""
     X, y = make_data(size)
@@ -259,12 +272,10 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
     slow = size.n >= 100_000
     if size.n <= SMALL_N:
         repeats *= SMALL_REPEATS
-    # Without a warm-up round, the fast jobs' first call is run and dropped instead.
-    fast = repeats + 1 if slow else repeats
     jobs: dict[str, tuple[Callable[[], Any], int]] = {
-        "read": (lambda: run_read(X), fast),
-        "torchlr_scratch": (lambda: run_torchlr(X, y, size, "scratch"), fast),
-        "torchlr_concise": (lambda: run_torchlr(X, y, size, "concise"), fast),
+        "read": (lambda: run_read(X), repeats),
+        "torchlr_scratch": (lambda: run_torchlr(X, y, size, "scratch"), repeats),
+        "torchlr_concise": (lambda: run_torchlr(X, y, size, "concise"), repeats),
         "loop_port": (lambda: run_loop_port(X, y, size, 0), slow_repeats if slow else repeats),
         "dataloader": (lambda: run_dataloader(X, y, size, 0), slow_repeats if slow else repeats),
         "lstsq": (lambda: run_lstsq(X, y), slow_repeats if slow else repeats),
@@ -273,27 +284,25 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
         jobs["sklearn"] = (lambda: run_sklearn(sk_data, size, 0), slow_repeats if slow else repeats)
     jobs = {name: job for name, job in jobs.items()
             if name not in skip and (name in size.references or name not in REFERENCES)}
-    # At large sizes one untimed pass of the slow references would cost minutes: the
-    # warm-up is skipped there (their first call is their only call by default).
-    times = time_round_robin(jobs, size.device, warmup=not slow)
-    if slow:
-        for name in ("read", *TORCHLR):
-            if name in times:
-                times[name] = times[name][1:]
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    # At large sizes one untimed pass of the slow references would cost minutes: only the
+    # fast jobs warm up there.
+    warm_up = {"read", *TORCHLR} if slow else set(jobs)
+    times = time_round_robin(jobs, size.device, warm_up)
     rows = {}
     for name, t in times.items():
-        med = medians[name]
+        med = statistics.median(t)
         row: dict[str, Any] = {"median_s": med, "times_s": t}
         if name not in ("read", "lstsq"):
             # sklearn steps once per example; the torch loops once per minibatch.
             steps = size.epochs * size.n if name == "sklearn" else size.steps
             row["us_per_step"] = med / steps * 1e6
             row["samples_per_s"] = size.epochs * size.n / med
-        if "read" in medians:
-            row["x_read"] = med / medians["read"]
+        if "read" in times:
+            row["x_read"] = paired_ratio(t, times["read"])[0]
         if name in TORCHLR:
-            row["ratio"] = {ref: med / medians[ref] for ref in REFERENCES if ref in medians}
+            pairs = {ref: paired_ratio(t, times[ref]) for ref in REFERENCES if ref in times}
+            row["ratio"] = {ref: p[0] for ref, p in pairs.items()}
+            row["ratio_range"] = {ref: [p[1], p[2]] for ref, p in pairs.items()}
         rows[name] = row
     return {"size": {**size.__dict__, "references": list(size.references), "steps": size.steps},
             "results": rows}
@@ -504,7 +513,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\n== targets (time ratio, torchlr over reference, this run) ==")
         for t in report["targets"]:
             print(f"{t['size']:<8} {LABELS[t['impl']]:<16} / {LABELS[t['against']]:<18} "
-                  f"{t['ratio']:8.3f}  (at most {t['at_most']})  "
+                  f"{t['ratio']:8.3f} {_spread(t):>15}  (at most {t['at_most']})  "
                   f"{'met' if t['met'] else 'MISSED'}")
 
     out = Path(args.out) if args.out else RESULTS_DIR / default_name(info)
@@ -521,10 +530,17 @@ def check_targets(sizes: dict[str, Any]) -> list[dict[str, Any]]:
         rows = sizes.get(size, {}).get("results", {})
         if impl not in rows or ref not in rows:
             continue
-        ratio = rows[impl]["median_s"] / rows[ref]["median_s"]
+        ratio = rows[impl]["x_read"] if ref == "read" else rows[impl]["ratio"][ref]
+        spread = None if ref == "read" else rows[impl]["ratio_range"][ref]
         out.append({"size": size, "impl": impl, "against": ref, "at_most": limit,
-                    "ratio": ratio, "met": ratio <= limit})
+                    "ratio": ratio, "rounds_range": spread, "met": ratio <= limit})
     return out
+
+
+def _spread(target: dict[str, Any]) -> str:
+    """A target's lowest and highest ratio over the rounds, as "[lo-hi]" (empty if none)."""
+    spread = target.get("rounds_range")
+    return f"[{spread[0]:.3f}-{spread[1]:.3f}]" if spread else ""
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -554,10 +570,11 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if report.get("targets"):
-        lines += ["| size | torchlr | against | ratio | at most | |", "|---|---|---|---|---|---|"]
+        lines += ["| size | torchlr | against | ratio | rounds | at most | |",
+                  "|---|---|---|---|---|---|---|"]
         for t in report["targets"]:
             lines.append(f"| {t['size']} | {LABELS[t['impl']]} | {LABELS[t['against']]} | "
-                         f"{t['ratio']:.3f} | {t['at_most']} | "
+                         f"{t['ratio']:.3f} | {_spread(t)} | {t['at_most']} | "
                          f"{'met' if t['met'] else '**missed**'} |")
         lines.append("")
     mib = 2**20

@@ -57,9 +57,15 @@ def test_quick_run_writes_json_naming_the_machine(bench, tmp_path, capsys):
     assert "sklearn" not in rows
     for impl in ("torchlr_scratch", "torchlr_concise"):
         row = rows[impl]
-        assert row["ratio"]["loop_port"] == pytest.approx(
-            row["median_s"] / rows["loop_port"]["median_s"])
+        # Paired: the median over rounds of this round's time over the reference's.
+        pairs = [t / r for t, r in zip(row["times_s"], rows["loop_port"]["times_s"])]
+        assert len(pairs) == 3  # --quick: 1 repeat, x3 at the chapter size
+        assert row["ratio"]["loop_port"] == pytest.approx(sorted(pairs)[1])
+        assert row["ratio_range"]["loop_port"] == pytest.approx([min(pairs), max(pairs)])
         assert row["us_per_step"] == pytest.approx(row["median_s"] / 300 * 1e6)
+    targets = {(t["impl"], t["against"]): t for t in report["targets"]}
+    assert targets["torchlr_concise", "dataloader"]["ratio"] == pytest.approx(
+        rows["torchlr_concise"]["ratio"]["dataloader"])
     assert "torchlr scratch" in capsys.readouterr().out
 
 
