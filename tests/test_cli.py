@@ -113,3 +113,28 @@ def test_progress_bar_fills():
     bar = _ProgressBar(stream, "scratch", width=10)
     bar(Progress(epoch=2, num_epochs=2, step=50, steps_per_epoch=100))
     assert "[#######---]" in stream.getvalue()
+
+
+def test_console_exits_with_mains_status_and_leaves_torchrun_workers_at_once(monkeypatch):
+    from torchlr import cli, distributed
+
+    monkeypatch.setattr(cli, "main", lambda: 2)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.console()
+    assert exit_info.value.code == 2
+
+    exits = []
+    monkeypatch.setattr(distributed, "exit_now", exits.append)  # instead of os._exit
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):  # the stand-in returns, so console carries on
+        cli.console()
+    assert exits == [2]
+
+
+def test_installed_command_is_the_console_entry_point():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["torchlr"] == "torchlr.cli:console"
