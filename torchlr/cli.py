@@ -241,13 +241,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     return EXIT_USAGE
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def console() -> None:
     """The `torchlr` command and `python -m torchlr`: main(), then the right way out."""
     code = main()
     if distributed.in_torchrun():
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
     raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    console()
