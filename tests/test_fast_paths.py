@@ -1,5 +1,7 @@
 """The speed-ups keep the results: blocked gathers, the one-kernel sgd, the lean steps."""
 
+import threading
+
 import pytest
 import torch
 
@@ -7,6 +9,18 @@ import torchlr
 from torchlr import data
 from torchlr.data import batch_order, data_iter
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
+
+
+def small_blocks(monkeypatch, nbytes, prefetch=None):
+    """Gather nbytes of rows at a time; prefetch=True/False forces the gather thread on/off."""
+    monkeypatch.setattr(data, "BLOCK_BYTES", nbytes)
+    monkeypatch.setattr(data, "PREFETCH_BLOCK_BYTES", nbytes)
+    if prefetch is not None:  # on any machine, whatever its core count
+        monkeypatch.setattr(data, "can_prefetch", lambda device: prefetch)
+
+
+def gather_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("torchlr-gather")]
 
 
 def reference_batches(batch_size, X, y, seed, drop_last):
@@ -17,20 +31,22 @@ def reference_batches(batch_size, X, y, seed, drop_last):
             for s in range(0, stop, batch_size)]
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("reuse_buffer", [False, True])
 @pytest.mark.parametrize("block_bytes", [1, 200, 1000, 1 << 20])
 @pytest.mark.parametrize(("n", "batch_size", "drop_last"),
                          [(103, 10, False), (103, 10, True), (100, 10, False), (7, 10, False),
                           (64, 1, False), (50, 50, True)])
 def test_blocked_gather_gives_the_same_batches(monkeypatch, block_bytes, n, batch_size,
-                                               drop_last, reuse_buffer):
-    monkeypatch.setattr(data, "BLOCK_BYTES", block_bytes)
+                                               drop_last, reuse_buffer, prefetch):
+    small_blocks(monkeypatch, block_bytes, prefetch)
     gen = torch.Generator().manual_seed(3)
     X, y = torch.randn(n, 3, generator=gen), torch.randn(n, 1, generator=gen)
     # Cloned as drawn: with reuse_buffer a batch is valid only until the next one.
     got = [(Xb.clone(), yb.clone())
            for Xb, yb in data_iter(batch_size, X, y, generator=torch.Generator().manual_seed(5),
-                                   drop_last=drop_last, reuse_buffer=reuse_buffer)]
+                                   drop_last=drop_last, reuse_buffer=reuse_buffer,
+                                   prefetch=prefetch)]
     want = reference_batches(batch_size, X, y, 5, drop_last)
     assert len(got) == len(want)
     for (gX, gy), (wX, wy) in zip(got, want):
@@ -38,7 +54,7 @@ def test_blocked_gather_gives_the_same_batches(monkeypatch, block_bytes, n, batc
 
 
 def test_reused_buffer_is_one_allocation_overwritten_block_by_block(monkeypatch):
-    monkeypatch.setattr(data, "BLOCK_BYTES", 64)  # 64 B of 12 B rows: blocks of 2 batches of 2
+    small_blocks(monkeypatch, 64, prefetch=False)  # 64 B of 12 B rows: 2 batches of 2 a block
     X = torch.arange(40.0).reshape(20, 2)
     y = torch.arange(20.0).reshape(20, 1)
     batches = data_iter(2, X, y, generator=torch.Generator().manual_seed(0), reuse_buffer=True)
@@ -46,12 +62,88 @@ def test_reused_buffer_is_one_allocation_overwritten_block_by_block(monkeypatch)
     assert len(storages) == 1
 
 
-def test_batches_survive_later_blocks(monkeypatch):
-    # Batches kept by the caller are views of their own block, never overwritten later.
-    monkeypatch.setattr(data, "BLOCK_BYTES", 64)
+def test_prefetch_gathers_each_block_on_a_second_thread_into_two_buffers(monkeypatch):
+    small_blocks(monkeypatch, 64, prefetch=True)  # 5 blocks of 2 batches of 2
+    gathered_on = []
+    index_select = torch.index_select
+
+    def spy(*args, **kwargs):
+        gathered_on.append(threading.current_thread())
+        return index_select(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "index_select", spy)
     X = torch.arange(40.0).reshape(20, 2)
     y = torch.arange(20.0).reshape(20, 1)
-    kept = list(data_iter(3, X, y, generator=torch.Generator().manual_seed(0)))
+    storages = []
+    for Xb, yb in data_iter(2, X, y, generator=torch.Generator().manual_seed(0),
+                            reuse_buffer=True, prefetch=True):
+        storages.append(Xb.untyped_storage().data_ptr())
+        assert torch.equal(Xb[:, 0], 2 * yb[:, 0])  # rows intact: no gather wrote over them
+    assert len(gathered_on) == 2 * 5  # X and y of each block
+    assert threading.current_thread() not in gathered_on
+    # Blocks alternate between two buffers: the one being read and the one being filled.
+    blocks = storages[::2]
+    assert len(set(blocks)) == 2 and blocks[0::2] == [blocks[0]] * 3
+    assert not gather_threads()  # the thread ends with the epoch
+
+
+def test_leaving_an_epoch_early_ends_its_gather_thread(monkeypatch):
+    small_blocks(monkeypatch, 64, prefetch=True)
+    X, y = torch.randn(40, 2), torch.randn(40, 1)
+    batches = data_iter(2, X, y, generator=torch.Generator().manual_seed(0),
+                        reuse_buffer=True, prefetch=True)
+    next(batches)
+    assert len(gather_threads()) == 1
+    batches.close()
+    assert not gather_threads()
+
+
+def test_fit_that_raises_mid_epoch_leaves_no_gather_thread(monkeypatch):
+    small_blocks(monkeypatch, 256, prefetch=True)
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 2000, generator=gen)
+    with pytest.raises(torchlr.DivergenceError, match="epoch 1"):
+        torchlr.fit(X * 1e3, y, lr=10.0, device="cpu", log_every=5)
+    assert not gather_threads()
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_prefetch_changes_nothing_in_a_fit(monkeypatch, impl):
+    small_blocks(monkeypatch, 200, prefetch=True)  # a block every few steps
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data(torch.randn(5, generator=gen), 4.2, 301, generator=gen)
+    runs = [torchlr.fit(X, y, impl=impl, batch_size=4, num_epochs=3, device="cpu", seed=7,
+                        prefetch=prefetch) for prefetch in (True, False)]
+    for field in ("w_history", "b_history", "train_losses"):
+        assert torch.equal(getattr(runs[0], field), getattr(runs[1], field))
+    assert runs[0].losses == runs[1].losses
+
+
+def test_prefetch_only_where_a_second_core_can_gather(monkeypatch):
+    assert not data.can_prefetch(torch.device("cuda"))  # CUDA gathers are already async
+    if not hasattr(data.os, "sched_getaffinity"):
+        pytest.skip("no sched_getaffinity on this platform")
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0})
+    assert not data.can_prefetch(torch.device("cpu"))
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0, 3})
+    assert data.can_prefetch(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_bad_prefetch_is_refused_before_training(bad):
+    X, y = torch.randn(10, 2), torch.randn(10)
+    with pytest.raises(TypeError, match=f"prefetch must be a bool, got {bad!r}"):
+        torchlr.fit(X, y, device="cpu", prefetch=bad)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_batches_survive_later_blocks(monkeypatch, prefetch):
+    # Batches kept by the caller are views of their own block, never overwritten later.
+    small_blocks(monkeypatch, 64, prefetch)
+    X = torch.arange(40.0).reshape(20, 2)
+    y = torch.arange(20.0).reshape(20, 1)
+    kept = list(data_iter(3, X, y, generator=torch.Generator().manual_seed(0),
+                          prefetch=prefetch))
     rows = torch.cat([b for _, b in kept]).reshape(-1)
     assert sorted(rows.tolist()) == list(range(20))
     for Xb, yb in kept:
@@ -81,7 +173,7 @@ def test_sgd_equals_the_chapter_formula_and_torch_optim(batch_size):
 
 @pytest.mark.parametrize("block_bytes", [64, 1 << 20])
 def test_implementations_agree_after_every_epoch(monkeypatch, block_bytes):
-    monkeypatch.setattr(data, "BLOCK_BYTES", block_bytes)
+    small_blocks(monkeypatch, block_bytes)
     gen = torch.Generator().manual_seed(0)
     X, y = torchlr.synthetic_data([2.0, -3.4, 1.0], 4.2, 95, generator=gen)
     runs = {impl: torchlr.fit(X, y, impl=impl, batch_size=10, num_epochs=4, device="cpu",
@@ -196,7 +288,7 @@ def test_thread_limit_leaves_other_devices_alone(two_threads):
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
 def test_fit_on_a_reused_buffer_equals_the_plain_loop_across_many_blocks(monkeypatch, impl):
     # 64 B blocks: a new gather into the one buffer every two or so steps, 5 epochs.
-    monkeypatch.setattr(data, "BLOCK_BYTES", 64)
+    small_blocks(monkeypatch, 64)
     gen = torch.Generator().manual_seed(0)
     X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 57, generator=gen)
     result = torchlr.fit(X, y, impl=impl, batch_size=2, num_epochs=5, device="cpu", seed=4)
