@@ -93,9 +93,9 @@ def data_iter(
 BLOCK_BYTES = 1 << 20
 # The block when a second thread gathers ahead. Handing a block between threads costs tens
 # of µs, so bigger blocks pay it less often, and the block is read from the shared cache
-# anyway (written on the other core). Measured at 1Mx100, batch 1024, one epoch of steps:
-# 1 MiB blocks 0.34-0.59 s, 2 MiB 0.24-0.34 s, 4 MiB 0.21-0.28 s, 8 MiB 0.19-0.27 s; no
-# prefetch 0.35-0.52 s.
+# anyway (written on the other core). Whole 1Mx100 fits, batch 1024, min / median of 10:
+# no prefetch 0.46 / 0.64 s; 1 MiB 0.37 / 0.49, 2 MiB 0.28 / 0.42, 4 MiB 0.26 / 0.39,
+# 8 MiB 0.25 / 0.41, 16 MiB 0.27 / 0.47.
 PREFETCH_BLOCK_BYTES = 4 << 20
 
 
