@@ -106,6 +106,14 @@ def test_fit_that_raises_mid_epoch_leaves_no_gather_thread(monkeypatch):
         torchlr.fit(X * 1e3, y, lr=10.0, device="cpu", log_every=5)
     assert not gather_threads()
 
+    def interrupt(progress):  # Ctrl-C at a host read, with gathers still ahead
+        assert len(gather_threads()) == 1
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        torchlr.fit(X, y, device="cpu", log_every=5, on_progress=interrupt)
+    assert not gather_threads()
+
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
 def test_prefetch_changes_nothing_in_a_fit(monkeypatch, impl):
