@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torchlr
-from torchlr import data
+from torchlr import data, threads, train
 from torchlr.data import batch_order, data_iter
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 
@@ -16,11 +16,12 @@ def small_blocks(monkeypatch, nbytes, prefetch=None):
     monkeypatch.setattr(data, "BLOCK_BYTES", nbytes)
     monkeypatch.setattr(data, "PREFETCH_BLOCK_BYTES", nbytes)
     if prefetch is not None:  # on any machine, whatever its core count
-        monkeypatch.setattr(data, "can_prefetch", lambda device: prefetch)
+        monkeypatch.setattr(threads, "spare_core", lambda device: prefetch)
 
 
 def gather_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("torchlr-gather")]
+    """torchlr's own threads: the gather thread and the loss pass's second thread."""
+    return [t for t in threading.enumerate() if t.name.startswith("torchlr-")]
 
 
 def reference_batches(batch_size, X, y, seed, drop_last):
@@ -116,32 +117,33 @@ def test_fit_that_raises_mid_epoch_leaves_no_gather_thread(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
-def test_prefetch_changes_nothing_in_a_fit(monkeypatch, impl):
+def test_worker_thread_changes_nothing_in_a_fit(monkeypatch, impl):
     small_blocks(monkeypatch, 200, prefetch=True)  # a block every few steps
+    monkeypatch.setattr(train, "EVAL_ROWS", 50)  # the epoch loss in 7 pieces
     gen = torch.Generator().manual_seed(0)
     X, y = torchlr.synthetic_data(torch.randn(5, generator=gen), 4.2, 301, generator=gen)
     runs = [torchlr.fit(X, y, impl=impl, batch_size=4, num_epochs=3, device="cpu", seed=7,
-                        prefetch=prefetch) for prefetch in (True, False)]
+                        worker_thread=worker) for worker in (True, False)]
     for field in ("w_history", "b_history", "train_losses"):
         assert torch.equal(getattr(runs[0], field), getattr(runs[1], field))
     assert runs[0].losses == runs[1].losses
 
 
-def test_prefetch_only_where_a_second_core_can_gather(monkeypatch):
-    assert not data.can_prefetch(torch.device("cuda"))  # CUDA gathers are already async
-    if not hasattr(data.os, "sched_getaffinity"):
+def test_a_second_thread_only_where_a_second_core_can_run_it(monkeypatch):
+    assert not threads.spare_core(torch.device("cuda"))  # CUDA work is already async
+    if not hasattr(threads.os, "sched_getaffinity"):
         pytest.skip("no sched_getaffinity on this platform")
-    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0})
-    assert not data.can_prefetch(torch.device("cpu"))
-    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0, 3})
-    assert data.can_prefetch(torch.device("cpu"))
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0})
+    assert not threads.spare_core(torch.device("cpu"))
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 3})
+    assert threads.spare_core(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("bad", [1, "yes", None])
-def test_bad_prefetch_is_refused_before_training(bad):
+def test_bad_worker_thread_is_refused_before_training(bad):
     X, y = torch.randn(10, 2), torch.randn(10)
-    with pytest.raises(TypeError, match=f"prefetch must be a bool, got {bad!r}"):
-        torchlr.fit(X, y, device="cpu", prefetch=bad)
+    with pytest.raises(TypeError, match=f"worker_thread must be a bool, got {bad!r}"):
+        torchlr.fit(X, y, device="cpu", worker_thread=bad)
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -310,3 +312,47 @@ def test_fit_on_a_reused_buffer_equals_the_plain_loop_across_many_blocks(monkeyp
     exact = impl == "scratch"  # concise reaches the same update through other kernels
     torch.testing.assert_close(result.w, w.detach().reshape(-1), rtol=0,
                                atol=0 if exact else 1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 49, 50, 51, 349])
+def test_loss_in_pieces_is_the_float64_mean_whichever_thread_sums_them(monkeypatch, n):
+    monkeypatch.setattr(train, "EVAL_ROWS", 50)
+    monkeypatch.setattr(threads, "spare_core", lambda device: True)
+    summed_on = []
+    piece_sum = torch.Tensor.sum
+
+    def spy(self, *args, **kwargs):
+        summed_on.append(threading.current_thread().name)
+        return piece_sum(self, *args, **kwargs)
+
+    gen = torch.Generator().manual_seed(n)
+    X, y = torch.randn(n, 3, generator=gen), torch.randn(n, 1, generator=gen)
+    w, b = torch.randn(3, 1, generator=gen), torch.randn(1, generator=gen)
+    alone = torchlr.evaluate(X, y, w, b)
+    monkeypatch.setattr(torch.Tensor, "sum", spy)
+    shared = torchlr.evaluate(X, y, w, b, worker_thread=True)
+    monkeypatch.undo()
+    exact = ((X.double() @ w.double() + b.double() - y.double()) ** 2 / 2).mean()
+    assert shared.dtype == torch.float32 and shared.shape == ()
+    assert torch.equal(alone, shared)  # the same bits with or without the second thread
+    torch.testing.assert_close(shared.double(), exact, rtol=1e-6, atol=0)
+    pieces = -(-n // 50)
+    if pieces > 1:  # every other piece on the second thread
+        # The first, third, ... pieces here, and then the sum of the pieces' sums.
+        assert summed_on.count(threading.current_thread().name) == (pieces + 1) // 2 + 1
+        assert sum(name.startswith("torchlr-loss") for name in summed_on) == pieces // 2
+    assert not gather_threads()
+
+
+def test_alternate_keeps_the_order_and_cancels_on_an_error():
+    assert threads.alternate(lambda x: x * x, range(7)) == [0, 1, 4, 9, 16, 25, 36]
+    assert threads.alternate(lambda x: x, []) == []
+
+    def fail_on_four(x):
+        if x == 4:
+            raise ValueError("four")
+        return x
+
+    with pytest.raises(ValueError, match="four"):
+        threads.alternate(fail_on_four, range(100))
+    assert not gather_threads()
