@@ -323,17 +323,20 @@ def test_loss_in_pieces_is_the_float64_mean_whichever_thread_sums_them(monkeypat
 
     def spy(self, *args, **kwargs):
         summed_on.append(threading.current_thread().name)
+        assert not torch.is_grad_enabled()  # no graph built on either thread
         return piece_sum(self, *args, **kwargs)
 
     gen = torch.Generator().manual_seed(n)
     X, y = torch.randn(n, 3, generator=gen), torch.randn(n, 1, generator=gen)
-    w, b = torch.randn(3, 1, generator=gen), torch.randn(1, generator=gen)
+    w = torch.randn(3, 1, generator=gen).requires_grad_()  # as a fit's parameters are
+    b = torch.randn(1, generator=gen).requires_grad_()
     alone = torchlr.evaluate(X, y, w, b)
     monkeypatch.setattr(torch.Tensor, "sum", spy)
     shared = torchlr.evaluate(X, y, w, b, worker_thread=True)
     monkeypatch.undo()
+    w, b = w.detach(), b.detach()
     exact = ((X.double() @ w.double() + b.double() - y.double()) ** 2 / 2).mean()
-    assert shared.dtype == torch.float32 and shared.shape == ()
+    assert shared.dtype == torch.float32 and shared.shape == () and not shared.requires_grad
     assert torch.equal(alone, shared)  # the same bits with or without the second thread
     torch.testing.assert_close(shared.double(), exact, rtol=1e-6, atol=0)
     pieces = -(-n // 50)

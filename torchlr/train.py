@@ -222,6 +222,7 @@ def evaluate(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
     if features.device.type != "cpu" or n <= EVAL_ROWS:
         return squared_loss(linreg(features, w, b), labels).mean()
 
+    @torch.no_grad()  # grad mode is per thread: the worker's is on by default
     def piece(start: int) -> torch.Tensor:
         X, y = features[start:start + EVAL_ROWS], labels[start:start + EVAL_ROWS]
         return squared_loss(linreg(X, w, b), y).sum(dtype=torch.float64)
