@@ -133,6 +133,7 @@ def _gathered_blocks(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The rows of order, `block` at a time: gathered here, or one block ahead on a thread."""
     starts = range(0, len(order), block)
+    prefetch = prefetch and len(starts) > 1  # one block: nothing to overlap it with
     buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
     if reuse_buffer:  # one per block in flight: the caller's and, with prefetch, the next
         rows = min(block, len(order))
@@ -148,7 +149,7 @@ def _gathered_blocks(
         return (torch.index_select(features, 0, idx, out=X_buf[:len(idx)]),
                 torch.index_select(labels, 0, idx, out=y_buf[:len(idx)]))
 
-    if not prefetch or len(starts) < 2:
+    if not prefetch:
         for k in range(len(starts)):
             yield gather(k)
         return

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import torch
 
@@ -33,12 +33,9 @@ def alternate(fn: Callable[[T], R], items: Sequence[T], name: str = "torchlr-wor
             for future in theirs:
                 future.cancel()
             raise
-        done = [future.result() for future in theirs]
-    results = []
-    for k, result in enumerate(mine):  # items 0, 2, 4, ... were done here, 1, 3, 5, ... there
-        results.append(result)
-        if k < len(done):
-            results.append(done[k])
+        results: list[Any] = [None] * len(items)
+        results[0::2] = mine
+        results[1::2] = [future.result() for future in theirs]
     return results
 
 

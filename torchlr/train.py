@@ -19,7 +19,7 @@ from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
 from torchlr.run import RunState
-from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.scratch import init_params, linreg, loss_sum, sgd, squared_loss
 from torchlr.stream import BlockStream
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
@@ -224,8 +224,7 @@ def evaluate(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
 
     @torch.no_grad()  # grad mode is per thread: the worker's is on by default
     def piece(start: int) -> torch.Tensor:
-        X, y = features[start:start + EVAL_ROWS], labels[start:start + EVAL_ROWS]
-        return squared_loss(linreg(X, w, b), y).sum(dtype=torch.float64)
+        return loss_sum(features[start:start + EVAL_ROWS], labels[start:start + EVAL_ROWS], w, b)
 
     starts = range(0, n, EVAL_ROWS)
     if worker_thread and threads.spare_core(features.device):
@@ -377,6 +376,13 @@ def _fit(
     stepper = model if group is None else group.wrap(model, device)
     step, batch_means = stepper.step, stepper.batch_means
 
+    def host_read(epoch: int, done: int, stop: Optional[int]) -> None:
+        """The host sync: the losses of steps done..stop, logged, checked and kept."""
+        chunk = batch_means(read(step_losses), lengths[done:stop])
+        run.train_losses(epoch, done, chunk)
+        _check_finite(chunk, epoch, done + 1, config.lr)
+        train_losses.append(chunk)
+
     for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
         done = 0
@@ -384,19 +390,12 @@ def _fit(
         with closing(_epoch_batches(config, X, y, stream, group, generator, device)) as batches:
             for i, batch in enumerate(batches):
                 step_losses.append(step(*batch))  # (X, y), or (X, y, global length) in a group
-                if (i + 1) % read_every == 0 and i + 1 < steps:
-                    # The host sync, once per log interval.
-                    chunk = batch_means(read(step_losses), lengths[done:i + 1])
-                    run.train_losses(epoch, done, chunk)
-                    _check_finite(chunk, epoch, done + 1, config.lr)
-                    train_losses.append(chunk)
+                if (i + 1) % read_every == 0 and i + 1 < steps:  # once per log interval
+                    host_read(epoch, done, i + 1)
                     done = i + 1
                     if on_progress is not None:
                         on_progress(Progress(epoch, config.num_epochs, done, steps))
-        chunk = batch_means(read(step_losses), lengths[done:])
-        run.train_losses(epoch, done, chunk)
-        _check_finite(chunk, epoch, done + 1, config.lr)
-        train_losses.append(chunk)
+        host_read(epoch, done, None)  # the epoch's last interval
 
         w, b = model.params()
         loss = _epoch_loss(X, y, w, b, stream, group, config.worker_thread)
