@@ -87,6 +87,7 @@ CLI_CASES = [
     (["--device", "tpu"], "tpu"),
     (["--num-examples", "0"], "num_examples"),
     (["--lr", "10"], "diverged"),
+    (["--cuda-graphs", "--device", "cpu"], "cuda_graphs=True needs a CUDA device"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append((["--device", "cuda"], "CUDA is not available"))

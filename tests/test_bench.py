@@ -55,6 +55,7 @@ def test_quick_run_writes_json_naming_the_machine(bench, tmp_path, capsys):
     assert report["machine"]["torch"] == torch.__version__
     rows = report["sizes"]["chapter"]["results"]
     assert "sklearn" not in rows
+    assert not set(bench.GRAPHED) & set(rows)  # cuda_graphs fits run at the CUDA sizes only
     for impl in ("torchlr_scratch", "torchlr_concise"):
         row = rows[impl]
         # Paired: the median over rounds of this round's time over the reference's.
@@ -75,3 +76,15 @@ def test_cuda_sizes_skip_cleanly_without_cuda(bench, tmp_path, capsys):
     assert bench.main(["--sizes", "cuda-chapter", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["sizes"] == {}
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_graphed_step_target_is_microseconds_per_step(bench):
+    def sizes(us):
+        row = {"us_per_step": us, "x_read": 1.0, "ratio": {}, "ratio_range": {}}
+        return {"cuda-chapter": {"results": {"torchlr_scratch_graphs": row}}}
+
+    (met,) = bench.check_targets(sizes(19.5))
+    assert (met["against"], met["ratio"], met["at_most"], met["met"]) == (
+        "us_per_step", 19.5, 20.0, True)
+    (missed,) = bench.check_targets(sizes(20.5))
+    assert not missed["met"]

@@ -49,14 +49,14 @@ def test_init_params_same_on_every_device():
     assert torch.equal(w_cpu, w_gpu.cpu())
 
 
-def _count_syncs(num_examples):
+def _count_syncs(num_examples, **options):
     X, y = chapter_data(num_examples=num_examples)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            fit(X, y, device="cuda", num_epochs=2, log_every=0)
+            fit(X, y, device="cuda", num_epochs=2, log_every=0, **options)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -66,3 +66,37 @@ def test_no_host_sync_per_step():
     # Ten times the steps, the same number of syncs: none of them is per step.
     small, large = _count_syncs(1000), _count_syncs(10000)
     assert large == small
+
+
+def test_no_host_sync_per_graphed_step():
+    small, large = _count_syncs(1000, cuda_graphs=True), _count_syncs(10000, cuda_graphs=True)
+    assert large == small
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_cuda_graphs_replay_the_eager_steps(impl, monkeypatch):
+    from torchlr import graphs
+
+    replays = []
+    real_capture = graphs.capture
+
+    def counting_capture(fn, stream):
+        replay = real_capture(fn, stream)
+
+        def counted():
+            replays.append(1)
+            replay()
+        return counted
+
+    monkeypatch.setattr(graphs, "capture", counting_capture)
+    X, y = chapter_data(num_examples=1003)  # 100 full batches and a short one per epoch
+    eager = fit(X, y, impl=impl, device="cuda", num_epochs=3)
+    graphed = fit(X, y, impl=impl, device="cuda", num_epochs=3, cuda_graphs=True)
+    # The graph launches the eager step's kernels on the same values; the tolerance only
+    # allows for cuBLAS picking another kernel for a differently aligned batch.
+    for name in ("w_history", "b_history", "train_losses"):
+        torch.testing.assert_close(getattr(graphed, name), getattr(eager, name),
+                                   rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(graphed.losses), torch.tensor(eager.losses),
+                               rtol=1e-6, atol=1e-9)
+    assert len(replays) == 3 * 100 - graphs.WARMUP_STEPS

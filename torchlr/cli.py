@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seeds the data, the initial parameters and the batch order")
     train.add_argument("--device", default=defaults.device,
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
+    train.add_argument("--cuda-graphs", action="store_true",
+                       help="on CUDA, replay each full batch's step from one captured CUDA "
+                            "graph: faster for small batches, same results")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
     train.add_argument("--logdir", default="runs",

@@ -1,0 +1,172 @@
+"""cuda_graphs: the graphed epoch gives the usual loop's results, step for step.
+
+Capturing needs a GPU (tests/test_cuda.py). Here the same device-side step runs on the CPU,
+eagerly or under a stand-in capture that, like a real one, records the step without
+running it; so everything but the CUDA calls themselves is checked on every machine.
+"""
+
+import pytest
+import torch
+from conftest import chapter_data
+
+import torchlr
+from torchlr import graphs
+from torchlr.data import batch_order
+from torchlr.train import DivergenceError, ScratchModel
+
+HISTORIES = ("w_history", "b_history", "train_losses")
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """Let cuda_graphs run on the CPU, with the device-side step run eagerly."""
+    monkeypatch.setattr(graphs, "check_device", lambda device, streaming, distributed: None)
+
+
+@pytest.fixture
+def fake_capture(monkeypatch, on_cpu):
+    """Warm-ups, capture and replays on the CPU; returns the calls each of them got."""
+    calls = {"warm_up": 0, "capture": 0, "replay": 0}
+
+    def warm_up(fn, stream):
+        calls["warm_up"] += 1
+        fn()
+
+    def capture(fn, stream):
+        calls["capture"] += 1  # records the step; running it is the replay's job
+
+        def replay():
+            calls["replay"] += 1
+            fn()
+        return replay
+
+    monkeypatch.setattr(graphs, "capturable", lambda device: True)
+    monkeypatch.setattr(graphs, "side_stream", lambda device: None)
+    monkeypatch.setattr(graphs, "warm_up", warm_up)
+    monkeypatch.setattr(graphs, "capture", capture)
+    return calls
+
+
+def assert_same_run(a, b):
+    for name in HISTORIES:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.losses == b.losses
+
+
+CASES = [(1003, 10, False), (1003, 10, True), (1000, 10, False), (7, 10, False),
+         (7, 10, True), (5, 1, False)]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+@pytest.mark.parametrize(("n", "batch_size", "drop_last"), CASES)
+def test_eager_device_step_matches_the_usual_loop(on_cpu, impl, n, batch_size, drop_last):
+    X, y = chapter_data(num_examples=n)
+    if drop_last and n < batch_size:
+        return  # no batch at all: fit refuses it either way (tested in test_train)
+    options = dict(impl=impl, batch_size=batch_size, drop_last=drop_last, log_every=7,
+                   device="cpu")
+    assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
+                    torchlr.fit(X, y, **options))
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+@pytest.mark.parametrize(("n", "batch_size", "drop_last"), CASES)
+def test_captured_epochs_match_the_usual_loop(fake_capture, impl, n, batch_size, drop_last):
+    X, y = chapter_data(num_examples=n)
+    if drop_last and n < batch_size:
+        return
+    options = dict(impl=impl, batch_size=batch_size, drop_last=drop_last, num_epochs=3,
+                   log_every=4, device="cpu")
+    assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
+                    torchlr.fit(X, y, **options))
+    full = n // batch_size
+    warm = min(graphs.WARMUP_STEPS, 3 * full)
+    assert fake_capture["warm_up"] == warm
+    assert fake_capture["capture"] == (1 if 3 * full > warm else 0)
+    # Every full batch after the warm-ups is a replay, the captured one included.
+    assert fake_capture["replay"] == 3 * full - warm
+
+
+def test_each_step_sees_the_rows_of_its_batch(on_cpu):
+    """The gather inside the step takes batch i's rows of the epoch's order, in order."""
+    X, y = chapter_data(num_examples=53)
+    seen = []
+
+    def step(Xb, yb):
+        seen.append((Xb.clone(), yb.clone()))
+        return Xb.sum()
+
+    graphed = graphs.GraphedSteps(step, [], X, y, 10, False, capture=False)
+    for batch in graphed.batches(torch.Generator().manual_seed(5)):
+        graphed.step(*batch)
+    order = batch_order(53, generator=torch.Generator().manual_seed(5))
+    assert len(seen) == 6
+    for k, (Xb, yb) in enumerate(seen):
+        rows = order[10 * k:10 * (k + 1)]
+        assert torch.equal(Xb, X[rows]) and torch.equal(yb, y[rows])
+    assert torch.equal(graphed.losses, torch.stack([Xb.sum() for Xb, _ in seen[:5]]))
+
+
+def test_model_step_is_the_scratch_step(on_cpu):
+    """The loss slot holds what the model's step returned: the summed loss for scratch."""
+    X, y = chapter_data(num_examples=20)
+    gen = torch.Generator().manual_seed(0)
+    model = ScratchModel(2, 0.03, gen, torch.device("cpu"))
+    w0, b0 = model.w.detach().clone(), model.b.detach().clone()
+    graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, 20, False, capture=False)
+    (batch,) = list(graphed.batches(torch.Generator().manual_seed(1)))
+    loss = graphed.step(*batch)
+    rows = batch_order(20, generator=torch.Generator().manual_seed(1))
+    y_hat = X[rows] @ w0 + b0
+    expected = ((y_hat - y[rows]) ** 2 / 2).sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    # The analytic gradient of the summed loss, divided by the batch size, times lr.
+    grad_w = X[rows].T @ (y_hat - y[rows])
+    torch.testing.assert_close(model.w.detach(), w0 - 0.03 * grad_w / 20, rtol=1e-6, atol=1e-7)
+
+
+def test_divergence_names_the_same_step(fake_capture):
+    X, y = chapter_data(num_examples=200)
+    with pytest.raises(DivergenceError) as plain:
+        torchlr.fit(X, y, lr=1e4, device="cpu")
+    with pytest.raises(DivergenceError) as graphed:
+        torchlr.fit(X, y, lr=1e4, device="cpu", cuda_graphs=True)
+    assert str(graphed.value) == str(plain.value)
+
+
+def test_cuda_graphs_need_cuda():
+    X, y = chapter_data(num_examples=20)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device, got device 'cpu'"):
+        torchlr.fit(X, y, device="cpu", cuda_graphs=True)
+
+
+def test_cuda_graphs_must_be_a_bool():
+    X, y = chapter_data(num_examples=20)
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool, got 'yes'"):
+        torchlr.fit(X, y, cuda_graphs="yes")
+
+
+@pytest.mark.parametrize(("streaming", "distributed", "message"),
+                         [(True, False, "streaming"), (False, True, "process group")])
+def test_cuda_graphs_refuse_streams_and_groups(streaming, distributed, message):
+    with pytest.raises(ValueError, match=message):
+        graphs.check_device(torch.device("cuda"), streaming, distributed)
+
+
+def test_cli_flag_turns_graphs_on(on_cpu, monkeypatch, tmp_path, capsys):
+    from torchlr.cli import main
+
+    made = []
+    real = graphs.GraphedSteps
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--device", "cpu", "--no-tensorboard"]) == 0
+    plain = capsys.readouterr().out
+    monkeypatch.setattr(graphs, "GraphedSteps", spy)
+    assert main(["train", "--device", "cpu", "--no-tensorboard", "--cuda-graphs"]) == 0
+    assert capsys.readouterr().out == plain  # the same printed numbers
+    assert len(made) == 1
