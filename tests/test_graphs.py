@@ -134,10 +134,11 @@ def test_divergence_names_the_same_step(fake_capture):
     assert str(graphed.value) == str(plain.value)
 
 
-def test_cuda_graphs_need_cuda():
+def test_cuda_graphs_need_cuda(tmp_path):
     X, y = chapter_data(num_examples=20)
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device, got device 'cpu'"):
-        torchlr.fit(X, y, device="cpu", cuda_graphs=True)
+        torchlr.fit(X, y, device="cpu", cuda_graphs=True, logdir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # refused before the run folder is made
 
 
 def test_cuda_graphs_must_be_a_bool():

@@ -355,6 +355,8 @@ def _fit(
         state = RunState.streaming(stream, config)  # scales the stream if asked
         X = y = stream
     device = resolve_device(config.device)
+    if config.cuda_graphs:
+        graphs.check_device(device, stream is not None, group is not None)
     cpu_threads.limit(config.threads, device)
     n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
@@ -392,7 +394,6 @@ def _fit(
     step, batch_means = stepper.step, stepper.batch_means
     graphed = None
     if config.cuda_graphs:
-        graphs.check_device(device, stream is not None, group is not None)
         graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, config.batch_size,
                                       config.drop_last, capture=graphs.capturable(device))
         step = graphed.step
