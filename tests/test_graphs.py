@@ -171,3 +171,14 @@ def test_cli_flag_turns_graphs_on(on_cpu, monkeypatch, tmp_path, capsys):
     assert main(["train", "--device", "cpu", "--no-tensorboard", "--cuda-graphs"]) == 0
     assert capsys.readouterr().out == plain  # the same printed numbers
     assert len(made) == 1
+
+
+def test_resumed_graphed_run_continues_the_plain_one(fake_capture, tmp_path):
+    X, y = chapter_data(num_examples=103)
+    path = str(tmp_path / "run.pt")
+    torchlr.fit(X, y, num_epochs=2, save=path, device="cpu", cuda_graphs=True)
+    resumed = torchlr.fit(X, y, num_epochs=3, resume=path, device="cpu", cuda_graphs=True)
+    plain = torchlr.fit(X, y, num_epochs=3, device="cpu")
+    assert torch.equal(resumed.w_history, plain.w_history)
+    assert torch.equal(resumed.b_history, plain.b_history)
+    assert resumed.losses == plain.losses
