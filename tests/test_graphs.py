@@ -61,10 +61,12 @@ CASES = [(1003, 10, False), (1003, 10, True), (1000, 10, False), (7, 10, False),
 @pytest.mark.parametrize(("n", "batch_size", "drop_last"), CASES)
 def test_eager_device_step_matches_the_usual_loop(on_cpu, impl, n, batch_size, drop_last):
     X, y = chapter_data(num_examples=n)
-    if drop_last and n < batch_size:
-        return  # no batch at all: fit refuses it either way (tested in test_train)
     options = dict(impl=impl, batch_size=batch_size, drop_last=drop_last, log_every=7,
                    device="cpu")
+    if drop_last and n < batch_size:  # no batch at all: refused, graphs or not
+        with pytest.raises(ValueError, match="leaves no batch"):
+            torchlr.fit(X, y, cuda_graphs=True, **options)
+        return
     assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
                     torchlr.fit(X, y, **options))
 
@@ -73,10 +75,12 @@ def test_eager_device_step_matches_the_usual_loop(on_cpu, impl, n, batch_size, d
 @pytest.mark.parametrize(("n", "batch_size", "drop_last"), CASES)
 def test_captured_epochs_match_the_usual_loop(fake_capture, impl, n, batch_size, drop_last):
     X, y = chapter_data(num_examples=n)
-    if drop_last and n < batch_size:
-        return
     options = dict(impl=impl, batch_size=batch_size, drop_last=drop_last, num_epochs=3,
                    log_every=4, device="cpu")
+    if drop_last and n < batch_size:
+        with pytest.raises(ValueError, match="leaves no batch"):
+            torchlr.fit(X, y, cuda_graphs=True, **options)
+        return
     assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
                     torchlr.fit(X, y, **options))
     full = n // batch_size
