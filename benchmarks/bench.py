@@ -244,7 +244,21 @@ def run_torchlr(X: torch.Tensor, y: torch.Tensor, size: Size, impl: str, **optio
                        device=size.device, **options)
 
 
+def torchlr_fit(name: str, X: torch.Tensor, y: torch.Tensor, size: Size) -> Callable[[], Any]:
+    """The call a torchlr job times: its implementation, with cuda_graphs for GRAPHED jobs."""
+    impl = name.split("_")[1]  # torchlr_<impl>[_graphs]
+    return partial(run_torchlr, X, y, size, impl, cuda_graphs=name in GRAPHED)
+
+
 # ---- timing -----------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], Any], device: str) -> float:
+    """Wall seconds of one call, the GPU's queued work included."""
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
 
 def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str,
                      warm_up: set[str]) -> dict[str, list[float]]:
@@ -265,10 +279,7 @@ def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str
             if round_ >= reps:
                 continue
             print(f"  round {round_ + 1}: {LABELS[name]}", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn, device))
     return times
 
 
@@ -278,13 +289,8 @@ def marginal_step_us(short: Callable[[], Any], long: Callable[[], Any], extra_st
     (long fit's time - short fit's time) / the long fit's extra steps."""
     diffs = []
     for _ in range(pairs):
-        times = []
-        for fn in (short, long):
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
-        diffs.append((times[1] - times[0]) / extra_steps * 1e6)
+        t_short = timed(short, device)
+        diffs.append((timed(long, device) - t_short) / extra_steps * 1e6)
     return statistics.median(diffs)
 
 
@@ -309,11 +315,8 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
         repeats *= SMALL_REPEATS
     jobs: dict[str, tuple[Callable[[], Any], int]] = {
         "read": (lambda: run_read(X), repeats),
-        "torchlr_scratch": (lambda: run_torchlr(X, y, size, "scratch"), repeats),
-        "torchlr_concise": (lambda: run_torchlr(X, y, size, "concise"), repeats),
-        **({f"{impl}_graphs": ((lambda impl=impl: run_torchlr(X, y, size, impl,
-                                                               cuda_graphs=True)), repeats)
-            for impl in ("scratch", "concise")} if size.device == "cuda" else {}),
+        **{name: (torchlr_fit(name, X, y, size), repeats)
+           for name in TORCHLR + (GRAPHED if size.device == "cuda" else ())},
         "loop_port": (lambda: run_loop_port(X, y, size, 0), slow_repeats if slow else repeats),
         "dataloader": (lambda: run_dataloader(X, y, size, 0), slow_repeats if slow else repeats),
         "lstsq": (lambda: run_lstsq(X, y), slow_repeats if slow else repeats),
@@ -345,11 +348,9 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
     if size.n <= SMALL_N:
         long_size = replace(size, epochs=size.epochs * LONG_EPOCHS)
         for name in (n for n in TORCHLR + GRAPHED if n in rows):
-            impl, graphed = name.split("_")[1], name in GRAPHED
             print(f"  marginal step: {LABELS[name]}", file=sys.stderr, flush=True)
             rows[name]["marginal_us_per_step"] = marginal_step_us(
-                partial(run_torchlr, X, y, size, impl, cuda_graphs=graphed),
-                partial(run_torchlr, X, y, long_size, impl, cuda_graphs=graphed),
+                torchlr_fit(name, X, y, size), torchlr_fit(name, X, y, long_size),
                 long_size.steps - size.steps, size.device)
     return {"size": {**size.__dict__, "references": list(size.references), "steps": size.steps},
             "results": rows}
@@ -464,8 +465,8 @@ def print_size(record: dict[str, Any]) -> None:
         ratios = "".join(f"{row['ratio'][r]:13.3f}" if "ratio" in row else f"{'':>13}"
                          for r in refs)
         print(f"{LABELS[name]:<20}{row['median_s'] * 1e3:11.4g}{us}{sps}{xr}{ratios}")
-    if marginal_line(rows):
-        print(marginal_line(rows))
+    if line := marginal_line(rows):
+        print(line)
 
 
 def marginal_line(rows: dict[str, Any]) -> str:
@@ -634,8 +635,8 @@ def markdown(report: dict[str, Any]) -> str:
             cells += [f"{row['ratio'][r]:.3f}" if "ratio" in row else "" for r in refs]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        if marginal_line(rows):
-            lines += [marginal_line(rows) + ".", ""]
+        if line := marginal_line(rows):
+            lines += [line + ".", ""]
     if report.get("targets"):
         lines += ["| size | torchlr | against | ratio | rounds | at most | |",
                   "|---|---|---|---|---|---|---|"]

@@ -100,7 +100,7 @@ def test_each_step_sees_the_rows_of_its_batch(on_cpu):
         seen.append((Xb.clone(), yb.clone()))
         return Xb.sum()
 
-    graphed = graphs.GraphedSteps(step, [], X, y, 10, False, capture=False)
+    graphed = graphs.GraphedSteps(step, [], X, y, 10, False)
     for batch in graphed.batches(torch.Generator().manual_seed(5)):
         graphed.step(*batch)
     order = batch_order(53, generator=torch.Generator().manual_seed(5))
@@ -117,7 +117,7 @@ def test_model_step_is_the_scratch_step(on_cpu):
     gen = torch.Generator().manual_seed(0)
     model = ScratchModel(2, 0.03, gen, torch.device("cpu"))
     w0, b0 = model.w.detach().clone(), model.b.detach().clone()
-    graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, 20, False, capture=False)
+    graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, 20, False)
     (batch,) = list(graphed.batches(torch.Generator().manual_seed(1)))
     loss = graphed.step(*batch)
     rows = batch_order(20, generator=torch.Generator().manual_seed(1))

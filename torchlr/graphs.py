@@ -69,42 +69,42 @@ class GraphedSteps:
     """An epoch of model steps: each full batch one graph replay, the short last batch eager.
 
     batches(generator) draws the epoch's order and yields what step() takes: (i,) for the
-    i-th full batch, gathered inside the graph, and (X, y) for a short last batch. With
-    capture=False the same device-side step runs eagerly, every step: that is how it runs
-    on the CPU, where the tests check it against the usual loop.
+    i-th full batch, gathered inside the graph, and (X, y) for a short last batch. Where
+    nothing can be captured the same device-side step runs eagerly, every step: that is how
+    it runs on the CPU, where the tests check it against the usual loop.
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  params: Sequence[torch.Tensor], features: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int, drop_last: bool, *, capture: bool) -> None:
+                 batch_size: int, drop_last: bool) -> None:
         self.model_step = step
         self.params = list(params)  # the leaves the step updates
         self.X, self.y = features, labels
-        self.batch_size = batch_size
         n = len(features)
         self.full = n // batch_size  # full batches per epoch
         self.tail = 0 if drop_last else n % batch_size  # rows of the short last batch
         device = features.device
         # The fixed addresses the graph reads and writes.
         self.order = torch.empty(self.full * batch_size, dtype=torch.long, device=device)
+        self.batch_rows = self.order.view(self.full, batch_size)  # row i: batch i's rows
         self.counter = torch.zeros(1, dtype=torch.long, device=device)  # the batch to do next
         self.losses = torch.empty(self.full, dtype=features.dtype, device=device)
-        self.capture = capture
-        self.stream = side_stream(device) if capture else None
+        self.graphable = capturable(device)
+        self.stream = side_stream(device) if self.graphable else None
         self.replay: Optional[Callable[[], None]] = None
         self.warmed = 0  # eager steps run before the capture
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[Any, ...]]:
         """One epoch: (i,) for each full batch, then (X, y) for a short last batch."""
         order = batch_order(len(self.X), generator=generator)  # on the CPU: as every fit draws it
-        cut = self.full * self.batch_size
+        cut = len(self.order)
         # Queued behind the last epoch's steps, which read the old order until they finish.
         self.order.copy_(order[:cut])
         self.counter.zero_()
         for i in range(self.full):
             yield (i,)
         if self.tail:
-            idx = order[cut:cut + self.tail].to(self.X.device)
+            idx = order[cut:].to(self.X.device)
             yield self.X.index_select(0, idx), self.y.index_select(0, idx)
 
     def step(self, *batch: Any) -> torch.Tensor:
@@ -114,7 +114,7 @@ class GraphedSteps:
         (i,) = batch
         if self.replay is not None:
             self.replay()
-        elif not self.capture:
+        elif not self.graphable:
             self._device_step()
         elif self.warmed < WARMUP_STEPS:
             warm_up(self._device_step, self.stream)
@@ -129,8 +129,7 @@ class GraphedSteps:
 
     def _device_step(self) -> None:
         """The step the graph holds: gather batch `counter`, step on it, keep its loss."""
-        rows = self.order.view(self.full, self.batch_size).index_select(0, self.counter)
-        rows = rows.view(-1)  # (batch_size,)
+        rows = self.batch_rows.index_select(0, self.counter).view(-1)  # (batch_size,)
         X, y = self.X.index_select(0, rows), self.y.index_select(0, rows)
         self.losses.index_copy_(0, self.counter, self.model_step(X, y).reshape(1))
         self.counter.add_(1)

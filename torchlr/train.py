@@ -25,6 +25,7 @@ from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
 from torchlr.validation import (
     IMPLS,
+    check_bool,
     check_choice,
     check_data,
     check_nonnegative_int,
@@ -94,8 +95,7 @@ class FitConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
         for name in ("drop_last", "worker_thread", "cuda_graphs"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         check_options(self)
         check_run_options(self)
 
@@ -395,7 +395,7 @@ def _fit(
     graphed = None
     if config.cuda_graphs:
         graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, config.batch_size,
-                                      config.drop_last, capture=graphs.capturable(device))
+                                      config.drop_last)
         step = graphed.step
 
     def host_read(epoch: int, done: int, stop: Optional[int]) -> None:

@@ -98,6 +98,13 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return value if it is a bool (not merely truthy, such as 1 or "yes")."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def check_run_options(config: Any) -> None:
     """Check FitConfig's options for real data: split, scaling, early stopping, checkpoints."""
     if isinstance(config.val_fraction, bool) or not isinstance(config.val_fraction,
@@ -106,8 +113,7 @@ def check_run_options(config: Any) -> None:
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {config.val_fraction!r}")
     for name in ("standardize", "standardize_target"):
-        if not isinstance(getattr(config, name), bool):
-            raise TypeError(f"{name} must be a bool, got {getattr(config, name)!r}")
+        check_bool(name, getattr(config, name))
     check_nonnegative_int("early_stopping", config.early_stopping)
     if config.early_stopping and not config.val_fraction:
         raise ValueError(f"early_stopping={config.early_stopping} needs a validation split: "
