@@ -25,6 +25,16 @@ def test_cuda_matches_cpu(impl):
                                rtol=1e-3, atol=1e-8)
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_analytic_gradient_matches_autograd_on_cuda(impl):
+    X, y = chapter_data(num_examples=1003)
+    autograd = fit(X, y, impl=impl, device="cuda", num_epochs=3)
+    analytic = fit(X, y, impl=impl, device="cuda", num_epochs=3, gradient="analytic")
+    for name in ("w_history", "b_history", "train_losses"):
+        torch.testing.assert_close(getattr(analytic, name), getattr(autograd, name),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_scratch_and_concise_agree_on_cuda():
     X, y = chapter_data(num_examples=1003)
     s = fit(X, y, impl="scratch", device="cuda")
@@ -68,13 +78,15 @@ def test_no_host_sync_per_step():
     assert large == small
 
 
-def test_no_host_sync_per_graphed_step():
-    small, large = _count_syncs(1000, cuda_graphs=True), _count_syncs(10000, cuda_graphs=True)
-    assert large == small
+@pytest.mark.parametrize("gradient", ["autograd", "analytic"])
+def test_no_host_sync_per_graphed_step(gradient):
+    small = _count_syncs(1000, cuda_graphs=True, gradient=gradient)
+    assert _count_syncs(10000, cuda_graphs=True, gradient=gradient) == small
 
 
+@pytest.mark.parametrize("gradient", ["autograd", "analytic"])
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
-def test_cuda_graphs_replay_the_eager_steps(impl, monkeypatch):
+def test_cuda_graphs_replay_the_eager_steps(impl, gradient, monkeypatch):
     from torchlr import graphs
 
     replays = []
@@ -90,8 +102,9 @@ def test_cuda_graphs_replay_the_eager_steps(impl, monkeypatch):
 
     monkeypatch.setattr(graphs, "capture", counting_capture)
     X, y = chapter_data(num_examples=1003)  # 100 full batches and a short one per epoch
-    eager = fit(X, y, impl=impl, device="cuda", num_epochs=3)
-    graphed = fit(X, y, impl=impl, device="cuda", num_epochs=3, cuda_graphs=True)
+    eager = fit(X, y, impl=impl, device="cuda", num_epochs=3, gradient=gradient)
+    graphed = fit(X, y, impl=impl, device="cuda", num_epochs=3, gradient=gradient,
+                  cuda_graphs=True)
     # The graph launches the eager step's kernels on the same values; the tolerance only
     # allows for cuBLAS picking another kernel for a differently aligned batch.
     for name in ("w_history", "b_history", "train_losses"):

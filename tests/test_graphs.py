@@ -91,6 +91,16 @@ def test_captured_epochs_match_the_usual_loop(fake_capture, impl, n, batch_size,
     assert fake_capture["replay"] == 3 * full - warm
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_captured_analytic_steps_match_the_usual_loop(fake_capture, impl):
+    """gradient="analytic" under a capture: the graph holds the hand-derived step."""
+    X, y = chapter_data(num_examples=1003)
+    options = dict(impl=impl, gradient="analytic", num_epochs=2, log_every=9, device="cpu")
+    assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
+                    torchlr.fit(X, y, **options))
+    assert fake_capture["capture"] == 1 and fake_capture["replay"] == 2 * 100 - 3
+
+
 def test_each_step_sees_the_rows_of_its_batch(on_cpu):
     """The gather inside the step takes batch i's rows of the epoch's order, in order."""
     X, y = chapter_data(num_examples=53)

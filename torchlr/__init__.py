@@ -1,6 +1,6 @@
 """torchlr: the d2l chapter "Linear Regression Implementation from Scratch" in PyTorch."""
 
-from torchlr import concise, scratch
+from torchlr import analytic, concise, scratch
 from torchlr.checkpoint import load_model
 from torchlr.closed_form import least_squares
 from torchlr.data import data_iter, synthetic_data
@@ -18,6 +18,7 @@ __all__ = [
     "FitResult",
     "Progress",
     "__version__",
+    "analytic",
     "concise",
     "data_iter",
     "evaluate",

@@ -84,7 +84,8 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         raise ValueError("--save and --resume need one implementation: "
                          "--impl scratch or --impl concise")
     options = dict(lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
-                   device=args.device, cuda_graphs=args.cuda_graphs, seed=args.seed,
+                   device=args.device, cuda_graphs=args.cuda_graphs, gradient=args.gradient,
+                   seed=args.seed,
                    val_fraction=args.val_fraction,
                    standardize=args.standardize, standardize_target=args.standardize_target,
                    early_stopping=args.early_stopping, save=args.save, resume=args.resume)
@@ -101,7 +102,8 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         base = FitConfig(**{k: v for k, v in saved.items() if k in known})
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
-                       save=args.save or args.resume, cuda_graphs=args.cuda_graphs)
+                       save=args.save or args.resume, cuda_graphs=args.cuda_graphs,
+                       gradient=args.gradient)
         defaults = replace(base, feature_names=None, target_name=None)
         if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
             target = base.target_name if target is None else target

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from torchlr import distributed, graphs, threads
+from torchlr import analytic, distributed, graphs, threads
 from torchlr.checkpoint import predict
 from torchlr.concise import LinearRegression, make_optimizer, mse
 from torchlr.data import data_iter
@@ -79,6 +79,11 @@ class FitConfig:
     # (torchlr.graphs). For small batches, where launching kernels costs more than running
     # them. The results are the same; not supported with a stream or a process group.
     cuda_graphs: bool = False
+    # "autograd" (the chapter: backward() on the loss) or "analytic": the same gradient
+    # derived by hand (torchlr.analytic), a few fused kernels with no graph recorded. Several
+    # times faster per step when steps are small; agrees with autograd to float precision.
+    # Not supported in a process group.
+    gradient: str = "autograd"
 
     def __post_init__(self) -> None:
         self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
@@ -86,6 +91,7 @@ class FitConfig:
     def validate(self) -> None:
         """Raise ValueError or TypeError naming the first bad option."""
         check_choice("impl", self.impl, IMPLS)
+        check_choice("gradient", self.gradient, analytic.GRADIENTS)
         check_positive_float("lr", self.lr)
         check_positive_int("batch_size", self.batch_size)
         check_nonnegative_int("num_epochs", self.num_epochs)
@@ -213,7 +219,32 @@ class ConciseModel:
         return self.module.w, self.module.b
 
 
+class AnalyticScratchModel(ScratchModel):
+    """ScratchModel's sgd update with the gradient derived by hand: no autograd graph."""
+
+    def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on the batch (X, y); returns its summed (y_hat - y)^2, 0-d, not synced."""
+        return analytic.sgd_step(X, y, self.w, self.b, self.lr)
+
+    batch_means = staticmethod(analytic.batch_means)
+
+
+class AnalyticConciseModel(ConciseModel):
+    """ConciseModel's optimizer.step() on MSELoss's gradient derived by hand, not backward()."""
+
+    def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update on the batch (X, y); returns its summed (y_hat - y)^2, 0-d, not synced."""
+        total = analytic.set_mse_grads(self.module, X, y)
+        self.optimizer.step()
+        return total
+
+    batch_means = staticmethod(analytic.batch_means)
+
+
 MODELS: dict[str, Callable[..., Any]] = {"scratch": ScratchModel, "concise": ConciseModel}
+# The same implementations with gradient="analytic".
+ANALYTIC_MODELS: dict[str, Callable[..., Any]] = {"scratch": AnalyticScratchModel,
+                                                  "concise": AnalyticConciseModel}
 
 
 # Rows per piece of a whole-data loss on the CPU. Each piece's float64 sum is the same
@@ -357,6 +388,10 @@ def _fit(
     device = resolve_device(config.device)
     if config.cuda_graphs:
         graphs.check_device(device, stream is not None, group is not None)
+    if group is not None and config.gradient != "autograd":
+        # The data-parallel steps all-reduce the gradients that backward() leaves.
+        raise ValueError(f"gradient={config.gradient!r} is not supported in a process group; "
+                         f"use gradient='autograd'")
     cpu_threads.limit(config.threads, device)
     n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)
@@ -370,7 +405,8 @@ def _fit(
         X, y = X.to(device), y.to(device)
     state.to(device)
     generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
-    model = MODELS[config.impl](d, config.lr, generator, device)
+    models = ANALYTIC_MODELS if config.gradient == "analytic" else MODELS
+    model = models[config.impl](d, config.lr, generator, device)
     if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
