@@ -72,9 +72,10 @@ def _count_syncs(num_examples, **options):
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def test_no_host_sync_per_step():
+@pytest.mark.parametrize("gradient", ["autograd", "analytic"])
+def test_no_host_sync_per_step(gradient):
     # Ten times the steps, the same number of syncs: none of them is per step.
-    small, large = _count_syncs(1000), _count_syncs(10000)
+    small, large = _count_syncs(1000, gradient=gradient), _count_syncs(10000, gradient=gradient)
     assert large == small
 
 
