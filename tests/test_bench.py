@@ -56,7 +56,7 @@ def test_quick_run_writes_json_naming_the_machine(bench, tmp_path, capsys):
     rows = report["sizes"]["chapter"]["results"]
     assert "sklearn" not in rows
     assert not set(bench.GRAPHED) & set(rows)  # cuda_graphs fits run at the CUDA sizes only
-    for impl in ("torchlr_scratch", "torchlr_concise"):
+    for impl in bench.TORCHLR + bench.ANALYTIC:
         row = rows[impl]
         # Paired: the median over rounds of this round's time over the reference's.
         pairs = [t / r for t, r in zip(row["times_s"], rows["loop_port"]["times_s"])]
@@ -70,6 +70,17 @@ def test_quick_run_writes_json_naming_the_machine(bench, tmp_path, capsys):
         rows["torchlr_concise"]["ratio"]["dataloader"])
     out = capsys.readouterr().out
     assert "torchlr scratch" in out and "marginal µs/step" in out
+
+
+def test_each_torchlr_job_fits_with_the_options_its_name_lists(bench, chapter):
+    size, X, y, _, _ = chapter
+    for name in bench.ALL_TORCHLR:
+        call = bench.torchlr_fit(name, X, y, size)
+        assert call.args[-1] == ("concise" if "concise" in name else "scratch")
+        assert call.keywords == {"cuda_graphs": name.endswith("_graphs"),
+                                 "gradient": "analytic" if "analytic" in name else "autograd"}
+    result = bench.torchlr_fit("torchlr_concise_analytic", X, y, size)()
+    assert result.config.impl == "concise" and result.config.gradient == "analytic"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
