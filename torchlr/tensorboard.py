@@ -116,7 +116,7 @@ class RunWriter:
 
         hparam_dict = {"impl": config.impl, "lr": config.lr, "batch_size": config.batch_size,
                        "num_epochs": config.num_epochs, "seed": config.seed,
-                       "device": str(device), "num_examples": n}
+                       "device": str(device), "num_examples": n, "gradient": config.gradient}
         metrics = [LOSS_TAG, *(["loss/val", "r2/val"] if config.val_fraction else [])]
         if config.true_w is not None:
             metrics.append(ERROR_TAGS[0])
