@@ -158,3 +158,22 @@ def test_cli_flag_reaches_fit(tmp_path, monkeypatch, capsys):
     assert main(["train", "--gradient", "analytic", "--device", "cpu", "--no-tensorboard"]) == 0
     assert seen == ["analytic"]
     assert capsys.readouterr().out.splitlines()[2] == "epoch 3, loss 0.000047"
+
+
+def test_cli_resume_keeps_the_runs_gradient_unless_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    real_fit = torchlr.train.fit
+
+    def spy(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        seen.append(result.config.gradient)
+        return result
+
+    monkeypatch.setattr("torchlr.cli.fit", spy)
+    base = ["train", "--device", "cpu", "--no-tensorboard", "--quiet"]
+    assert main([*base, "--epochs", "1", "--gradient", "analytic", "--save", "run.pt"]) == 0
+    assert main([*base, "--epochs", "2", "--resume", "run.pt"]) == 0
+    assert main([*base, "--epochs", "3", "--resume", "run.pt", "--gradient", "autograd"]) == 0
+    assert main([*base, "--epochs", "1"]) == 0
+    assert seen == ["analytic", "analytic", "autograd", "autograd"]

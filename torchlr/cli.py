@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cuda-graphs", action="store_true",
                        help="on CUDA, replay each full batch's step from one captured CUDA "
                             "graph: faster for small batches, same results")
-    train.add_argument("--gradient", choices=GRADIENTS, default=defaults.gradient,
-                       help="autograd: backward() on the loss, as the chapter does; analytic: "
-                            "the same gradient derived by hand (X^T r), several times faster "
-                            "for small batches, equal to float precision")
+    train.add_argument("--gradient", choices=GRADIENTS, default=None,
+                       help=f"autograd: backward() on the loss, as the chapter does "
+                            f"(default: {defaults.gradient}, or a resumed run's own); "
+                            f"analytic: the same gradient derived by hand (X^T r), several "
+                            f"times faster for small batches, equal to float precision")
     train.add_argument("--quiet", action="store_true",
                        help="print only the final errors: no per-epoch lines, no progress bar")
     train.add_argument("--logdir", default="runs",

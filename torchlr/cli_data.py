@@ -84,8 +84,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         raise ValueError("--save and --resume need one implementation: "
                          "--impl scratch or --impl concise")
     options = dict(lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
-                   device=args.device, cuda_graphs=args.cuda_graphs, gradient=args.gradient,
-                   seed=args.seed,
+                   device=args.device, cuda_graphs=args.cuda_graphs, seed=args.seed,
                    val_fraction=args.val_fraction,
                    standardize=args.standardize, standardize_target=args.standardize_target,
                    early_stopping=args.early_stopping, save=args.save, resume=args.resume)
@@ -102,8 +101,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         base = FitConfig(**{k: v for k, v in saved.items() if k in known})
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
-                       save=args.save or args.resume, cuda_graphs=args.cuda_graphs,
-                       gradient=args.gradient)
+                       save=args.save or args.resume, cuda_graphs=args.cuda_graphs)
         defaults = replace(base, feature_names=None, target_name=None)
         if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
             target = base.target_name if target is None else target
@@ -125,6 +123,8 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         data = load_data(args.data, target, features)
         X, y = data.features, data.target
         names = (tuple(data.feature_names), data.target_name)
+    if args.gradient is not None:  # else the default, or what a resumed run trained with
+        options["gradient"] = args.gradient
     configs = [replace(defaults, impl=impl, feature_names=names[0], target_name=names[1],
                        **options, **logging) for impl in impls]
     return X, y, configs
