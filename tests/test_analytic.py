@@ -144,7 +144,9 @@ def test_refused_in_a_process_group(monkeypatch):
         torchlr.fit(X, y, gradient="analytic", device="cpu")
 
 
-def test_cli_flag_reaches_fit(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def cli_gradients(tmp_path, monkeypatch):
+    """The gradient of each fit the CLI runs, in order (runs in tmp_path)."""
     monkeypatch.chdir(tmp_path)
     seen = []
     real_fit = torchlr.train.fit
@@ -155,22 +157,18 @@ def test_cli_flag_reaches_fit(tmp_path, monkeypatch, capsys):
         return result
 
     monkeypatch.setattr("torchlr.cli.fit", spy)
+    return seen
+
+
+def test_cli_flag_reaches_fit(cli_gradients, capsys):
+    seen = cli_gradients
     assert main(["train", "--gradient", "analytic", "--device", "cpu", "--no-tensorboard"]) == 0
     assert seen == ["analytic"]
     assert capsys.readouterr().out.splitlines()[2] == "epoch 3, loss 0.000047"
 
 
-def test_cli_resume_keeps_the_runs_gradient_unless_given(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    seen = []
-    real_fit = torchlr.train.fit
-
-    def spy(*args, **kwargs):
-        result = real_fit(*args, **kwargs)
-        seen.append(result.config.gradient)
-        return result
-
-    monkeypatch.setattr("torchlr.cli.fit", spy)
+def test_cli_resume_keeps_the_runs_gradient_unless_given(cli_gradients):
+    seen = cli_gradients
     base = ["train", "--device", "cpu", "--no-tensorboard", "--quiet"]
     assert main([*base, "--epochs", "1", "--gradient", "analytic", "--save", "run.pt"]) == 0
     assert main([*base, "--epochs", "2", "--resume", "run.pt"]) == 0

@@ -49,5 +49,5 @@ def set_mse_grads(module: nn.Linear, X: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def batch_means(raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The steps' sums of r^2, stacked, as each batch's mean squared_loss (with its 1/2)."""
+    """Steps' sums of (y_hat - y)^2, stacked, as each batch's mean squared_loss (with its 1/2)."""
     return raw / (2 * lengths)

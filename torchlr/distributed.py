@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from torchlr import analytic
 from torchlr.data import batch_order
 from torchlr.devices import resolve_device
 from torchlr.scratch import linreg, sgd, squared_loss
@@ -183,10 +184,8 @@ class ConciseDataParallel:
         self.model.optimizer.step()
         return local.detach()
 
-    @staticmethod
-    def batch_means(raw: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The ranks' summed squared errors as each batch's mean squared_loss (with its 1/2)."""
-        return raw / (2 * lengths)
+    # The ranks' summed squared errors, like the analytic steps' sums of r^2.
+    batch_means = staticmethod(analytic.batch_means)
 
 
 @dataclass(frozen=True)
