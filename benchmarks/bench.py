@@ -518,6 +518,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         help="torch intra-op threads for every implementation "
                              "(default: torch's own choice)")
     parser.add_argument("--out", default=None, help="JSON path (default: results/<machine>.json)")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the JSON under its default name, <machine>.json "
+                             "(default: benchmarks/results)")
     parser.add_argument("--markdown", metavar="JSON",
                         help="print a results file as the README's markdown tables and exit")
     parser.add_argument("--rss-child", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
@@ -547,6 +550,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if skipped_cuda:
         print(f"no CUDA device: skipping {', '.join(skipped_cuda)}", file=sys.stderr)
         names = [s for s in names if s not in skipped_cuda]
+        if not names:  # an empty report would overwrite this machine's results file
+            print("nothing to run: every size asked for needs CUDA", file=sys.stderr)
+            return 2
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -586,7 +592,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{t['ratio']:8.3f} {_spread(t):>15}  (at most {t['at_most']})  "
                   f"{'met' if t['met'] else 'MISSED'}")
 
-    out = Path(args.out) if args.out else RESULTS_DIR / default_name(info)
+    out = Path(args.out) if args.out else Path(args.out_dir or RESULTS_DIR) / default_name(info)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out}")

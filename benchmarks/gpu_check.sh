@@ -1,13 +1,62 @@
 #!/usr/bin/env bash
 # One prepared run for a machine with a CUDA GPU: the CUDA tests, then the benchmark's
-# CUDA sizes, written to benchmarks/results/<card>-<threads>t.json (or --out in BENCH_ARGS).
-# Needs a CUDA build of torch in .venv (see the README's "CUDA" section).
-set -euo pipefail
+# CUDA sizes, written to benchmarks/results/<card>-<threads>t.json ($RESULTS_DIR if set).
+#
+# It needs a Python whose torch sees CUDA: $PY if set, else .venv/bin/python when that one
+# sees CUDA (see the README's "CUDA" section), else python3 (a machine image with torch
+# preinstalled). The checkout's torchlr is imported from here, not installed, so the
+# dev extras (notebooks, ruff) need not be there: only the test files that hold CUDA tests
+# are collected. With $OUT set, the log and the results file are also copied there.
+#
+#   GPU_CHECK_REQUIRE_CUDA=0  run without a GPU (every CUDA test skips, no CUDA size runs):
+#                             how tests/test_bench.py checks this script's plumbing.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-"$PY" -c "import torch, sys; ok = torch.cuda.is_available(); \
-print(torch.__version__, torch.cuda.get_device_name() if ok else 'no CUDA device'); \
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # bench.py imports torchlr from here
+export PYTHONUNBUFFERED=1
+
+sees_cuda() { "$1" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  >/dev/null 2>&1; }
+if [[ -z "${PY:-}" ]]; then
+  if [[ -x .venv/bin/python ]] && sees_cuda .venv/bin/python; then PY=.venv/bin/python
+  elif command -v python3 >/dev/null && sees_cuda python3; then PY=python3
+  elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
+  else PY=python3
+  fi
+fi
+
+log_dir=${OUT:-}
+results_dir=${RESULTS_DIR:-benchmarks/results}
+stamp=$(mktemp)  # results files newer than this one are this run's
+trap 'rm -f "$stamp"' EXIT
+
+run() {  # the whole check, its output also kept in $OUT/gpu_check.log when $OUT is set
+  "$PY" -c "import torch, sys; ok = torch.cuda.is_available(); \
+print('torch', torch.__version__, 'on', torch.cuda.get_device_name() if ok else 'no CUDA device'); \
 sys.exit(0 if ok else 3)"
-"$PY" -m pytest -q -m cuda tests
-# shellcheck disable=SC2086
-"$PY" benchmarks/bench.py --sizes cuda-chapter,cuda-1Mx100,cuda-10Mx100 ${BENCH_ARGS:-}
+  local cuda=$?
+  if [[ $cuda -ne 0 && ${GPU_CHECK_REQUIRE_CUDA:-1} != 0 ]]; then
+    echo "gpu_check: $PY sees no CUDA device; set PY to a Python whose torch does" >&2
+    return 3
+  fi
+  mapfile -t files < <(grep -l "mark\.cuda" tests/test_*.py)
+  "$PY" -m pytest -q -p no:cacheprovider -m cuda "${files[@]}"
+  local tests=$?
+  # The benchmark runs even when a test failed: its figures say where a failure costs time.
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/bench.py --sizes cuda-chapter,cuda-1Mx100,cuda-10Mx100 \
+    --out-dir "$results_dir" ${BENCH_ARGS:-}
+  local bench=$?
+  if [[ -n $log_dir ]]; then
+    find "$results_dir" -name '*.json' -newer "$stamp" -exec cp {} "$log_dir"/ \;
+  fi
+  echo "gpu_check: tests exit $tests, bench exit $bench"
+  (( tests == 0 && bench == 0 ))
+}
+
+if [[ -n $log_dir ]]; then
+  mkdir -p "$log_dir"
+  run 2>&1 | tee "$log_dir/gpu_check.log"
+else
+  run
+fi

@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import torch
 import torchlr
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+GPU_CHECK = BENCH.parent / "gpu_check.sh"
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +90,40 @@ def test_each_torchlr_job_fits_with_the_options_its_name_lists(bench, chapter):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
 def test_cuda_sizes_skip_cleanly_without_cuda(bench, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert bench.main(["--sizes", "cuda-chapter", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["sizes"] == {}
-    assert "no CUDA device" in capsys.readouterr().err
+    only_read = ",".join(bench.REFERENCES + bench.ALL_TORCHLR)  # left out: a fast run
+    assert bench.main(["--sizes", "chapter,cuda-chapter", "--repeats", "1", "--skip", only_read,
+                       "--out", str(out)]) == 0
+    assert list(json.loads(out.read_text())["sizes"]) == ["chapter"]
+    assert "no CUDA device: skipping cuda-chapter" in capsys.readouterr().err
+    # Nothing left to run: no report, which would overwrite this machine's results file.
+    assert bench.main(["--sizes", "cuda-chapter", "--out-dir", str(tmp_path / "d")]) == 2
+    assert "nothing to run" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the plumbing without CUDA")
+def test_gpu_check_runs_the_cuda_tests_then_the_bench_and_keeps_its_files(bench, tmp_path):
+    # A GPU session has minutes of device time for this one script: its steps are checked
+    # here, with every CUDA test skipping and the bench at the chapter size instead.
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "BENCH_ARGS", "PY")}
+    env["PY"] = sys.executable
+    refused = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 3 and "sees no CUDA device" in refused.stderr
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    only_read = ",".join(bench.REFERENCES + bench.ALL_TORCHLR)
+    env.update(OUT=str(out), RESULTS_DIR=str(results), GPU_CHECK_REQUIRE_CUDA="0",
+               BENCH_ARGS=f"--sizes chapter --repeats 1 --skip {only_read}")
+    proc = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (out / "gpu_check.log").read_text()
+    assert re.search(r"\b\d+ skipped", log)  # the CUDA tests were collected: they skip here
+    assert "tests exit 0, bench exit 0" in log
+    [copied] = out.glob("*.json")  # the results file, where the device tool brings files back
+    assert copied.read_text() == (results / copied.name).read_text()
+    assert list(json.loads(copied.read_text())["sizes"]) == ["chapter"]
 
 
 def test_graphed_step_targets_are_microseconds_per_step(bench):
