@@ -54,6 +54,25 @@ def test_blocked_gather_gives_the_same_batches(monkeypatch, block_bytes, n, batc
         assert torch.equal(gX, wX) and torch.equal(gy, wy)
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("labels_shape", ["(n,)", "(n, 1)", "(n, 2)", "a column of (n, 3)"])
+def test_labels_of_any_shape_come_in_the_features_order(monkeypatch, labels_shape, prefetch):
+    # The labels are gathered once per epoch (a 1-D gather where they are one column) and
+    # each batch takes its slice of them: the pairs must still be the data set's rows.
+    small_blocks(monkeypatch, 100, prefetch)  # several blocks
+    X = torch.arange(120.0).reshape(40, 3)
+    table = X * 10
+    y = {"(n,)": table[:, 0], "(n, 1)": table[:, :1].contiguous(), "(n, 2)": table[:, :2],
+         "a column of (n, 3)": table[:, 1:2]}[labels_shape]
+    got = [(Xb.clone(), yb.clone())
+           for Xb, yb in data_iter(3, X, y, generator=torch.Generator().manual_seed(2),
+                                   drop_last=True, reuse_buffer=True, prefetch=prefetch)]
+    want = reference_batches(3, X, y, 2, drop_last=True)
+    assert len(got) == len(want) == 13
+    for (gX, gy), (wX, wy) in zip(got, want):
+        assert torch.equal(gX, wX) and torch.equal(gy, wy) and gy.shape == wy.shape
+
+
 def test_reused_buffer_is_one_allocation_overwritten_block_by_block(monkeypatch):
     small_blocks(monkeypatch, 64, prefetch=False)  # 64 B of 12 B rows: 2 batches of 2 a block
     X = torch.arange(40.0).reshape(20, 2)
@@ -80,7 +99,7 @@ def test_prefetch_gathers_each_block_on_a_second_thread_into_two_buffers(monkeyp
                             reuse_buffer=True, prefetch=True):
         storages.append(Xb.untyped_storage().data_ptr())
         assert torch.equal(Xb[:, 0], 2 * yb[:, 0])  # rows intact: no gather wrote over them
-    assert len(gathered_on) == 2 * 5  # X and y of each block
+    assert len(gathered_on) == 5  # X of each block; the labels are gathered once, up front
     assert threading.current_thread() not in gathered_on
     # Blocks alternate between two buffers: the one being read and the one being filled.
     blocks = storages[::2]
