@@ -172,8 +172,9 @@ def _gather_labels(labels: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """All of the epoch's labels in order, in one gather (n x 4 bytes at one label a row).
 
     Gathered block by block beside the features, each label is a read from main memory,
-    since the rows gathered before it pushed the labels out of the cache: at 1Mx100 that
-    was 40-50 ms of a 130 ms gather. Alone, the labels stay cached: 5-10 ms.
+    since the rows gathered before it pushed the labels out of the cache. One thread's
+    gather of a 1Mx100 epoch took 125-133 ms that way and takes 110-112 ms with the labels
+    gathered alone, which stay cached: 4-6 ms of it.
     """
     if labels.dim() == 2 and labels.shape[1] == 1 and labels.is_contiguous():
         # A 1-D gather: index_select copies a (n, 1) tensor a row at a time, 2x slower.
