@@ -115,6 +115,8 @@ def _batches(
     if order is None:
         yield from zip(features[:stop].split(batch_size), labels[:stop].split(batch_size))
         return
+    # Blocks are sized by whole rows, labels included (the sizes above were tuned so), though
+    # only the features are gathered block by block.
     row_bytes = (features[:1].nbytes + labels[:1].nbytes) or 1
     block_bytes = PREFETCH_BLOCK_BYTES if prefetch else BLOCK_BYTES
     # A whole number of batches per block, so block edges are batch edges.
@@ -133,7 +135,8 @@ def _gathered_blocks(
     reuse_buffer: bool,
     prefetch: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The rows of order, `block` at a time: gathered here, or one block ahead on a thread."""
+    """The rows of order, `block` at a time: features gathered here or one block ahead on a
+    thread, each with its slice of the labels, which are gathered once in order."""
     starts = range(0, len(order), block)
     prefetch = prefetch and len(starts) > 1  # one block: nothing to overlap it with
     buffers: list[torch.Tensor] = []
