@@ -1,6 +1,7 @@
 """CUDA paths: run wherever CUDA is present, skipped elsewhere."""
 
 import warnings
+from collections import Counter
 
 import pytest
 import torch
@@ -59,7 +60,8 @@ def test_init_params_same_on_every_device():
     assert torch.equal(w_cpu, w_gpu.cpu())
 
 
-def _count_syncs(num_examples, **options):
+def _syncs(num_examples, **options):
+    """Where fit synchronized the host with the GPU: a Counter of file:line, one per sync."""
     X, y = chapter_data(num_examples=num_examples)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -69,20 +71,28 @@ def _count_syncs(num_examples, **options):
             fit(X, y, device="cuda", num_epochs=2, log_every=0, **options)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return Counter(f"{w.filename}:{w.lineno}" for w in caught
+                   if "synchroniz" in str(w.message))
+
+
+def _assert_syncs_do_not_grow_with_steps(**options):
+    # A first fit pays one-off syncs (seen: one more in the first fit of a process on an
+    # H100, torch 2.11), which say nothing about the steps: it runs uncounted.
+    _syncs(1000, **options)
+    small, large = _syncs(1000, **options), _syncs(10000, **options)
+    # Ten times the steps, the same syncs in the same places: none of them is per step.
+    assert large == small, f"10000 rows: {dict(large)}; 1000 rows: {dict(small)}"
+    assert sum(small.values()) > 0  # the epoch's loss read: the counting sees syncs
 
 
 @pytest.mark.parametrize("gradient", ["autograd", "analytic"])
 def test_no_host_sync_per_step(gradient):
-    # Ten times the steps, the same number of syncs: none of them is per step.
-    small, large = _count_syncs(1000, gradient=gradient), _count_syncs(10000, gradient=gradient)
-    assert large == small
+    _assert_syncs_do_not_grow_with_steps(gradient=gradient)
 
 
 @pytest.mark.parametrize("gradient", ["autograd", "analytic"])
 def test_no_host_sync_per_graphed_step(gradient):
-    small = _count_syncs(1000, cuda_graphs=True, gradient=gradient)
-    assert _count_syncs(10000, cuda_graphs=True, gradient=gradient) == small
+    _assert_syncs_do_not_grow_with_steps(cuda_graphs=True, gradient=gradient)
 
 
 @pytest.mark.parametrize("gradient", ["autograd", "analytic"])

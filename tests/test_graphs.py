@@ -12,7 +12,7 @@ from conftest import chapter_data
 import torchlr
 from torchlr import graphs
 from torchlr.data import batch_order
-from torchlr.train import DivergenceError, ScratchModel
+from torchlr.train import ANALYTIC_MODELS, MODELS, DivergenceError, ScratchModel
 
 HISTORIES = ("w_history", "b_history", "train_losses")
 
@@ -196,3 +196,21 @@ def test_resumed_graphed_run_continues_the_plain_one(fake_capture, tmp_path):
     assert torch.equal(resumed.w_history, plain.w_history)
     assert torch.equal(resumed.b_history, plain.b_history)
     assert resumed.losses == plain.losses
+
+
+@pytest.mark.parametrize("models", [MODELS, ANALYTIC_MODELS], ids=["autograd", "analytic"])
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_params_hold_no_autograd_graph_and_follow_the_steps(impl, models):
+    # The fit holds w and b for a whole epoch. A view made through autograd (weight.T) would
+    # keep weight's AccumulateGrad node, and the stream it was made on, alive that long;
+    # on CUDA the captured backward then waits on the default stream and the capture fails.
+    model = models[impl](2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu"))
+    w, b = model.params()
+    assert w.grad_fn is None and b.grad_fn is None
+    assert w.shape == (2, 1) and b.shape == (1,)
+    w0, b0 = w.clone(), b.clone()
+    X, y = chapter_data(num_examples=10)
+    model.step(X, y)
+    w1, b1 = model.params()
+    assert torch.equal(w, w1) and torch.equal(b, b1)  # the views saw the update
+    assert not torch.equal(w, w0) and not torch.equal(b, b0)

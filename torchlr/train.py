@@ -215,8 +215,13 @@ class ConciseModel:
         return raw / 2
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """w (d, 1) and b (1,), views of the module's parameters."""
-        return self.module.w, self.module.b
+        """w (d, 1) and b (1,), detached views of the module's parameters: they follow its
+        updates and hold no autograd graph."""
+        # Not module.w: weight.T made through autograd keeps weight's AccumulateGrad node
+        # alive while the fit holds w, and that node keeps the stream it was made on. A CUDA
+        # graph's backward, captured on a side stream, then has to wait on the default
+        # stream, and the capture fails (seen on an H100, torch 2.11).
+        return self.module.weight.detach().T, self.module.bias.detach()
 
 
 class AnalyticScratchModel(ScratchModel):
