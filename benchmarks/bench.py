@@ -271,26 +271,41 @@ def timed(fn: Callable[[], Any], device: str) -> float:
 
 
 def time_round_robin(jobs: dict[str, tuple[Callable[[], Any], int]], device: str,
-                     warm_up: set[str]) -> dict[str, list[float]]:
+                     warm_up: set[str]) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Wall seconds per call: a warm-up call of the jobs in warm_up, then rounds that call
-    every job once, so times[name][r] is round r's.
+    every job once, so times[name][r] is round r's. Also returns the references that
+    raised, with their errors: they sit out the rest of the run.
 
     Interleaving spreads a busy spell on a shared machine over all implementations
     instead of charging it to one. A job with fewer repeats sits out the later rounds.
     """
     times: dict[str, list[float]] = {name: [] for name in jobs}
+    failed: dict[str, str] = {}
+
+    def call(name: str, fn: Callable[[], Any], what: str) -> Optional[float]:
+        print(f"  {what}: {LABELS[name]}", file=sys.stderr, flush=True)
+        try:
+            return timed(fn, device)
+        except RuntimeError as err:  # torch's errors, cuSOLVER's refusals among them
+            if name not in REFERENCES:  # torchlr failing is the benchmark's own failure
+                raise
+            # A reference that cannot run at this size (cuSOLVER's lstsq refuses 10Mx101
+            # on an H100) costs its own column, not the whole report.
+            failed[name] = f"{type(err).__name__.lstrip('_')}: {str(err).splitlines()[0]}"
+            print(f"  {LABELS[name]} failed, left out: {failed[name]}", file=sys.stderr)
+            return None
+
     for name, (fn, _) in jobs.items():
         if name in warm_up:
-            print(f"  warm-up: {LABELS[name]}", file=sys.stderr, flush=True)
-            fn()
+            call(name, fn, "warm-up")
     sync(device)
     for round_ in range(max(reps for _, reps in jobs.values())):
         for name, (fn, reps) in jobs.items():
-            if round_ >= reps:
-                continue
-            print(f"  round {round_ + 1}: {LABELS[name]}", file=sys.stderr, flush=True)
-            times[name].append(timed(fn, device))
-    return times
+            if round_ < reps and name not in failed:
+                t = call(name, fn, f"round {round_ + 1}")
+                if t is not None:
+                    times[name].append(t)
+    return {name: t for name, t in times.items() if name not in failed}, failed
 
 
 def marginal_step_us(short: Callable[[], Any], long: Callable[[], Any], extra_steps: int,
@@ -338,7 +353,7 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
     # At large sizes one untimed pass of the slow references would cost minutes: only the
     # fast jobs warm up there.
     warm_up = {"read", *ALL_TORCHLR} if slow else set(jobs)
-    times = time_round_robin(jobs, size.device, warm_up)
+    times, failed = time_round_robin(jobs, size.device, warm_up)
     rows = {}
     for name, t in times.items():
         med = statistics.median(t)
@@ -363,7 +378,7 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
                 torchlr_fit(name, X, y, size), torchlr_fit(name, X, y, long_size),
                 long_size.steps - size.steps, size.device)
     return {"size": {**size.__dict__, "references": list(size.references), "steps": size.steps},
-            "results": rows}
+            "results": rows, "failed": failed}
 
 
 # ---- peak memory, one implementation per child process ---------------------------------------
@@ -477,6 +492,8 @@ def print_size(record: dict[str, Any]) -> None:
         print(f"{LABELS[name]:<20}{row['median_s'] * 1e3:11.4g}{us}{sps}{xr}{ratios}")
     if line := marginal_line(rows):
         print(line)
+    for name, error in record.get("failed", {}).items():
+        print(f"{LABELS[name]} failed at this size, left out: {error}")
 
 
 def marginal_line(rows: dict[str, Any]) -> str:
@@ -653,6 +670,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
         if line := marginal_line(rows):
             lines += [line + ".", ""]
+        for name, error in record.get("failed", {}).items():
+            lines += [f"{LABELS[name]} failed at this size and is left out: `{error}`.", ""]
     if report.get("targets"):
         lines += ["| size | torchlr | against | ratio | rounds | at most | |",
                   "|---|---|---|---|---|---|---|"]

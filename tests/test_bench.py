@@ -76,6 +76,33 @@ def test_quick_run_writes_json_naming_the_machine(bench, tmp_path, capsys):
     assert "torchlr scratch" in out and "marginal µs/step" in out
 
 
+def test_a_reference_that_raises_is_left_out_and_torchlr_raising_stops_the_run(
+        bench, tmp_path, monkeypatch, capsys):
+    def refused(X, y):  # what cuSOLVER's lstsq does with 10Mx101 on an H100
+        raise torch.linalg.LinAlgError("cusolver error: CUSOLVER_STATUS_INVALID_VALUE")
+
+    monkeypatch.setattr(bench, "run_lstsq", refused)
+    keep = {"read", "lstsq", "torchlr_scratch"}
+    skip = ",".join(n for n in bench.REFERENCES + bench.ALL_TORCHLR if n not in keep)
+    out = tmp_path / "r.json"
+    args = ["--sizes", "chapter", "--repeats", "1", "--skip", skip, "--no-rss"]
+    assert bench.main(args + ["--out", str(out)]) == 0
+    record = json.loads(out.read_text())["sizes"]["chapter"]
+    assert set(record["results"]) == {"read", "torchlr_scratch"}
+    assert record["failed"] == {"lstsq": "LinAlgError: cusolver error: "
+                                         "CUSOLVER_STATUS_INVALID_VALUE"}
+    assert "lstsq" not in record["results"]["torchlr_scratch"]["ratio"]
+    assert "(d) lstsq failed at this size" in capsys.readouterr().out
+    assert "(d) lstsq failed at this size" in bench.markdown(json.loads(out.read_text()))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("torchlr broke")
+
+    monkeypatch.setattr(bench, "run_torchlr", broken)
+    with pytest.raises(RuntimeError, match="torchlr broke"):
+        bench.main(args + ["--out", str(tmp_path / "s.json")])
+
+
 def test_each_torchlr_job_fits_with_the_options_its_name_lists(bench, chapter):
     size, X, y, _, _ = chapter
     for name in bench.ALL_TORCHLR:
