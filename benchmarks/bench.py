@@ -657,8 +657,8 @@ def markdown(report: dict[str, Any]) -> str:
         refs = [r for r in REFERENCES if r in rows]
         lines += [f"**{size['name']}** ({size['n']}x{size['d']}, batch {size['batch_size']}, "
                   f"{size['epochs']} epoch(s), {size['device']}):", "",
-                  "| implementation | median ms | µs/step | samples/s | × read | "
-                  + " | ".join(f"/ {LABELS[r]}" for r in refs) + " |",
+                  "| implementation | median ms | µs/step | samples/s | × read |"
+                  + "".join(f" / {LABELS[r]} |" for r in refs),
                   "|---" * (5 + len(refs)) + "|"]
         for name, row in rows.items():
             cells = [LABELS[name], f"{row['median_s'] * 1e3:.4g}",
@@ -671,7 +671,9 @@ def markdown(report: dict[str, Any]) -> str:
         if line := marginal_line(rows):
             lines += [line + ".", ""]
         for name, error in record.get("failed", {}).items():
-            lines += [f"{LABELS[name]} failed at this size and is left out: `{error}`.", ""]
+            # The error's kind, without the advice torch appends to it.
+            lines += [f"{LABELS[name]} failed at this size and is left out "
+                      f"({error.split(',')[0]}).", ""]
     if report.get("targets"):
         lines += ["| size | torchlr | against | ratio | rounds | at most | |",
                   "|---|---|---|---|---|---|---|"]

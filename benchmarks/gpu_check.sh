@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run for a machine with a CUDA GPU: the CUDA tests, then the benchmark's
-# CUDA sizes, written to benchmarks/results/<card>-<threads>t.json ($RESULTS_DIR if set).
+# CUDA sizes, written to benchmarks/results/<card>-<threads>t.json ($RESULTS_DIR if set),
+# then graph_steps.py's breakdown of a graphed step, to <card>-graph-steps.json.
 #
 # It needs a Python whose torch sees CUDA: $PY if set, else .venv/bin/python when that one
 # sees CUDA (see the README's "CUDA" section), else python3 (a machine image with torch
@@ -52,6 +53,9 @@ sys.exit(0 if ok else 3)"
   "$PY" benchmarks/bench.py --sizes cuda-chapter,cuda-1Mx100,cuda-10Mx100 \
     --out-dir "$results_dir" ${BENCH_ARGS:-}
   local bench=$?
+  if (( cuda == 0 )); then  # where a graphed step's time goes: GPU or host (no targets)
+    "$PY" benchmarks/graph_steps.py --out-dir "$results_dir" || bench=1
+  fi
   if [[ -n $log_dir ]]; then
     find "$results_dir" -name '*.json' -newer "$stamp" -exec cp {} "$log_dir"/ \;
   fi

@@ -129,6 +129,16 @@ def test_cuda_sizes_skip_cleanly_without_cuda(bench, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the plumbing without CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_graph_steps_refuses_without_cuda(tmp_path):
+    script = BENCH.parent / "graph_steps.py"
+    done = subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "needs a CUDA device" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_gpu_check_runs_the_cuda_tests_then_the_bench_and_keeps_its_files(bench, tmp_path):
     # A GPU session has minutes of device time for this one script: its steps are checked
     # here, with every CUDA test skipping and the bench at the chapter size instead.

@@ -1,0 +1,167 @@
+"""Where a graphed chapter-sized step spends its time, on a CUDA GPU.
+
+For each model (scratch and concise, autograd and analytic gradient) it captures the step
+that cuda_graphs=True replays, then times, over many epochs of the chapter's data:
+  fit         torchlr.fit(cuda_graphs=True): the extra time per extra step (marginal);
+  replay      graph replays alone in a Python loop, no fit around them;
+  host issue  the same loop's time to queue its replays, not waiting for the GPU;
+  gpu, 1 graph  every full batch of an epoch captured in one graph, one replay per epoch:
+              what the GPU itself needs per step, with no launch cost left.
+If `replay` is near `gpu, 1 graph`, a step is bound by the GPU running its kernels and
+only fewer kernels help; if it is near `host issue`, capturing several steps per graph
+would. Also times the 10Mx100 epoch's fixed work on this machine's CPU: the permutation
+of 10M rows and its copy to the GPU. Writes results/<card>-graph-steps.json.
+
+  python benchmarks/graph_steps.py [--epochs 30] [--out PATH | --out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+import torchlr
+from torchlr import graphs
+from torchlr.data import batch_order
+from torchlr.train import ANALYTIC_MODELS, MODELS
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+N, BATCH, LR = 1000, 10, 0.03  # the chapter's size: 100 full batches an epoch
+
+
+def chapter_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data(torch.tensor([2.0, -3.4]), 4.2, N, generator=gen)
+    return X.to(device), y.to(device)
+
+
+def wall_us(fn: Callable[[], Any], steps: int) -> float:
+    """µs per step of fn, which runs `steps` steps, the GPU's queued work included."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1e6
+
+
+def profile_model(name: str, model_class: Any, epochs: int) -> dict[str, float]:
+    """The four figures of one model, in µs per step."""
+    device = torch.device("cuda")
+    X, y = chapter_data(device)
+    gen = torch.Generator().manual_seed(0)
+    model = model_class(2, LR, gen, device)
+    graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, BATCH, drop_last=True)
+    for batch in graphed.batches(gen):  # the warm-ups, then the capture
+        graphed.step(*batch)
+    assert graphed.replay is not None, "no graph was captured"
+    replay, full = graphed.replay, graphed.full
+
+    def replays() -> None:
+        for _ in range(epochs):
+            graphed.counter.zero_()  # the one kernel outside the graph, once per epoch
+            for _ in range(full):
+                replay()
+
+    out: dict[str, float] = {}
+    replays()  # warm
+    out["replay"] = wall_us(replays, epochs * full)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    replays()
+    out["host_issue"] = (time.perf_counter() - start) / (epochs * full) * 1e6
+    torch.cuda.synchronize()
+
+    def epoch_of_steps() -> None:
+        for _ in range(full):
+            graphed._device_step()
+
+    graphed.counter.zero_()
+    epoch_replay = graphs.capture(epoch_of_steps, graphed.stream)
+
+    def epoch_replays() -> None:
+        for _ in range(epochs):
+            graphed.counter.zero_()
+            epoch_replay()
+
+    epoch_replays()  # warm
+    out["gpu_one_graph"] = wall_us(epoch_replays, epochs * full)
+
+    impl = name.split()[0]
+    gradient = "analytic" if "analytic" in name else "autograd"
+    X_cpu, y_cpu = X.cpu(), y.cpu()
+
+    def fit(num_epochs: int) -> Callable[[], Any]:
+        return lambda: torchlr.fit(X_cpu, y_cpu, impl=impl, gradient=gradient, device="cuda",
+                                   cuda_graphs=True, num_epochs=num_epochs, drop_last=True)
+
+    fit(3)()  # warm
+    short = wall_us(fit(3), 1) / 1e6
+    long = wall_us(fit(3 + epochs), 1) / 1e6
+    out["fit_marginal"] = (long - short) / (epochs * full) * 1e6
+    return out
+
+
+def fixed_work_10m() -> dict[str, float]:
+    """Seconds of the 10Mx100 epoch's permutation, drawn on the CPU, and of its copy over."""
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    order = batch_order(10_000_000, generator=gen)
+    drawn = time.perf_counter() - start
+    buffer = torch.empty_like(order, device="cuda")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    buffer.copy_(order)
+    torch.cuda.synchronize()
+    return {"randperm_10M_s": drawn, "copy_10M_order_to_gpu_s": time.perf_counter() - start}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per timing (default 30)")
+    parser.add_argument("--out", default=None, help="JSON path (default: results/<card>-graph-"
+                                                    "steps.json)")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the JSON under its default name (default: results)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("graph_steps.py needs a CUDA device: there is none here", file=sys.stderr)
+        return 2
+    card = torch.cuda.get_device_name()
+    report: dict[str, Any] = {"gpu": card, "torch": torch.__version__,
+                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "epochs": args.epochs, "us_per_step": {}, "errors": {}}
+    print(f"{card}, torch {torch.__version__}: µs per chapter-sized step")
+    print(f"{'model':<20}{'fit':>8}{'replay':>8}{'host issue':>12}{'gpu, 1 graph':>14}")
+    models = {"scratch": MODELS["scratch"], "concise": MODELS["concise"],
+              "scratch analytic": ANALYTIC_MODELS["scratch"],
+              "concise analytic": ANALYTIC_MODELS["concise"]}
+    for name, model_class in models.items():
+        try:
+            r = profile_model(name, model_class, args.epochs)
+        except Exception as err:  # one model's failure still leaves the others' figures
+            report["errors"][name] = f"{type(err).__name__}: {err}"
+            print(f"{name:<20}failed: {type(err).__name__}: {err}")
+            continue
+        report["us_per_step"][name] = r
+        print(f"{name:<20}{r['fit_marginal']:8.1f}{r['replay']:8.1f}{r['host_issue']:12.1f}"
+              f"{r['gpu_one_graph']:14.1f}")
+    report["fixed_work_10Mx100"] = fixed_work_10m()
+    print("10Mx100 fixed work: " + ", ".join(f"{k} {v:.3f}"
+                                             for k, v in report["fixed_work_10Mx100"].items()))
+    slug = "".join(c if c.isalnum() else "-" for c in card.lower()).strip("-")
+    out = (Path(args.out) if args.out
+           else Path(args.out_dir or RESULTS_DIR) / f"{slug}-graph-steps.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
