@@ -1,16 +1,17 @@
 """Where a graphed chapter-sized step spends its time, on a CUDA GPU.
 
-For each model (scratch and concise, autograd and analytic gradient) it captures the step
-that cuda_graphs=True replays, then times, over many epochs of the chapter's data:
-  fit         torchlr.fit(cuda_graphs=True): the extra time per extra step (marginal);
-  replay      graph replays alone in a Python loop, no fit around them;
-  host issue  the same loop's time to queue its replays, not waiting for the GPU;
-  gpu, 1 graph  every full batch of an epoch captured in one graph, one replay per epoch:
-              what the GPU itself needs per step, with no launch cost left.
-If `replay` is near `gpu, 1 graph`, a step is bound by the GPU running its kernels and
-only fewer kernels help; if it is near `host issue`, capturing several steps per graph
-would. Also times the 10Mx100 epoch's fixed work on this machine's CPU: the permutation
-of 10M rows and its copy to the GPU. Writes results/<card>-graph-steps.json.
+For each model (scratch and concise, autograd and analytic gradient) it captures what
+cuda_graphs=True replays, a one-step graph and a chunk of steps, and times each over many
+epochs of the chapter's data, in µs per step:
+  fit          torchlr.fit(cuda_graphs=True): the extra time per extra step (marginal);
+  replay       the graph replayed in a bare Python loop, no fit around it;
+  host         that loop's time to queue its replays, not waiting for the GPU;
+  gpu          an epoch of the same work captured as one graph, replayed once per epoch:
+               what the GPU itself needs per step, with no launch cost left.
+If `replay` is near `gpu`, a step is bound by the GPU running its kernels and only fewer
+kernels help; if it is near `host`, fewer launches would. Also times the 10Mx100 epoch's
+fixed work on this machine's CPU: the permutation of 10M rows and its copy to the GPU.
+Writes results/<card>-graph-steps.json.
 
   python benchmarks/graph_steps.py [--epochs 30] [--out PATH | --out-dir DIR]
 """
@@ -50,39 +51,50 @@ def wall_us(fn: Callable[[], Any], steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e6
 
 
-def profile_model(name: str, model_class: Any, epochs: int) -> dict[str, float]:
-    """The four figures of one model, in µs per step."""
+def graphed_steps(model_class: Any, chunked: bool) -> graphs.GraphedSteps:
+    """A model's GraphedSteps on the chapter's data, after two epochs: warmed and captured."""
     device = torch.device("cuda")
     X, y = chapter_data(device)
     gen = torch.Generator().manual_seed(0)
     model = model_class(2, LR, gen, device)
     graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, BATCH, drop_last=True)
-    for batch in graphed.batches(gen):  # the warm-ups, then the capture
-        graphed.step(*batch)
-    assert graphed.replay is not None, "no graph was captured"
-    replay, full = graphed.replay, graphed.full
+    if not chunked:
+        graphed.chunk = 1  # every full batch a one-step graph
+    for _ in range(2):
+        for batch in graphed.batches(gen):
+            graphed.step(*batch)
+    return graphed
+
+
+def replay_figures(graphed: graphs.GraphedSteps, chunked: bool, epochs: int) -> dict[str, float]:
+    """replay, host and gpu µs per step for the one-step graph or the chunk graph."""
+    unit = graphed.many if chunked else graphed.one
+    assert unit.replay is not None, "no graph was captured"
+    per_unit = graphed.chunk if chunked else 1
+    units = graphed.full // per_unit
+    steps = epochs * units * per_unit
 
     def replays() -> None:
         for _ in range(epochs):
             graphed.counter.zero_()  # the one kernel outside the graph, once per epoch
-            for _ in range(full):
-                replay()
+            for _ in range(units):
+                unit.replay()
 
     out: dict[str, float] = {}
     replays()  # warm
-    out["replay"] = wall_us(replays, epochs * full)
+    out["replay"] = wall_us(replays, steps)
     torch.cuda.synchronize()
     start = time.perf_counter()
     replays()
-    out["host_issue"] = (time.perf_counter() - start) / (epochs * full) * 1e6
+    out["host"] = (time.perf_counter() - start) / steps * 1e6
     torch.cuda.synchronize()
 
-    def epoch_of_steps() -> None:
-        for _ in range(full):
-            graphed._device_step()
+    def epoch_of_units() -> None:
+        for _ in range(units):
+            unit.fn()
 
     graphed.counter.zero_()
-    epoch_replay = graphs.capture(epoch_of_steps, graphed.stream)
+    epoch_replay = graphs.capture(epoch_of_units, graphed.stream)
 
     def epoch_replays() -> None:
         for _ in range(epochs):
@@ -90,20 +102,29 @@ def profile_model(name: str, model_class: Any, epochs: int) -> dict[str, float]:
             epoch_replay()
 
     epoch_replays()  # warm
-    out["gpu_one_graph"] = wall_us(epoch_replays, epochs * full)
+    out["gpu"] = wall_us(epoch_replays, steps)
+    return out
 
+
+def profile_model(name: str, model_class: Any, epochs: int) -> dict[str, Any]:
+    """One model's figures, in µs per step."""
+    chunked = graphed_steps(model_class, chunked=True)
+    out: dict[str, Any] = {"chunk_length": chunked.chunk,
+                           "one_step": replay_figures(graphed_steps(model_class, False), False,
+                                                      epochs),
+                           "chunk": replay_figures(chunked, True, epochs)}
     impl = name.split()[0]
     gradient = "analytic" if "analytic" in name else "autograd"
-    X_cpu, y_cpu = X.cpu(), y.cpu()
+    X, y = chapter_data(torch.device("cpu"))
 
     def fit(num_epochs: int) -> Callable[[], Any]:
-        return lambda: torchlr.fit(X_cpu, y_cpu, impl=impl, gradient=gradient, device="cuda",
+        return lambda: torchlr.fit(X, y, impl=impl, gradient=gradient, device="cuda",
                                    cuda_graphs=True, num_epochs=num_epochs, drop_last=True)
 
     fit(3)()  # warm
     short = wall_us(fit(3), 1) / 1e6
     long = wall_us(fit(3 + epochs), 1) / 1e6
-    out["fit_marginal"] = (long - short) / (epochs * full) * 1e6
+    out["fit_marginal"] = (long - short) / (epochs * chunked.full) * 1e6
     return out
 
 
@@ -136,8 +157,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     report: dict[str, Any] = {"gpu": card, "torch": torch.__version__,
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "epochs": args.epochs, "us_per_step": {}, "errors": {}}
-    print(f"{card}, torch {torch.__version__}: µs per chapter-sized step")
-    print(f"{'model':<20}{'fit':>8}{'replay':>8}{'host issue':>12}{'gpu, 1 graph':>14}")
+    print(f"{card}, torch {torch.__version__}: µs per chapter-sized step "
+          f"(one-step graph | chunk graph)")
+    print(f"{'model':<18}{'fit':>7}{'replay':>8}{'host':>7}{'gpu':>7}  |{'chunk':>6}"
+          f"{'replay':>8}{'host':>7}{'gpu':>7}")
     models = {"scratch": MODELS["scratch"], "concise": MODELS["concise"],
               "scratch analytic": ANALYTIC_MODELS["scratch"],
               "concise analytic": ANALYTIC_MODELS["concise"]}
@@ -149,8 +172,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{name:<20}failed: {type(err).__name__}: {err}")
             continue
         report["us_per_step"][name] = r
-        print(f"{name:<20}{r['fit_marginal']:8.1f}{r['replay']:8.1f}{r['host_issue']:12.1f}"
-              f"{r['gpu_one_graph']:14.1f}")
+        one, chunk = r["one_step"], r["chunk"]
+        print(f"{name:<18}{r['fit_marginal']:7.1f}{one['replay']:8.1f}{one['host']:7.1f}"
+              f"{one['gpu']:7.1f}  |{r['chunk_length']:6d}{chunk['replay']:8.1f}"
+              f"{chunk['host']:7.1f}{chunk['gpu']:7.1f}")
     report["fixed_work_10Mx100"] = fixed_work_10m()
     print("10Mx100 fixed work: " + ", ".join(f"{k} {v:.3f}"
                                              for k, v in report["fixed_work_10Mx100"].items()))

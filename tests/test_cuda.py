@@ -100,18 +100,23 @@ def test_no_host_sync_per_graphed_step(gradient):
 def test_cuda_graphs_replay_the_eager_steps(impl, gradient, monkeypatch):
     from torchlr import graphs
 
-    replays = []
-    real_capture = graphs.capture
+    calls = []
+    real_capture, real_warm_up = graphs.capture, graphs.warm_up
 
     def counting_capture(fn, stream):
         replay = real_capture(fn, stream)
 
         def counted():
-            replays.append(1)
+            calls.append(("replay", fn.__name__))
             replay()
         return counted
 
+    def counting_warm_up(fn, stream):
+        calls.append(("warm_up", fn.__name__))
+        real_warm_up(fn, stream)
+
     monkeypatch.setattr(graphs, "capture", counting_capture)
+    monkeypatch.setattr(graphs, "warm_up", counting_warm_up)
     X, y = chapter_data(num_examples=1003)  # 100 full batches and a short one per epoch
     eager = fit(X, y, impl=impl, device="cuda", num_epochs=3, gradient=gradient)
     graphed = fit(X, y, impl=impl, device="cuda", num_epochs=3, gradient=gradient,
@@ -123,4 +128,7 @@ def test_cuda_graphs_replay_the_eager_steps(impl, gradient, monkeypatch):
                                    rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(torch.tensor(graphed.losses), torch.tensor(eager.losses),
                                rtol=1e-6, atol=1e-9)
-    assert len(replays) == 3 * 100 - graphs.WARMUP_STEPS
+    # Chunks of 10 batches: the first runs eagerly as the warm-up, the other 29 are one
+    # captured graph's replays, the capture's own included.
+    assert graphs.chunk_length(100, 10 * 2 * 4) == 10
+    assert calls == [("warm_up", "_device_chunk")] + [("replay", "_device_chunk")] * 29

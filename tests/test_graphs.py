@@ -25,18 +25,18 @@ def on_cpu(monkeypatch):
 
 @pytest.fixture
 def fake_capture(monkeypatch, on_cpu):
-    """Warm-ups, capture and replays on the CPU; returns the calls each of them got."""
-    calls = {"warm_up": 0, "capture": 0, "replay": 0}
+    """Warm-ups, captures and replays on the CPU; returns the calls, as (kind, function)."""
+    calls = []
 
     def warm_up(fn, stream):
-        calls["warm_up"] += 1
+        calls.append(("warm_up", fn.__name__))
         fn()
 
     def capture(fn, stream):
-        calls["capture"] += 1  # records the step; running it is the replay's job
+        calls.append(("capture", fn.__name__))  # records; running it is the replay's job
 
         def replay():
-            calls["replay"] += 1
+            calls.append(("replay", fn.__name__))
             fn()
         return replay
 
@@ -45,6 +45,15 @@ def fake_capture(monkeypatch, on_cpu):
     monkeypatch.setattr(graphs, "warm_up", warm_up)
     monkeypatch.setattr(graphs, "capture", capture)
     return calls
+
+
+def steps_run(calls, chunk):
+    """Steps the warm-ups and replays ran: `chunk` for a chunk, 1 for a one-step graph."""
+    return sum(chunk if fn == "_device_chunk" else 1 for kind, fn in calls if kind != "capture")
+
+
+def count(calls, kind, fn):
+    return calls.count((kind, fn))
 
 
 def assert_same_run(a, b):
@@ -84,11 +93,15 @@ def test_captured_epochs_match_the_usual_loop(fake_capture, impl, n, batch_size,
     assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
                     torchlr.fit(X, y, **options))
     full = n // batch_size
-    warm = min(graphs.WARMUP_STEPS, 3 * full)
-    assert fake_capture["warm_up"] == warm
-    assert fake_capture["capture"] == (1 if 3 * full > warm else 0)
-    # Every full batch after the warm-ups is a replay, the captured one included.
-    assert fake_capture["replay"] == 3 * full - warm
+    chunk = graphs.chunk_length(full, batch_size * X[0].numel() * 4)
+    # Every full batch of the three epochs ran once: in a warm-up or in a replay.
+    assert steps_run(fake_capture, chunk) == 3 * full
+    captured = [fn for kind, fn in fake_capture if kind == "capture"]
+    assert len(captured) == len(set(captured))  # each graph is captured once
+    for fn in captured:  # and only after its warm-ups
+        first = fake_capture.index(("capture", fn))
+        warmed = fake_capture[:first].count(("warm_up", fn))
+        assert warmed == (graphs.WARMUP_STEPS if fn == "_device_step" else -(-3 // chunk))
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
@@ -98,12 +111,19 @@ def test_captured_analytic_steps_match_the_usual_loop(fake_capture, impl):
     options = dict(impl=impl, gradient="analytic", num_epochs=2, log_every=9, device="cpu")
     assert_same_run(torchlr.fit(X, y, cuda_graphs=True, **options),
                     torchlr.fit(X, y, **options))
-    assert fake_capture["capture"] == 1 and fake_capture["replay"] == 2 * 100 - 3
+    # 100 full batches an epoch, chunks of 10: the first chunk is the warm-up, the second
+    # is captured, and every step after it is in a chunk's replay; no one-step graph.
+    assert graphs.chunk_length(100, 10 * 2 * 4) == 10
+    assert fake_capture == ([("warm_up", "_device_chunk"), ("capture", "_device_chunk")]
+                            + [("replay", "_device_chunk")] * 19)
 
 
-def test_each_step_sees_the_rows_of_its_batch(on_cpu):
-    """The gather inside the step takes batch i's rows of the epoch's order, in order."""
-    X, y = chapter_data(num_examples=53)
+@pytest.mark.parametrize("where", ["on_cpu", "fake_capture"])
+def test_each_step_sees_the_rows_of_its_batch(where, request):
+    """The gather inside the step takes batch i's rows of the epoch's order, in order:
+    one batch at a time eagerly, a chunk's batches at once under a capture."""
+    request.getfixturevalue(where)
+    X, y = chapter_data(num_examples=173)  # 17 full batches of 10, then 3 rows
     seen = []
 
     def step(Xb, yb):
@@ -111,14 +131,30 @@ def test_each_step_sees_the_rows_of_its_batch(on_cpu):
         return Xb.sum()
 
     graphed = graphs.GraphedSteps(step, [], X, y, 10, False)
-    for batch in graphed.batches(torch.Generator().manual_seed(5)):
-        graphed.step(*batch)
-    order = batch_order(53, generator=torch.Generator().manual_seed(5))
-    assert len(seen) == 6
-    for k, (Xb, yb) in enumerate(seen):
-        rows = order[10 * k:10 * (k + 1)]
-        assert torch.equal(Xb, X[rows]) and torch.equal(yb, y[rows])
-    assert torch.equal(graphed.losses, torch.stack([Xb.sum() for Xb, _ in seen[:5]]))
+    # Under a capture: a chunk of 16 batches (17 has no divisor near 16), then one step.
+    assert graphed.chunk == (16 if where == "fake_capture" else 1)
+    gen, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):  # the chunk's warm-up, its capture, a replay
+        seen.clear()
+        for batch in graphed.batches(gen):
+            graphed.step(*batch)
+        order = batch_order(173, generator=ref)  # the same draw, epoch by epoch
+        assert len(seen) == 18
+        for k, (Xb, yb) in enumerate(seen):
+            rows = order[10 * k:10 * (k + 1)]
+            assert torch.equal(Xb, X[rows]) and torch.equal(yb, y[rows])
+        assert torch.equal(graphed.losses, torch.stack([Xb.sum() for Xb, _ in seen[:17]]))
+
+
+def test_chunk_length_prefers_a_divisor_of_the_epoch():
+    batch = 10 * 2 * 4  # the chapter's: 10 rows of 2 float32 features
+    assert graphs.chunk_length(100, batch) == 10  # the chapter: 10 chunks an epoch
+    assert graphs.chunk_length(976, 1024 * 400) == 16  # 1Mx100 at batch 1024
+    assert graphs.chunk_length(1220, 8192 * 400) == 10  # 10Mx100 at batch 8192
+    assert graphs.chunk_length(97, batch) == 16  # prime: chunks of 16 and one step left
+    assert graphs.chunk_length(5, batch) == 5  # fewer batches than the cap: one chunk
+    assert graphs.chunk_length(1, batch) == 1 and graphs.chunk_length(0, batch) == 1
+    assert graphs.chunk_length(100, 40 << 20) == 1  # two 40 MiB batches exceed 64 MiB
 
 
 def test_model_step_is_the_scratch_step(on_cpu):

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=defaults.device,
                        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
     train.add_argument("--cuda-graphs", action="store_true",
-                       help="on CUDA, replay each full batch's step from one captured CUDA "
-                            "graph: faster for small batches, same results")
+                       help="on CUDA, replay the full batches' steps from captured CUDA "
+                            "graphs, up to 16 steps a launch: faster for small batches, "
+                            "same results")
     train.add_argument("--gradient", choices=GRADIENTS, default=None,
                        help=f"autograd: backward() on the loss, as the chapter does "
                             f"(default: {defaults.gradient}, or a resumed run's own); "

@@ -1,11 +1,16 @@
-"""CUDA graphs: an epoch's full batches replayed from one captured step.
+"""CUDA graphs: an epoch's full batches replayed a chunk of steps at a time.
 
 At the chapter's size a step is a dozen tiny kernels, and launching them from Python costs
-far more than running them. Captured once, the whole step (the batch's gather, forward,
-backward and update) is one launch. A graph replays the same kernels on the same
-addresses, so everything the step touches stays put: the data set, the epoch's order
-(copied into a fixed buffer each epoch), a step counter on the device, and the buffer
+far more than running them. Captured once, a whole chunk of steps (their batches' gather,
+forwards, backwards and updates) is one launch. A graph replays the same kernels on the
+same addresses, so everything the steps touch stays put: the data set, the epoch's order
+(copied into a fixed buffer each epoch), a batch counter on the device, and the buffer
 each step writes its loss into. The short last batch, whose shape differs, runs as usual.
+
+Measured on an H100 (benchmarks/graph_steps.py), the GPU itself, not the launch, was the
+bound of a one-step graph: about 2 µs per kernel. A chunk looks up and gathers all its
+batches in one go, and writes all its losses and the counter once, so each step keeps
+only the model's own kernels, and the host pays one launch per chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +26,23 @@ from torchlr.data import batch_order
 # handles and workspaces, the autograd engine's streams) must exist before a capture
 # starts. They are real steps of the first epoch, so the run's numbers do not change.
 WARMUP_STEPS = 3
+# A chunk holds at most MAX_CHUNK batches and MAX_CHUNK_BYTES of gathered features. Past
+# about 16 steps the launch is a small share of a chunk's time; the bytes bound the
+# chunk's gather buffer at large batches (10Mx100 at batch 8192: 3.3 MB a batch).
+MAX_CHUNK, MAX_CHUNK_BYTES = 16, 64 << 20
+
+
+def chunk_length(full: int, batch_bytes: int) -> int:
+    """How many full batches a captured chunk holds; 1 means a graph per step.
+
+    A divisor of the epoch's full batches when one is at least half the cap, so that
+    each epoch after the first is whole chunks with no single steps left over.
+    """
+    cap = min(MAX_CHUNK, full, MAX_CHUNK_BYTES // max(batch_bytes, 1))
+    if cap < 2:
+        return 1
+    best = max(k for k in range(1, cap + 1) if full % k == 0)
+    return best if 2 * best >= cap else cap
 
 
 def capturable(device: torch.device) -> bool:
@@ -65,13 +87,40 @@ def capture(fn: Callable[[], None], stream: Any) -> Callable[[], None]:
     return graph.replay  # the bound method keeps the graph, and its memory, alive
 
 
+class _Captured:
+    """fn run eagerly `warmups` times on the capture stream, then captured and replayed."""
+
+    def __init__(self, fn: Callable[[], None], stream: Any, warmups: int,
+                 params: Sequence[torch.Tensor]) -> None:
+        self.fn, self.stream, self.warmups, self.params = fn, stream, warmups, params
+        self.warmed = 0
+        self.replay: Optional[Callable[[], None]] = None
+
+    def __call__(self) -> None:
+        if self.replay is not None:
+            self.replay()
+        elif self.warmed < self.warmups:
+            warm_up(self.fn, self.stream)
+            self.warmed += 1
+        else:
+            for p in self.params:
+                # So the captured backward allocates its gradients from the graph's memory.
+                p.grad = None
+            self.replay = capture(self.fn, self.stream)
+            self.replay()  # the capture recorded fn's steps without running them
+
+
 class GraphedSteps:
-    """An epoch of model steps: each full batch one graph replay, the short last batch eager.
+    """An epoch of model steps: full batches replayed a chunk of steps per graph launch, the
+    short last batch eager.
 
     batches(generator) draws the epoch's order and yields what step() takes: (i,) for the
-    i-th full batch, gathered inside the graph, and (X, y) for a short last batch. Where
-    nothing can be captured the same device-side step runs eagerly, every step: that is how
-    it runs on the CPU, where the tests check it against the usual loop.
+    i-th full batch, gathered inside the graph, and (X, y) for a short last batch. A chunk
+    of `chunk` steps starts at each batch number that is a multiple of `chunk` and has a
+    whole chunk left in the epoch; the other full batches are one-step graphs. The first
+    chunk (and the first WARMUP_STEPS single steps) run eagerly, as warm-ups. Where nothing
+    can be captured the same device-side step runs eagerly, one batch at a time: that is
+    how it runs on the CPU, where the tests check it against the usual loop.
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -80,6 +129,7 @@ class GraphedSteps:
         self.model_step = step
         self.params = list(params)  # the leaves the step updates
         self.X, self.y = features, labels
+        self.batch_size = batch_size
         n = len(features)
         self.full = n // batch_size  # full batches per epoch
         self.tail = 0 if drop_last else n % batch_size  # rows of the short last batch
@@ -91,8 +141,13 @@ class GraphedSteps:
         self.losses = torch.empty(self.full, dtype=features.dtype, device=device)
         self.graphable = capturable(device)
         self.stream = side_stream(device) if self.graphable else None
-        self.replay: Optional[Callable[[], None]] = None
-        self.warmed = 0  # eager steps run before the capture
+        row_bytes = features[0].numel() * features.element_size() if n else 0
+        self.chunk = chunk_length(self.full, batch_size * row_bytes) if self.graphable else 1
+        self.offsets = torch.arange(self.chunk, device=device)  # a chunk's batches from counter
+        self.one = _Captured(self._device_step, self.stream, WARMUP_STEPS, self.params)
+        self.many = _Captured(self._device_chunk, self.stream, -(-WARMUP_STEPS // self.chunk),
+                              self.params)
+        self.queued = 0  # this epoch's full batches whose steps are queued
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[Any, ...]]:
         """One epoch: (i,) for each full batch, then (X, y) for a short last batch."""
@@ -101,6 +156,7 @@ class GraphedSteps:
         # Queued behind the last epoch's steps, which read the old order until they finish.
         self.order.copy_(order[:cut])
         self.counter.zero_()
+        self.queued = 0
         for i in range(self.full):
             yield (i,)
         if self.tail:
@@ -108,28 +164,38 @@ class GraphedSteps:
             yield self.X.index_select(0, idx), self.y.index_select(0, idx)
 
     def step(self, *batch: Any) -> torch.Tensor:
-        """One step: the model's own on a short last batch (X, y), else full batch (i,)."""
+        """One step: the model's own on a short last batch (X, y), else full batch (i,),
+        whose loss may already be queued by the chunk that holds it."""
         if len(batch) == 2:
             return self.model_step(*batch)
         (i,) = batch
-        if self.replay is not None:
-            self.replay()
-        elif not self.graphable:
-            self._device_step()
-        elif self.warmed < WARMUP_STEPS:
-            warm_up(self._device_step, self.stream)
-            self.warmed += 1
-        else:
-            for p in self.params:
-                # So the captured backward allocates its gradients from the graph's memory.
-                p.grad = None
-            self.replay = capture(self._device_step, self.stream)
-            self.replay()  # the capture recorded this batch's step without running it
+        if i >= self.queued:
+            if not self.graphable:
+                self._device_step()
+                self.queued = i + 1
+            elif self.chunk > 1 and i % self.chunk == 0 and i + self.chunk <= self.full:
+                self.many()
+                self.queued = i + self.chunk
+            else:
+                self.one()
+                self.queued = i + 1
         return self.losses[i]
 
     def _device_step(self) -> None:
-        """The step the graph holds: gather batch `counter`, step on it, keep its loss."""
+        """The step the one-step graph holds: gather batch `counter`, step, keep its loss."""
         rows = self.batch_rows.index_select(0, self.counter).view(-1)  # (batch_size,)
         X, y = self.X.index_select(0, rows), self.y.index_select(0, rows)
         self.losses.index_copy_(0, self.counter, self.model_step(X, y).reshape(1))
         self.counter.add_(1)
+
+    def _device_chunk(self) -> None:
+        """The steps a chunk holds: batches counter.. counter + chunk - 1, gathered at once."""
+        batches = self.counter + self.offsets  # (chunk,)
+        rows = self.batch_rows.index_select(0, batches).view(-1)  # (chunk * batch_size,)
+        X, y = self.X.index_select(0, rows), self.y.index_select(0, rows)
+        B = self.batch_size
+        # Each step's batch is a view of the chunk's gather: the same rows, in order.
+        losses = [self.model_step(X[j * B:(j + 1) * B], y[j * B:(j + 1) * B]).reshape(1)
+                  for j in range(self.chunk)]
+        self.losses.index_copy_(0, batches, torch.cat(losses))
+        self.counter.add_(self.chunk)

@@ -75,9 +75,10 @@ class FitConfig:
     # while the steps run, and sums half of each epoch's loss over the data set. The
     # results are the same to the bit without it.
     worker_thread: bool = True
-    # On CUDA: capture each full batch's step once as a CUDA graph and replay it
-    # (torchlr.graphs). For small batches, where launching kernels costs more than running
-    # them. The results are the same; not supported with a stream or a process group.
+    # On CUDA: capture the full batches' steps as CUDA graphs, up to 16 steps a graph,
+    # and replay them (torchlr.graphs). For small batches, where launching kernels costs
+    # more than running them. The results are the same to float precision; not supported
+    # with a stream or a process group.
     cuda_graphs: bool = False
     # "autograd" (the chapter: backward() on the loss) or "analytic": the same gradient
     # derived by hand (torchlr.analytic), a few fused kernels with no graph recorded. Several
