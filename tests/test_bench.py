@@ -139,6 +139,51 @@ def test_graph_steps_refuses_without_cuda(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_graph_steps_own_code_runs_on_the_cpu(tmp_path, monkeypatch):
+    """graph_steps.py on the CPU, each capture a stand-in that runs what it records: its
+    Python is checked here, not on a GPU whose minutes are few."""
+    from torchlr import graphs
+
+    spec = importlib.util.spec_from_file_location("graph_steps",
+                                                  BENCH.parent / "graph_steps.py")
+    gs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gs)
+    monkeypatch.setattr(gs, "DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(graphs, "check_device", lambda *args: None)
+    monkeypatch.setattr(graphs, "capturable", lambda device: True)
+    monkeypatch.setattr(graphs, "side_stream", lambda device: None)
+    monkeypatch.setattr(graphs, "warm_up", lambda fn, stream: fn())
+    monkeypatch.setattr(graphs, "capture", lambda fn, stream: fn)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Stand-in Card")
+    out = tmp_path / "g.json"
+    assert gs.main(["--epochs", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["gpu"] == "Stand-in Card" and report["errors"] == {}
+    assert set(report["us_per_step"]) == {"scratch", "concise", "scratch analytic",
+                                          "concise analytic"}
+    for r in report["us_per_step"].values():
+        assert r["chunk_length"] == 10  # the chapter's 100 full batches
+        for key in ("one_step", "chunk"):
+            assert set(r[key]) == {"replay", "host", "gpu"}
+            assert all(v > 0 for v in r[key].values())
+        assert "fit_marginal" in r
+    assert report["fixed_work_10Mx100"]["randperm_10M_s"] > 0
+
+    # A capture that fails costs its own figure, not the model's others.
+    def epoch_capture_fails(fn, stream):
+        if fn.__name__ == "epoch_of_units":
+            raise RuntimeError("capture failed\nand torch's advice")
+        return fn
+
+    monkeypatch.setattr(graphs, "capture", epoch_capture_fails)
+    assert gs.main(["--epochs", "1", "--out", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert report["errors"]["scratch: one_step_gpu"] == "RuntimeError: capture failed"
+    kept = report["us_per_step"]["scratch"]
+    assert set(kept["one_step"]) == {"replay", "host"} and "fit_marginal" in kept
+
+
 def test_gpu_check_runs_the_cuda_tests_then_the_bench_and_keeps_its_files(bench, tmp_path):
     # A GPU session has minutes of device time for this one script: its steps are checked
     # here, with every CUDA test skipping and the bench at the chapter size instead.
