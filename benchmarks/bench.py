@@ -690,13 +690,17 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def slug(name: str) -> str:
+    """A machine's name as a file name: lower case, runs of other characters as one dash."""
+    text = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text
+
+
 def default_name(info: dict[str, Any]) -> str:
     """results/<cpu-or-gpu>-<threads>t.json: one file per machine."""
-    base = info["gpu"] or info["cpu"]
-    slug = "".join(c if c.isalnum() else "-" for c in base.lower()).strip("-")
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return f"{slug}-{info['torch_threads']}t.json"
+    return f"{slug(info['gpu'] or info['cpu'])}-{info['torch_threads']}t.json"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ from torchlr import graphs
 from torchlr.data import batch_order
 from torchlr.train import ANALYTIC_MODELS, MODELS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py, beside this file
+import bench  # noqa: E402  (found on the path above)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Where it all runs. tests/test_bench.py sets the CPU, with a stand-in for the capture, to
 # check this script's own code without spending a GPU's time on it.
@@ -48,17 +51,13 @@ def chapter_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sync() -> None:
     """Wait for the GPU's queued work."""
-    if DEVICE.type == "cuda":
-        sync()
+    bench.sync(str(DEVICE))
 
 
 def wall_us(fn: Callable[[], Any], steps: int) -> float:
     """µs per step of fn, which runs `steps` steps, the GPU's queued work included."""
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return (time.perf_counter() - start) / steps * 1e6
+    sync()  # nothing queued before fn is charged to it
+    return bench.timed(fn, str(DEVICE)) / steps * 1e6
 
 
 def graphed_steps(model_class: Any, chunked: bool) -> graphs.GraphedSteps:
@@ -75,20 +74,29 @@ def graphed_steps(model_class: Any, chunked: bool) -> graphs.GraphedSteps:
     return graphed
 
 
+def graph_units(graphed: graphs.GraphedSteps, chunked: bool) -> tuple[Any, int, int]:
+    """The one-step or the chunk graph, how many of it make an epoch, and steps in each."""
+    per_unit = graphed.chunk if chunked else 1
+    return graphed.many if chunked else graphed.one, graphed.full // per_unit, per_unit
+
+
+def epochs_of(graphed: graphs.GraphedSteps, epochs: int, launch: Callable[[], None],
+              launches: int) -> Callable[[], None]:
+    """A call that runs `epochs` epochs of `launches` launches each."""
+    def run() -> None:
+        for _ in range(epochs):
+            graphed.counter.zero_()  # the one kernel outside the graphs, once per epoch
+            for _ in range(launches):
+                launch()
+    return run
+
+
 def replay_figures(graphed: graphs.GraphedSteps, chunked: bool, epochs: int) -> dict[str, float]:
     """replay and host µs per step for the one-step graph or the chunk graph."""
-    unit = graphed.many if chunked else graphed.one
+    unit, units, per_unit = graph_units(graphed, chunked)
     assert unit.replay is not None, "no graph was captured"
-    per_unit = graphed.chunk if chunked else 1
-    units = graphed.full // per_unit
     steps = epochs * units * per_unit
-
-    def replays() -> None:
-        for _ in range(epochs):
-            graphed.counter.zero_()  # the one kernel outside the graph, once per epoch
-            for _ in range(units):
-                unit.replay()
-
+    replays = epochs_of(graphed, epochs, unit.replay, units)
     out: dict[str, float] = {}
     replays()  # warm
     out["replay"] = wall_us(replays, steps)
@@ -102,25 +110,16 @@ def replay_figures(graphed: graphs.GraphedSteps, chunked: bool, epochs: int) -> 
 
 def gpu_figure(graphed: graphs.GraphedSteps, chunked: bool, epochs: int) -> float:
     """µs per step of the same work with an epoch of it captured as one graph."""
-    unit = graphed.many if chunked else graphed.one
-    per_unit = graphed.chunk if chunked else 1
-    units = graphed.full // per_unit
-    steps = epochs * units * per_unit
+    unit, units, per_unit = graph_units(graphed, chunked)
 
     def epoch_of_units() -> None:
         for _ in range(units):
             unit.fn()
 
     graphed.counter.zero_()
-    epoch_replay = graphs.capture(epoch_of_units, graphed.stream)
-
-    def epoch_replays() -> None:
-        for _ in range(epochs):
-            graphed.counter.zero_()
-            epoch_replay()
-
+    epoch_replays = epochs_of(graphed, epochs, graphs.capture(epoch_of_units, graphed.stream), 1)
     epoch_replays()  # warm
-    return wall_us(epoch_replays, steps)
+    return wall_us(epoch_replays, epochs * units * per_unit)
 
 
 def profile_model(name: str, model_class: Any, epochs: int,
@@ -221,9 +220,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     report["fixed_work_10Mx100"] = fixed_work_10m()
     print("10Mx100 fixed work: " + ", ".join(f"{k} {v:.3f}"
                                              for k, v in report["fixed_work_10Mx100"].items()))
-    slug = "".join(c if c.isalnum() else "-" for c in card.lower()).strip("-")
     out = (Path(args.out) if args.out
-           else Path(args.out_dir or RESULTS_DIR) / f"{slug}-graph-steps.json")
+           else Path(args.out_dir or RESULTS_DIR) / f"{bench.slug(card)}-graph-steps.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

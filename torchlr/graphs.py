@@ -182,18 +182,21 @@ class GraphedSteps:
                 self.queued = i + 1
         return self.losses[i]
 
+    def _gather(self, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of the numbered batches, in order, in one gather each of X and y."""
+        rows = self.batch_rows.index_select(0, batches).view(-1)  # (len(batches) * batch_size,)
+        return self.X.index_select(0, rows), self.y.index_select(0, rows)
+
     def _device_step(self) -> None:
         """The step the one-step graph holds: gather batch `counter`, step, keep its loss."""
-        rows = self.batch_rows.index_select(0, self.counter).view(-1)  # (batch_size,)
-        X, y = self.X.index_select(0, rows), self.y.index_select(0, rows)
+        X, y = self._gather(self.counter)
         self.losses.index_copy_(0, self.counter, self.model_step(X, y).reshape(1))
         self.counter.add_(1)
 
     def _device_chunk(self) -> None:
         """The steps a chunk holds: batches counter.. counter + chunk - 1, gathered at once."""
         batches = self.counter + self.offsets  # (chunk,)
-        rows = self.batch_rows.index_select(0, batches).view(-1)  # (chunk * batch_size,)
-        X, y = self.X.index_select(0, rows), self.y.index_select(0, rows)
+        X, y = self._gather(batches)
         B = self.batch_size
         # Each step's batch is a view of the chunk's gather: the same rows, in order.
         losses = [self.model_step(X[j * B:(j + 1) * B], y[j * B:(j + 1) * B]).reshape(1)
