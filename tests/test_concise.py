@@ -1,6 +1,13 @@
+import pytest
 import torch
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
-from torchlr.concise import LinearRegression, make_optimizer, mse
+import torchlr
+from torchlr import concise
+from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_step
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 
 
@@ -70,3 +77,99 @@ def test_reset_parameters_redraws_from_a_fresh_generator_not_the_global_rng():
 def test_mse_of_a_flat_target_does_not_broadcast():
     y_hat, y = torch.zeros(5, 1), torch.arange(5.0)
     assert mse(y_hat, y).item() == (torch.arange(5.0) ** 2).mean().item()
+
+
+def _steps(take_step, momentum: float = 0.0) -> list[torch.Tensor]:
+    """Parameters after each of 20 steps on random batches, each step taken by take_step."""
+    g = torch.Generator().manual_seed(0)
+    model = LinearRegression(4, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum, weight_decay=0.01)
+    history = []
+    for _ in range(20):
+        X, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+        opt.zero_grad()
+        mse(model(X), y).backward()
+        take_step(opt)
+        history.append(torch.cat([model.weight.detach().ravel(), model.bias.detach()]))
+    return history
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_optimizer_step_changes_the_parameters_exactly_as_optimizer_step(momentum):
+    ours = _steps(optimizer_step, momentum)
+    theirs = _steps(lambda opt: opt.step(), momentum)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert not torch.equal(ours[0], ours[-1])  # the steps moved something
+
+
+class _CountRanges:
+    """Stands in for torch.autograd.profiler.record_function, counting the ranges entered."""
+
+    names: list[str] = []
+
+    def __init__(self, name: str, args=None) -> None:
+        self.name = name
+
+    def __enter__(self):
+        _CountRanges.names.append(self.name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@pytest.fixture
+def ranges(monkeypatch):
+    _CountRanges.names = []
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", _CountRanges)
+    return _CountRanges.names
+
+
+def test_optimizer_step_skips_the_profiler_range_when_nothing_watches(ranges):
+    model = LinearRegression(2, generator=torch.Generator().manual_seed(0))
+    opt = make_optimizer(model, 0.03)
+    mse(model(torch.ones(3, 2)), torch.zeros(3, 1)).backward()
+    opt.step()
+    assert ranges == ["Optimizer.step#SGD.step"]  # the stand-in sees the public step's range
+    optimizer_step(opt)
+    assert ranges == ["Optimizer.step#SGD.step"]  # and none from ours
+
+
+def test_optimizer_step_goes_the_public_way_when_torch_lacks_what_it_checks(ranges, monkeypatch):
+    model = LinearRegression(2, generator=torch.Generator().manual_seed(0))
+    opt = make_optimizer(model, 0.03)
+    mse(model(torch.ones(3, 2)), torch.zeros(3, 1)).backward()
+    monkeypatch.delattr(torch.autograd, "_profiler_enabled")
+    optimizer_step(opt)
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", _CountRanges)
+    monkeypatch.delattr(type(opt).step, "hooked")
+    optimizer_step(opt)
+    assert ranges == ["Optimizer.step#SGD.step"] * 2
+
+
+@pytest.mark.parametrize("gradient", ["autograd", "analytic"])
+def test_a_concise_fit_calls_every_step_hook_once_per_step(gradient):
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 100, generator=torch.Generator().manual_seed(0))
+    seen = {"pre": 0, "post": 0}
+    pre = register_optimizer_step_pre_hook(
+        lambda *_: seen.__setitem__("pre", seen["pre"] + 1))
+    post = register_optimizer_step_post_hook(
+        lambda *_: seen.__setitem__("post", seen["post"] + 1))
+    try:
+        hooked = torchlr.fit(X, y, impl="concise", num_epochs=2, gradient=gradient)
+    finally:
+        pre.remove()
+        post.remove()
+    assert seen == {"pre": 20, "post": 20}  # 100 rows, batch 10, 2 epochs
+    plain = torchlr.fit(X, y, impl="concise", num_epochs=2, gradient=gradient)
+    assert torch.equal(hooked.w, plain.w) and hooked.losses == plain.losses
+
+
+def test_a_profiled_concise_fit_shows_each_optimizer_step():
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 100, generator=torch.Generator().manual_seed(0))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torchlr.fit(X, y, impl="concise", num_epochs=1)
+    steps = [e for e in prof.events() if e.name == "Optimizer.step#SGD.step"]
+    assert len(steps) == 10
+    assert not concise._observed(make_optimizer(LinearRegression(2), 0.03))  # profiler gone
