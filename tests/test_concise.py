@@ -173,3 +173,16 @@ def test_a_profiled_concise_fit_shows_each_optimizer_step():
     steps = [e for e in prof.events() if e.name == "Optimizer.step#SGD.step"]
     assert len(steps) == 10
     assert not concise._observed(make_optimizer(LinearRegression(2), 0.03))  # profiler gone
+
+
+def test_optimizer_step_calls_the_optimizers_own_step_hooks():
+    model = LinearRegression(2, generator=torch.Generator().manual_seed(0))
+    opt = make_optimizer(model, 0.03)
+    mse(model(torch.ones(3, 2)), torch.zeros(3, 1)).backward()
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    before = model.weight.detach().clone()
+    optimizer_step(opt)
+    assert calls == ["pre", "post"]
+    assert not torch.equal(before, model.weight)  # and it stepped
