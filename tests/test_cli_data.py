@@ -161,6 +161,19 @@ def test_synthetic_run_saves_and_resumes(tmp_path, capsys):
     assert state["feature_names"] == ["x1", "x2"]
 
 
+def test_synthetic_resume_draws_the_data_of_the_checkpoints_seed(tmp_path, capsys):
+    # --seed draws the chapter's data too: a resume without it must not train on seed 0's.
+    path = tmp_path / "seed5.pt"
+    args = ["train", "--device", "cpu", "--no-tensorboard"]
+    assert main([*args, "--seed", "5", "--epochs", "1", "--save", str(path)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "3", "--resume", str(path)]) == 0
+    resumed = capsys.readouterr().out.splitlines()
+    assert main([*args, "--seed", "5", "--epochs", "3"]) == 0
+    straight = capsys.readouterr().out.splitlines()
+    assert resumed[:-1] == straight[1:]  # epochs 2 and 3, the errors; then "saved ..."
+
+
 def test_stream_trains_from_npy(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(500, 2, generator=g)

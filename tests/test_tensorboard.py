@@ -134,6 +134,24 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
     assert end.status == api_pb2.Status.Value("STATUS_SUCCESS")
 
 
+def test_scaled_run_reports_errors_and_w_in_original_units(tmp_path):
+    # Columns far from mean 0 and std 1, so scaled and original parameters differ a lot.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 2, generator=g) * torch.tensor([5.0, 0.1]) + torch.tensor([100.0, -3.0])
+    y = X @ torch.tensor(TRUE_W) + TRUE_B + 0.01 * torch.randn(2000, generator=g)
+    result = torchlr.fit(X, y, standardize=True, standardize_target=True, logdir=tmp_path,
+                         true_w=TRUE_W, true_b=TRUE_B)
+    acc = read_run(result.run_dir)
+    w_true = torch.tensor(TRUE_W, dtype=torch.float64)
+    errors_w = [(w.double() - w_true).norm().item() for w in result.w_history[1:]]
+    errors_b = [abs(b.item() - TRUE_B) for b in result.b_history[1:]]
+    assert scalars(acc, "error/w")[1] == pytest.approx(f32(errors_w), rel=1e-5)
+    assert scalars(acc, "error/b")[1] == pytest.approx(f32(errors_b), rel=1e-4)
+    assert errors_w[-1] < 0.05  # the fit found the truth: the scaled w is some 30 away
+    for event, w in zip(acc.Histograms("params/w"), result.w_history[1:]):
+        assert event.histogram_value.max == pytest.approx(w.max().item(), rel=1e-5)
+
+
 def test_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
     now = time.mktime((2026, 3, 1, 9, 5, 7, 0, 0, -1))
     made = [new_run_dir(tmp_path, "scratch", now=now) for _ in range(3)]

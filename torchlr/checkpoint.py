@@ -70,10 +70,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not (all(isinstance(history.get(k), list) for k in ("losses", "val_losses", "val_r2"))
             and all(isinstance(history.get(k), torch.Tensor) for k in ("w", "b"))):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad history")
+    # Written since the history kept every minibatch loss and epoch time; older files lack them.
+    if not (isinstance(history.get("train_losses", torch.empty(0)), torch.Tensor)
+            and isinstance(history.get("epoch_seconds", []), list)):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad history")
     if best is not None and not (isinstance(best, dict) and isinstance(best.get("epoch"), int)
                                  and isinstance(best.get("w"), torch.Tensor)
                                  and isinstance(best.get("b"), torch.Tensor)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad best epoch")
+    if not isinstance(state.get("data"), (torch.Tensor, type(None))):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad data fingerprint")
     if state["version"] == 1:
         _upgrade_from_1(state)
     return state
@@ -89,7 +95,8 @@ def _upgrade_from_1(state: dict[str, Any]) -> None:
 
 def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any,
               scaling: Scaling, num_examples: int, history: dict[str, Any],
-              best: Optional[dict[str, Any]]) -> dict[str, Any]:
+              best: Optional[dict[str, Any]],
+              data: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """Everything needed to resume or to predict, as tensors, primitives, lists and dicts."""
     w, b = model.params()
     optimizer = getattr(model, "optimizer", None)
@@ -112,6 +119,7 @@ def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any
         "history": history,
         "best": best,
         "num_examples": num_examples,
+        "data": data,  # torchlr.run.fingerprint of the training data; None for a stream
     }
 
 

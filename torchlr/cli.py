@@ -163,8 +163,8 @@ def _report(result: FitResult, true_w: torch.Tensor, out: TextIO) -> None:
 def _train(args: argparse.Namespace, out: TextIO) -> int:
     true_w = torch.tensor(TRUE_W)
 
-    def synthetic() -> tuple[torch.Tensor, torch.Tensor]:
-        data_gen = torch.Generator().manual_seed(args.seed)
+    def synthetic(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data_gen = torch.Generator().manual_seed(seed)
         return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
 
     # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.

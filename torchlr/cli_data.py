@@ -77,8 +77,8 @@ def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
 
 def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: Any,
                     truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
-    """(features, labels, configs) for train; synthetic() gives the chapter's data, truth its
-    (w, b)."""
+    """(features, labels, configs) for train; synthetic(seed) gives the chapter's data, truth
+    its (w, b)."""
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
     if args.impl == "both" and (args.save or args.resume):
         raise ValueError("--save and --resume need one implementation: "
@@ -90,6 +90,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                    early_stopping=args.early_stopping, save=args.save, resume=args.resume)
     logging = dict(logdir=None if args.no_tensorboard else args.logdir, run_name=args.run_name)
     target, features = args.target, _features_arg(args)
+    data_seed = args.seed  # --seed draws the chapter's data too
     if args.resume is not None:
         saved = load_checkpoint(args.resume)["config"]
         for name, option in RUN_OPTIONS.items():
@@ -99,6 +100,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                                  f"checkpoint's {saved[name]!r}; a resumed run keeps its options")
         known = {f.name for f in fields(FitConfig)}
         base = FitConfig(**{k: v for k, v in saved.items() if k in known})
+        data_seed = base.seed  # the data the checkpoint trained on, whether or not --seed is given
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
                        save=args.save or args.resume, cuda_graphs=args.cuda_graphs)
@@ -112,7 +114,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     if args.data is None:
         if args.stream or target or features:
             raise ValueError("--stream, --target and --features need --data FILE")
-        X, y = synthetic()
+        X, y = synthetic(data_seed)
         names: tuple[tuple[str, ...], Optional[str]] = SYNTHETIC_NAMES
         logging.update(true_w=truth[0], true_b=truth[1])
     elif args.stream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -16,6 +17,54 @@ from torchlr.checkpoint import (
 )
 from torchlr.holdout import EarlyStopping, Holdout
 from torchlr.preprocess import Scaling, train_val_split
+
+
+@dataclass
+class History:
+    """What a fit records as it goes; a checkpoint keeps all of it, so a resumed fit has it too."""
+
+    w: list[torch.Tensor]  # each (d,): w at the start and after each epoch
+    b: list[torch.Tensor]  # each 0-d
+    losses: list[float] = field(default_factory=list)  # per epoch: the chapter's number
+    train_losses: list[torch.Tensor] = field(default_factory=list)  # host reads' minibatch means
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    def state(self, val_losses: list[float], val_r2: list[float]) -> dict[str, Any]:
+        """As a checkpoint stores it: lists and tensors."""
+        train = torch.cat(self.train_losses) if self.train_losses else torch.empty(0)
+        return {"losses": list(self.losses), "val_losses": list(val_losses),
+                "val_r2": list(val_r2), "w": torch.stack(self.w), "b": torch.stack(self.b),
+                "train_losses": train, "epoch_seconds": list(self.epoch_seconds)}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take back what state() stored; a checkpoint older than train_losses lacks them."""
+        self.losses[:] = saved["losses"]
+        self.w[:] = list(saved["w"])
+        self.b[:] = list(saved["b"])
+        train = saved.get("train_losses")
+        self.train_losses[:] = [train] if isinstance(train, torch.Tensor) and len(train) else []
+        self.epoch_seconds[:] = list(saved.get("epoch_seconds", []))
+
+
+@torch.no_grad()
+def fingerprint(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A few float64 numbers that change when the data or its row order does (CPU, 1-D).
+
+    Column sums of X, the sum of y, a position-weighted sum of y, and the first and last rows.
+    """
+    ramp = torch.linspace(0, 1, len(y), dtype=torch.float64, device=y.device)
+    parts = [X.sum(0, dtype=torch.float64), y.sum(dtype=torch.float64).reshape(1),
+             (y.reshape(-1).double() * ramp).sum().reshape(1), X[0].double(), X[-1].double()]
+    return torch.cat([p.cpu() for p in parts])
+
+
+def same_data(saved: torch.Tensor, now: torch.Tensor) -> bool:
+    """Whether two fingerprints are of the same data, up to the rounding of sums."""
+    # The float64 sums of the same float32 values differ only with the order they are added
+    # in (threads, devices): far below this tolerance. Other data differs far above it.
+    scale = float(torch.cat([saved, now]).abs().max()) if len(now) else 0.0
+    return saved.shape == now.shape and torch.allclose(saved, now, rtol=1e-7,
+                                                       atol=1e-7 * scale)
 
 
 class RunState:
@@ -46,6 +95,7 @@ class RunState:
         self.stopper = EarlyStopping(config.early_stopping, self.val_losses) \
             if self.val is not None else None
         self.checkpoint: Optional[dict[str, Any]] = None  # the last one saved or resumed
+        self._fingerprint: Optional[torch.Tensor] = None  # made once, when a checkpoint needs it
 
     @classmethod
     def streaming(cls, stream: Any, config: Any) -> RunState:
@@ -62,15 +112,21 @@ class RunState:
         run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
+        run._fingerprint = None  # a stream is not read whole to make one
         return run
+
+    def fingerprint(self) -> Optional[torch.Tensor]:
+        """The training data's fingerprint, kept in checkpoints; None for a stream."""
+        if self._fingerprint is None and self.X is not None:
+            self._fingerprint = fingerprint(self.X, self.y)
+        return self._fingerprint
 
     def to(self, device: torch.device) -> None:
         """Move the validation rows once, like the training rows."""
         if self.val is not None:
             self.val = Holdout(self.val.features.to(device), self.val.labels.to(device))
 
-    def resume(self, model: Any, generator: torch.Generator, losses: list[float],
-               w_history: list[torch.Tensor], b_history: list[torch.Tensor]) -> int:
+    def resume(self, model: Any, generator: torch.Generator, history: History) -> int:
         """Restore the saved state if config.resume is set; return the first epoch to train."""
         path = self.config.resume
         if path is None:
@@ -83,13 +139,14 @@ class RunState:
                 and saved.y_mean == self.scaling.y_mean and saved.y_scale == self.scaling.y_scale):
             raise ValueError(f"Cannot resume {path}: the data's statistics differ from the "
                              f"checkpoint's, so this is not the data it trained on")
+        saved_data, now = state.get("data"), self.fingerprint()
+        if saved_data is not None and now is not None and not same_data(saved_data, now):
+            raise ValueError(f"Cannot resume {path}: its data had other values or another row "
+                             f"order than this data, so this is not the data it trained on")
         restore(state, model, generator)
-        history = state["history"]
-        losses[:] = history["losses"]
-        self.val_losses[:] = history["val_losses"]
-        self.val_r2[:] = history["val_r2"]
-        w_history[:] = list(history["w"])
-        b_history[:] = list(history["b"])
+        history.restore(state["history"])
+        self.val_losses[:] = state["history"]["val_losses"]
+        self.val_r2[:] = state["history"]["val_r2"]
         self.checkpoint = state
         if self.stopper is not None:
             self.stopper.best = state["best"]
@@ -98,8 +155,7 @@ class RunState:
         return state["epoch"] + 1
 
     def end_epoch(self, epoch: int, model: Any, generator: torch.Generator,
-                  losses: list[float], w_history: list[torch.Tensor],
-                  b_history: list[torch.Tensor]) -> tuple[Optional[float], Optional[float], bool]:
+                  history: History) -> tuple[Optional[float], Optional[float], bool]:
         """Validate, save a checkpoint; return (val loss, val R², whether to stop early)."""
         val_loss = val_r2 = None
         stop = False
@@ -113,10 +169,9 @@ class RunState:
             self.checkpoint = run_state(
                 model=model, generator=generator, epoch=epoch, config=self.config,
                 scaling=self.scaling, num_examples=self.num_examples,
-                history={"losses": list(losses), "val_losses": list(self.val_losses),
-                         "val_r2": list(self.val_r2), "w": torch.stack(w_history),
-                         "b": torch.stack(b_history)},
-                best=self.stopper.best if self.stopper is not None else None)
+                history=history.state(self.val_losses, self.val_r2),
+                best=self.stopper.best if self.stopper is not None else None,
+                data=self.fingerprint())
             save_checkpoint(self.config.save, self.checkpoint)
         return val_loss, val_r2, stop
 
@@ -129,17 +184,16 @@ class RunState:
         restore_params(model, {"w": self.stopper.best["w"], "b": self.stopper.best["b"]})
         return self.stopper.best["epoch"]
 
-    def result_fields(self, model: Any, w_history: list[torch.Tensor],
-                      b_history: list[torch.Tensor]) -> dict[str, Any]:
+    def result_fields(self, model: Any, history: History) -> dict[str, Any]:
         """FitResult's w, b and histories in the original units, plus the new fields."""
         w, b = model.params()
         scaled_w = w.detach().to("cpu", copy=True).reshape(-1)
         scaled_b = float(b.detach().cpu().reshape(()))
         if self.scaling.is_identity:
-            w_hist, b_hist = torch.stack(w_history), torch.stack(b_history)
+            w_hist, b_hist = torch.stack(history.w), torch.stack(history.b)
             w_orig, b_orig = scaled_w.clone(), scaled_b
         else:
-            pairs = [self.scaling.original_params(wi, bi) for wi, bi in zip(w_history, b_history)]
+            pairs = [self.scaling.original_params(wi, bi) for wi, bi in zip(history.w, history.b)]
             w_hist = torch.stack([p[0] for p in pairs])
             b_hist = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
             w_orig, b_orig = self.scaling.original_params(w, b)

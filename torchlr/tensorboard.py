@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 
+from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
 
 if TYPE_CHECKING:
@@ -89,8 +90,12 @@ class RunWriter:
         self._writer: Any = None  # a SummaryWriter once open
 
     def open(self, config: FitConfig, X: torch.Tensor, y: torch.Tensor, device: torch.device,
-             steps: int) -> None:
-        """Create the run folder and write the configuration and hyperparameters."""
+             steps: int, scaling: Optional[Scaling] = None) -> None:
+        """Create the run folder and write the configuration and hyperparameters.
+
+        X and y are the data as the model sees it; scaling (if any) maps its parameters back
+        to the original units that true_w and true_b are given in.
+        """
         if config.logdir is None:
             return
         n, d = X.shape
@@ -104,6 +109,7 @@ class RunWriter:
         self.run_dir = new_run_dir(config.logdir, config.impl, config.run_name)
         self._writer = SummaryWriter(log_dir=self.run_dir)
         self._config, self._X, self._y, self._steps = config, X, y, steps
+        self._scaling = None if scaling is None or scaling.is_identity else scaling
         self._samples = min(n, steps * config.batch_size)  # drop_last may skip a tail
         self._true_w = (None if config.true_w is None
                         else torch.tensor(config.true_w, dtype=torch.float64))
@@ -141,7 +147,10 @@ class RunWriter:
     @torch.no_grad()
     def epoch(self, epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor,
               seconds: float) -> None:
-        """Write the epoch's scalars and the histograms of w and its full-batch gradient."""
+        """Write the epoch's scalars and the histograms of w and its full-batch gradient.
+
+        w (d, 1) and b (1,) are the model's own; error/* and params/w are in original units.
+        """
         if self._writer is None:
             return
         write = self._writer.add_scalar
@@ -156,11 +165,15 @@ class RunWriter:
             write("grad/norm", float(torch.cat([grad_w, grad_b]).norm()), epoch)
         write("lr", self._config.lr, epoch)
         write("perf/samples_per_sec", self._samples / max(seconds, 1e-12), epoch)
-        w_host = w.detach().reshape(-1).double().cpu()
+        if self._scaling is None:
+            w_host, b_host = w.detach().reshape(-1).double().cpu(), float(b)
+        else:  # what FitResult.w_history and b_history hold
+            w_orig, b_host = self._scaling.original_params(w, b)
+            w_host = w_orig.double()
         if self._true_w is not None:
             write(ERROR_TAGS[0], float((w_host - self._true_w).norm()), epoch)
         if self._config.true_b is not None:
-            write(ERROR_TAGS[1], abs(float(b) - self._config.true_b), epoch)
+            write(ERROR_TAGS[1], abs(b_host - self._config.true_b), epoch)
         self._writer.add_histogram("params/w", w_host, epoch)
         if grad_w is not None:
             self._writer.add_histogram("grad/w", grad_w, epoch)

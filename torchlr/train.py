@@ -18,7 +18,7 @@ from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_ste
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
-from torchlr.run import RunState
+from torchlr.run import History, RunState
 from torchlr.scratch import init_params, linreg, loss_sum, sgd, squared_loss
 from torchlr.stream import BlockStream
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
@@ -416,21 +416,17 @@ def _fit(
     if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
-    run.open(config, X, y, device, steps)
+    run.open(config, X, y, device, steps, state.scaling)
     read = _read if group is None else group.read  # in a group, summed over the ranks first
     lengths = batch_lengths(n, config.batch_size, steps)
 
     w, b = model.params()
-    w_history = [_snapshot(w, -1)]  # each (d,)
-    b_history = [_snapshot(b)]  # each 0-d
-    losses: list[float] = []
-    train_losses: list[torch.Tensor] = []
-    epoch_seconds: list[float] = []
+    history = History(w=[_snapshot(w, -1)], b=[_snapshot(b)])
     # This interval's minibatch losses, 0-d tensors left on the device: appending costs no
     # kernel, and one stack per host read gathers them.
     step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
-    first_epoch = state.resume(model, generator, losses, w_history, b_history)
+    first_epoch = state.resume(model, generator, history)
     # In a group each rank steps on its slice of every batch; the model itself is unchanged.
     stepper = model if group is None else group.wrap(model, device)
     step, batch_means = stepper.step, stepper.batch_means
@@ -445,7 +441,7 @@ def _fit(
         chunk = batch_means(read(step_losses), lengths[done:stop])
         run.train_losses(epoch, done, chunk)
         _check_finite(chunk, epoch, done + 1, config.lr)
-        train_losses.append(chunk)
+        history.train_losses.append(chunk)
 
     for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
@@ -469,13 +465,12 @@ def _fit(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
                 f"step {steps} (lr={config.lr}); try a smaller learning rate."
             )
-        epoch_seconds.append(time.perf_counter() - start)
-        losses.append(loss)
-        w_history.append(_snapshot(w, -1))
-        b_history.append(_snapshot(b))
-        val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, losses, w_history,
-                                                 b_history)
-        run.epoch(epoch, loss, w, b, epoch_seconds[-1])
+        history.epoch_seconds.append(time.perf_counter() - start)
+        history.losses.append(loss)
+        history.w.append(_snapshot(w, -1))
+        history.b.append(_snapshot(b))
+        val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, history)
+        run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])
         run.validation(epoch, val_loss, val_r2)
         if on_progress is not None:
             on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss, val_r2))
@@ -484,11 +479,12 @@ def _fit(
 
     best_epoch = state.finish(model)
     return FitResult(
-        **state.result_fields(model, w_history, b_history),  # w, b, histories in original units
+        **state.result_fields(model, history),  # w, b, histories in original units
         best_epoch=best_epoch,
-        losses=losses,
+        losses=history.losses,
         config=config,
         device=str(device),
-        train_losses=torch.cat(train_losses) if train_losses else torch.empty(0),
-        epoch_seconds=epoch_seconds,
+        train_losses=(torch.cat(history.train_losses) if history.train_losses
+                      else torch.empty(0)),
+        epoch_seconds=history.epoch_seconds,
     )
