@@ -21,3 +21,47 @@ def test_matches_numpy_lstsq():
     ref = np.linalg.lstsq(A, y.double().numpy(), rcond=None)[0][:, 0]
     np.testing.assert_allclose(w_hat.numpy(), ref[:-1], atol=1e-10)
     assert abs(b_hat - ref[-1]) < 1e-10
+
+
+def residual_is_orthogonal(X, y, w, b, tol=1e-6):
+    """The optimality condition of least squares: the residual is orthogonal to every column
+    of [X, 1], measured as a cosine (loose enough for the rounding of the residual itself)."""
+    A = torch.cat([X.double(), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    r = A @ torch.cat([w, torch.tensor([b], dtype=torch.float64)]) - y.double()
+    cosines = (A.T @ r).abs() / (A.norm(dim=0) * r.norm())
+    return bool((cosines < tol).all()), float(r.pow(2).mean().sqrt())
+
+
+def test_a_column_far_from_zero_is_not_cut_off():
+    # A timestamp in seconds: beside the ones column it looked rank-deficient to gelsd,
+    # and the solution ignored it (RMSE 24.7 against noise 0.01).
+    g = torch.Generator().manual_seed(0)
+    t = 1.7e9 + 86400 * torch.rand(1000, 1, generator=g, dtype=torch.float64)
+    y = 0.001 * (t[:, 0] - 1.7e9) + 2 + 0.01 * torch.randn(1000, generator=g, dtype=torch.float64)
+    w, b = least_squares(t, y)
+    orthogonal, rmse = residual_is_orthogonal(t, y, w, b)
+    assert orthogonal and rmse < 0.011
+    assert abs(w.item() - 0.001) < 1e-6
+
+
+def test_a_column_on_a_tiny_scale_is_not_cut_off():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(500, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 1e-14, 1.0],
+                                                                            dtype=torch.float64)
+    y = X @ torch.tensor([1.0, 3e14, -2.0], dtype=torch.float64) + 0.5 \
+        + 0.01 * torch.randn(500, generator=g, dtype=torch.float64)
+    w, b = least_squares(X, y)
+    orthogonal, rmse = residual_is_orthogonal(X, y, w, b)
+    assert orthogonal and rmse < 0.011
+
+
+def test_collinear_and_short_data_still_minimize():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(100, 2, generator=g)
+    X = torch.cat([X, X[:, :1], torch.full((100, 1), 3.0)], 1)  # a repeated and a constant column
+    y = X[:, 0] + X[:, 1] + 1
+    w, b = least_squares(X, y)
+    assert residual_is_orthogonal(X, y, w, b)[1] < 1e-6
+    assert w[3] == 0  # a constant column's weight is the intercept's to carry
+    X, y = torch.randn(3, 5, generator=g), torch.randn(3, generator=g)  # fewer rows than columns
+    assert residual_is_orthogonal(X, y, *least_squares(X, y))[1] < 1e-12

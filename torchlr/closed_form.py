@@ -6,9 +6,20 @@ import torch
 
 
 def least_squares(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Minimize sum (X w + b - y)^2 exactly in float64; return w of shape (d,) and b."""
+    """Minimize sum (X w + b - y)^2 exactly in float64; return w of shape (d,) and b.
+
+    When several (w, b) minimize it (collinear columns, fewer rows than columns), this
+    returns the one whose weights on standardized columns have the smallest norm.
+    """
     X = torch.as_tensor(features).detach().cpu().double()
     y = torch.as_tensor(labels).detach().cpu().double().reshape(-1, 1)
-    A = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)  # (n, d + 1)
-    solution = torch.linalg.lstsq(A, y, driver="gelsd").solution  # (d + 1, 1)
-    return solution[:-1, 0], float(solution[-1, 0])
+    # Solved on centred and scaled columns: the intercept then drops out, and a column
+    # far from 0 (a timestamp, 1.7e9 + seconds) or on a tiny scale is not cut off as
+    # numerically rank-deficient, as it is beside the ones column of [X, 1].
+    x_mean, y_mean = X.mean(0), y.mean()
+    centred = X - x_mean  # (n, d)
+    scale = centred.abs().amax(0)
+    scale[scale == 0] = 1.0  # a constant column: all zeros once centred, weight 0
+    v = torch.linalg.lstsq(centred / scale, y - y_mean, driver="gelsd").solution  # (d, 1)
+    w = v[:, 0] / scale
+    return w, float(y_mean - x_mean @ w)
