@@ -232,16 +232,28 @@ def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, mes
 
 def test_cli_both_writes_two_sibling_runs_and_no_tensorboard_writes_none(tmp_path, capsys):
     logdir = tmp_path / "runs"
-    assert main(["train", "--impl", "both", "--epochs", "1", "--logdir", str(logdir),
+    assert main(["train", "--impl", "both", "--logdir", str(logdir),
                  "--run-name", "cmp"]) == 0
     # Sorted by what follows the time stamp: the two runs may start in different seconds.
     names = sorted(os.listdir(logdir), key=lambda n: n[16:])
     assert [re.sub(r"^\d{8}-\d{6}-", "", n) for n in names] == ["concise-cmp", "scratch-cmp"]
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    # The printed errors, per implementation: "Error in estimating w [a b]", then b's.
+    lines = captured.out.splitlines()
+    printed = {impl: [line for line in lines[lines.index(f"== {impl} =="):]
+                      if line.startswith("Error in estimating")][:2]
+               for impl in ("concise", "scratch")}
     for name in names:
         assert f"TensorBoard run: {logdir / name}" in err
         acc = read_run(str(logdir / name))
         assert set(acc.Tags()["scalars"]) == SCALARS  # the CLI gives the truth
+        # error/w and error/b measure what the CLI prints, from the same truth.
+        w_line, b_line = printed[name[16:].split("-")[0]]
+        w_err = [float(v) for v in w_line.split("[")[1].rstrip("]").split()]
+        assert scalars(acc, "error/w")[1][-1] == pytest.approx(math.hypot(*w_err), rel=1e-5)
+        assert scalars(acc, "error/b")[1][-1] == pytest.approx(abs(float(b_line.split()[-1])),
+                                                               rel=1e-5)
     losses = [scalars(read_run(str(logdir / n)), "loss/epoch")[1] for n in names]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
