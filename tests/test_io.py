@@ -1,5 +1,7 @@
 """Loading tables: every format, and every file error named with file, line and column."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,8 @@ ERRORS = [
     ("hole.csv", "a,b,y\n1,,3\n", [], ["hole.csv", "line 2", "column 'b'", "missing value"]),
     ("nan.csv", "a,b,y\n1,2,3\n1,NA,3\n", [], ["nan.csv", "line 3", "column 'b'", "missing"]),
     ("inf.csv", "a,b,y\n1,2,inf\n", [], ["inf.csv", "line 2", "column 'y'", "not a finite"]),
+    ("huge.csv", "a,b,y\n1,2,3\n\n4,5e39,6\n", [], ["huge.csv", "line 4", "column 'b'", "5e+39",
+                                                   "beyond the range of float32"]),
     ("target.csv", "a,b,y\n1,2,3\n", ["--target", "z"], ["Unknown target column 'z'",
                                                          "target.csv", "a, b, y"]),
     ("feature.csv", "a,b,y\n1,2,3\n", ["--features", "a,q"], ["Unknown feature column",
@@ -140,6 +144,13 @@ def test_binary_file_errors(tmp_path):
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(ValueError, match=r"nan.npy, row 2, column 'x1': missing value"):
         load_data(tmp_path / "nan.npy")
+    huge = np.ones((3, 2))
+    huge[1, 1] = -1e39  # finite in float64, inf once cast to float32
+    np.save(tmp_path / "huge.npy", huge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning would be a second line
+        with pytest.raises(ValueError, match=r"huge.npy, row 2, column 'x2': -1e\+39 is beyond"):
+            load_data(tmp_path / "huge.npy")
     np.save(tmp_path / "text.npy", np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(ValueError, match=r"text.npy, column 'x1': dtype <U1 does not hold real"):
         load_data(tmp_path / "text.npy")

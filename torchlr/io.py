@@ -205,6 +205,7 @@ def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
     names, header_line = _csv_header(path)
     index = [names.index(name) for name in wanted]
     values = array.array("d")  # flat, compact: 8 bytes a cell while reading
+    lines = array.array("q")  # each row's line in the file, to name one float32 cannot hold
     rows = 0
     with _open_csv(path) as f:
         reader = csv.reader(f)
@@ -224,13 +225,25 @@ def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
                 if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
                     _explain_cell(path, reader.line_num, row, index, names)
                 values.extend(parsed)
+                lines.append(reader.line_num)
                 rows += 1
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
     if rows == 0:
         raise ValueError(f"{path} has a header but no data rows")
     table = np.frombuffer(values, dtype=np.float64).reshape(rows, len(index))
-    return torch.from_numpy(table.astype(np.float32))
+    with np.errstate(over="ignore"):  # a finite float64 beyond float32's range becomes inf
+        single = table.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(single))
+    if len(bad):
+        row, col = bad[0]
+        raise ValueError(f"{path}, line {lines[row]}, column {names[index[col]]!r}: "
+                         f"{_too_large(float(table[row, col]))}")
+    return torch.from_numpy(single)
+
+
+def _too_large(value: float) -> str:
+    return f"{value!r} is beyond the range of float32 (about ±3.4e38)"
 
 
 def _explain_cell(path: str, line: int, row: list[str], index: list[int],
@@ -322,13 +335,16 @@ def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:
                 else not (dtype == torch.bool or col.is_complex()))
         if not real or dtype == np.bool_:
             raise ValueError(f"{path}, column {name!r}: dtype {dtype} does not hold real numbers")
-        t = torch.from_numpy(np.array(col, dtype=np.float32)) if isinstance(col, np.ndarray) \
-            else col
+        with np.errstate(over="ignore"):  # checked below: a value float32 cannot hold
+            t = torch.from_numpy(np.array(col, dtype=np.float32)) \
+                if isinstance(col, np.ndarray) else col
         t = t.to(torch.float32)
         bad = (~torch.isfinite(t)).nonzero()
         if len(bad):
             row = int(bad[0, 0])
-            what = "missing value (NaN)" if math.isnan(float(t[row])) else "not a finite number"
+            given = float(col[row])  # as stored, before the cast
+            what = ("missing value (NaN)" if math.isnan(given) else _too_large(given)
+                    if math.isfinite(given) else "not a finite number")
             raise ValueError(f"{path}, row {row + 1}, column {name!r}: {what}")
         out.append(t)
     return torch.stack(out, dim=1)
