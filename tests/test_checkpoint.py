@@ -182,6 +182,7 @@ def test_load_model_gives_a_ready_model_of_its_implementation(tmp_path, impl, ki
     model = load_model(path)
     assert model.impl == impl and isinstance(model.model, kind)
     assert torch.equal(model.predict(X), result.predict(X))
+    assert torch.equal(model.predict(X.double()), result.predict(X))  # cast as fit() casts
     if impl == "concise":  # a real nn.Module with the trained weights
         assert torch.equal(model.model.module.weight.reshape(-1), result.scaled_w)
 

@@ -1,5 +1,7 @@
 """Split and standardization: statistics from the training rows only, results in original units."""
 
+import math
+
 import pytest
 import torch
 
@@ -91,3 +93,26 @@ def test_r2_matches_its_definition_and_validation_is_reported():
     torch.testing.assert_close(result.val_r2[-1], float(r2_score(pred, y[val])), rtol=1e-4,
                                atol=1e-5)
     assert result.val_r2[-1] > 0.999
+
+
+def test_validation_loss_and_r2_against_their_formulas():
+    # Features scaled, target not: the held-out loss is then in the data's own units.
+    X, y = badly_scaled()
+    result = torchlr.fit(X, y, standardize=True, val_fraction=0.25, num_epochs=3, lr=0.1,
+                         device="cpu")
+    _, val = train_val_split(len(X), 0.25, seed=0)
+    residual = (X[val].double() @ result.w.double() + result.b - y[val].double().reshape(-1))
+    val_loss = float((residual ** 2 / 2).mean())  # the chapter's squared_loss, its 1/2 kept
+    y_val = y[val].double()
+    r2 = 1 - float((residual ** 2).sum() / ((y_val - y_val.mean()) ** 2).sum())
+    assert result.val_losses[-1] == pytest.approx(val_loss, rel=1e-4)
+    assert result.val_r2[-1] == pytest.approx(r2, rel=1e-5)
+
+
+def test_r2_of_a_constant_target_is_nan():
+    # SS_tot = 0: undefined, not -inf (one held-out row gives this).
+    assert math.isnan(float(r2_score(torch.tensor([[1.0]]), torch.tensor([[2.0]]))))
+    X, y = badly_scaled()
+    result = torchlr.fit(X[:11], y[:11], standardize=True, val_fraction=0.05, num_epochs=1,
+                         device="cpu")
+    assert math.isnan(result.val_r2[0]) and math.isfinite(result.val_losses[0])

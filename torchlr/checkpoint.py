@@ -180,7 +180,8 @@ class TrainedModel:
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predictions (n, 1) float32 for features (n, d) in original units."""
         w, b = self.model.params()
-        return predict(features.to(w.device), w, b, self.scaling)
+        X = torch.as_tensor(features, dtype=torch.float32)  # float64, ints, numpy: as fit() takes
+        return predict(X.to(w.device), w, b, self.scaling)
 
 
 @torch.no_grad()

@@ -295,7 +295,10 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
     if isinstance(content, (torch.Tensor, np.ndarray)):
         return [("x", content)]
     if isinstance(content, (tuple, list)) and len(content) == 2:
-        return [("x", content[0]), ("y", content[1])]
+        y = content[1]
+        if getattr(y, "ndim", 0) == 2 and y.shape[1] == 1:  # (n, 1), as synthetic_data gives
+            y = y[:, 0]  # one column named y, not y1
+        return [("x", content[0]), ("y", y)]
     if isinstance(content, dict) and content and all(isinstance(k, str) for k in content):
         return list(content.items())
     raise ValueError(f"{path} holds a {type(content).__name__}; expected a tensor, a pair "

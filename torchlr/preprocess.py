@@ -107,8 +107,11 @@ class Scaling:
 
 @torch.no_grad()
 def r2_score(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Coefficient of determination 1 - SS_res / SS_tot (0-d tensor, not synced)."""
+    """Coefficient of determination 1 - SS_res / SS_tot (0-d tensor, not synced).
+
+    NaN when y is constant (one row, say): SS_tot is 0 and R² is undefined.
+    """
     y = y.reshape(y_hat.shape)
     ss_res = ((y - y_hat) ** 2).sum()
     ss_tot = ((y - y.mean()) ** 2).sum()
-    return 1 - ss_res / ss_tot
+    return torch.where(ss_tot > 0, 1 - ss_res / ss_tot, torch.nan)
