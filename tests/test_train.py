@@ -203,6 +203,16 @@ def test_divergence_stops_with_epoch_and_step(impl):
     assert step == first_bad
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_a_loss_too_large_for_float32_before_any_update_points_to_scaling(impl):
+    X, y = chapter_data()
+    y = y * 1e19  # finite, but (y_hat - y)^2 overflows float32 on the first batch
+    assert torch.isfinite(y).all()
+    with pytest.raises(torchlr.DivergenceError, match=r"before any update.*standardize") as info:
+        fit(X, y, impl=impl, device="cpu")
+    assert "learning rate" not in str(info.value)  # no rate could help
+
+
 def test_numpy_and_integer_inputs_are_converted():
     X, y = chapter_data()
     a = fit(X.numpy(), y.numpy().reshape(-1), num_epochs=1, device="cpu")

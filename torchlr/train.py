@@ -319,6 +319,13 @@ def first_nonfinite(values: torch.Tensor) -> Optional[int]:
 
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
     i = first_nonfinite(values)
+    if i is not None and epoch == 1 and first_step + i == 1:
+        # The first loss is taken before any update: no learning rate can be the cause.
+        raise DivergenceError(
+            f"The first minibatch loss is already {float(values[i])}, before any update: the "
+            f"data's values are too large for float32's squares; scale them "
+            f"(standardize=True, standardize_target=True)."
+        )
     if i is not None:
         raise DivergenceError(
             f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
