@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch. GPU users: see the README ("CUDA") for TORCH_SPEC and TORCH_INDEX.
+# torch, pinned; pip's configured index decides the build (CPU or CUDA): see the README
+# ("CUDA") for TORCH_SPEC and TORCH_INDEX.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed

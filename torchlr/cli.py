@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"analytic: the same gradient derived by hand (X^T r), several "
                             f"times faster for small batches, equal to float precision")
     train.add_argument("--quiet", action="store_true",
-                       help="print only the final errors: no per-epoch lines, no progress bar")
+                       help="print only the results (the final errors, or the weights with "
+                            "--data): no per-epoch lines, no progress bar")
     train.add_argument("--logdir", default="runs",
                        help="TensorBoard log root: each run writes one folder under it")
     train.add_argument("--no-tensorboard", action="store_true",
