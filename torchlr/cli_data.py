@@ -19,7 +19,10 @@ from torchlr.train import FitConfig
 
 SYNTHETIC_NAMES = (("x1", "x2"), "y")  # the chapter's columns, so its model can predict files
 # FitConfig fields a resumed run takes from its checkpoint, never from the command line.
-RUN_OPTIONS = {"impl": "impl", "lr": "lr", "batch_size": "batch_size", "seed": "seed"}
+# One given with another value than the checkpoint's is refused, not silently ignored.
+RUN_OPTIONS = {"impl": "impl", "lr": "lr", "batch_size": "batch_size", "seed": "seed",
+               "val_fraction": "val_fraction", "standardize": "standardize",
+               "standardize_target": "standardize_target", "early_stopping": "early_stopping"}
 
 
 def add_train_options(train: argparse.ArgumentParser) -> None:
