@@ -1,7 +1,10 @@
 """The README's Python examples run as written, in order, and print what it says they do."""
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,36 @@ def test_readme_python_examples_run_in_order(tmp_path, monkeypatch):
     for i, block in enumerate(python_blocks()):
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
         assert checks.get(i, lambda ns: True)(namespace), f"README example {i + 1}"
+
+
+def console_blocks():
+    return re.findall(r"^```console\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+
+
+def transcript(block):
+    """The block's commands ($ lines, joined across trailing backslashes), each with the
+    lines it shows on stdout (TensorBoard's folder line goes to stderr and is left out)."""
+    steps = []
+    lines = iter(block.splitlines())
+    for line in lines:
+        if line.startswith("$ "):
+            command = line[2:]
+            while command.endswith("\\"):
+                command = command[:-1] + next(lines).strip()
+            steps.append((command, []))
+        elif not line.startswith("TensorBoard run: "):
+            steps[-1][1].append(line)
+    return steps
+
+
+@pytest.mark.timeout(240)
+def test_readme_console_transcripts_print_what_they_show(tmp_path):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    steps = [step for block in console_blocks() for step in transcript(block)]
+    assert len(steps) >= 4 and any("--resume" in command for command, _ in steps)
+    for command, shown in steps:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (command, done.stderr)
+        assert done.stdout.splitlines() == shown, command
