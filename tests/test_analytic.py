@@ -15,6 +15,20 @@ from torchlr.train import DivergenceError
 HISTORIES = ("w_history", "b_history", "train_losses")
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_analytic_fit_runs_no_backward(impl, monkeypatch):
+    def no_backward(*args, **kwargs):
+        raise AssertionError("backward() ran in an analytic fit")
+
+    X, y = chapter_data()
+    monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    monkeypatch.setattr(torch.autograd, "backward", no_backward)
+    result = torchlr.fit(X, y, impl=impl, gradient="analytic", device="cpu")
+    assert result.losses[-1] < 1e-4
+    with pytest.raises(AssertionError, match="backward"):  # the default does run it
+        torchlr.fit(X, y, impl=impl, num_epochs=1, device="cpu")
+
+
 def batch(rows, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(rows, d, generator=g)

@@ -95,6 +95,21 @@ def test_resume_accepts_the_same_data_summed_in_another_order(tmp_path):
     assert len(resumed.losses) == 2
 
 
+def test_a_checkpoint_is_written_after_every_epoch(tmp_path):
+    X, y = dataset()
+    path = tmp_path / "run.pt"
+    seen = []
+
+    def check(progress):
+        if progress.epoch_loss is not None:  # the epoch is over: its checkpoint is on disk
+            state = load_checkpoint(path)
+            seen.append((progress.epoch, state["epoch"],
+                         state["history"]["losses"][-1] == progress.epoch_loss))
+
+    torchlr.fit(X, y, num_epochs=3, lr=0.01, save=str(path), device="cpu", on_progress=check)
+    assert seen == [(1, 1, True), (2, 2, True), (3, 3, True)]
+
+
 def test_checkpoint_holds_the_whole_run(tmp_path):
     X, y = dataset()
     path = tmp_path / "run.pt"

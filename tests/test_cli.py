@@ -65,7 +65,11 @@ def test_quiet_prints_only_the_errors(capsys):
 
 
 def test_help_explains_each_option():
-    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:  # every option says what it does
+            assert action.help and len(action.help) > 10, (name, action.option_strings)
+    text = commands["train"].format_help()
     for option in ["--impl", "--epochs", "--lr", "--batch-size", "--num-examples", "--seed",
                    "--device", "--quiet"]:
         assert option in text
