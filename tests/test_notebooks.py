@@ -178,3 +178,37 @@ def test_committed_notebooks_carry_their_outputs(name):
         kinds = [(out.output_type, out.get("name")) for out in cell.outputs]
         assert not any(a == b and a[0] == "stream" for a, b in zip(kinds, kinds[1:]))
     nbformat.validate(nb)
+
+
+# Cells whose output is not a function of the code: wall times, and what the machine has.
+UNREPEATABLE = ("compare.summary(", "torch.cuda.is_available()")
+NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
+
+
+def printed(cell) -> str:
+    """A cell's stdout and text/plain results, with run-folder time stamps masked."""
+    parts = [out.get("text", "") if out.output_type == "stream"
+             else out.get("data", {}).get("text/plain", "") for out in cell.outputs]
+    return re.sub(r"\d{8}-\d{6}", "<time>", "".join(parts))
+
+
+def same_but_rounding(a: str, b: str) -> bool:
+    """Equal text, except float64 numbers that differ in their last digits (another BLAS)."""
+    if NUMBER.sub("#", a) != NUMBER.sub("#", b):
+        return False
+    return all(x == y or (len(x) > 14 and abs(float(x) - float(y)) <= 1e-12 * abs(float(y)))
+               for x, y in zip(NUMBER.findall(a), NUMBER.findall(b)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_outputs_are_what_the_code_prints_now(executed, name):
+    """A notebook whose code changed is re-executed (notebooks/execute.py) before it lands."""
+    fresh = code_cells(executed[0][name])
+    committed = code_cells(nbformat.read(NOTEBOOKS / name, as_version=4))
+    assert len(fresh) == len(committed)
+    for number, (new, old) in enumerate(zip(fresh, committed), start=1):
+        if skipped(old) or any(marker in old.source for marker in UNREPEATABLE):
+            continue
+        assert same_but_rounding(printed(new), printed(old)), (
+            f"{name}, code cell {number}: the committed output is stale; run "
+            f"notebooks/execute.py\n--- committed\n{printed(old)}\n--- now\n{printed(new)}")
