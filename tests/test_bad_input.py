@@ -40,6 +40,13 @@ API_CASES = [
     ([[1.0, 2.0]], [1.0], {}, TypeError, ["features", "list"]),
     (np.array([["a", "b"]]), np.array([1.0]), {}, TypeError, ["features", "dtype"]),
     (X > 0, Y, {}, TypeError, ["features", "bool"]),
+    (X.double() * 1e300, Y, {}, ValueError, ["features", "40 value(s)", "range of float32"]),
+    (X, Y, {"batch_size": 2**70}, ValueError, ["batch_size", str(2**70)]),
+    (X, Y, {"num_epochs": 2**70}, ValueError, ["num_epochs", str(2**70)]),
+    (X, Y, {"seed": 2**70}, ValueError, ["seed", str(2**70)]),
+    (X, Y, {"seed": -(2**63) - 1}, ValueError, ["seed", str(-(2**63) - 1)]),
+    (X, Y, {"save": ""}, ValueError, ["save", "''"]),
+    (X, Y, {"logdir": ""}, ValueError, ["logdir", "''"]),
 ]
 
 
@@ -88,6 +95,13 @@ CLI_CASES = [
     (["--num-examples", "0"], "num_examples"),
     (["--lr", "10"], "diverged"),
     (["--cuda-graphs", "--device", "cpu"], "cuda_graphs=True needs a CUDA device"),
+    (["--seed", "99999999999999999999999"], "seed must be in"),
+    (["--batch-size", "99999999999999999999"], "batch_size"),
+    (["--num-examples", "99999999999999"], "ask for fewer examples"),
+    (["--plot", ""], "Cannot save a plot to ''"),
+    (["--logdir", ""], "logdir"),
+    (["--save", ""], "save"),
+    (["--dist-timeout", "inf"], "--dist-timeout"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append((["--device", "cuda"], "CUDA is not available"))
@@ -101,6 +115,18 @@ def test_cli_one_line_exit_2(args, word, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and word in err, err
     assert "Traceback" not in err
+
+
+def test_unwritable_save_paths_are_refused_before_training(tmp_path, monkeypatch):
+    import torchlr.train as train
+
+    built = []
+    monkeypatch.setitem(train.MODELS, "scratch", lambda *a: built.append(a))
+    (tmp_path / "afile").write_text("x")
+    for save, words in ((tmp_path, "is a folder"), (tmp_path / "afile" / "m.pt", "not a folder")):
+        with pytest.raises(ValueError, match=words):
+            fit(X, Y, device="cpu", save=str(save))
+    assert built == []
 
 
 def test_cli_subprocess_has_no_traceback():

@@ -110,6 +110,23 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     assert sum(bool(EPOCH_LINE.match(line)) for line in lines) == 2
 
 
+def test_an_error_clears_the_progress_bar_first(monkeypatch, capsys):
+    fake = _Tty()
+    monkeypatch.setattr(sys, "stdout", fake)
+    # Diverges mid-epoch, after the bar was drawn at a host read.
+    assert main(["train", "--device", "cpu", "--lr", "2.5", "--no-tensorboard"]) == 2
+    text = fake.getvalue()
+    assert "step 50/100" in text and text.endswith("\r\033[K")  # the bar's line erased
+    assert capsys.readouterr().err.startswith("torchlr: error: Training diverged")
+
+
+def test_quiet_both_names_each_block(capsys):
+    assert main(["train", "--quiet", "--impl", "both", "--device", "cpu",
+                 "--no-tensorboard"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [lines[0], lines[3]] == ["== scratch ==", "== concise =="] and len(lines) == 6
+
+
 def test_progress_bar_fills():
     from torchlr.train import Progress
 

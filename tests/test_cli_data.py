@@ -1,7 +1,11 @@
 """The command line on files: train, predict, resume, and the column checks of predict."""
 
 import csv
+import os
 import re
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -181,6 +185,52 @@ def test_synthetic_resume_draws_the_data_of_the_checkpoints_seed(tmp_path, capsy
     assert main([*args, "--seed", "5", "--epochs", "3"]) == 0
     straight = capsys.readouterr().out.splitlines()
     assert resumed[:-1] == straight[1:]  # epochs 2 and 3, the errors; then "saved ..."
+
+
+def test_saved_is_said_only_when_a_checkpoint_was_written(tmp_path, capsys):
+    path = tmp_path / "none.pt"
+    assert main(["train", "--epochs", "0", "--save", str(path), "--no-tensorboard"]) == 0
+    assert "saved" not in capsys.readouterr().out and not path.exists()
+
+
+def test_outputs_never_overwrite_the_data(houses, tmp_path, capsys):
+    before = houses.read_bytes()
+    assert main(["train", "--data", str(houses), "--save", str(houses), *TRAIN]) == 2
+    assert "not a torchlr checkpoint" in capsys.readouterr().err
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
+                 str(houses)]) == 2
+    assert "is the --data file" in capsys.readouterr().err
+    assert houses.read_bytes() == before
+
+
+def test_written_files_take_the_usual_permissions(houses, tmp_path):
+    # The temporary file behind each atomic write starts as 0600; the result must not stay so.
+    model, out = tmp_path / "m.pt", tmp_path / "p.csv"
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                     *TRAIN]) == 0
+        assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
+                     str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(model.stat().st_mode) == stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_predict_into_a_closed_pipe_exits_quietly(houses, tmp_path):
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    big = tmp_path / "big.csv"
+    big.write_text(houses.read_text() + "".join(houses.read_text().splitlines(True)[1:]) * 400)
+    done = subprocess.run(f"{sys.executable} -m torchlr predict --model {model} --data {big} "
+                          f"| head -1; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert done.stdout == "area,rooms,slope,price,prediction\n"
+    assert done.stderr == "" and done.returncode == 141
 
 
 def test_stream_trains_from_npy(tmp_path, capsys):

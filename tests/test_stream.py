@@ -105,6 +105,10 @@ def test_stream_refuses_bad_files(tmp_path):
     np.save(tmp_path / "two.npy", np.ones((4, 2)))
     with pytest.raises(ValueError, match="Unknown target column 'y'"):
         BlockStream(tmp_path / "two.npy", target="y")
+    whole = (tmp_path / "two.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[:-8])  # a copy that stopped short
+    with pytest.raises(ValueError, match=r"cut.npy is truncated: .* promises \d+ bytes"):
+        BlockStream(tmp_path / "cut.npy")
     bad = np.ones((30, 2))
     bad[17, 1] = np.nan
     np.save(tmp_path / "nan.npy", bad)

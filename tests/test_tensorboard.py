@@ -173,6 +173,18 @@ def test_two_fits_in_a_row_write_two_runs(tmp_path):
     assert re.fullmatch(r"\d{8}-\d{6}-scratch-a(-2)?", Path(second.run_dir).name)
 
 
+def test_a_refused_resume_leaves_no_run(tmp_path):
+    X, y = chapter_data(num_examples=200)
+    path = tmp_path / "run.pt"
+    torchlr.fit(X, y, num_epochs=2, save=str(path))
+    logdir = tmp_path / "runs"
+    with pytest.raises(ValueError, match="ask for at least 2"):
+        torchlr.fit(X, y, num_epochs=1, resume=str(path), logdir=logdir)
+    with pytest.raises(ValueError, match="not the data it trained on"):
+        torchlr.fit(X.flip(0), y.flip(0), num_epochs=3, resume=str(path), logdir=logdir)
+    assert not logdir.exists()
+
+
 def test_divergence_closes_the_run_and_says_where_it_is(tmp_path):
     X, y = chapter_data(num_examples=200)
     with pytest.raises(torchlr.DivergenceError) as info:

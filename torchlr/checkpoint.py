@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
 
@@ -26,19 +26,19 @@ REQUIRED = {"format": str, "version": int, "impl": str, "epoch": int, "params": 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write state to path atomically: a temporary file in the same folder, then a rename."""
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def check_overwritable(path: str | os.PathLike[str]) -> None:
+    """Refuse a save path that holds a file other than a torchlr checkpoint (data, say)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    if not os.path.isfile(path):
+        return
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see old or new, never half
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        load_checkpoint(path)
+    except ValueError:
+        raise ValueError(f"save={path!r} is a file that is not a torchlr checkpoint; "
+                         f"not overwriting it") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -18,17 +19,19 @@ from torchlr.cli_data import (
     describe_weights,
     predict_rows,
     training_inputs,
-    write_atomic,
+    write_lines,
 )
 from torchlr.data import synthetic_data
+from torchlr.io import check_fits_in_memory
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
-from torchlr.validation import IMPLS
+from torchlr.validation import IMPLS, check_seed
 
 # The chapter's ground truth.
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a command the pipe's reader stopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,10 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=distributed.BACKENDS, default=None,
                        help="collective backend under torchrun (default: nccl on CUDA, "
                             "else gloo)")
-    train.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+    train.add_argument("--dist-timeout", type=_seconds, default=distributed.DEFAULT_TIMEOUT,
+                       metavar="SECONDS",
                        help="seconds a process waits on the others under torchrun before "
                             "giving up")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, "
+                                         f"got {text!r}")
+    return value
 
 
 class _ProgressBar:
@@ -117,6 +133,7 @@ class _ProgressBar:
 
     def __init__(self, stream: TextIO, label: str, width: int = 30) -> None:
         self.stream, self.label, self.width = stream, label, width
+        self.drawn = False  # a bar is on the line, for an error message to clear first
 
     def __call__(self, p: Progress) -> None:
         done = (p.epoch - 1) * p.steps_per_epoch + p.step
@@ -126,10 +143,12 @@ class _ProgressBar:
         self.stream.write(f"\r{self.label} [{bar}] epoch {p.epoch}/{p.num_epochs} "
                           f"step {p.step}/{p.steps_per_epoch}")
         self.stream.flush()
+        self.drawn = True
 
     def clear(self) -> None:
         self.stream.write("\r\033[K")
         self.stream.flush()
+        self.drawn = False
 
 
 @dataclass
@@ -165,7 +184,12 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     true_w = torch.tensor(TRUE_W)
 
     def synthetic(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        data_gen = torch.Generator().manual_seed(seed)
+        data_gen = torch.Generator().manual_seed(check_seed(seed))
+        # X, y and the noise as float32, with room for the fit's copies: refused in one line,
+        # not by the allocator's traceback.
+        check_fits_in_memory(f"--num-examples {args.num_examples}",
+                             2 * args.num_examples * (len(TRUE_W) + 2) * 4,
+                             advice="ask for fewer examples")
         return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
 
     # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
@@ -175,16 +199,21 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     features, labels, configs = training_inputs(args, FitConfig(), synthetic, truth)
     for config in configs:  # every run's options are checked before any run starts
         config.validate()
-    if args.plot:
+    if args.plot is not None:  # "" too: refused by check_image_path, not ignored
         from torchlr import plots  # matplotlib is imported only when a plot is asked for
 
         plots.check_image_path(args.plot)
     results = []
     for config in configs:
-        if len(configs) > 1 and not args.quiet:
+        if len(configs) > 1:  # with --quiet too: two blocks of results need their names
             print(f"== {config.impl} ==", file=out)
         bar = _ProgressBar(out, config.impl) if out.isatty() and not args.quiet else None
-        result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
+        try:
+            result = fit(features, labels, config, on_progress=_Printer(out, args.quiet, bar))
+        except BaseException:
+            if bar is not None and bar.drawn:
+                bar.clear()  # the error's line must not start after a half-drawn bar
+            raise
         if args.data is None:
             _report(result, true_w, out)
         else:
@@ -195,10 +224,10 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
             print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
         if result.best_epoch is not None:
             print(f"early stopping: kept epoch {result.best_epoch}", file=out)
-        if config.save is not None:
-            print(f"saved {config.save}", file=out)
+        if result.saved_to is not None:  # not when no epoch ran (--epochs 0, say)
+            print(f"saved {result.saved_to}", file=out)
         results.append(result)
-    if args.plot:
+    if args.plot is not None:
         plots.loss_curves(results).savefig(args.plot)
         if not args.quiet:
             print(f"Saved the loss curves to {args.plot}", file=sys.stderr)
@@ -210,7 +239,7 @@ def _predict(args: argparse.Namespace, out: TextIO) -> int:
     if args.output is None:
         out.writelines(lines)
     else:
-        write_atomic(args.output, lines)
+        write_lines(args.output, lines)
     return 0
 
 
@@ -238,6 +267,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _train(args, sys.stdout)
         if args.command == "predict":
             return _predict(args, sys.stdout)
+    except BrokenPipeError:
+        # The reader went away (`torchlr predict ... | head`): nothing to say, and stdout
+        # must not be flushed again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
         # Under torchrun every rank that fails says so, tagged: one rank's failure must show.
@@ -246,8 +280,6 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        if sys.stdout.isatty():
-            print(file=sys.stdout)  # end a half-drawn progress bar line
         where = getattr(exc, "run_dir", None)
         print("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
                                         if where else ""), file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import fields, replace
 from typing import Any, Optional
@@ -12,10 +11,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from torchlr.atomic import write_atomic
 from torchlr.checkpoint import TrainedModel, load_checkpoint, load_model
 from torchlr.io import feature_columns, load_columns, load_data
 from torchlr.stream import BlockStream
 from torchlr.train import FitConfig
+from torchlr.validation import check_writable_file
 
 SYNTHETIC_NAMES = (("x1", "x2"), "y")  # the chapter's columns, so its model can predict files
 # FitConfig fields a resumed run takes from its checkpoint, never from the command line.
@@ -149,6 +150,11 @@ def _cell(value: np.float32) -> str:
 
 def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]:
     """Load the model and data (every check done first); return the CSV lines to write."""
+    if args.output is not None:
+        check_writable_file("--output", args.output)
+        if os.path.exists(args.output) and os.path.exists(args.data) \
+                and os.path.samefile(args.output, args.data):
+            raise ValueError(f"--output {args.output} is the --data file; not overwriting it")
     model = load_model(args.model, device=args.device)
     if model.feature_names is None:
         raise ValueError(f"{args.model} has no feature names; it cannot match columns")
@@ -167,14 +173,6 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
     return model, lines()
 
 
-def write_atomic(path: str, lines: Iterable[str]) -> None:
-    """Write text to a temporary file beside path, then rename: no half-written output."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def write_lines(path: str, lines: Iterable[str]) -> None:
+    """Write text lines to path atomically: no half-written output, even on an error."""
+    write_atomic(path, lambda f: f.writelines(lines), text=True)

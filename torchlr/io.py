@@ -155,14 +155,14 @@ def estimate_bytes(path: str, num_columns: int) -> int:
     return size * COPIES_NEEDED
 
 
-def check_fits_in_memory(path: str, needed: int) -> None:
-    """Refuse a file whose table would not fit in the memory available now."""
+def check_fits_in_memory(what: str, needed: int,
+                         advice: str = "train from disk with --stream (a 2-D .npy file)") -> None:
+    """Refuse data (a file, or what is asked for) that would not fit in the memory free now."""
     free = available_memory()
     if free is not None and needed > free:
         raise ValueError(
-            f"{path} needs about {needed / 2**30:.1f} GiB to load but only "
-            f"{free / 2**30:.1f} GiB of memory is available; train from disk with --stream "
-            f"(a 2-D .npy file)"
+            f"{what} needs about {needed / 2**30:.1f} GiB to load but only "
+            f"{free / 2**30:.1f} GiB of memory is available; {advice}"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -225,6 +226,8 @@ def lr_sweep(
 
 def check_image_path(path: Union[str, Path]) -> Path:
     """Refuse, before any work, a path whose folder is missing or whose format is unknown."""
+    if not str(path):
+        raise ValueError("Cannot save a plot to '': give a file path such as loss.png")
     path = Path(path)
     formats = Figure().canvas.get_supported_filetypes()
     suffix = path.suffix.lower().lstrip(".")
@@ -236,4 +239,7 @@ def check_image_path(path: Union[str, Path]) -> Path:
     if not path.parent.is_dir():
         raise ValueError(f"Cannot save a plot to {str(path)!r}: folder {str(path.parent)!r} "
                          "does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"Cannot save a plot to {str(path)!r}: no permission to write in "
+                         f"{str(path.parent)!r}")
     return path

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from torchlr.checkpoint import (
+    check_overwritable,
     check_resumable,
     load_checkpoint,
     restore,
@@ -73,6 +75,8 @@ class RunState:
     def __init__(self, X: torch.Tensor, y: torch.Tensor, config: Any) -> None:
         """Split off the validation rows, then scale with statistics of the training rows only."""
         self.config = config
+        if config.save is not None:
+            check_overwritable(config.save)
         if config.feature_names is not None and len(config.feature_names) != X.shape[1]:
             raise ValueError(f"feature_names has {len(config.feature_names)} names for "
                              f"{X.shape[1]} feature columns")
@@ -96,6 +100,7 @@ class RunState:
             if self.val is not None else None
         self.checkpoint: Optional[dict[str, Any]] = None  # the last one saved or resumed
         self._fingerprint: Optional[torch.Tensor] = None  # made once, when a checkpoint needs it
+        self.saved_to: Optional[str] = None  # set once this fit has written a checkpoint
 
     @classmethod
     def streaming(cls, stream: Any, config: Any) -> RunState:
@@ -105,6 +110,8 @@ class RunState:
                              f"streaming from disk; hold out rows in a separate file instead")
         run = cls.__new__(cls)
         run.config, run.val, run.stopper, run.checkpoint = config, None, None, None
+        if config.save is not None:
+            check_overwritable(config.save)
         stream.scaling = None  # this fit's own, not one a previous fit left on the stream
         if config.standardize or config.standardize_target:
             stream.scaling = stream.fit_scaling(features=config.standardize,
@@ -113,6 +120,7 @@ class RunState:
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
         run._fingerprint = None  # a stream is not read whole to make one
+        run.saved_to = None
         return run
 
     def fingerprint(self) -> Optional[torch.Tensor]:
@@ -173,6 +181,7 @@ class RunState:
                 best=self.stopper.best if self.stopper is not None else None,
                 data=self.fingerprint())
             save_checkpoint(self.config.save, self.checkpoint)
+            self.saved_to = os.fspath(self.config.save)
         return val_loss, val_r2, stop
 
     def finish(self, model: Any) -> Optional[int]:
@@ -198,5 +207,5 @@ class RunState:
             b_hist = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
             w_orig, b_orig = self.scaling.original_params(w, b)
         return {"w": w_orig, "b": b_orig, "w_history": w_hist, "b_history": b_hist,
-                "val_losses": self.val_losses, "val_r2": self.val_r2,
+                "val_losses": self.val_losses, "val_r2": self.val_r2, "saved_to": self.saved_to,
                 "scaling": self.scaling, "scaled_w": scaled_w, "scaled_b": scaled_b}

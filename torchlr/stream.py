@@ -69,6 +69,10 @@ class BlockStream:
             else max(1, BLOCK_BYTES // row_bytes)
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        needed = offset + shape[0] * row_bytes
+        if len(self._map) < needed:  # cut short: a copy or a download that stopped
+            raise ValueError(f"{self.path} is truncated: its header promises {needed} bytes, "
+                             f"the file has {len(self._map)}")
         self._array = np.ndarray(shape, dtype, buffer=self._map, offset=offset)
         self._offset, self._row_bytes = offset, row_bytes
         self.scaling: Optional[Scaling] = None  # applied to every block once set

@@ -57,6 +57,8 @@ def check_options(config: FitConfig) -> None:
     if config.logdir is not None and not isinstance(config.logdir, (str, os.PathLike)):
         raise TypeError(f"logdir must be a path or None, got {type(config.logdir).__name__}: "
                         f"{config.logdir!r}")
+    if config.logdir is not None and not os.fspath(config.logdir):
+        raise ValueError("logdir must be a folder path or None, got ''")
     name = config.run_name
     if name is not None:
         if not isinstance(name, str):

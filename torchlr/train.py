@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -32,6 +31,7 @@ from torchlr.validation import (
     check_positive_float,
     check_positive_int,
     check_run_options,
+    check_seed,
 )
 
 
@@ -99,8 +99,7 @@ class FitConfig:
         check_nonnegative_int("log_every", self.log_every)
         if self.threads is not None:
             check_positive_int("threads", self.threads)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}: {self.seed!r}")
+        check_seed(self.seed)
         for name in ("drop_last", "worker_thread", "cuda_graphs"):
             check_bool(name, getattr(self, name))
         check_options(self)
@@ -140,6 +139,7 @@ class FitResult:
     scaling: Optional[Scaling] = None  # w, b above are already in original units
     scaled_w: Optional[torch.Tensor] = None  # (d,) what the model learned on scaled data
     scaled_b: Optional[float] = None
+    saved_to: Optional[str] = None  # the checkpoint this fit wrote (config.save), if it wrote one
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predictions (n, 1) in original units, computed exactly as a loaded checkpoint does."""
@@ -423,7 +423,6 @@ def _fit(
     if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
-    run.open(config, X, y, device, steps, state.scaling)
     read = _read if group is None else group.read  # in a group, summed over the ranks first
     lengths = batch_lengths(n, config.batch_size, steps)
 
@@ -434,6 +433,8 @@ def _fit(
     step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
     first_epoch = state.resume(model, generator, history)
+    # After the resume's checks: a refused checkpoint leaves no TensorBoard run behind.
+    run.open(config, X, y, device, steps, state.scaling)
     # In a group each rank steps on its slice of every batch; the model itself is unchanged.
     stepper = model if group is None else group.wrap(model, device)
     step, batch_means = stepper.step, stepper.batch_means

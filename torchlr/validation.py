@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 IMPLS = ("scratch", "concise")
+INT64_MAX = 2**63 - 1  # torch holds sizes and counts as int64
 
 
 def as_float_tensor(name: str, value: Any) -> torch.Tensor:
@@ -58,7 +59,12 @@ def check_data(features: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.isnan(t).any():
             raise ValueError(f"{name} contains NaN ({int(torch.isnan(t).sum())} value(s))")
         if torch.isinf(t).any():
-            raise ValueError(f"{name} contains inf ({int(torch.isinf(t).sum())} value(s))")
+            count = int(torch.isinf(t).sum())
+            given = features if name == "features" else labels
+            if not torch.isinf(torch.as_tensor(given)).any():  # finite, but not as float32
+                raise ValueError(f"{name} holds {count} value(s) beyond the range of float32 "
+                                 f"(about ±3.4e38), which training in float32 cannot hold")
+            raise ValueError(f"{name} contains inf ({count} value(s))")
     return X, y
 
 
@@ -66,8 +72,8 @@ def check_positive_int(name: str, value: Any) -> int:
     """Return value as an int if it is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive int, got {type(value).__name__}: {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 1 <= value <= INT64_MAX:
+        raise ValueError(f"{name} must be a positive int of at most 2**63 - 1, got {value!r}")
     return int(value)
 
 
@@ -75,8 +81,8 @@ def check_nonnegative_int(name: str, value: Any) -> int:
     """Return value as an int if it is an integer >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__}: {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if not 0 <= value <= INT64_MAX:
+        raise ValueError(f"{name} must be an int in [0, 2**63 - 1], got {value!r}")
     return int(value)
 
 
@@ -91,6 +97,15 @@ def check_positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_seed(seed: Any) -> int:
+    """Return seed if it is an int that torch.Generator.manual_seed takes."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be in [-2**63, 2**64), got {seed!r}")
+    return int(seed)
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """Return value if it is one of choices."""
     if value not in choices:
@@ -103,6 +118,24 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def check_writable_file(name: str, path: Any) -> str:
+    """Refuse, before any work, a file path that cannot be written: found now, not after
+    training. Folders that do not exist yet are fine if they can be made."""
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"{name} must be a file path, got ''")
+    if os.path.isdir(path):
+        raise ValueError(f"{name}={path!r} is a folder; give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # the nearest folder that exists must take new files
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name}={path!r} cannot be written: {folder!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}={path!r} cannot be written: no permission in {folder!r}")
+    return path
 
 
 def check_run_options(config: Any) -> None:
@@ -122,6 +155,8 @@ def check_run_options(config: Any) -> None:
         value = getattr(config, name)
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"{name} must be a path or None, got {value!r}")
+    if config.save is not None:
+        check_writable_file("save", config.save)
     if config.target_name is not None and not isinstance(config.target_name, str):
         raise TypeError(f"target_name must be a str or None, got {config.target_name!r}")
     names = config.feature_names
