@@ -151,8 +151,9 @@ def test_resume_refuses_other_options(houses, tmp_path, capsys):
     assert main(["train", "--data", str(houses), "--resume", str(part), "--epochs", "2",
                  "--lr", "0.5"]) == 2
     assert "differs from the checkpoint's 0.1" in capsys.readouterr().err
-    # Options of the data's preparation and of early stopping are the run's too.
-    for option in (["--val-fraction", "0.5"], ["--early-stopping", "1"]):
+    # Options of the data's preparation and of early stopping are the run's too, and an
+    # option written with its default value (0.03 for --lr) is an option given.
+    for option in (["--val-fraction", "0.5"], ["--early-stopping", "1"], ["--lr", "0.03"]):
         assert main(["train", "--data", str(houses), "--resume", str(part), "--epochs", "2",
                      *option]) == 2
         assert f"{option[0]} " in capsys.readouterr().err

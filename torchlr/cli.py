@@ -257,9 +257,20 @@ def _train_data_parallel(args: argparse.Namespace, out: TextIO) -> int:
         distributed.teardown()
 
 
+def _given_options(argv: Optional[list[str]]) -> set[str]:
+    """The dests of the options written on the command line, defaults aside."""
+    # Parsed again with every default suppressed: only what was given lands in the result.
+    parser = build_parser()
+    for command in parser._subparsers._group_actions[0].choices.values():  # type: ignore
+        for action in command._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.given = _given_options(argv)
     try:
         if args.command == "train":
             if distributed.in_torchrun():

@@ -97,9 +97,12 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     data_seed = args.seed  # --seed draws the chapter's data too
     if args.resume is not None:
         saved = load_checkpoint(args.resume)["config"]
+        written = getattr(args, "given", None)  # set by main(): the options on the line
         for name, option in RUN_OPTIONS.items():
             given, default = getattr(args, option), getattr(defaults, name)
-            if given not in (default, saved[name]) and not (name == "impl" and given == "both"):
+            # An option written with its default value is still an option given.
+            was_given = option in written if written is not None else given != default
+            if was_given and given != saved[name] and not (name == "impl" and given == "both"):
                 raise ValueError(f"--{option.replace('_', '-')} {given} differs from the "
                                  f"checkpoint's {saved[name]!r}; a resumed run keeps its options")
         known = {f.name for f in fields(FitConfig)}
