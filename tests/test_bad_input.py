@@ -36,6 +36,7 @@ API_CASES = [
     (X, Y, {"lr": "0.1"}, TypeError, ["lr", "'0.1'"]),
     (X, Y, {"num_epochs": -1}, ValueError, ["num_epochs", "-1"]),
     (X, Y, {"impl": "keras"}, ValueError, ["impl", "'keras'", "'scratch'", "'concise'"]),
+    (X, Y, {"impl": ["scratch"]}, TypeError, ["impl", "list", "['scratch']"]),
     (X, Y, {"device": "gpu"}, ValueError, ["device", "'gpu'"]),
     ([[1.0, 2.0]], [1.0], {}, TypeError, ["features", "list"]),
     (np.array([["a", "b"]]), np.array([1.0]), {}, TypeError, ["features", "dtype"]),

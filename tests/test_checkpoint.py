@@ -132,6 +132,15 @@ def test_checkpoint_holds_the_whole_run(tmp_path):
     assert os.listdir(tmp_path) == ["run.pt"]  # no temporary file left beside it
 
 
+def test_a_folder_or_garbage_is_named_as_such(tmp_path):
+    with pytest.raises(ValueError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(ValueError, match=r"notes.txt is not a readable torchlr checkpoint "
+                                         r"\(\w+(Error|Exception)"):
+        load_checkpoint(tmp_path / "notes.txt")
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "model.pt"
     save_checkpoint(path, {"format": "old"})

@@ -231,7 +231,7 @@ def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     ({"run_name": 3}, "run_name must be a str or None, got int: 3"),
     ({"true_w": (1.0, 2.0, 3.0)}, "true_w has 3 values but features has 2 columns"),
     ({"true_w": (1.0, float("nan"))}, "true_w must be a non-empty sequence of finite numbers"),
-    ({"true_b": "x"}, "true_b must be a finite number or None, got 'x'"),
+    ({"true_b": "x"}, "true_b must be a finite number or None, got str: 'x'"),
     ({"logdir": 5}, "logdir must be a path or None, got int: 5"),
 ])
 def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, message):

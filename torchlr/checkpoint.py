@@ -44,6 +44,8 @@ def check_overwritable(path: str | os.PathLike[str]) -> None:
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a torchlr checkpoint (weights_only: no code runs); ValueError if not one."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise ValueError(f"No such checkpoint file: {path}")
     try:
@@ -51,8 +53,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt zip, a pickle with code, a truncated file...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path} is not a readable torchlr checkpoint: {first}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # The type says what went wrong where the text alone ("101") does not.
+        raise ValueError(f"{path} is not a readable torchlr checkpoint "
+                         f"({type(exc).__name__}{': ' + first if first else ''})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a torchlr checkpoint (no {FORMAT!r} marker)")
     if state.get("version") not in (1, VERSION):

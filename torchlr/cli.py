@@ -61,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 metavar="COMMAND")
     train = sub.add_parser(
         "train",
-        help="train on the chapter's synthetic data and print the loss per epoch",
+        help="train on the chapter's synthetic data, or on a table with --data",
         description=(
-            "Train linear regression on synthetic data y = X w + b + noise with w = [2, -3.4] "
-            "and b = 4.2, as in the chapter. With no options it reproduces the chapter: "
-            "1000 examples, batch size 10, learning rate 0.03, 3 epochs."
+            "Train linear regression by minibatch SGD and print the loss per epoch. By "
+            "default on the chapter's synthetic data y = X w + b + noise with w = [2, -3.4] "
+            "and b = 4.2: with no options it reproduces the chapter (1000 examples, batch "
+            "size 10, learning rate 0.03, 3 epochs). With --data, on your own table."
         ),
         formatter_class=_DefaultsHelp,
     )
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", metavar="FILE.png",
                        help="save the loss curves (every run of --impl both on one figure)")
     add_train_options(train)
-    add_predict_command(sub)
+    add_predict_command(sub, _DefaultsHelp)
     train.add_argument("--backend", choices=distributed.BACKENDS, default=None,
                        help="collective backend under torchrun (default: nccl on CUDA, "
                             "else gloo)")

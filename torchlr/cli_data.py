@@ -48,7 +48,7 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
                             "loss and R² per epoch")
     group.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
                        help="stop after this many epochs without a lower validation loss and "
-                            "keep the best epoch's parameters (0: off)")
+                            "keep the best epoch's parameters (needs --val-fraction; 0: off)")
     group.add_argument("--save", metavar="PATH",
                        help="write a checkpoint after each epoch (atomically)")
     group.add_argument("--resume", metavar="PATH",
@@ -56,10 +56,10 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
                             "unless --save says otherwise")
 
 
-def add_predict_command(sub: Any) -> None:
-    """The predict subcommand."""
+def add_predict_command(sub: Any, formatter: Any) -> None:
+    """The predict subcommand, its help drawn by formatter (one that shows defaults)."""
     predict = sub.add_parser(
-        "predict", help="predict with a saved model",
+        "predict", help="predict with a saved model", formatter_class=formatter,
         description="Predict with a checkpoint written by `torchlr train --save`. The file must "
                     "hold the model's feature columns (its target column may be there too). "
                     "Writes CSV: the columns read, then `prediction`.")

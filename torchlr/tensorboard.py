@@ -74,8 +74,10 @@ def check_options(config: FitConfig) -> None:
         raise ValueError(f"true_w must be a non-empty sequence of finite numbers or None, "
                          f"got {true_w!r}")
     true_b = config.true_b
-    if true_b is not None and (isinstance(true_b, bool) or not isinstance(true_b, numbers.Real)
-                               or not math.isfinite(true_b)):
+    if true_b is not None and (isinstance(true_b, bool) or not isinstance(true_b, numbers.Real)):
+        raise TypeError(f"true_b must be a finite number or None, got "
+                        f"{type(true_b).__name__}: {true_b!r}")
+    if true_b is not None and not math.isfinite(true_b):
         raise ValueError(f"true_b must be a finite number or None, got {true_b!r}")
 
 

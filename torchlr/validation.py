@@ -108,6 +108,9 @@ def check_seed(seed: Any) -> int:
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """Return value if it is one of choices."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {', '.join(map(repr, choices))}; "
+                        f"got {type(value).__name__}: {value!r}")
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
     return value
