@@ -103,6 +103,8 @@ CLI_CASES = [
     (["--logdir", ""], "logdir"),
     (["--save", ""], "save"),
     (["--dist-timeout", "inf"], "--dist-timeout"),
+    (["--backend", "gloo"], "--backend applies only under torchrun"),
+    (["--data", "t.csv", "--num-examples", "5"], "--num-examples sizes the chapter's"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append((["--device", "cuda"], "CUDA is not available"))

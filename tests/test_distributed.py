@@ -246,13 +246,14 @@ def test_a_stalled_worker_times_out_instead_of_hanging():
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 
 
-def _torchrun_matches_one_process(argv, capsys):
-    """Run `torchlr <argv>` in this process, then on 2 processes under torchrun: same output."""
+def _torchrun_matches_one_process(argv, capsys, torchrun_only=()):
+    """Run `torchlr <argv>` in this process, then on 2 processes under torchrun (with the
+    options that apply only there added): same output."""
     assert main(argv) == 0
     expected = capsys.readouterr().out.splitlines()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "torchlr", *argv],
+         "-m", "torchlr", *argv, *torchrun_only],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -266,8 +267,8 @@ def _torchrun_matches_one_process(argv, capsys):
 
 def test_torchrun_cli_prints_the_single_process_numbers(tmp_path, capsys):
     argv = ["train", "--impl", "both", "--num-examples", "1001", "--epochs", "2",
-            "--device", "cpu", "--seed", "4", "--logdir", str(tmp_path), "--backend", "gloo"]
-    _torchrun_matches_one_process(argv, capsys)
+            "--device", "cpu", "--seed", "4", "--logdir", str(tmp_path)]
+    _torchrun_matches_one_process(argv, capsys, torchrun_only=["--backend", "gloo"])
     # Two TensorBoard runs from this process and two from rank 0: none from rank 1.
     assert len(list(tmp_path.iterdir())) == 4
 

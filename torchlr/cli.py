@@ -276,6 +276,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "train":
             if distributed.in_torchrun():
                 return _train_data_parallel(args, sys.stdout)
+            unused = sorted({"backend", "dist_timeout"} & args.given)
+            if unused:
+                names = " and ".join("--" + u.replace("_", "-") for u in unused)
+                raise ValueError(f"{names} {'apply' if len(unused) > 1 else 'applies'} only "
+                                 f"under torchrun")
             return _train(args, sys.stdout)
         if args.command == "predict":
             return _predict(args, sys.stdout)

@@ -83,6 +83,9 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                     truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
     """(features, labels, configs) for train; synthetic(seed) gives the chapter's data, truth
     its (w, b)."""
+    if args.data is not None and "num_examples" in getattr(args, "given", ()):
+        raise ValueError("--num-examples sizes the chapter's synthetic data; with --data the "
+                         "file's rows are used")
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
     if args.impl == "both" and (args.save or args.resume):
         raise ValueError("--save and --resume need one implementation: "
