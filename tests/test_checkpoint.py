@@ -66,33 +66,61 @@ def test_resume_refuses_a_changed_run(tmp_path):
         torchlr.fit(X + 1, y, num_epochs=3, standardize=True, resume=str(path), device="cpu")
 
 
-@pytest.mark.parametrize("change", ["other draw", "rows reordered", "one label"])
+@pytest.mark.parametrize("change", ["other draw", "rows reordered", "two rows swapped",
+                                    "one label", "one feature cell"])
 def test_resume_refuses_other_data_of_the_same_shape(tmp_path, change):
-    X, y = dataset()
+    X, y = dataset(n=20_000)  # big enough that sums would hide a small change
     path = tmp_path / "run.pt"
-    torchlr.fit(X, y, num_epochs=1, save=str(path), device="cpu")
+    torchlr.fit(X, y, num_epochs=1, lr=1e-3, save=str(path), device="cpu")
+    X, y = X.clone(), y.clone()
     if change == "other draw":
-        X, y = dataset(seed=1)
+        X, y = dataset(n=20_000, seed=1)
     elif change == "rows reordered":
         order = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
         X, y = X[order], y[order]
+    elif change == "two rows swapped":  # rows far from the start, the end and the samples
+        X[[5001, 5002]], y[[5001, 5002]] = X[[5002, 5001]], y[[5002, 5001]]
+    elif change == "one label":
+        y[7777] += 1e-3
     else:
-        y = y.clone()
-        y[5] += 1.0
+        X[7777, 1] += 1e-3
     with pytest.raises(ValueError, match=r"not the data it trained on"):
-        torchlr.fit(X, y, num_epochs=3, resume=str(path), device="cpu")
+        torchlr.fit(X, y, num_epochs=3, lr=1e-3, resume=str(path), device="cpu")
 
 
-def test_resume_accepts_the_same_data_summed_in_another_order(tmp_path):
-    # The fingerprint's float64 sums of the same values may round differently with other
-    # threads or devices; a copy in another memory layout is summed in another order.
+def test_resume_accepts_the_same_data_in_another_form(tmp_path):
+    # The fingerprint is of the float32 rows the model trains on: float64 numpy input with
+    # the same float32 values, or a column-major copy, is the same data.
     X, y = dataset(n=5000)
     path = tmp_path / "run.pt"
     torchlr.fit(X, y, num_epochs=1, lr=0.01, save=str(path), device="cpu")
-    X_cols = X.T.contiguous().T  # the same values, column-major
-    assert torch.equal(X_cols, X) and X_cols.stride() != X.stride()
-    resumed = torchlr.fit(X_cols, y, num_epochs=2, lr=0.01, resume=str(path), device="cpu")
+    for X_again, y_again in ((X.double().numpy(), y.double().numpy()),
+                             (X.T.contiguous().T, y)):
+        resumed = torchlr.fit(X_again, y_again, num_epochs=2, lr=0.01, resume=str(path),
+                              save=str(tmp_path / "again.pt"), device="cpu")
+        assert len(resumed.losses) == 2
+
+
+def test_a_streamed_run_and_its_file_in_memory_resume_each_other(tmp_path):
+    from torchlr.io import load_data
+    from torchlr.stream import BlockStream
+
+    X, y = dataset(n=3000)
+    table = torch.cat([X, y[:, None]], 1).numpy()
+    np.save(tmp_path / "t.npy", table)
+    path = tmp_path / "run.pt"
+    torchlr.fit(BlockStream(tmp_path / "t.npy"), None, num_epochs=1, lr=0.01, save=str(path),
+                device="cpu")
+    data = load_data(tmp_path / "t.npy")
+    resumed = torchlr.fit(data.features, data.target, num_epochs=2, lr=0.01,
+                          resume=str(path), save=str(tmp_path / "mem.pt"), device="cpu")
     assert len(resumed.losses) == 2
+    other = table.copy()
+    other[0, 0] += 1.0  # the first row: one a stream's sampled digest reads
+    np.save(tmp_path / "other.npy", other)
+    with pytest.raises(ValueError, match=r"not the data it trained on"):
+        torchlr.fit(BlockStream(tmp_path / "other.npy"), None, num_epochs=2, lr=0.01,
+                    resume=str(path), device="cpu")
 
 
 def test_a_checkpoint_is_written_after_every_epoch(tmp_path):

@@ -197,7 +197,7 @@ def test_saved_is_said_only_when_a_checkpoint_was_written(tmp_path, capsys):
 def test_outputs_never_overwrite_the_data(houses, tmp_path, capsys):
     before = houses.read_bytes()
     assert main(["train", "--data", str(houses), "--save", str(houses), *TRAIN]) == 2
-    assert "not a torchlr checkpoint" in capsys.readouterr().err
+    assert "cannot read as its checkpoint, so it is not overwritten" in capsys.readouterr().err
     model = tmp_path / "m.pt"
     assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
                  *TRAIN]) == 0
@@ -205,6 +205,13 @@ def test_outputs_never_overwrite_the_data(houses, tmp_path, capsys):
                  str(houses)]) == 2
     assert "is the --data file" in capsys.readouterr().err
     assert houses.read_bytes() == before
+    saved = model.read_bytes()
+    assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
+                 str(model)]) == 2
+    assert "is the --model file" in capsys.readouterr().err and model.read_bytes() == saved
+    assert main(["train", "--data", str(houses), "--save", str(tmp_path / "new") + "/",
+                 *TRAIN]) == 2
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_written_files_take_the_usual_permissions(houses, tmp_path):
@@ -219,6 +226,9 @@ def test_written_files_take_the_usual_permissions(houses, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(model.stat().st_mode) == stat.S_IMODE(out.stat().st_mode) == 0o644
+    model.chmod(0o600)  # a file kept private stays so when it is rewritten
+    assert main(["train", "--data", str(houses), "--resume", str(model), "--epochs", "2"]) == 0
+    assert stat.S_IMODE(model.stat().st_mode) == 0o600
 
 
 def test_predict_into_a_closed_pipe_exits_quietly(houses, tmp_path):

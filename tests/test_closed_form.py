@@ -65,3 +65,15 @@ def test_collinear_and_short_data_still_minimize():
     assert w[3] == 0  # a constant column's weight is the intercept's to carry
     X, y = torch.randn(3, 5, generator=g), torch.randn(3, generator=g)  # fewer rows than columns
     assert residual_is_orthogonal(X, y, *least_squares(X, y))[1] < 1e-12
+
+
+def test_a_column_constant_to_rounding_takes_no_weight():
+    # Few rows and a column that varies only in its 14th digit: scaled up, that noise took a
+    # weight of 1e12 and b cancelled it to -4e18, leaving residuals of 70.
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    X[:, 2] = 3862901.5030305 + torch.tensor([1e-7, -1e-7], dtype=torch.float64)
+    y = torch.randn(2, generator=g, dtype=torch.float64)
+    w, b = least_squares(X, y)
+    assert residual_is_orthogonal(X, y, w, b)[1] < 1e-9
+    assert w[2] == 0 and abs(b) < 10

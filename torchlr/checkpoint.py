@@ -12,6 +12,7 @@ import torch
 from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
+from torchlr.validation import check_writable_file
 
 FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
@@ -30,15 +31,16 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 
 
 def check_overwritable(path: str | os.PathLike[str]) -> None:
-    """Refuse a save path that holds a file other than a torchlr checkpoint (data, say)."""
-    path = os.fspath(path)
+    """Refuse a save path that cannot be written, or that holds a file other than a torchlr
+    checkpoint (the data, say): found before training, not after its first epoch."""
+    path = check_writable_file("save", path)
     if not os.path.isfile(path):
         return
     try:
         load_checkpoint(path)
-    except ValueError:
-        raise ValueError(f"save={path!r} is a file that is not a torchlr checkpoint; "
-                         f"not overwriting it") from None
+    except ValueError as exc:
+        raise ValueError(f"save={path!r} holds a file torchlr cannot read as its checkpoint, "
+                         f"so it is not overwritten ({exc})") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -82,7 +84,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                                  and isinstance(best.get("w"), torch.Tensor)
                                  and isinstance(best.get("b"), torch.Tensor)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad best epoch")
-    if not isinstance(state.get("data"), (torch.Tensor, type(None))):
+    data = state.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("shape"), list)
+                                 and isinstance(data.get("sampled"), str)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad data fingerprint")
     if state["version"] == 1:
         _upgrade_from_1(state)
@@ -100,7 +104,7 @@ def _upgrade_from_1(state: dict[str, Any]) -> None:
 def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any,
               scaling: Scaling, num_examples: int, history: dict[str, Any],
               best: Optional[dict[str, Any]],
-              data: Optional[torch.Tensor] = None) -> dict[str, Any]:
+              data: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Everything needed to resume or to predict, as tensors, primitives, lists and dicts."""
     w, b = model.params()
     optimizer = getattr(model, "optimizer", None)
@@ -123,7 +127,7 @@ def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any
         "history": history,
         "best": best,
         "num_examples": num_examples,
-        "data": data,  # torchlr.run.fingerprint of the training data; None for a stream
+        "data": data,  # torchlr.run.fingerprint of the training data
     }
 
 

@@ -287,7 +287,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:
         # The reader went away (`torchlr predict ... | head`): nothing to say, and stdout
         # must not be flushed again at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout with no file descriptor: nothing to flush
+            pass
         return EXIT_BROKEN_PIPE
     except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started

@@ -158,9 +158,11 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
     """Load the model and data (every check done first); return the CSV lines to write."""
     if args.output is not None:
         check_writable_file("--output", args.output)
-        if os.path.exists(args.output) and os.path.exists(args.data) \
-                and os.path.samefile(args.output, args.data):
-            raise ValueError(f"--output {args.output} is the --data file; not overwriting it")
+        for option, given in (("--data", args.data), ("--model", args.model)):
+            if os.path.exists(args.output) and os.path.exists(given) \
+                    and os.path.samefile(args.output, given):
+                raise ValueError(f"--output {args.output} is the {option} file; "
+                                 f"not overwriting it")
     model = load_model(args.model, device=args.device)
     if model.feature_names is None:
         raise ValueError(f"{args.model} has no feature names; it cannot match columns")

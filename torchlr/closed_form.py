@@ -19,7 +19,11 @@ def least_squares(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     x_mean, y_mean = X.mean(0), y.mean()
     centred = X - x_mean  # (n, d)
     scale = centred.abs().amax(0)
-    scale[scale == 0] = 1.0  # a constant column: all zeros once centred, weight 0
+    # A column constant to within rounding of its own size counts as constant: scaled up,
+    # its rounding noise would take a huge weight (and b cancel it) when rows are few.
+    constant = scale <= 1e-10 * x_mean.abs()
+    centred[:, constant] = 0.0
+    scale[constant | (scale == 0)] = 1.0  # all zeros once centred: weight 0
     v = torch.linalg.lstsq(centred / scale, y - y_mean, driver="gelsd").solution  # (d, 1)
     w = v[:, 0] / scale
     return w, float(y_mean - x_mean @ w)

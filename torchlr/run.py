@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -48,25 +49,55 @@ class History:
         self.epoch_seconds[:] = list(saved.get("epoch_seconds", []))
 
 
+# Rows from the start, the end and evenly between that a fingerprint's "sampled" digest reads.
+SAMPLED_ROWS = 256
+# Rows hashed at a time for the "full" digest: a bounded copy when X is not contiguous.
+HASH_ROWS = 1 << 14
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' float32 bytes, in order, read HASH_ROWS rows at a time."""
+    h = hashlib.sha256()
+    for t in tensors:
+        for start in range(0, len(t), HASH_ROWS):
+            chunk = t[start:start + HASH_ROWS].detach().to("cpu", torch.float32).contiguous()
+            h.update(chunk.numpy())  # the buffer itself: no copy
+    return h.hexdigest()
+
+
+def sampled_rows(n: int) -> torch.Tensor:
+    """The row numbers a sampled digest reads: the first, the last and evenly between."""
+    k = min(n, SAMPLED_ROWS)
+    return torch.cat([torch.arange(k), torch.linspace(0, n - 1, k).long(),
+                      torch.arange(n - k, n)]).unique()
+
+
 @torch.no_grad()
-def fingerprint(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """A few float64 numbers that change when the data or its row order does (CPU, 1-D).
+def fingerprint(X: Any, y: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """What identifies a fit's training data (before scaling), kept in its checkpoints.
 
-    Column sums of X, the sum of y, a position-weighted sum of y, and the first and last rows.
+    A dict of the shape, a SHA-256 of the float32 rows at sampled_rows(n) and, for data in
+    memory, of all rows ("full"; None for a stream, which is not read whole for it). Exact:
+    a changed value or row order changes it, whatever threads or device summed what.
     """
-    ramp = torch.linspace(0, 1, len(y), dtype=torch.float64, device=y.device)
-    parts = [X.sum(0, dtype=torch.float64), y.sum(dtype=torch.float64).reshape(1),
-             (y.reshape(-1).double() * ramp).sum().reshape(1), X[0].double(), X[-1].double()]
-    return torch.cat([p.cpu() for p in parts])
+    n, d = X.shape
+    index = sampled_rows(n)
+    if y is None:  # a BlockStream
+        Xs, ys = X.rows(index, scaled=False)
+        full = None
+    else:
+        Xs, ys = X[index.to(X.device)], y[index.to(y.device)]
+        full = _digest(X, y)
+    return {"shape": [n, d], "sampled": _digest(Xs, ys), "full": full}
 
 
-def same_data(saved: torch.Tensor, now: torch.Tensor) -> bool:
-    """Whether two fingerprints are of the same data, up to the rounding of sums."""
-    # The float64 sums of the same float32 values differ only with the order they are added
-    # in (threads, devices): far below this tolerance. Other data differs far above it.
-    scale = float(torch.cat([saved, now]).abs().max()) if len(now) else 0.0
-    return saved.shape == now.shape and torch.allclose(saved, now, rtol=1e-7,
-                                                       atol=1e-7 * scale)
+def same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two fingerprints are of the same data: all rows where both hashed all."""
+    if saved["shape"] != now["shape"]:
+        return False
+    if saved.get("full") and now.get("full"):
+        return saved["full"] == now["full"]
+    return saved["sampled"] == now["sampled"]  # a stream on one side: its sampled rows
 
 
 class RunState:
@@ -85,6 +116,8 @@ class RunState:
             train, val = train_val_split(len(X), config.val_fraction, config.seed)
             X_val, y_val = X[val], y[val]
             X, y = X[train], y[train]
+        # Of the unscaled rows: scaling statistics may round differently with other threads.
+        self._fingerprint = fingerprint(X, y) if config.save or config.resume else None
         if config.standardize or config.standardize_target:
             self.scaling = Scaling.fit(X, y, target=config.standardize_target,
                                        features=config.standardize)
@@ -99,7 +132,6 @@ class RunState:
         self.stopper = EarlyStopping(config.early_stopping, self.val_losses) \
             if self.val is not None else None
         self.checkpoint: Optional[dict[str, Any]] = None  # the last one saved or resumed
-        self._fingerprint: Optional[torch.Tensor] = None  # made once, when a checkpoint needs it
         self.saved_to: Optional[str] = None  # set once this fit has written a checkpoint
 
     @classmethod
@@ -119,14 +151,12 @@ class RunState:
         run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
-        run._fingerprint = None  # a stream is not read whole to make one
+        run._fingerprint = fingerprint(stream) if config.save or config.resume else None
         run.saved_to = None
         return run
 
-    def fingerprint(self) -> Optional[torch.Tensor]:
-        """The training data's fingerprint, kept in checkpoints; None for a stream."""
-        if self._fingerprint is None and self.X is not None:
-            self._fingerprint = fingerprint(self.X, self.y)
+    def fingerprint(self) -> Optional[dict[str, Any]]:
+        """The training data's fingerprint (made when the fit saves or resumes)."""
         return self._fingerprint
 
     def to(self, device: torch.device) -> None:

@@ -104,15 +104,16 @@ class BlockStream:
         self._release(start, stop)
         return self._columns(table, lambda i: start + i, scaled)
 
-    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows at `index` (int64, any order) as float32 X (k, d) and y (k, 1), scaled."""
+    def rows(self, index: torch.Tensor,
+             scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows at `index` (int64, any order) as float32 X (k, d) and y (k, 1)."""
         idx = index.numpy()
         order = np.argsort(idx, kind="stable")
         table = np.empty((len(idx), self._array.shape[1]), dtype=np.float32)
         table[order] = self._array[idx[order]]  # read in file order, placed in index order
         if len(idx):
             self._release(int(idx.min()), int(idx.max()) + 1)
-        return self._columns(torch.from_numpy(table), lambda i: int(idx[i]), scaled=True)
+        return self._columns(torch.from_numpy(table), lambda i: int(idx[i]), scaled)
 
     def _columns(self, table: torch.Tensor, row_of: Callable[[int], int],
                  scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,7 +129,7 @@ def check_writable_file(name: str, path: Any) -> str:
     path = os.fspath(path)
     if not path:
         raise ValueError(f"{name} must be a file path, got ''")
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{name}={path!r} is a folder; give a file path")
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):  # the nearest folder that exists must take new files
@@ -158,8 +158,6 @@ def check_run_options(config: Any) -> None:
         value = getattr(config, name)
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise TypeError(f"{name} must be a path or None, got {value!r}")
-    if config.save is not None:
-        check_writable_file("save", config.save)
     if config.target_name is not None and not isinstance(config.target_name, str):
         raise TypeError(f"target_name must be a str or None, got {config.target_name!r}")
     names = config.feature_names
