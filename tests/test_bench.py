@@ -210,14 +210,53 @@ def test_gpu_check_runs_the_cuda_tests_then_the_bench_and_keeps_its_files(bench,
 
 def test_graphed_step_targets_are_microseconds_per_step(bench):
     row = {"us_per_step": 20.5, "marginal_us_per_step": 19.5, "ratio": {}, "ratio_range": {}}
-    sizes = {"cuda-chapter": {"results": {"torchlr_scratch_graphs": row}}}
-    whole, marginal = bench.check_targets(sizes)
+    sizes = {"cuda-chapter": {"size": {"device": "cuda"},
+                              "results": {"torchlr_scratch_graphs": row}}}
+    machine = {"cpu_count": 16, "torch_threads": 16}
+    whole, marginal = bench.check_targets(sizes, machine)
     assert (whole["against"], whole["ratio"], whole["at_most"], whole["met"]) == (
         "us_per_step", 20.5, 20.0, False)
     assert (marginal["against"], marginal["ratio"], marginal["met"]) == (
         "marginal_us_per_step", 19.5, True)
     del row["marginal_us_per_step"]  # not measured: no verdict either
-    assert [t["against"] for t in bench.check_targets(sizes)] == ["us_per_step"]
+    assert [t["against"] for t in bench.check_targets(sizes, machine)] == ["us_per_step"]
+
+
+def test_a_one_thread_read_is_no_floor_for_a_two_thread_fit(bench):
+    # On 2 cores the fit gathers on a second thread; a read on one torch thread is then no
+    # like-for-like floor, so the stretch target gets no verdict.
+    row = {"x_read": 7.5, "x_read_range": [7.0, 8.0], "ratio": {}, "ratio_range": {}}
+    sizes = {"1Mx100": {"size": {"device": "cpu"}, "results": {"torchlr_scratch": row}}}
+    (one,) = bench.check_targets(sizes, {"cpu_count": 2, "torch_threads": 1})
+    assert one["met"] is None and one["rounds_range"] == [7.0, 8.0]
+    assert bench.verdict(one, {"cpu_count": 2, "torch_threads": 1}, sizes).startswith(
+        "not like for like")
+    (two,) = bench.check_targets(sizes, {"cpu_count": 2, "torch_threads": 2})
+    assert two["met"] is True and bench.verdict(two, {"cpu_count": 2, "torch_threads": 2},
+                                                sizes) == "met"
+
+
+@pytest.mark.parametrize("name", ["torchlr_scratch", "torchlr_concise",
+                                  "torchlr_scratch_analytic", "torchlr_concise_analytic"])
+def test_torchlr_jobs_reach_the_least_squares_solution(bench, chapter, name):
+    size, X, y, w_star, b_star = chapter
+    result = bench.torchlr_fit(name, X, y, size)()
+    torch.testing.assert_close(result.w, w_star, rtol=0, atol=2e-3)
+    assert abs(result.b - b_star) < 2e-3
+
+
+def test_a_partial_run_leaves_the_machines_results_file_alone(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    assert bench.main(["--quick", "--repeats", "1", "--skip", "sklearn,dataloader"]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_tables_are_the_committed_results(bench):
+    readme = (BENCH.parents[1] / "README.md").read_text()
+    files = sorted((BENCH.parent / "results").glob("*t.json"))
+    assert len(files) >= 3
+    for path in files:
+        assert bench.markdown(json.loads(path.read_text())) in readme, path.name
 
 
 def test_marginal_step_is_the_extra_time_per_extra_step(bench, monkeypatch):
