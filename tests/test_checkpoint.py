@@ -11,6 +11,8 @@ import torchlr
 from torchlr.checkpoint import load_checkpoint, load_model, save_checkpoint
 from torchlr.cli import main
 from torchlr.concise import LinearRegression
+from torchlr.preprocess import train_val_split
+from torchlr.run import sampled_rows
 from torchlr.train import ConciseModel, ScratchModel
 
 
@@ -62,7 +64,7 @@ def test_resume_refuses_a_changed_run(tmp_path):
     with pytest.raises(ValueError, match=r"trained on 300 rows, this data has 200"):
         torchlr.fit(X[:200], y[:200], num_epochs=3, resume=str(path), device="cpu")
     torchlr.fit(X, y, num_epochs=1, save=str(path), standardize=True, device="cpu")
-    with pytest.raises(ValueError, match=r"statistics differ"):
+    with pytest.raises(ValueError, match=r"not the data it trained on"):
         torchlr.fit(X + 1, y, num_epochs=3, standardize=True, resume=str(path), device="cpu")
 
 
@@ -86,6 +88,53 @@ def test_resume_refuses_other_data_of_the_same_shape(tmp_path, change):
         X[7777, 1] += 1e-3
     with pytest.raises(ValueError, match=r"not the data it trained on"):
         torchlr.fit(X, y, num_epochs=3, lr=1e-3, resume=str(path), device="cpu")
+
+
+def test_resume_refuses_changed_validation_rows(tmp_path):
+    X, y = dataset(n=2000)
+    path = tmp_path / "run.pt"
+    options = dict(lr=0.01, val_fraction=0.2, device="cpu")
+    torchlr.fit(X, y, num_epochs=1, save=str(path), **options)
+    _, val = train_val_split(len(X), 0.2, seed=0)
+    y = y.clone()
+    y[val[0]] += 1.0  # a held-out row: training rows unchanged
+    with pytest.raises(ValueError, match=r"not the data it trained on"):
+        torchlr.fit(X, y, num_epochs=2, resume=str(path), **options)
+
+
+def test_resume_with_other_threads_scales_as_the_saved_run(tmp_path):
+    # Scaling statistics summed on another number of threads may differ in their last bits;
+    # the fingerprint says the data is the same, so the resumed run takes the saved ones.
+    X, y = dataset(n=200_000)
+    options = dict(lr=0.01, standardize=True, standardize_target=True, device="cpu",
+                   batch_size=1000, threads=None)
+    path = tmp_path / "run.pt"
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        straight = torchlr.fit(X, y, num_epochs=2, **options)
+        torchlr.fit(X, y, num_epochs=1, save=str(path), **options)
+        torch.set_num_threads(1)
+        resumed = torchlr.fit(X, y, num_epochs=2, resume=str(path), **options)
+    finally:
+        torch.set_num_threads(saved_threads)
+    assert resumed.scaling.y_scale == straight.scaling.y_scale  # differs on 1 thread
+    assert len(resumed.losses) == 2
+
+
+def test_sampled_rows_stay_in_range_at_any_size():
+    for n in (1, 2, 255, 256, 257, 2**25 + 4, 10**8):  # float32 steps would reach n
+        rows = sampled_rows(n)
+        assert rows.min() == 0 and rows.max() == n - 1
+        assert len(rows) == (n if n <= 256 else len(rows.unique())) and len(rows) <= 3 * 256
+
+
+def test_an_empty_file_at_the_save_path_is_overwritten(tmp_path):
+    X, y = dataset()
+    path = tmp_path / "made-by-mktemp.pt"
+    path.touch()
+    torchlr.fit(X, y, num_epochs=1, lr=0.01, save=str(path), device="cpu")
+    assert load_checkpoint(path)["epoch"] == 1
 
 
 def test_resume_accepts_the_same_data_in_another_form(tmp_path):

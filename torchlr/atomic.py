@@ -2,17 +2,57 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from typing import IO, Any
+
+# Errors of writing to a file (a full disk, a quota): named with the target when raised.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], *,
+                 text: bool = False) -> None:
+    """Call fill(f) on a temporary file in path's folder, then rename it to path.
+
+    Readers see the old file or the new one, never half of one; on any error the temporary
+    file is removed, and an OSError of the file system names path. A symlink is written
+    through (its target is replaced); a target that is not a regular file (/dev/stdout, a
+    FIFO) is written directly, since it cannot be renamed over.
+    """
+    path = os.path.realpath(os.fspath(path))
+    mode = "w" if text else "wb"
+    options: dict[str, Any] = {"newline": ""} if text else {}
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        with open(path, mode, **options) as f:
+            fill(f)
+        return
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = _create_beside(path)
+        with os.fdopen(fd, mode, **options) as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in WRITE_ERRORS):
+            message = f"Cannot write {path}: {exc.strerror or exc}"
+            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
+        raise
 
 
 def _create_beside(path: str) -> tuple[int, str]:
     """A new, empty temporary file in path's folder, with the mode path should end up with."""
-    folder, name = os.path.split(os.path.abspath(path))
+    folder = os.path.dirname(path)
     while True:
-        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
+        # A short name of its own: the target's name may already be near the length limit.
+        tmp = os.path.join(folder, f".{secrets.token_hex(6)}.tmp")
         try:
             # 0o666 less the umask, as for any new file (mkstemp's 0600 would hide the result
             # from the user's group); the kernel applies the umask, so nothing reads it.
@@ -21,39 +61,9 @@ def _create_beside(path: str) -> tuple[int, str]:
             break
         except FileExistsError:
             continue
-    if os.path.isfile(path) and hasattr(os, "fchmod"):  # rewriting: keep the file's own mode
-        os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+    try:
+        if os.path.isfile(path) and hasattr(os, "fchmod"):  # rewriting: keep the file's mode
+            os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+    except OSError:
+        pass  # a file system without modes, or the target gone meanwhile: the new file's mode
     return fd, tmp
-
-
-def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], *,
-                 text: bool = False) -> None:
-    """Call fill(f) on a temporary file in path's folder, then rename it to path.
-
-    Readers see the old file or the new one, never half of one; on any error the temporary
-    file is removed. An OSError from making, syncing or renaming the file names path.
-    """
-    path = os.fspath(path)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd, tmp = _create_beside(path)
-    except OSError as exc:
-        raise _naming(exc, path) from None
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
-            fill(f)  # its own errors (a bad row, a broken pipe) pass through as they are
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError) \
-                and exc.filename in (tmp, path):
-            raise _naming(exc, path) from None
-        raise
-
-
-def _naming(exc: OSError, path: str) -> OSError:
-    message = f"Cannot write {path}: {exc.strerror or exc}"
-    return OSError(exc.errno, message) if exc.errno else OSError(message)

@@ -27,14 +27,18 @@ REQUIRED = {"format": str, "version": int, "impl": str, "epoch": int, "params": 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """Write state to path atomically: a temporary file in the same folder, then a rename."""
-    write_atomic(path, lambda f: torch.save(state, f))
+    try:
+        write_atomic(path, lambda f: torch.save(state, f))
+    except RuntimeError as exc:  # torch's zip writer reports a short write (a full disk) so
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"Cannot write {os.fspath(path)}: {first}") from None
 
 
 def check_overwritable(path: str | os.PathLike[str]) -> None:
     """Refuse a save path that cannot be written, or that holds a file other than a torchlr
     checkpoint (the data, say): found before training, not after its first epoch."""
     path = check_writable_file("save", path)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:  # nothing there to lose
         return
     try:
         load_checkpoint(path)
@@ -85,6 +89,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                                  and isinstance(best.get("b"), torch.Tensor)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad best epoch")
     data = state.get("data")
+    if isinstance(data, torch.Tensor):  # an interim format of sums: too loose to trust
+        state["data"] = data = None
     if data is not None and not (isinstance(data, dict) and isinstance(data.get("shape"), list)
                                  and isinstance(data.get("sampled"), str)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad data fingerprint")

@@ -209,6 +209,10 @@ class DataParallel:
                 "train with the same options on the same data."
             )
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (rank 0 may still be writing a checkpoint)."""
+        dist.barrier()
+
     def wrap(self, model: Any, device: torch.device) -> Any:
         """The data-parallel version of a ScratchModel or ConciseModel."""
         if hasattr(model, "module"):

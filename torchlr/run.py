@@ -68,8 +68,8 @@ def _digest(*tensors: torch.Tensor) -> str:
 def sampled_rows(n: int) -> torch.Tensor:
     """The row numbers a sampled digest reads: the first, the last and evenly between."""
     k = min(n, SAMPLED_ROWS)
-    return torch.cat([torch.arange(k), torch.linspace(0, n - 1, k).long(),
-                      torch.arange(n - k, n)]).unique()
+    between = torch.arange(k) * (n - 1) // max(k - 1, 1)  # integers: exact at any n
+    return torch.cat([torch.arange(k), between, torch.arange(n - k, n)]).unique()
 
 
 @torch.no_grad()
@@ -112,13 +112,17 @@ class RunState:
             raise ValueError(f"feature_names has {len(config.feature_names)} names for "
                              f"{X.shape[1]} feature columns")
         self.val: Optional[Holdout] = None
+        # Of all rows, validation rows included, before scaling (whose statistics may round
+        # differently with other threads).
+        self._fingerprint = fingerprint(X, y) if config.save or config.resume else None
         if config.val_fraction > 0:
             train, val = train_val_split(len(X), config.val_fraction, config.seed)
             X_val, y_val = X[val], y[val]
             X, y = X[train], y[train]
-        # Of the unscaled rows: scaling statistics may round differently with other threads.
-        self._fingerprint = fingerprint(X, y) if config.save or config.resume else None
-        if config.standardize or config.standardize_target:
+        saved_scaling = self._load_resume(len(X))
+        if saved_scaling is not None:  # the same data: its statistics, to the bit
+            self.scaling = saved_scaling
+        elif config.standardize or config.standardize_target:
             self.scaling = Scaling.fit(X, y, target=config.standardize_target,
                                        features=config.standardize)
         else:
@@ -144,16 +148,41 @@ class RunState:
         run.config, run.val, run.stopper, run.checkpoint = config, None, None, None
         if config.save is not None:
             check_overwritable(config.save)
+        run._fingerprint = fingerprint(stream) if config.save or config.resume else None
+        saved_scaling = run._load_resume(stream.shape[0])
         stream.scaling = None  # this fit's own, not one a previous fit left on the stream
-        if config.standardize or config.standardize_target:
+        if saved_scaling is not None:  # the same file: no pass over it for the statistics
+            stream.scaling = None if saved_scaling.is_identity else saved_scaling
+        elif config.standardize or config.standardize_target:
             stream.scaling = stream.fit_scaling(features=config.standardize,
                                                 target=config.standardize_target)
         run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
-        run._fingerprint = fingerprint(stream) if config.save or config.resume else None
         run.saved_to = None
         return run
+
+    def _load_resume(self, num_examples: int) -> Optional[Scaling]:
+        """With config.resume: load and check the checkpoint before anything is scaled.
+
+        Returns its scaling when its data fingerprint matches this data's (so the resumed
+        run scales exactly as it did), None when it has none (an older checkpoint: resume()
+        then compares the statistics) or when nothing is resumed.
+        """
+        self._resume_state: Optional[dict[str, Any]] = None
+        path = self.config.resume
+        if path is None:
+            return None
+        state = load_checkpoint(path)
+        check_resumable(path, state, self.config, num_examples)
+        self._resume_state = state
+        saved_data = state.get("data")
+        if saved_data is None:
+            return None
+        if not same_data(saved_data, self._fingerprint):
+            raise ValueError(f"Cannot resume {path}: its data had other values or another row "
+                             f"order than this data, so this is not the data it trained on")
+        return Scaling.from_state(state["scaling"])
 
     def fingerprint(self) -> Optional[dict[str, Any]]:
         """The training data's fingerprint (made when the fit saves or resumes)."""
@@ -166,21 +195,16 @@ class RunState:
 
     def resume(self, model: Any, generator: torch.Generator, history: History) -> int:
         """Restore the saved state if config.resume is set; return the first epoch to train."""
-        path = self.config.resume
-        if path is None:
+        path, state = self.config.resume, self._resume_state
+        if path is None or state is None:
             return 1
-        state = load_checkpoint(path)
-        check_resumable(path, state, self.config, self.num_examples)
         saved = Scaling.from_state(state["scaling"])
-        if not (torch.equal(saved.x_mean, self.scaling.x_mean)
+        if state.get("data") is None and not (  # no fingerprint: the statistics must agree
+                torch.equal(saved.x_mean, self.scaling.x_mean)
                 and torch.equal(saved.x_scale, self.scaling.x_scale)
                 and saved.y_mean == self.scaling.y_mean and saved.y_scale == self.scaling.y_scale):
             raise ValueError(f"Cannot resume {path}: the data's statistics differ from the "
                              f"checkpoint's, so this is not the data it trained on")
-        saved_data, now = state.get("data"), self.fingerprint()
-        if saved_data is not None and now is not None and not same_data(saved_data, now):
-            raise ValueError(f"Cannot resume {path}: its data had other values or another row "
-                             f"order than this data, so this is not the data it trained on")
         restore(state, model, generator)
         history.restore(state["history"])
         self.val_losses[:] = state["history"]["val_losses"]

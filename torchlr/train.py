@@ -391,6 +391,8 @@ def _fit(
     if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
         config = replace(config, save=None, logdir=None)
     stream = features if isinstance(features, BlockStream) else None
+    if group is not None and config.resume is not None:
+        group.barrier()  # rank 0 saves the checkpoint the others are about to read
     if stream is None:
         X, y = check_data(features, labels)
         state = RunState(X, y, config)  # the split and scaling, before anything trains

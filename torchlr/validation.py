@@ -131,6 +131,8 @@ def check_writable_file(name: str, path: Any) -> str:
         raise ValueError(f"{name} must be a file path, got ''")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{name}={path!r} is a folder; give a file path")
+    if os.path.exists(path) and not os.path.isfile(path) and os.access(path, os.W_OK):
+        return path  # /dev/stdout, a FIFO: written in place, its folder does not matter
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):  # the nearest folder that exists must take new files
         folder = os.path.dirname(folder)

@@ -1,0 +1,66 @@
+"""Atomic writes: whole or nothing, the usual modes, links and special files written through."""
+
+import errno
+import os
+import stat
+
+import pytest
+
+from torchlr.atomic import write_atomic
+
+
+def write_text(path, text="new\n"):
+    write_atomic(path, lambda f: f.write(text), text=True)
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    real, link = tmp_path / "real.csv", tmp_path / "link.csv"
+    real.write_text("old\n")
+    link.symlink_to(real)
+    write_text(link)
+    assert link.is_symlink() and real.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "real.csv"]
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer never blocks
+    try:
+        write_text(fifo)
+        replaced = not stat.S_ISFIFO(os.stat(fifo).st_mode)
+        if not replaced:
+            got.append(os.read(fd, 100))
+    finally:
+        os.close(fd)
+    assert not replaced and got == [b"new\n"]
+
+
+def test_a_name_near_the_length_limit_still_saves(tmp_path):
+    path = tmp_path / ("m" * 250 + ".csv")  # 254 bytes: a longer temporary name would fail
+    write_text(path)
+    assert path.read_text() == "new\n" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "out.csv"
+    path.write_text("old\n")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match=r"Cannot write .*out.csv: No space left"):
+        write_text(path)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_an_interrupt_while_filling_leaves_nothing(tmp_path):
+    def interrupted(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "x.pt", interrupted)
+    assert list(tmp_path.iterdir()) == []
