@@ -581,7 +581,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         FIT_OPTIONS["threads"] = args.threads  # torchlr too, not only the references
     # A partial run (some sizes or jobs) would replace this machine's full results file.
     partial = args.quick or args.sizes is not None or bool(skip)
-    if partial and args.out is None and args.out_dir is None:
+    write = not partial or args.out is not None or args.out_dir is not None
+    if not write:
         print("a partial run: its results go to no file (--out PATH keeps them)",
               file=sys.stderr)
 
@@ -622,7 +623,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{t['ratio']:8.3f} {_spread(t):>15}  (at most {t['at_most']})  "
                   f"{verdict(t, info, report['sizes']).replace('**missed**', 'MISSED')}")
 
-    if partial and args.out is None and args.out_dir is None:
+    if not write:
         return 0
     out = Path(args.out) if args.out else Path(args.out_dir or RESULTS_DIR) / default_name(info)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                     truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
     """(features, labels, configs) for train; synthetic(seed) gives the chapter's data, truth
     its (w, b)."""
-    if args.data is not None and "num_examples" in getattr(args, "given", ()):
+    if args.data is not None and "num_examples" in args.given:
         raise ValueError("--num-examples sizes the chapter's synthetic data; with --data the "
                          "file's rows are used")
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
@@ -100,12 +100,12 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     data_seed = args.seed  # --seed draws the chapter's data too
     if args.resume is not None:
         saved = load_checkpoint(args.resume)["config"]
-        written = getattr(args, "given", None)  # set by main(): the options on the line
         for name, option in RUN_OPTIONS.items():
-            given, default = getattr(args, option), getattr(defaults, name)
-            # An option written with its default value is still an option given.
-            was_given = option in written if written is not None else given != default
-            if was_given and given != saved[name] and not (name == "impl" and given == "both"):
+            given = getattr(args, option)
+            # args.given (set by main) holds the options written on the line: one written with
+            # its default value is still an option given.
+            if option in args.given and given != saved[name] \
+                    and not (name == "impl" and given == "both"):
                 raise ValueError(f"--{option.replace('_', '-')} {given} differs from the "
                                  f"checkpoint's {saved[name]!r}; a resumed run keeps its options")
         known = {f.name for f in fields(FitConfig)}
@@ -159,7 +159,7 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
     if args.output is not None:
         check_writable_file("--output", args.output)
         for option, given in (("--data", args.data), ("--model", args.model)):
-            if os.path.exists(args.output) and os.path.exists(given) \
+            if os.path.exists(given) and os.path.exists(args.output) \
                     and os.path.samefile(args.output, given):
                 raise ValueError(f"--output {args.output} is the {option} file; "
                                  f"not overwriting it")

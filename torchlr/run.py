@@ -32,12 +32,16 @@ class History:
     train_losses: list[torch.Tensor] = field(default_factory=list)  # host reads' minibatch means
     epoch_seconds: list[float] = field(default_factory=list)
 
+    def minibatch_losses(self) -> torch.Tensor:
+        """Every minibatch's mean loss so far, as one 1-D tensor."""
+        return torch.cat(self.train_losses) if self.train_losses else torch.empty(0)
+
     def state(self, val_losses: list[float], val_r2: list[float]) -> dict[str, Any]:
         """As a checkpoint stores it: lists and tensors."""
-        train = torch.cat(self.train_losses) if self.train_losses else torch.empty(0)
         return {"losses": list(self.losses), "val_losses": list(val_losses),
                 "val_r2": list(val_r2), "w": torch.stack(self.w), "b": torch.stack(self.b),
-                "train_losses": train, "epoch_seconds": list(self.epoch_seconds)}
+                "train_losses": self.minibatch_losses(),
+                "epoch_seconds": list(self.epoch_seconds)}
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Take back what state() stored; a checkpoint older than train_losses lacks them."""
@@ -184,10 +188,6 @@ class RunState:
                              f"order than this data, so this is not the data it trained on")
         return Scaling.from_state(state["scaling"])
 
-    def fingerprint(self) -> Optional[dict[str, Any]]:
-        """The training data's fingerprint (made when the fit saves or resumes)."""
-        return self._fingerprint
-
     def to(self, device: torch.device) -> None:
         """Move the validation rows once, like the training rows."""
         if self.val is not None:
@@ -233,7 +233,7 @@ class RunState:
                 scaling=self.scaling, num_examples=self.num_examples,
                 history=history.state(self.val_losses, self.val_r2),
                 best=self.stopper.best if self.stopper is not None else None,
-                data=self.fingerprint())
+                data=self._fingerprint)
             save_checkpoint(self.config.save, self.checkpoint)
             self.saved_to = os.fspath(self.config.save)
         return val_loss, val_r2, stop

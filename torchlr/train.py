@@ -494,7 +494,6 @@ def _fit(
         losses=history.losses,
         config=config,
         device=str(device),
-        train_losses=(torch.cat(history.train_losses) if history.train_losses
-                      else torch.empty(0)),
+        train_losses=history.minibatch_losses(),
         epoch_seconds=history.epoch_seconds,
     )
