@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Optional, TextIO
@@ -258,6 +259,44 @@ def _train_data_parallel(args: argparse.Namespace, out: TextIO) -> int:
         distributed.teardown()
 
 
+# Library names the command line spells otherwise; every other option's dest is its name.
+_LIBRARY_NAMES = {"num_epochs": "epochs"}
+
+
+def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library error in the words of the command line: `num_epochs=5` -> `--epochs 5`.
+
+    The library names its arguments (`batch_size must be ...`, `cuda_graphs=True needs ...`);
+    a CLI user knows only the flags. A name followed by `=` becomes the flag and its value
+    (a switch's `=True` just the flag); a bare name is replaced where it holds an underscore
+    or opens the message, so plain words such as "device" in prose stay as they are.
+    """
+    flags: dict[str, tuple[str, bool]] = {}  # library name -> (flag, takes no value)
+    for command in parser._subparsers._group_actions[0].choices.values():  # type: ignore
+        for action in command._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs and action.dest != "help":
+                flags[action.dest] = (longs[0], action.nargs == 0)
+    for library, dest in _LIBRARY_NAMES.items():
+        flags[library] = flags[dest]
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    # Not inside a path, a quoted value or a longer word.
+    edge, end = r"(?<![\w./'\"-])", r"(?![\w/-])"
+
+    def assigned(match: re.Match[str]) -> str:
+        flag, switch = flags[match[1]]
+        if switch and match[2]:
+            return flag
+        return f"{flag} {match[3]}" if match[3] is not None else f"{flag} "
+
+    # A quoted one-word value loses its quotes: device='cuda' -> --device cuda.
+    message = re.sub(rf"{edge}({names})=(?:(True){end}|'([\w:.+-]+)'(?![\w']))?", assigned,
+                     message)
+    return re.sub(rf"{edge}({names}){end}(?!=)",
+                  lambda m: flags[m[1]][0] if "_" in m[1] or m.start() == 0 else m[0],
+                  message)
+
+
 def _given_options(argv: Optional[list[str]]) -> set[str]:
     """The dests of the options written on the command line, defaults aside."""
     # Parsed again with every default suppressed: only what was given lands in the result.
@@ -296,7 +335,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
         # Under torchrun every rank that fails says so, tagged: one rank's failure must show.
         rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
-        print(f"torchlr: error: {rank}{exc}" + (f" (TensorBoard run: {where})" if where else ""),
+        # An OSError's text is the system's, about a path: left as it is.
+        text = str(exc) if isinstance(exc, OSError) else in_cli_terms(str(exc), build_parser())
+        print(f"torchlr: error: {rank}{text}" + (f" (TensorBoard run: {where})" if where else ""),
               file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:

@@ -29,7 +29,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(
                 f"device={device!r} was requested but CUDA is not available "
                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
-                "use device='cpu' or 'auto'."
+                "use device='cpu' or device='auto'."
             )
         index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
         count = torch.cuda.device_count()
