@@ -139,12 +139,15 @@ def test_an_empty_file_at_the_save_path_is_overwritten(tmp_path):
 
 def test_resume_accepts_the_same_data_in_another_form(tmp_path):
     # The fingerprint is of the float32 rows the model trains on: float64 numpy input with
-    # the same float32 values, or a column-major copy, is the same data.
+    # the same float32 values, a column-major copy, or -0.0 where 0.0 was, is the same data.
     X, y = dataset(n=5000)
+    X[::7, 0] = 0.0
     path = tmp_path / "run.pt"
     torchlr.fit(X, y, num_epochs=1, lr=0.01, save=str(path), device="cpu")
+    negative_zeros = X.clone()
+    negative_zeros[::7, 0] = -0.0
     for X_again, y_again in ((X.double().numpy(), y.double().numpy()),
-                             (X.T.contiguous().T, y)):
+                             (X.T.contiguous().T, y), (negative_zeros, y)):
         resumed = torchlr.fit(X_again, y_again, num_epochs=2, lr=0.01, resume=str(path),
                               save=str(tmp_path / "again.pt"), device="cpu")
         assert len(resumed.losses) == 2

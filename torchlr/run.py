@@ -64,7 +64,10 @@ def _digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
         for start in range(0, len(t), HASH_ROWS):
-            chunk = t[start:start + HASH_ROWS].detach().to("cpu", torch.float32).contiguous()
+            # + 0.0 turns -0.0 into 0.0 and leaves every other value's bits: the two zeros
+            # train alike, so a file that writes one where another wrote the other matches.
+            chunk = (t[start:start + HASH_ROWS].detach().to("cpu", torch.float32) + 0.0)
+            chunk = chunk.contiguous()
             h.update(chunk.numpy())  # the buffer itself: no copy
     return h.hexdigest()
 
