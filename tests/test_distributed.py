@@ -47,6 +47,10 @@ def _fit_all(datasets, npy, checkpoint):
         torchlr.fit(X, y, device="cpu", seed=distributed.rank())
     except ValueError as exc:
         results["disagree"] = str(exc)
+    try:  # rank 0 alone resumes: refused on every rank, none left waiting for the others
+        torchlr.fit(X, y, resume=checkpoint if distributed.rank() == 0 else None, **OPTIONS)
+    except ValueError as exc:
+        results["one resumes"] = str(exc)
     return results
 
 
@@ -216,6 +220,7 @@ def test_two_processes_train_the_single_process_model(tmp_path):
         "The 2 processes disagree on ['seed']: every rank must train with the same options "
         "on the same data."
     )
+    assert results["one resumes"] == results["disagree"].replace("'seed'", "'resume'")
 
 
 def test_a_failing_worker_stops_the_launch_and_is_named():

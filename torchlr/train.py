@@ -391,8 +391,11 @@ def _fit(
     if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
         config = replace(config, save=None, logdir=None)
     stream = features if isinstance(features, BlockStream) else None
-    if group is not None and config.resume is not None:
-        group.barrier()  # rank 0 saves the checkpoint the others are about to read
+    if group is not None:
+        # Rank 0 may still be writing the checkpoint the others are about to read. Every rank
+        # meets here, resuming or not, so a rank that does not resume leaves none waiting: it
+        # is refused with the others at check_same below.
+        group.barrier()
     if stream is None:
         X, y = check_data(features, labels)
         state = RunState(X, y, config)  # the split and scaling, before anything trains
@@ -424,7 +427,8 @@ def _fit(
     model = models[config.impl](d, config.lr, generator, device)
     if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
-                          "batch_size": config.batch_size, "num_epochs": config.num_epochs}, device)
+                          "batch_size": config.batch_size, "num_epochs": config.num_epochs,
+                          "resume": config.resume is not None}, device)
     read = _read if group is None else group.read  # in a group, summed over the ranks first
     lengths = batch_lengths(n, config.batch_size, steps)
 
