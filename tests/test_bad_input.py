@@ -49,6 +49,10 @@ API_CASES = [
     (X, Y, {"seed": -(2**63) - 1}, ValueError, ["seed", str(-(2**63) - 1)]),
     (X, Y, {"save": ""}, ValueError, ["save", "''"]),
     (X, Y, {"logdir": ""}, ValueError, ["logdir", "''"]),
+    # Finite, but lr / batch_size does not fit the float32 step.
+    (X, Y, {"lr": 4e39}, ValueError, ["lr", "4e+39", "float32"]),
+    # torch's OpenMP crashes with tens of thousands of threads; 2**31 overflowed its int.
+    (X, Y, {"threads": 2**31}, ValueError, ["threads", str(2**31)]),
 ]
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from conftest import chapter_data
 
@@ -77,3 +78,24 @@ def test_a_column_constant_to_rounding_takes_no_weight():
     w, b = least_squares(X, y)
     assert residual_is_orthogonal(X, y, w, b)[1] < 1e-9
     assert w[2] == 0 and abs(b) < 10
+
+
+def test_a_column_that_varies_far_below_its_size_is_kept_when_it_explains_y():
+    # Timestamps in microseconds over 0.1 s: they vary by 6e-11 of their size, which the
+    # rounding-noise rule alone took for a constant column (weight 0, residuals of 87).
+    t = 1.7e15 + np.arange(0, 100_000, 1000.0)
+    y = 3e-3 * (t - 1.7e15) + 1
+    w, b = least_squares(t.reshape(-1, 1), y)
+    assert abs(w.item() - 3e-3) < 1e-9
+    assert np.abs(t * w.item() + b - y).max() < 1e-2
+
+
+def test_bad_input_is_refused_before_lapack(capfd):
+    X = torch.tensor([[1.0], [float("nan")], [2.0]])
+    with pytest.raises(ValueError, match="features contains NaN"):
+        least_squares(X, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        least_squares(torch.ones(3, 1), torch.ones(4))
+    with pytest.raises(ValueError, match=r"labels must have shape \(n,\) or \(n, 1\)"):
+        least_squares(torch.ones(3, 1), torch.ones(1, 3))
+    assert capfd.readouterr().out == ""  # LAPACK's own complaint was printed

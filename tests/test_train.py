@@ -231,3 +231,58 @@ def test_first_nonfinite_finds_the_first_bad_value_even_when_the_sum_overflows()
     assert first_nonfinite(torch.tensor([1.0, float("nan"), float("inf")])) == 1
     assert first_nonfinite(torch.tensor([1.0, 2.0, float("inf"), -float("inf")])) == 2
     assert first_nonfinite(torch.tensor([0.5, 0.25])) is None
+
+
+def test_numpy_scalar_options_write_a_checkpoint_that_loads(tmp_path):
+    # np.int64 and np.float64 options were stored as they were: torch.load(weights_only=True)
+    # then refused the checkpoint, and the next fit refused to overwrite it.
+    np = pytest.importorskip("numpy")
+    X, y = chapter_data(num_examples=100)
+    options = dict(batch_size=np.int64(10), lr=np.float64(0.03), seed=np.int64(3),
+                   val_fraction=np.float64(0.2), num_epochs=np.int64(2), device="cpu")
+    path = tmp_path / "run.pt"  # a Path, stored as str
+    result = fit(X, y, save=path, true_b=np.float64(4.2), **options)
+    plain = fit(X, y, batch_size=10, lr=0.03, seed=3, val_fraction=0.2, num_epochs=2,
+                device="cpu")
+    assert result.losses == plain.losses
+    assert type(result.config.lr) is float and type(result.config.seed) is int
+    model = torchlr.load_model(path)
+    torch.testing.assert_close(model.predict(X), result.predict(X), rtol=0, atol=0)
+    fit(X, y, save=path, **options)  # its own checkpoint: overwritten
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_trains_under_a_callers_no_grad_or_inference_mode(mode, impl):
+    X, y = chapter_data()
+    expected = fit(X, y, impl=impl, device="cpu")
+    with mode():
+        result = fit(X, y, impl=impl, device="cpu")
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    assert result.losses == expected.losses
+
+
+def test_float64_default_dtype_trains_the_same_float32_model():
+    X, y = chapter_data()
+    expected = {impl: fit(X, y, impl=impl, device="cpu").losses for impl in ("scratch", "concise")}
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        X64, y64 = torchlr.synthetic_data(TRUE_W, TRUE_B, 1000,
+                                          generator=torch.Generator().manual_seed(0))
+        assert X64.dtype == torch.float32
+        for impl, losses in expected.items():
+            assert fit(X, y, impl=impl, device="cpu").losses == losses
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_a_read_only_numpy_array_trains_without_a_warning(tmp_path, recwarn):
+    np = pytest.importorskip("numpy")
+    X, y = chapter_data(num_examples=100)
+    np.save(tmp_path / "X.npy", X.numpy())
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    assert not mapped.flags.writeable
+    result = fit(mapped, y, device="cpu")
+    assert result.losses == fit(X, y, device="cpu").losses
+    assert [str(w.message) for w in recwarn] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -59,7 +60,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt zip, a pickle with code, a truncated file...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.load's bold and colour
+        first = text.splitlines()[0] if text else ""
         # The type says what went wrong where the text alone ("101") does not.
         raise ValueError(f"{path} is not a readable torchlr checkpoint "
                          f"({type(exc).__name__}{': ' + first if first else ''})") from None

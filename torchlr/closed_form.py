@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from torchlr.validation import check_data
 
-def least_squares(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+
+def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
     """Minimize sum (X w + b - y)^2 exactly in float64; return w of shape (d,) and b.
 
+    features (n, d) and labels (n,) or (n, 1) are tensors or numpy arrays, as fit takes them.
     When several (w, b) minimize it (collinear columns, fewer rows than columns), this
     returns the one whose weights on standardized columns have the smallest norm.
     """
-    X = torch.as_tensor(features).detach().cpu().double()
-    y = torch.as_tensor(labels).detach().cpu().double().reshape(-1, 1)
+    X, y = check_data(features, labels, torch.float64)  # NaN would make LAPACK print
+    X, y = X.cpu(), y.cpu()
     # Solved on centred and scaled columns: the intercept then drops out, and a column
     # far from 0 (a timestamp, 1.7e9 + seconds) or on a tiny scale is not cut off as
     # numerically rank-deficient, as it is beside the ones column of [X, 1].
     x_mean, y_mean = X.mean(0), y.mean()
     centred = X - x_mean  # (n, d)
     scale = centred.abs().amax(0)
-    # A column constant to within rounding of its own size counts as constant: scaled up,
-    # its rounding noise would take a huge weight (and b cancel it) when rows are few.
-    constant = scale <= 1e-10 * x_mean.abs()
-    centred[:, constant] = 0.0
-    scale[constant | (scale == 0)] = 1.0  # all zeros once centred: weight 0
-    v = torch.linalg.lstsq(centred / scale, y - y_mean, driver="gelsd").solution  # (d, 1)
-    w = v[:, 0] / scale
+    w = _solve(centred, scale, y - y_mean, scale == 0)  # all zeros once centred: weight 0
+    # A column that varies only far below its own size may be rounding noise on a constant:
+    # scaled up, noise takes a huge weight that b cancels, and X w + b then loses more to
+    # rounding than the column explains (with few rows). Or it is signal (timestamps in
+    # microseconds over a second). The solution with the smaller residual, as computed in
+    # float64, decides.
+    faint = (scale > 0) & (scale <= 1e-10 * x_mean.abs())
+    if faint.any():
+        without = _solve(centred, scale, y - y_mean, (scale == 0) | faint)
+        if _sse(X, y, without, x_mean, y_mean) <= _sse(X, y, w, x_mean, y_mean):
+            w = without
     return w, float(y_mean - x_mean @ w)
+
+
+def _solve(centred: torch.Tensor, scale: torch.Tensor, target: torch.Tensor,
+           drop: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm solution on the scaled columns, weight 0 on the dropped ones."""
+    centred = centred.clone()
+    centred[:, drop] = 0.0
+    scale = torch.where(drop, torch.ones_like(scale), scale)
+    v = torch.linalg.lstsq(centred / scale, target, driver="gelsd").solution  # (d, 1)
+    return v[:, 0] / scale
+
+
+def _sse(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor,
+         y_mean: torch.Tensor) -> float:
+    """Sum of squared residuals of (w, b) as a user computes them: X @ w + b - y."""
+    return float((X @ w + (y_mean - x_mean @ w) - y[:, 0]).pow(2).sum())

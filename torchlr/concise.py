@@ -25,7 +25,8 @@ class LinearRegression(nn.Linear):
         generator: Optional[torch.Generator] = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(num_inputs, 1, device=device)  # parameters left uninitialized
+        # Parameters left uninitialized; float32 whatever torch's default dtype.
+        super().__init__(num_inputs, 1, device=device, dtype=torch.float32)
         self.sigma = sigma
         self._draw(generator)
 

@@ -30,13 +30,17 @@ def synthetic_data(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1)."""
     num_examples = check_positive_int("num_examples", num_examples)
-    w = torch.as_tensor(w, dtype=torch.float32).reshape(-1).cpu()
+    w = torch.as_tensor(w, dtype=torch.float32).detach().reshape(-1).cpu()
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
+    if not math.isfinite(b):
+        raise ValueError(f"b must be finite, got {b!r}")
     gen = generator if generator is not None else fresh_generator()
-    X = torch.randn(num_examples, len(w), generator=gen, device=gen.device).cpu()  # (n, d)
+    # float32 whatever torch's default dtype: the data both implementations train on.
+    X = torch.randn(num_examples, len(w), generator=gen, device=gen.device,
+                    dtype=torch.float32).cpu()  # (n, d)
     y = X @ w + b  # (n,)
-    y += noise * torch.randn(y.shape, generator=gen, device=gen.device).cpu()
+    y += noise * torch.randn(y.shape, generator=gen, device=gen.device, dtype=torch.float32).cpu()
     return X, y.reshape(-1, 1)
 
 

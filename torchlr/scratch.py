@@ -20,9 +20,10 @@ def init_params(
     """Return w ~ N(0, sigma^2) of shape (d, 1) and b = 0 of shape (1,), both requiring grad."""
     gen = generator if generator is not None else fresh_generator()
     # Drawn on the generator's device and then moved, so every device starts from the same w.
-    w = sigma * torch.randn(num_inputs, 1, generator=gen, device=gen.device)
+    # float32 whatever torch's default dtype, like the data.
+    w = sigma * torch.randn(num_inputs, 1, generator=gen, device=gen.device, dtype=torch.float32)
     w = w.to(device).requires_grad_()
-    b = torch.zeros(1, device=device, requires_grad=True)
+    b = torch.zeros(1, device=device, dtype=torch.float32, requires_grad=True)
     return w, b
 
 

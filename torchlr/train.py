@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -33,6 +34,9 @@ from torchlr.validation import (
     check_run_options,
     check_seed,
 )
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+MAX_THREADS = 1024  # far beyond any CPU's cores; torch's OpenMP crashes at tens of thousands
 
 
 class DivergenceError(FloatingPointError):
@@ -90,20 +94,38 @@ class FitConfig:
         self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
 
     def validate(self) -> None:
-        """Raise ValueError or TypeError naming the first bad option."""
+        """Raise ValueError or TypeError naming the first bad option.
+
+        Numbers of other types (numpy's int64 or float64, say) become plain int and float,
+        and paths str: a checkpoint keeps the config, and holds plain values only.
+        """
         check_choice("impl", self.impl, IMPLS)
         check_choice("gradient", self.gradient, analytic.GRADIENTS)
-        check_positive_float("lr", self.lr)
-        check_positive_int("batch_size", self.batch_size)
-        check_nonnegative_int("num_epochs", self.num_epochs)
-        check_nonnegative_int("log_every", self.log_every)
+        self.lr = check_positive_float("lr", self.lr)
+        if self.lr > FLOAT32_MAX:  # the step lr / batch_size is a float32 scalar
+            raise ValueError(f"lr must be at most float32's largest value, about 3.4e38, "
+                             f"got {self.lr!r}")
+        self.batch_size = check_positive_int("batch_size", self.batch_size)
+        self.num_epochs = check_nonnegative_int("num_epochs", self.num_epochs)
+        self.log_every = check_nonnegative_int("log_every", self.log_every)
         if self.threads is not None:
-            check_positive_int("threads", self.threads)
-        check_seed(self.seed)
+            self.threads = check_positive_int("threads", self.threads)
+            if self.threads > MAX_THREADS:  # torch's OpenMP crashes with tens of thousands
+                raise ValueError(f"threads must be at most {MAX_THREADS}, got {self.threads}")
+        self.seed = check_seed(self.seed)
         for name in ("drop_last", "worker_thread", "cuda_graphs"):
             check_bool(name, getattr(self, name))
         check_options(self)
         check_run_options(self)
+        for name in ("save", "resume", "logdir"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.fspath(getattr(self, name)))
+        self.val_fraction = float(self.val_fraction)
+        self.early_stopping = int(self.early_stopping)
+        if self.true_b is not None:
+            self.true_b = float(self.true_b)
+        if self.feature_names is not None:
+            self.feature_names = tuple(self.feature_names)
 
 
 @dataclass(frozen=True)
@@ -370,7 +392,9 @@ def fit(
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
     # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
-    with RunWriter() as run, CpuThreads() as cpu_threads:
+    # Trains under a caller's torch.no_grad() or inference_mode() too: the steps need autograd.
+    with RunWriter() as run, CpuThreads() as cpu_threads, torch.inference_mode(False), \
+            torch.enable_grad():
         result = _fit(features, labels, config, on_progress, run, cpu_threads, **overrides)
         run.finish(result)
     return replace(result, run_dir=run.run_dir)
@@ -391,6 +415,10 @@ def _fit(
     if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
         config = replace(config, save=None, logdir=None)
     stream = features if isinstance(features, BlockStream) else None
+    if group is not None and config.gradient != "autograd":
+        # The data-parallel steps all-reduce the gradients that backward() leaves.
+        raise ValueError(f"gradient={config.gradient!r} is not supported in a process group; "
+                         f"use gradient='autograd'")
     if group is not None:
         # Rank 0 may still be writing the checkpoint the others are about to read. Every rank
         # meets here, resuming or not, so a rank that does not resume leaves none waiting: it
@@ -406,10 +434,6 @@ def _fit(
     device = resolve_device(config.device)
     if config.cuda_graphs:
         graphs.check_device(device, stream is not None, group is not None)
-    if group is not None and config.gradient != "autograd":
-        # The data-parallel steps all-reduce the gradients that backward() leaves.
-        raise ValueError(f"gradient={config.gradient!r} is not supported in a process group; "
-                         f"use gradient='autograd'")
     cpu_threads.limit(config.threads, device)
     n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
     steps = steps_per_epoch(n, config.batch_size, config.drop_last)

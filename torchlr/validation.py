@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,17 @@ IMPLS = ("scratch", "concise")
 INT64_MAX = 2**63 - 1  # torch holds sizes and counts as int64
 
 
-def as_float_tensor(name: str, value: Any) -> torch.Tensor:
-    """Convert a tensor or numpy array of real numbers to float32; refuse anything else."""
+def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Convert a tensor or numpy array of real numbers to float32 (or dtype); refuse anything
+    else."""
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value)):
             raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        with warnings.catch_warnings():
+            # A read-only array (np.load with mmap_mode="r"): torch warns that writing to the
+            # tensor is undefined. Nothing here writes to its input.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            value = torch.from_numpy(np.ascontiguousarray(value))
     elif not isinstance(value, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
@@ -27,13 +33,15 @@ def as_float_tensor(name: str, value: Any) -> torch.Tensor:
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     # Integer and float64 inputs are converted on purpose: both implementations train in float32.
-    return value.detach().to(torch.float32)
+    return value.detach().to(dtype)
 
 
-def check_data(features: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return float32 features (n, d) and labels (n, 1), or raise naming what is wrong."""
-    X = as_float_tensor("features", features)
-    y = as_float_tensor("labels", labels)
+def check_data(features: Any, labels: Any,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float32 (or dtype) features (n, d) and labels (n, 1), or raise naming what is
+    wrong."""
+    X = as_float_tensor("features", features, dtype)
+    y = as_float_tensor("labels", labels, dtype)
     if X.dim() != 2:
         raise ValueError(
             f"features must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}"
