@@ -53,6 +53,8 @@ API_CASES = [
     (X, Y, {"lr": 4e39}, ValueError, ["lr", "4e+39", "float32"]),
     # torch's OpenMP crashes with tens of thousands of threads; 2**31 overflowed its int.
     (X, Y, {"threads": 2**31}, ValueError, ["threads", str(2**31)]),
+    (X, Y, {"on_progress": 5}, TypeError, ["on_progress", "callable", "5"]),
+    (X, Y, {"config": {"lr": 1}}, TypeError, ["config", "FitConfig", "dict"]),
 ]
 
 

@@ -286,3 +286,27 @@ def test_a_read_only_numpy_array_trains_without_a_warning(tmp_path, recwarn):
     result = fit(mapped, y, device="cpu")
     assert result.losses == fit(X, y, device="cpu").losses
     assert [str(w.message) for w in recwarn] == []
+
+
+def test_evaluate_and_predict_take_a_results_own_parameters():
+    X, y = chapter_data()
+    result = fit(X, y, device="cpu", config=FitConfig(num_epochs=2))  # config by keyword too
+    assert len(result.losses) == 2
+    # The fit's last epoch loss, from the (d,) w and float b it returns, with y (n,) or (n, 1).
+    for labels in (y, y[:, 0]):
+        assert float(torchlr.evaluate(X, labels, result.w, result.b)) == result.losses[-1]
+    by_hand = X @ result.w.reshape(-1, 1) + torch.tensor(result.b, dtype=torch.float32)
+    torch.testing.assert_close(result.predict(X), by_hand)
+    for wrong in (torch.ones(3, 3), torch.ones(3)):
+        with pytest.raises(ValueError, match=r"shape \(n, 2\).*got shape"):
+            result.predict(wrong)
+
+
+def test_a_stream_brings_its_own_labels(tmp_path):
+    np = pytest.importorskip("numpy")
+    from torchlr.stream import BlockStream
+
+    X, y = chapter_data(num_examples=50)
+    np.save(tmp_path / "t.npy", torch.cat([X, y], 1).numpy())
+    with pytest.raises(ValueError, match="labels must be None"):
+        fit(BlockStream(tmp_path / "t.npy"), y, device="cpu")

@@ -204,6 +204,9 @@ class TrainedModel:
 def predict(features: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
             scaling: Scaling) -> torch.Tensor:
     """The model's (n, 1) predictions in original units: scale X, apply w and b, unscale y."""
+    if features.dim() != 2 or features.shape[1] != w.shape[0]:
+        raise ValueError(f"features must have shape (n, {w.shape[0]}), the columns the model "
+                         f"was trained on; got shape {tuple(features.shape)}")
     return scaling.unscale_target(linreg(scaling.features(features), w, b))
 
 

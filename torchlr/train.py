@@ -282,13 +282,19 @@ EVAL_ROWS = 1 << 16
 
 
 @torch.no_grad()
-def evaluate(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
-             b: torch.Tensor, *, worker_thread: bool = False) -> torch.Tensor:
+def evaluate(features: torch.Tensor, labels: torch.Tensor, w: Any, b: Any, *,
+             worker_thread: bool = False) -> torch.Tensor:
     """Mean squared_loss over a whole data set: the chapter's printed number (0-d tensor).
 
-    On the CPU, over EVAL_ROWS rows, it adds float64 sums of EVAL_ROWS-row pieces; with
-    worker_thread=True and two cores or more, a second thread sums every other piece.
+    w is (d, 1) or (d,) and b (1,) or a number (a FitResult's w and b do); labels (n, 1) or
+    (n,). On the CPU, over EVAL_ROWS rows, it adds float64 sums of EVAL_ROWS-row pieces;
+    with worker_thread=True and two cores or more, a second thread sums every other piece.
     """
+    # Views or no-ops for the (d, 1), (1,) and (n, 1) the fit passes. A (n,) labels would
+    # otherwise broadcast against the (n, 1) predictions to an (n, n) loss.
+    w = torch.as_tensor(w, dtype=features.dtype, device=features.device).reshape(-1, 1)
+    b = torch.as_tensor(b, dtype=features.dtype, device=features.device).reshape(1)
+    labels = labels.reshape(-1, 1)
     n = len(features)
     if features.device.type != "cpu" or n <= EVAL_ROWS:
         return squared_loss(linreg(features, w, b), labels).mean()
@@ -384,13 +390,21 @@ def _epoch_loss(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
 def fit(
     features: Any,
     labels: Any,
-    config: Optional[FitConfig] = None,
     /,
+    config: Optional[FitConfig] = None,
     *,
     on_progress: Optional[Callable[[Progress], None]] = None,
     **overrides: Any,
 ) -> FitResult:
     """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    if on_progress is not None and not callable(on_progress):  # found now, not after epoch 1
+        raise TypeError(f"on_progress must be a callable or None, got "
+                        f"{type(on_progress).__name__}: {on_progress!r}")
+    if config is not None and not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig or None, got {type(config).__name__}")
+    if isinstance(features, BlockStream) and labels is not None:
+        raise ValueError("labels must be None when features is a BlockStream, which holds "
+                         "its own target column")
     # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
     # Trains under a caller's torch.no_grad() or inference_mode() too: the steps need autograd.
     with RunWriter() as run, CpuThreads() as cpu_threads, torch.inference_mode(False), \
