@@ -32,6 +32,7 @@ from torchlr.train import FitConfig
 ROOT = Path(__file__).resolve().parents[1]
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
+METRICS = ["loss/epoch", "loss/val", "r2/val", "error/w", "error/b"]
 SCALARS = {"loss/train", "loss/epoch", "error/w", "error/b", "grad/norm", "lr",
            "perf/samples_per_sec"}
 
@@ -129,7 +130,7 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
         "impl": impl, "lr": 0.03, "batch_size": 10, "num_epochs": 3, "seed": 0, "device": "cpu",
         "num_examples": 1000, "gradient": "autograd"}
     metrics = data["_hparams_/experiment"].experiment.metric_infos
-    assert {m.name.tag for m in metrics} == {"loss/epoch", "error/w", "error/b"}
+    assert [m.name.tag for m in metrics] == METRICS
     end = data["_hparams_/session_end_info"].session_end_info
     assert end.status == api_pb2.Status.Value("STATUS_SUCCESS")
 
@@ -150,6 +151,44 @@ def test_scaled_run_reports_errors_and_w_in_original_units(tmp_path):
     assert errors_w[-1] < 0.05  # the fit found the truth: the scaled w is some 30 away
     for event, w in zip(acc.Histograms("params/w"), result.w_history[1:]):
         assert event.histogram_value.max == pytest.approx(w.max().item(), rel=1e-5)
+
+
+def test_runs_of_every_kind_declare_the_same_hparams_metrics(tmp_path):
+    # TensorBoard's HParams dashboard takes the metric list of one run (the first it finds)
+    # for the whole folder: a validation run's list hid the chapter run's error/w and error/b.
+    X, y = chapter_data(num_examples=200)
+    torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, true_w=TRUE_W, true_b=TRUE_B)
+    torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, val_fraction=0.2)
+    for run in os.listdir(tmp_path):
+        acc = read_run(str(tmp_path / run))
+        metrics = hparams_data(acc)["_hparams_/experiment"].experiment.metric_infos
+        assert [m.name.tag for m in metrics] == METRICS
+
+
+def test_the_fit_image_is_at_the_last_epoch_that_ran(tmp_path):
+    X, y = chapter_data(num_examples=300)
+    result = torchlr.fit(X, y, num_epochs=30, lr=0.3, val_fraction=0.2, early_stopping=1,
+                         logdir=tmp_path)
+    assert len(result.losses) < 30  # stopped early
+    (image,) = read_run(result.run_dir).Images("plot/fit")
+    assert image.step == len(result.losses)
+
+
+def test_the_fit_image_keeps_at_most_figure_points(monkeypatch):
+    from torchlr import tensorboard
+
+    kept = []
+    monkeypatch.setattr("torchlr.plots.scatter",
+                        lambda X, y, **kw: kept.append(len(X)) or plt_figure())
+    X, y = chapter_data(num_examples=2 * tensorboard.FIGURE_POINTS - 1)
+    tensorboard.fit_figure(X, y, torch.zeros(2), 0.0)
+    assert kept == [tensorboard.FIGURE_POINTS]  # a stride of 1 kept all 3999
+
+
+def plt_figure():
+    from matplotlib.figure import Figure
+
+    return Figure()
 
 
 def test_runs_started_in_the_same_second_get_distinct_folders(tmp_path):

@@ -127,11 +127,9 @@ class RunWriter:
         hparam_dict = {"impl": config.impl, "lr": config.lr, "batch_size": config.batch_size,
                        "num_epochs": config.num_epochs, "seed": config.seed,
                        "device": str(device), "num_examples": n, "gradient": config.gradient}
-        metrics = [LOSS_TAG, *(["loss/val", "r2/val"] if config.val_fraction else [])]
-        if config.true_w is not None:
-            metrics.append(ERROR_TAGS[0])
-        if config.true_b is not None:
-            metrics.append(ERROR_TAGS[1])
+        # The same metrics in every run, whether it writes them or not: TensorBoard's HParams
+        # dashboard takes the list of one run (the first it finds) for the whole log folder.
+        metrics = [LOSS_TAG, "loss/val", "r2/val", *ERROR_TAGS]
         # Written into this run's own file, unlike SummaryWriter.add_hparams (a sibling run).
         experiment, session_start, self._session_end = hparams(
             hparam_dict, dict.fromkeys(metrics, 0.0)
@@ -199,7 +197,8 @@ class RunWriter:
         w = result.w if result.scaled_w is None else result.scaled_w
         b = result.b if result.scaled_b is None else result.scaled_b
         image = fit_figure(self._X, self._y, w, b)
-        self._writer.add_image("plot/fit", image, result.config.num_epochs, dataformats="HWC")
+        # At the last epoch that ran: early stopping may end before num_epochs.
+        self._writer.add_image("plot/fit", image, len(result.losses), dataformats="HWC")
 
     def __enter__(self) -> RunWriter:
         return self
@@ -238,8 +237,8 @@ def fit_figure(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
     from torchlr.plots import scatter
 
     # Subsampled where the data lives: only FIGURE_POINTS rows ever reach the host.
-    keep = torch.arange(0, len(features), max(1, len(features) // FIGURE_POINTS),
-                        device=features.device)
+    keep = torch.arange(0, len(features), max(1, -(-len(features) // FIGURE_POINTS)),
+                        device=features.device)  # the stride rounded up: at most FIGURE_POINTS
     fig = scatter(features.index_select(0, keep), labels.index_select(0, keep),
                   column=min(1, features.shape[1] - 1), w=w, b=float(b))
     canvas = FigureCanvasAgg(fig)
