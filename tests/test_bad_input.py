@@ -132,6 +132,21 @@ def test_cli_one_line_exit_2(args, word, capsys):
                          prose), err
 
 
+def test_cli_keeps_column_names_and_paths_that_look_like_options(tmp_path, capsys):
+    # Only the library's own option names become flags: a column or file named batch_size
+    # is the user's word and stays as written.
+    (tmp_path / "t.csv").write_text("batch_size,num_epochs,val_fraction\n1,2,3\n2,1,5\n")
+    (tmp_path / "batch_size").mkdir()
+    for args, expected in (
+        (["--data", "t.csv", "--target", "nope"], "batch_size, num_epochs, val_fraction"),
+        (["--data", "t.csv", "--features", "batch_size,batch_size"], "batch_size, batch_size"),
+        (["--data", "batch_size"], "batch_size"),
+    ):
+        assert main(["train", "--quiet", *args]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "--batch-size" not in err, err
+
+
 def test_unwritable_save_paths_are_refused_before_training(tmp_path, monkeypatch):
     import torchlr.train as train
 

@@ -261,39 +261,43 @@ def _train_data_parallel(args: argparse.Namespace, out: TextIO) -> int:
 
 # Library names the command line spells otherwise; every other option's dest is its name.
 _LIBRARY_NAMES = {"num_epochs": "epochs"}
+# Command-line dests that are also plain words of data messages ("features contains NaN"):
+# never rewritten.
+_DATA_WORDS = {"data", "target", "features", "model", "output", "stream", "plot", "command"}
 
 
 def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
     """A library error in the words of the command line: `num_epochs=5` -> `--epochs 5`.
 
     The library names its arguments (`batch_size must be ...`, `cuda_graphs=True needs ...`);
-    a CLI user knows only the flags. A name followed by `=` becomes the flag and its value
-    (a switch's `=True` just the flag); a bare name is replaced where it holds an underscore
-    or opens the message, so plain words such as "device" in prose stay as they are.
+    a CLI user knows only the flags. Rewritten: a name followed by `=` (into the flag and
+    its value; a switch's `=True` into the flag alone), a name that opens the message
+    before "must", and one after "set " or "leave ". Names elsewhere may be the user's
+    column names or paths, and stay as they are.
     """
     flags: dict[str, tuple[str, bool]] = {}  # library name -> (flag, takes no value)
     for command in parser._subparsers._group_actions[0].choices.values():  # type: ignore
         for action in command._actions:
             longs = [o for o in action.option_strings if o.startswith("--")]
-            if longs and action.dest != "help":
+            if longs and action.dest not in _DATA_WORDS | {"help"}:
                 flags[action.dest] = (longs[0], action.nargs == 0)
     for library, dest in _LIBRARY_NAMES.items():
         flags[library] = flags[dest]
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
-    # Not inside a path, a quoted value or a longer word.
-    edge, end = r"(?<![\w./'\"-])", r"(?![\w/-])"
+    end = r"(?![\w/.-])"
 
     def assigned(match: re.Match[str]) -> str:
-        flag, switch = flags[match[1]]
-        if switch and match[2]:
-            return flag
-        return f"{flag} {match[3]}" if match[3] is not None else f"{flag} "
+        flag, switch = flags[match[2]]
+        if switch and match[3]:
+            return match[1] + flag
+        return match[1] + (f"{flag} {match[4]}" if match[4] is not None else f"{flag} ")
 
-    # A quoted one-word value loses its quotes: device='cuda' -> --device cuda.
-    message = re.sub(rf"{edge}({names})=(?:(True){end}|'([\w:.+-]+)'(?![\w']))?", assigned,
-                     message)
-    return re.sub(rf"{edge}({names}){end}(?!=)",
-                  lambda m: flags[m[1]][0] if "_" in m[1] or m.start() == 0 else m[0],
+    # After the start, a space or "(": not inside a path or a longer word. A quoted
+    # one-word value loses its quotes: device='cuda' -> --device cuda.
+    message = re.sub(rf"(^|[ (])({names})=(?:(True){end}|'([\w:.+-]+)'(?![\w']))?",
+                     assigned, message)
+    message = re.sub(rf"^({names}) must ", lambda m: f"{flags[m[1]][0]} must ", message)
+    return re.sub(rf"\b(set|leave) ({names}){end}", lambda m: f"{m[1]} {flags[m[2]][0]}",
                   message)
 
 
