@@ -3,8 +3,11 @@
 import errno
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
+from conftest import REPO_ROOT
 
 from torchlr.atomic import write_atomic
 
@@ -64,3 +67,21 @@ def test_an_interrupt_while_filling_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(tmp_path / "x.pt", interrupted)
     assert list(tmp_path.iterdir()) == []
+
+
+WRITE_STDOUT = ("from torchlr.atomic import write_atomic; "
+                "write_atomic('/dev/stdout', lambda f: f.write('new\\n'), text=True)")
+
+
+def test_dev_stdout_goes_where_the_shell_sent_it(tmp_path):
+    # It resolved to a 'pipe:[N]' name that does not exist, or to the file of a `>> log`
+    # redirection, which was then replaced: its earlier lines were lost.
+    log = tmp_path / "log.txt"
+    log.write_text("previous\n")
+    with open(log, "a") as appended:
+        subprocess.run([sys.executable, "-c", WRITE_STDOUT], stdout=appended, check=True,
+                       cwd=REPO_ROOT, timeout=60)
+    assert log.read_text() == "previous\nnew\n"
+    piped = subprocess.run([sys.executable, "-c", WRITE_STDOUT], capture_output=True,
+                           text=True, check=True, cwd=REPO_ROOT, timeout=60)
+    assert piped.stdout == "new\n"

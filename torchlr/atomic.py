@@ -19,16 +19,19 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
 
     Readers see the old file or the new one, never half of one; on any error the temporary
     file is removed, and an OSError of the file system names path. A symlink is written
-    through (its target is replaced); a target that is not a regular file (/dev/stdout, a
-    FIFO) is written directly, since it cannot be renamed over.
+    through (its target is replaced); a target that is not a regular file (a FIFO) or that
+    lives under /dev or /proc (/dev/stdout) is written into (see writes_in_place).
     """
-    path = os.path.realpath(os.fspath(path))
-    mode = "w" if text else "wb"
+    given = os.fspath(path)
     options: dict[str, Any] = {"newline": ""} if text else {}
-    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
-        with open(path, mode, **options) as f:
+    if writes_in_place(given):
+        # Appending: what the shell's redirection set up (`>` emptied the file, `>>` keeps
+        # it) decides, and a pipe or terminal takes it either way.
+        with open(given, "a" if text else "ab", **options) as f:
             fill(f)
         return
+    mode = "w" if text else "wb"
+    path = os.path.realpath(given)
     tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -45,6 +48,18 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
             message = f"Cannot write {path}: {exc.strerror or exc}"
             raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
         raise
+
+
+def writes_in_place(path: str) -> bool:
+    """Whether write_atomic writes into path itself rather than renaming a file over it.
+
+    So it does for what cannot be renamed over (a FIFO, a terminal, /dev/null) and for any
+    path under /dev or /proc: /dev/stdout leads to whatever the shell connected, a pipe or
+    the file of a `>> log` redirection, which must be written into, not replaced.
+    """
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    return os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)
 
 
 def _create_beside(path: str) -> tuple[int, str]:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchlr.atomic import writes_in_place
+
 IMPLS = ("scratch", "concise")
 INT64_MAX = 2**63 - 1  # torch holds sizes and counts as int64
 
@@ -139,7 +141,9 @@ def check_writable_file(name: str, path: Any) -> str:
         raise ValueError(f"{name} must be a file path, got ''")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{name}={path!r} is a folder; give a file path")
-    if os.path.exists(path) and not os.path.isfile(path) and os.access(path, os.W_OK):
+    if writes_in_place(path) and os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{name}={path!r} cannot be written: no permission")
         return path  # /dev/stdout, a FIFO: written in place, its folder does not matter
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):  # the nearest folder that exists must take new files
