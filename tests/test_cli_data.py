@@ -311,3 +311,59 @@ def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
     epochs = [EPOCH.match(line) for line in out if line.startswith("epoch")]
     val = [float(m.group(3)) for m in epochs]
     assert len(epochs) == kept + 2 < 60 and val[kept - 1] == min(val)
+
+
+def test_predict_quotes_names_keeps_them_distinct_and_echoes_an_unknown_target(tmp_path,
+                                                                               capsys):
+    # A column name with a comma was written bare (5 names over 4 values); a feature named
+    # prediction gave a header that repeats it; an empty target cell refused the row.
+    table = tmp_path / "t.csv"
+    table.write_text('"a,1",prediction,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n')
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(table), "--save", str(model), "--no-tensorboard",
+                 "--quiet"]) == 0
+    out = tmp_path / "out.csv"
+    assert main(["predict", "--model", str(model), "--data", str(table), "--output",
+                 str(out)]) == 0
+    names, values = read_csv(out)
+    assert names == ["a,1", "prediction", "y", "_prediction"]
+    expected = torchlr.load_model(model).predict(torch.tensor(values[:, :2], dtype=torch.float32))
+    assert np.array_equal(values[:, 3].astype(np.float32), expected[:, 0].numpy())
+    unknown = tmp_path / "new.csv"
+    unknown.write_text('"a,1",prediction,y\n1,2,\n3,5,NA\n2,1,5\n')
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", str(unknown)]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert [row[2] for row in rows] == ["y", "", "", "5.0"]
+    missing_feature = tmp_path / "bad.csv"
+    missing_feature.write_text('"a,1",prediction,y\n1,,3\n')
+    assert main(["predict", "--model", str(model), "--data", str(missing_feature)]) == 2
+    assert "column 'prediction': missing value" in capsys.readouterr().err
+
+
+def test_a_npy_without_columns_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((5, 0)))
+    assert main(["train", "--data", str(tmp_path / "empty.npy")]) == 2
+    assert "holds no columns" in capsys.readouterr().err
+
+
+def test_synthetic_resume_keeps_the_checkpoints_size(tmp_path, capsys):
+    path = tmp_path / "n500.pt"
+    args = ["train", "--device", "cpu", "--no-tensorboard"]
+    assert main([*args, "--num-examples", "500", "--epochs", "1", "--save", str(path)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume", str(path)]) == 0
+    resumed = capsys.readouterr().out.splitlines()
+    assert main([*args, "--num-examples", "500", "--epochs", "2"]) == 0
+    assert resumed[:-1] == capsys.readouterr().out.splitlines()[1:]
+    assert main([*args, "--epochs", "3", "--resume", str(path), "--num-examples", "600"]) == 2
+    assert "--num-examples 600 differs from the checkpoint's 500" in capsys.readouterr().err
+
+
+def test_logdir_on_a_file_and_a_closed_stdout_are_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "--logdir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdout", None)
+    assert main(["train"]) == 2
+    assert capsys.readouterr().err == "torchlr: error: standard output is closed\n"

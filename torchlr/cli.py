@@ -185,14 +185,14 @@ def _report(result: FitResult, true_w: torch.Tensor, out: TextIO) -> None:
 def _train(args: argparse.Namespace, out: TextIO) -> int:
     true_w = torch.tensor(TRUE_W)
 
-    def synthetic(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def synthetic(seed: int, num_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
         data_gen = torch.Generator().manual_seed(check_seed(seed))
         # X, y and the noise as float32, with room for the fit's copies: refused in one line,
         # not by the allocator's traceback.
-        check_fits_in_memory(f"--num-examples {args.num_examples}",
-                             2 * args.num_examples * (len(TRUE_W) + 2) * 4,
+        check_fits_in_memory(f"--num-examples {num_examples}",
+                             2 * num_examples * (len(TRUE_W) + 2) * 4,
                              advice="ask for fewer examples")
-        return synthetic_data(true_w, TRUE_B, args.num_examples, generator=data_gen)
+        return synthetic_data(true_w, TRUE_B, num_examples, generator=data_gen)
 
     # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
     # The w that drew the data is float32 (synthetic_data casts it): TensorBoard's error/w
@@ -315,6 +315,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     args.given = _given_options(argv)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nowhere to print results
+        if sys.stderr is not None:
+            print("torchlr: error: standard output is closed", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "train":
             if distributed.in_torchrun():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import fields, replace
@@ -81,8 +83,8 @@ def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
 
 def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: Any,
                     truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
-    """(features, labels, configs) for train; synthetic(seed) gives the chapter's data, truth
-    its (w, b)."""
+    """(features, labels, configs) for train; synthetic(seed, n) gives the chapter's data,
+    truth its (w, b)."""
     if args.data is not None and "num_examples" in args.given:
         raise ValueError("--num-examples sizes the chapter's synthetic data; with --data the "
                          "file's rows are used")
@@ -98,8 +100,10 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     logging = dict(logdir=None if args.no_tensorboard else args.logdir, run_name=args.run_name)
     target, features = args.target, _features_arg(args)
     data_seed = args.seed  # --seed draws the chapter's data too
+    num_examples = args.num_examples
     if args.resume is not None:
-        saved = load_checkpoint(args.resume)["config"]
+        state = load_checkpoint(args.resume)
+        saved = state["config"]
         for name, option in RUN_OPTIONS.items():
             given = getattr(args, option)
             # args.given (set by main) holds the options written on the line: one written with
@@ -111,6 +115,13 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         known = {f.name for f in fields(FitConfig)}
         base = FitConfig(**{k: v for k, v in saved.items() if k in known})
         data_seed = base.seed  # the data the checkpoint trained on, whether or not --seed is given
+        # and its size (all rows, validation included), where the checkpoint records it.
+        saved_rows = (state.get("data") or {}).get("shape", [None])[0]
+        if saved_rows is not None and args.data is None:
+            if "num_examples" in args.given and args.num_examples != saved_rows:
+                raise ValueError(f"--num-examples {args.num_examples} differs from the "
+                                 f"checkpoint's {saved_rows}; a resumed run keeps its data")
+            num_examples = saved_rows
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
                        save=args.save or args.resume, cuda_graphs=args.cuda_graphs)
@@ -124,7 +135,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     if args.data is None:
         if args.stream or target or features:
             raise ValueError("--stream, --target and --features need --data FILE")
-        X, y = synthetic(data_seed)
+        X, y = synthetic(data_seed, num_examples)
         names: tuple[tuple[str, ...], Optional[str]] = SYNTHETIC_NAMES
         logging.update(true_w=truth[0], true_b=truth[1])
     elif args.stream:
@@ -151,6 +162,8 @@ def describe_weights(w: torch.Tensor, b: float, names: Optional[Iterable[str]]) 
 
 
 def _cell(value: np.float32) -> str:
+    if np.isnan(value):
+        return ""  # a target the input left empty
     return str(value)  # numpy's shortest text that reads back as the same float32
 
 
@@ -168,12 +181,18 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
         raise ValueError(f"{args.model} has no feature names; it cannot match columns")
     # The target, when the file has it, is echoed so predictions sit next to the truth.
     wanted = feature_columns(args.data, model.feature_names, model.target_name)
-    values = load_columns(args.data, wanted)  # (n, k) float32
+    # A target cell may be empty (unknown yet): echoed empty.
+    values = load_columns(args.data, wanted, missing_ok=[model.target_name])  # (n, k) float32
     d = len(model.feature_names)
     predictions = model.predict(values[:, :d]).cpu()  # (n, 1)
+    column = "prediction"
+    while column in wanted:  # a feature named prediction: the header keeps distinct names
+        column = "_" + column
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow([*wanted, column])  # quotes "a,b"
 
     def lines() -> Iterator[str]:
-        yield ",".join([*wanted, "prediction"]) + "\n"
+        yield header.getvalue()
         table = np.concatenate([values.numpy(), predictions.numpy()], axis=1)
         for row in table:
             yield ",".join(_cell(v) for v in row) + "\n"

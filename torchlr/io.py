@@ -103,18 +103,25 @@ def column_names(path: str | os.PathLike[str]) -> list[str]:
         return _csv_header(path)[0]
     if suffix == ".npy":  # the header alone: the data may be larger than memory
         shape = npy_header(path)[0]
+        if len(shape) == 2 and shape[1] == 0:
+            raise ValueError(f"{path} is empty: it holds no columns (shape {shape})")
         if len(shape) == 2:
             return [f"x{j + 1}" for j in range(shape[1])]
     return [name for name, _ in _array_columns(path, suffix)]
 
 
-def load_columns(path: str | os.PathLike[str], names: Sequence[str]) -> torch.Tensor:
-    """The named columns of a file as one float32 tensor (n, len(names)), fully checked."""
+def load_columns(path: str | os.PathLike[str], names: Sequence[str],
+                 missing_ok: Sequence[str] = ()) -> torch.Tensor:
+    """The named columns of a file as one float32 tensor (n, len(names)), fully checked.
+
+    In a CSV file, a missing cell (empty, NA, ...) of a column in missing_ok reads as NaN
+    instead of being refused: predict echoes a target that is known for some rows only.
+    """
     path = os.fspath(path)
     suffix = _check_path(path)
     check_fits_in_memory(path, estimate_bytes(path, len(names)))
     if suffix == ".csv":
-        return _read_csv(path, names)
+        return _read_csv(path, names, missing_ok)
     columns = dict(_array_columns(path, suffix))
     return _numeric_columns(path, [(name, columns[name]) for name in names])
 
@@ -201,9 +208,10 @@ def _csv_header(path: str) -> tuple[list[str], int]:
     return names, line
 
 
-def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
+def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:
     names, header_line = _csv_header(path)
     index = [names.index(name) for name in wanted]
+    optional = [name in missing_ok for name in wanted]
     values = array.array("d")  # flat, compact: 8 bytes a cell while reading
     lines = array.array("q")  # each row's line in the file, to name one float32 cannot hold
     rows = 0
@@ -223,7 +231,9 @@ def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
                 except ValueError:
                     parsed = []
                 if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
-                    _explain_cell(path, reader.line_num, row, index, names)
+                    parsed = _parse_with_missing(row, index, optional)
+                    if parsed is None:
+                        _explain_cell(path, reader.line_num, row, index, names)
                 values.extend(parsed)
                 lines.append(reader.line_num)
                 rows += 1
@@ -234,7 +244,7 @@ def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
     table = np.frombuffer(values, dtype=np.float64).reshape(rows, len(index))
     with np.errstate(over="ignore"):  # a finite float64 beyond float32's range becomes inf
         single = table.astype(np.float32)
-    bad = np.argwhere(~np.isfinite(single))
+    bad = np.argwhere(~np.isfinite(single) & ~(np.isnan(table) & np.array(optional)))
     if len(bad):
         row, col = bad[0]
         raise ValueError(f"{path}, line {lines[row]}, column {names[index[col]]!r}: "
@@ -244,6 +254,26 @@ def _read_csv(path: str, wanted: Sequence[str]) -> torch.Tensor:
 
 def _too_large(value: float) -> str:
     return f"{value!r} is beyond the range of float32 (about ±3.4e38)"
+
+
+def _parse_with_missing(row: list[str], index: list[int],
+                        optional: list[bool]) -> Optional[list[float]]:
+    """The row's values with NaN for the missing cells of optional columns; None if any
+    other cell is missing, not a number or not finite."""
+    parsed = []
+    for i, may_miss in zip(index, optional):
+        cell = row[i].strip()
+        if may_miss and cell.lower() in MISSING:
+            parsed.append(math.nan)
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            return None
+        if not math.isfinite(value):
+            return None
+        parsed.append(value)
+    return parsed
 
 
 def _explain_cell(path: str, line: int, row: list[str], index: list[int],

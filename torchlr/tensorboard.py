@@ -59,6 +59,9 @@ def check_options(config: FitConfig) -> None:
                         f"{config.logdir!r}")
     if config.logdir is not None and not os.fspath(config.logdir):
         raise ValueError("logdir must be a folder path or None, got ''")
+    if config.logdir is not None and os.path.exists(config.logdir) \
+            and not os.path.isdir(config.logdir):
+        raise ValueError(f"logdir={os.fspath(config.logdir)!r} is a file, not a folder")
     name = config.run_name
     if name is not None:
         if not isinstance(name, str):
