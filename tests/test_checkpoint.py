@@ -61,7 +61,7 @@ def test_resume_refuses_a_changed_run(tmp_path):
     torchlr.fit(X, y, num_epochs=1, save=str(path), device="cpu")
     with pytest.raises(ValueError, match=r"lr=0.03 in the checkpoint, 0.1 now"):
         torchlr.fit(X, y, num_epochs=3, lr=0.1, resume=str(path), device="cpu")
-    with pytest.raises(ValueError, match=r"trained on 300 rows, this data has 200"):
+    with pytest.raises(ValueError, match=r"trained on 300 rows, this data gives 200"):
         torchlr.fit(X[:200], y[:200], num_epochs=3, resume=str(path), device="cpu")
     torchlr.fit(X, y, num_epochs=1, save=str(path), standardize=True, device="cpu")
     with pytest.raises(ValueError, match=r"not the data it trained on"):

@@ -151,8 +151,9 @@ def check_resumable(path: str, state: dict[str, Any], config: Any, num_examples:
     if diffs:
         raise ValueError(f"Cannot resume {path}: " + "; ".join(diffs))
     if state["num_examples"] != num_examples:
-        raise ValueError(f"Cannot resume {path}: it trained on {state['num_examples']} rows, "
-                         f"this data has {num_examples}")
+        split = " training rows (after the validation split)" if config.val_fraction else " rows"
+        raise ValueError(f"Cannot resume {path}: it trained on {state['num_examples']}{split}, "
+                         f"this data gives {num_examples}")
     if state["epoch"] > config.num_epochs:
         raise ValueError(f"Cannot resume {path} at epoch {state['epoch']} up to "
                          f"num_epochs={config.num_epochs}; ask for at least {state['epoch']}")
