@@ -211,7 +211,10 @@ class DataParallel:
 
     def barrier(self) -> None:
         """Wait until every rank is here (rank 0 may still be writing a checkpoint)."""
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # on this process's GPU, which join() set
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
     def wrap(self, model: Any, device: torch.device) -> Any:
         """The data-parallel version of a ScratchModel or ConciseModel."""
