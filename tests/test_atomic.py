@@ -85,3 +85,23 @@ def test_dev_stdout_goes_where_the_shell_sent_it(tmp_path):
     piped = subprocess.run([sys.executable, "-c", WRITE_STDOUT], capture_output=True,
                            text=True, check=True, cwd=REPO_ROOT, timeout=60)
     assert piped.stdout == "new\n"
+
+
+def test_a_regular_file_under_dev_is_replaced_not_appended(tmp_path):
+    from torchlr.atomic import writes_in_place
+
+    assert writes_in_place("/dev/stdout") and writes_in_place("/dev/fd/1")
+    assert writes_in_place("/proc/self/fd/1") and writes_in_place("/dev/null")
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    path = os.path.join(shm, f"torchlr-test-{os.getpid()}.csv")
+    try:
+        write_text(path, "first\n")
+        write_text(path, "second\n")
+        assert not writes_in_place(path)
+        with open(path) as f:
+            assert f.read() == "second\n"
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable
 from typing import IO, Any
 
+# Names of an open file descriptor: written into, never replaced (see writes_in_place).
+DESCRIPTOR_PATH = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|thread-self|\d+)/fd/\d+")
 # Errors of writing to a file (a full disk, a quota): named with the target when raised.
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
@@ -20,7 +23,7 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
     Readers see the old file or the new one, never half of one; on any error the temporary
     file is removed, and an OSError of the file system names path. A symlink is written
     through (its target is replaced); a target that is not a regular file (a FIFO) or that
-    lives under /dev or /proc (/dev/stdout) is written into (see writes_in_place).
+    names an open descriptor (/dev/stdout) is written into (see writes_in_place).
     """
     given = os.fspath(path)
     options: dict[str, Any] = {"newline": ""} if text else {}
@@ -53,11 +56,12 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
 def writes_in_place(path: str) -> bool:
     """Whether write_atomic writes into path itself rather than renaming a file over it.
 
-    So it does for what cannot be renamed over (a FIFO, a terminal, /dev/null) and for any
-    path under /dev or /proc: /dev/stdout leads to whatever the shell connected, a pipe or
-    the file of a `>> log` redirection, which must be written into, not replaced.
+    So it does for what cannot be renamed over (a FIFO, a terminal, /dev/null) and for the
+    names of open descriptors: /dev/stdout (or /dev/fd/N, /proc/self/fd/N) leads to whatever
+    the shell connected, a pipe or the file of a `>> log` redirection, which must be written
+    into, not replaced. A regular file elsewhere under /dev (/dev/shm) is replaced as usual.
     """
-    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+    if DESCRIPTOR_PATH.fullmatch(os.path.abspath(path)):
         return True
     return os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)
 
