@@ -42,6 +42,7 @@ API_CASES = [
     ([[1.0, 2.0]], [1.0], {}, TypeError, ["features", "list"]),
     (np.array([["a", "b"]]), np.array([1.0]), {}, TypeError, ["features", "dtype"]),
     (X > 0, Y, {}, TypeError, ["features", "bool"]),
+    (np.arange(40).astype("m8[s]").reshape(20, 2), Y, {}, TypeError, ["features", "timedelta"]),
     (X.double() * 1e300, Y, {}, ValueError, ["features", "40 value(s)", "range of float32"]),
     (X, Y, {"batch_size": 2**70}, ValueError, ["batch_size", str(2**70)]),
     (X, Y, {"num_epochs": 2**70}, ValueError, ["num_epochs", str(2**70)]),

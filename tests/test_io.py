@@ -156,6 +156,13 @@ def test_binary_file_errors(tmp_path):
     np.save(tmp_path / "text.npy", np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(ValueError, match=r"text.npy, column 'x1': dtype <U1 does not hold real"):
         load_data(tmp_path / "text.npy")
+    # numpy counts timedelta64 an integer: durations are not the numbers to regress on.
+    np.save(tmp_path / "td.npy", np.arange(6).astype("m8[s]").reshape(3, 2))
+    with pytest.raises(ValueError, match=r"td.npy, column 'x1': dtype timedelta64\[s\] does"):
+        load_data(tmp_path / "td.npy")
+    from torchlr.stream import BlockStream
+    with pytest.raises(ValueError, match=r"td.npy: streaming needs a C-ordered real array"):
+        BlockStream(tmp_path / "td.npy")
     np.savez(tmp_path / "ragged.npz", a=np.ones(3), y=np.ones(4))
     with pytest.raises(ValueError, match=r"columns differ in length: a has 3, y has 4"):
         load_data(tmp_path / "ragged.npz")

@@ -15,6 +15,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from torchlr.validation import is_real_dtype
+
 FORMATS = (".csv", ".npy", ".npz", ".pt")
 MISSING = {"", "na", "n/a", "nan", "null", "none"}  # cells read as a missing value, any case
 # Loading needs the float32 table and about one more copy of it (split, scaling).
@@ -363,8 +365,7 @@ def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:
     out = []
     for name, col in columns:
         dtype = col.dtype
-        real = (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
-                if isinstance(col, np.ndarray)
+        real = (is_real_dtype(dtype) if isinstance(col, np.ndarray)
                 else not (dtype == torch.bool or col.is_complex()))
         if not real or dtype == np.bool_:
             raise ValueError(f"{path}, column {name!r}: dtype {dtype} does not hold real numbers")

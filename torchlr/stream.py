@@ -14,7 +14,7 @@ import torch
 from torchlr.io import npy_header
 from torchlr.preprocess import Scaling
 from torchlr.scratch import loss_sum
-from torchlr.validation import check_positive_int
+from torchlr.validation import check_positive_int, is_real_dtype
 
 BLOCK_BYTES = 16 * 2**20  # rows read together: large enough for fast reads, small for RSS
 
@@ -45,7 +45,7 @@ class BlockStream:
         if len(shape) != 2 or shape[0] == 0 or shape[1] < 2:
             raise ValueError(f"{self.path} has shape {shape}; streaming needs a 2-D table "
                              f"with rows and at least 2 columns")
-        real = np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+        real = is_real_dtype(dtype)
         if fortran or not real:
             raise ValueError(f"{self.path}: streaming needs a C-ordered real array, "
                              f"got dtype {dtype}{' in Fortran order' if fortran else ''}")

@@ -17,11 +17,18 @@ IMPLS = ("scratch", "concise")
 INT64_MAX = 2**63 - 1  # torch holds sizes and counts as int64
 
 
+def is_real_dtype(dtype: np.dtype) -> bool:
+    """Whether a numpy dtype holds real numbers: not complex, and not timedelta64 (numpy
+    counts it an integer), datetime64 or bool."""
+    return (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+            and dtype.kind not in "mM")
+
+
 def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Convert a tensor or numpy array of real numbers to float32 (or dtype); refuse anything
     else."""
     if isinstance(value, np.ndarray):
-        if not (np.issubdtype(value.dtype, np.number) and not np.iscomplexobj(value)):
+        if not is_real_dtype(value.dtype):
             raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
         with warnings.catch_warnings():
             # A read-only array (np.load with mmap_mode="r"): torch warns that writing to the
