@@ -307,10 +307,13 @@ def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
             "--early-stopping", "2", "--batch-size", "4", *TRAIN]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    kept = int(next(line for line in out if line.startswith("early stopping")).split()[-1])
+    said = next(line for line in out if line.startswith("early stopping"))
+    stopped, kept = map(int, re.fullmatch(
+        r"early stopping: stopped after epoch (\d+); kept epoch (\d+) \(lowest validation "
+        r"loss\)", said).groups())
     epochs = [EPOCH.match(line) for line in out if line.startswith("epoch")]
     val = [float(m.group(3)) for m in epochs]
-    assert len(epochs) == kept + 2 < 60 and val[kept - 1] == min(val)
+    assert len(epochs) == stopped == kept + 2 < 60 and val[kept - 1] == min(val)
 
 
 def test_predict_quotes_names_keeps_them_distinct_and_echoes_an_unknown_target(tmp_path,

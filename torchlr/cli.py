@@ -225,7 +225,11 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
             # On stderr, so stdout stays the chapter's lines.
             print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
         if result.best_epoch is not None:
-            print(f"early stopping: kept epoch {result.best_epoch}", file=out)
+            ran = len(result.losses)
+            how = (f"stopped after epoch {ran}" if ran < config.num_epochs
+                   else f"ran all {ran} epochs")
+            print(f"early stopping: {how}; kept epoch {result.best_epoch} (lowest validation "
+                  f"loss)", file=out)
         if result.saved_to is not None:  # not when no epoch ran (--epochs 0, say)
             print(f"saved {result.saved_to}", file=out)
         results.append(result)
