@@ -138,14 +138,18 @@ def test_cli_keeps_column_names_and_paths_that_look_like_options(tmp_path, capsy
     # is the user's word and stays as written.
     (tmp_path / "t.csv").write_text("batch_size,num_epochs,val_fraction\n1,2,3\n2,1,5\n")
     (tmp_path / "batch_size").mkdir()
+    (tmp_path / "lr=0.1.csv").write_text("lr=1,b,y\n1,2,3\n2,,5\n")
     for args, expected in (
-        (["--data", "t.csv", "--target", "nope"], "batch_size, num_epochs, val_fraction"),
-        (["--data", "t.csv", "--features", "batch_size,batch_size"], "batch_size, batch_size"),
+        (["--data", "t.csv", "--target", "nope"], "'batch_size', 'num_epochs', 'val_fraction'"),
+        (["--data", "t.csv", "--features", "batch_size,batch_size"], "'batch_size', 'batch_size'"),
         (["--data", "batch_size"], "batch_size"),
+        (["--resume", "lr=0.1.pt"], "lr=0.1.pt"),
+        (["--data", "lr=0.1.csv"], "lr=0.1.csv, line 3"),
+        (["--data", "lr=0.1.csv", "--target", "z"], "in lr=0.1.csv; its columns are: 'lr=1'"),
     ):
         assert main(["train", "--quiet", *args]) == 2
         err = capsys.readouterr().err
-        assert expected in err and "--batch-size" not in err, err
+        assert expected in err and "--batch-size" not in err and "--lr" not in err, err
 
 
 def test_unwritable_save_paths_are_refused_before_training(tmp_path, monkeypatch):

@@ -99,3 +99,20 @@ def test_bad_input_is_refused_before_lapack(capfd):
     with pytest.raises(ValueError, match=r"labels must have shape \(n,\) or \(n, 1\)"):
         least_squares(torch.ones(3, 1), torch.ones(1, 3))
     assert capfd.readouterr().out == ""  # LAPACK's own complaint was printed
+
+
+def test_faint_columns_are_judged_one_by_one():
+    # A faint signal (timestamps) beside a constant with a few ulps of noise: keeping both
+    # gave the noise a weight of 3e7 and b = -3.9e13; the noise column alone is dropped.
+    rng = np.random.default_rng(0)
+    t = 1.7e15 + np.arange(0, 6000, 1000.0)
+    c = 1e6 + np.array([0, 2**-33, 0, -(2**-33), 2**-33, 0])
+    x = rng.normal(size=6)
+    y = 3e-3 * (t - 1.7e15) + 2 * x + 1 + rng.normal(0, 0.01, 6)
+    w, b = least_squares(np.stack([t, c, x], 1), y)
+    assert w[1] == 0 and abs(w[0].item() - 3e-3) < 1e-4 and abs(b) < 1e13
+
+
+def test_nested_lists_are_taken_like_arrays():
+    w, b = least_squares([[0.0], [1.0], [2.0]], [1.0, 3.0, 5.0])
+    assert w.tolist() == pytest.approx([2.0]) and b == pytest.approx(1.0)

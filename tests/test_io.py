@@ -99,7 +99,7 @@ ERRORS = [
     ("huge.csv", "a,b,y\n1,2,3\n\n4,5e39,6\n", [], ["huge.csv", "line 4", "column 'b'", "5e+39",
                                                    "beyond the range of float32"]),
     ("target.csv", "a,b,y\n1,2,3\n", ["--target", "z"], ["Unknown target column 'z'",
-                                                         "target.csv", "a, b, y"]),
+                                                         "target.csv", "'a', 'b', 'y'"]),
     ("feature.csv", "a,b,y\n1,2,3\n", ["--features", "a,q"], ["Unknown feature column",
                                                               "'q'", "feature.csv"]),
     ("const.csv", "a,y\n1,2\n3,2\n", [], ["const.csv", "'y'", "constant", "2.0"]),
@@ -164,7 +164,7 @@ def test_binary_file_errors(tmp_path):
     with pytest.raises(ValueError, match=r"td.npy: streaming needs a C-ordered real array"):
         BlockStream(tmp_path / "td.npy")
     np.savez(tmp_path / "ragged.npz", a=np.ones(3), y=np.ones(4))
-    with pytest.raises(ValueError, match=r"columns differ in length: a has 3, y has 4"):
+    with pytest.raises(ValueError, match=r"columns differ in length: 'a' has 3, 'y' has 4"):
         load_data(tmp_path / "ragged.npz")
     np.save(tmp_path / "norows.npy", np.ones((0, 3)))
     with pytest.raises(ValueError, match="no rows"):

@@ -292,15 +292,22 @@ def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
 
     def assigned(match: re.Match[str]) -> str:
         flag, switch = flags[match[2]]
-        if switch and match[3]:
-            return match[1] + flag
-        return match[1] + (f"{flag} {match[4]}" if match[4] is not None else f"{flag} ")
+        constant, word, quoted, number = match[3], match[4], match[5], match[6]
+        if constant is not None and switch:
+            return match[1] + (flag if constant == "True" else f"no {flag}")
+        return match[1] + f"{flag} {next(v for v in (constant, word, quoted, number) if v)}"
 
-    # After the start, a space or "(": not inside a path or a longer word. A quoted
-    # one-word value loses its quotes: device='cuda' -> --device cuda.
-    message = re.sub(rf"(^|[ (])({names})=(?:(True){end}|'([\w:.+-]+)'(?![\w']))?",
-                     assigned, message)
+    # name=value as the library writes it (f"{name}={value!r}"): after the start, a space or
+    # "(", and with a value that ends there, so a path such as lr=0.1.pt stays as it is. A
+    # quoted one-word value loses its quotes: device='cuda' -> --device cuda.
+    after = r"(?![\w/-]|\.\w)"
+    value = (rf"(?:(True|False|None){after}|'([\w:.+-]+)'(?![\w'])|('[^']*')(?!\w)|"
+             rf"([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan)){after})")
+    message = re.sub(rf"(^|[ (])({names})={value}", assigned, message)
     message = re.sub(rf"^({names}) must ", lambda m: f"{flags[m[1]][0]} must ", message)
+    # The processes of a group list the options they disagree on: ['seed', 'num_epochs'].
+    message = re.sub(r"disagree on \[([^\]]*)\]", lambda m: "disagree on [" + re.sub(
+        rf"'({names})'", lambda n: flags[n[1]][0], m[1]) + "]", message)
     return re.sub(rf"\b(set|leave) ({names}){end}", lambda m: f"{m[1]} {flags[m[2]][0]}",
                   message)
 
@@ -319,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     args.given = _given_options(argv)
-    if sys.stdout is None:  # started with stdout closed (`>&-`): nowhere to print results
+    writes_stdout = args.command == "train" or getattr(args, "output", None) is None
+    if sys.stdout is None and writes_stdout:  # closed (`>&-`): nowhere to print the results
         if sys.stderr is not None:
             print("torchlr: error: standard output is closed", file=sys.stderr)
         return EXIT_USAGE

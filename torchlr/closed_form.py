@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchlr.validation import check_data
@@ -16,7 +17,10 @@ def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
     When several (w, b) minimize it (collinear columns, fewer rows than columns), this
     returns the one whose weights on standardized columns have the smallest norm.
     """
-    X, y = check_data(features, labels, torch.float64)  # NaN would make LAPACK print
+    # Nested lists too; NaN is refused here, since LAPACK would print about it.
+    X, y = check_data(*(v if isinstance(v, (torch.Tensor, np.ndarray))
+                        else np.asarray(v, dtype=np.float64) for v in (features, labels)),
+                      dtype=torch.float64)
     X, y = X.cpu(), y.cpu()
     # Solved on centred and scaled columns: the intercept then drops out, and a column
     # far from 0 (a timestamp, 1.7e9 + seconds) or on a tiny scale is not cut off as
@@ -28,13 +32,19 @@ def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
     # A column that varies only far below its own size may be rounding noise on a constant:
     # scaled up, noise takes a huge weight that b cancels, and X w + b then loses more to
     # rounding than the column explains (with few rows). Or it is signal (timestamps in
-    # microseconds over a second). The solution with the smaller residual, as computed in
-    # float64, decides.
+    # microseconds over a second). The smaller residual, rounding allowed for (_sse),
+    # decides, column by column, the faintest first.
+    drop = scale == 0
     faint = (scale > 0) & (scale <= 1e-10 * x_mean.abs())
-    if faint.any():
-        without = _solve(centred, scale, y - y_mean, (scale == 0) | faint)
-        if _sse(X, y, without, x_mean, y_mean) <= _sse(X, y, w, x_mean, y_mean):
-            w = without
+    best = _sse(X, y, w, x_mean, y_mean)
+    relative = scale / x_mean.abs()
+    for j in sorted(faint.nonzero()[:, 0].tolist(), key=lambda j: float(relative[j])):
+        trial = drop.clone()
+        trial[j] = True
+        without = _solve(centred, scale, y - y_mean, trial)
+        sse = _sse(X, y, without, x_mean, y_mean)
+        if sse <= best:
+            drop, w, best = trial, without, sse
     return w, float(y_mean - x_mean @ w)
 
 
@@ -50,5 +60,11 @@ def _solve(centred: torch.Tensor, scale: torch.Tensor, target: torch.Tensor,
 
 def _sse(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor,
          y_mean: torch.Tensor) -> float:
-    """Sum of squared residuals of (w, b) as a user computes them: X @ w + b - y."""
-    return float((X @ w + (y_mean - x_mean @ w) - y[:, 0]).pow(2).sum())
+    """Sum of squared residuals of (w, b), plus what rounding may add to them wherever they
+    are computed: X w + b in float64 is off by about eps times the size of its terms, which
+    is large when b cancels a large X w. Without that allowance the choice would follow the
+    rounding of one summation order."""
+    b = y_mean - x_mean @ w
+    residual = X @ w + b - y[:, 0]
+    rounding = torch.finfo(torch.float64).eps * (X.abs() @ w.abs() + b.abs())
+    return float(residual.pow(2).sum() + rounding.pow(2).sum())

@@ -45,7 +45,7 @@ def load_data(
     target = names[-1] if target is None else target
     if target not in names:
         raise ValueError(f"Unknown target column {target!r} in {path}; "
-                         f"its columns are: {', '.join(names)}")
+                         f"its columns are: {', '.join(map(repr, names))}")
     if features is None:
         features = [name for name in names if name != target]
     else:
@@ -53,11 +53,11 @@ def load_data(
         unknown = [name for name in features if name not in names]
         if unknown:
             raise ValueError(f"Unknown feature column(s) {', '.join(map(repr, unknown))} in "
-                             f"{path}; its columns are: {', '.join(names)}")
+                             f"{path}; its columns are: {', '.join(map(repr, names))}")
         if target in features:
             raise ValueError(f"Column {target!r} is both the target and a feature")
         if len(set(features)) != len(features):
-            raise ValueError(f"Feature columns repeat: {', '.join(features)}")
+            raise ValueError(f"Feature columns repeat: {', '.join(map(repr, features))}")
     if not features:
         raise ValueError(f"{path} has no feature column besides the target {target!r}")
     values = load_columns(path, [*features, target])  # (n, d + 1)
@@ -79,7 +79,7 @@ def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
         parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
                 ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
         raise ValueError(f"The columns of {path} do not match the model's features "
-                         f"({', '.join(feature_names)}): {'; '.join(parts)}")
+                         f"({', '.join(map(repr, feature_names))}): {'; '.join(parts)}")
     return [*feature_names, *([target_name] if target_name in names else [])]
 
 
@@ -355,7 +355,7 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     lengths = {name: len(col) for name, col in columns}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"{path}: columns differ in length: "
-                         + ", ".join(f"{k} has {v}" for k, v in lengths.items()))
+                         + ", ".join(f"{k!r} has {v}" for k, v in lengths.items()))
     if next(iter(lengths.values())) == 0:
         raise ValueError(f"{path} has columns but no rows")
     return columns

@@ -53,12 +53,12 @@ class BlockStream:
         target = names[-1] if target is None else target
         if target not in names:
             raise ValueError(f"Unknown target column {target!r} in {self.path}; "
-                             f"its columns are: {', '.join(names)}")
+                             f"its columns are: {', '.join(map(repr, names))}")
         features = [n for n in names if n != target] if features is None else list(features)
         unknown = [n for n in features if n not in names or n == target]
         if unknown or not features:
             raise ValueError(f"Bad feature column(s) {', '.join(map(repr, unknown))} in "
-                             f"{self.path}; its columns are: {', '.join(names)} "
+                             f"{self.path}; its columns are: {', '.join(map(repr, names))} "
                              f"(target {target!r})")
         self.feature_names, self.target_name = features, target
         self._feature_idx = torch.tensor([names.index(n) for n in features])
