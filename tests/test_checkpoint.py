@@ -331,3 +331,25 @@ def test_a_version_1_concise_checkpoint_resumes_at_the_same_step(tmp_path):
     assert load_checkpoint(path)["optimizer"]["param_groups"][0]["lr"] == 0.005
     resumed = torchlr.fit(X, y, num_epochs=4, resume=str(path), **kw)
     assert torch.equal(resumed.w, straight.w) and resumed.b == straight.b
+
+
+def test_a_checkpoint_that_hashed_negative_zeros_as_they_are_still_resumes(tmp_path):
+    # Checkpoints written before -0.0 was hashed as 0.0 carry no "zeros" mark; data holding
+    # a -0.0 is compared with them the old way, not refused.
+    from torchlr.run import fingerprint
+
+    X, y = dataset(n=500)
+    X[::5, 1] = -0.0
+    path = tmp_path / "old.pt"
+    torchlr.fit(X, y, num_epochs=1, lr=0.01, save=str(path), device="cpu")
+    state = torch.load(path, weights_only=True)
+    old = fingerprint(X, y, signed_zeros=True)
+    assert old["full"] != state["data"]["full"]  # the two rules differ on this data
+    state["data"] = {k: old[k] for k in ("shape", "sampled", "full")}
+    torch.save(state, path)
+    resumed = torchlr.fit(X, y, num_epochs=2, lr=0.01, resume=str(path),
+                          save=str(tmp_path / "new.pt"), device="cpu")
+    assert resumed.losses == torchlr.fit(X, y, num_epochs=2, lr=0.01, device="cpu").losses
+    with pytest.raises(ValueError, match="not the data it trained on"):
+        torchlr.fit(X.flip(0), y.flip(0), num_epochs=2, lr=0.01, resume=str(path),
+                    device="cpu")

@@ -209,10 +209,11 @@ class DataParallel:
                 "train with the same options on the same data."
             )
 
-    def barrier(self) -> None:
+    def barrier(self, device: torch.device) -> None:
         """Wait until every rank is here (rank 0 may still be writing a checkpoint)."""
-        if dist.get_backend() == "nccl":  # on this process's GPU, which join() set
-            dist.barrier(device_ids=[torch.cuda.current_device()])
+        if dist.get_backend() == "nccl":  # on the GPU this rank trains on
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            dist.barrier(device_ids=[index])
         else:
             dist.barrier()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -59,16 +60,19 @@ SAMPLED_ROWS = 256
 HASH_ROWS = 1 << 14
 
 
-def _digest(*tensors: torch.Tensor) -> str:
-    """SHA-256 of the tensors' float32 bytes, in order, read HASH_ROWS rows at a time."""
+def _digest(*tensors: torch.Tensor, signed_zeros: bool = False) -> str:
+    """SHA-256 of the tensors' float32 bytes, in order, read HASH_ROWS rows at a time.
+
+    -0.0 is hashed as 0.0 (the two zeros train alike), unless signed_zeros: the bytes as
+    they are, as checkpoints written before that rule hashed them.
+    """
     h = hashlib.sha256()
     for t in tensors:
         for start in range(0, len(t), HASH_ROWS):
-            # + 0.0 turns -0.0 into 0.0 and leaves every other value's bits: the two zeros
-            # train alike, so a file that writes one where another wrote the other matches.
-            chunk = (t[start:start + HASH_ROWS].detach().to("cpu", torch.float32) + 0.0)
-            chunk = chunk.contiguous()
-            h.update(chunk.numpy())  # the buffer itself: no copy
+            chunk = t[start:start + HASH_ROWS].detach().to("cpu", torch.float32)
+            if not signed_zeros:
+                chunk = chunk + 0.0  # -0.0 + 0.0 is 0.0; every other value keeps its bits
+            h.update(chunk.contiguous().numpy())  # the buffer itself: no copy
     return h.hexdigest()
 
 
@@ -80,7 +84,8 @@ def sampled_rows(n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fingerprint(X: Any, y: Optional[torch.Tensor] = None) -> dict[str, Any]:
+def fingerprint(X: Any, y: Optional[torch.Tensor] = None, *,
+                signed_zeros: bool = False) -> dict[str, Any]:
     """What identifies a fit's training data (before scaling), kept in its checkpoints.
 
     A dict of the shape, a SHA-256 of the float32 rows at sampled_rows(n) and, for data in
@@ -94,8 +99,10 @@ def fingerprint(X: Any, y: Optional[torch.Tensor] = None) -> dict[str, Any]:
         full = None
     else:
         Xs, ys = X[index.to(X.device)], y[index.to(y.device)]
-        full = _digest(X, y)
-    return {"shape": [n, d], "sampled": _digest(Xs, ys), "full": full}
+        full = _digest(X, y, signed_zeros=signed_zeros)
+    # "zeros": how -0.0 was hashed; checkpoints without the mark hashed it as it is.
+    return {"shape": [n, d], "sampled": _digest(Xs, ys, signed_zeros=signed_zeros),
+            "full": full, "zeros": "signed" if signed_zeros else "unsigned"}
 
 
 def same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
@@ -122,11 +129,13 @@ class RunState:
         # Of all rows, validation rows included, before scaling (whose statistics may round
         # differently with other threads).
         self._fingerprint = fingerprint(X, y) if config.save or config.resume else None
+        X_all, y_all = X, y  # for an older checkpoint's fingerprint, if one is resumed
         if config.val_fraction > 0:
             train, val = train_val_split(len(X), config.val_fraction, config.seed)
             X_val, y_val = X[val], y[val]
             X, y = X[train], y[train]
-        saved_scaling = self._load_resume(len(X))
+        saved_scaling = self._load_resume(len(X), lambda: fingerprint(X_all, y_all,
+                                                                      signed_zeros=True))
         if saved_scaling is not None:  # the same data: its statistics, to the bit
             self.scaling = saved_scaling
         elif config.standardize or config.standardize_target:
@@ -156,7 +165,8 @@ class RunState:
         if config.save is not None:
             check_overwritable(config.save)
         run._fingerprint = fingerprint(stream) if config.save or config.resume else None
-        saved_scaling = run._load_resume(stream.shape[0])
+        saved_scaling = run._load_resume(stream.shape[0],
+                                         lambda: fingerprint(stream, signed_zeros=True))
         stream.scaling = None  # this fit's own, not one a previous fit left on the stream
         if saved_scaling is not None:  # the same file: no pass over it for the statistics
             stream.scaling = None if saved_scaling.is_identity else saved_scaling
@@ -169,7 +179,8 @@ class RunState:
         run.saved_to = None
         return run
 
-    def _load_resume(self, num_examples: int) -> Optional[Scaling]:
+    def _load_resume(self, num_examples: int,
+                     signed: Callable[[], dict[str, Any]]) -> Optional[Scaling]:
         """With config.resume: load and check the checkpoint before anything is scaled.
 
         Returns its scaling when its data fingerprint matches this data's (so the resumed
@@ -186,7 +197,10 @@ class RunState:
         saved_data = state.get("data")
         if saved_data is None:
             return None
-        if not same_data(saved_data, self._fingerprint):
+        now = self._fingerprint
+        if saved_data.get("zeros") != "unsigned" and not same_data(saved_data, now):
+            now = signed()  # an older checkpoint hashed -0.0 as it is: this data that way
+        if not same_data(saved_data, now):
             raise ValueError(f"Cannot resume {path}: its data had other values or another row "
                              f"order than this data, so this is not the data it trained on")
         return Scaling.from_state(state["scaling"])

@@ -433,11 +433,12 @@ def _fit(
         # The data-parallel steps all-reduce the gradients that backward() leaves.
         raise ValueError(f"gradient={config.gradient!r} is not supported in a process group; "
                          f"use gradient='autograd'")
+    device = resolve_device(config.device)
     if group is not None:
         # Rank 0 may still be writing the checkpoint the others are about to read. Every rank
         # meets here, resuming or not, so a rank that does not resume leaves none waiting: it
         # is refused with the others at check_same below.
-        group.barrier()
+        group.barrier(device)
     if stream is None:
         X, y = check_data(features, labels)
         state = RunState(X, y, config)  # the split and scaling, before anything trains
@@ -445,7 +446,6 @@ def _fit(
     else:
         state = RunState.streaming(stream, config)  # scales the stream if asked
         X = y = stream
-    device = resolve_device(config.device)
     if config.cuda_graphs:
         graphs.check_device(device, stream is not None, group is not None)
     cpu_threads.limit(config.threads, device)
