@@ -290,8 +290,7 @@ def evaluate(features: torch.Tensor, labels: torch.Tensor, w: Any, b: Any, *,
     (n,). On the CPU, over EVAL_ROWS rows, it adds float64 sums of EVAL_ROWS-row pieces;
     with worker_thread=True and two cores or more, a second thread sums every other piece.
     """
-    # Views or no-ops for the (d, 1), (1,) and (n, 1) the fit passes. A (n,) labels would
-    # otherwise broadcast against the (n, 1) predictions to an (n, n) loss.
+    # Views or no-ops for the (d, 1), (1,) and (n, 1) the fit passes.
     w = torch.as_tensor(w, dtype=features.dtype, device=features.device).reshape(-1, 1)
     b = torch.as_tensor(b, dtype=features.dtype, device=features.device).reshape(1)
     labels = labels.reshape(-1, 1)
