@@ -89,12 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cuda-graphs", action="store_true",
                        help="on CUDA, replay the full batches' steps from captured CUDA "
                             "graphs, up to 16 steps a launch: faster for small batches, "
-                            "same results")
+                            "the same results to float precision")
     train.add_argument("--gradient", choices=GRADIENTS, default=None,
                        help=f"autograd: backward() on the loss, as the chapter does "
                             f"(default: {defaults.gradient}, or a resumed run's own); "
-                            f"analytic: the same gradient derived by hand (X^T r), several "
-                            f"times faster for small batches, equal to float precision")
+                            f"analytic: the same gradient derived by hand (X^T r), about 2-4 "
+                            f"times faster per step for small batches, equal to float "
+                            f"precision")
     train.add_argument("--quiet", action="store_true",
                        help="print only the results (the final errors, or the weights with "
                             "--data): no per-epoch lines, no progress bar")
