@@ -96,3 +96,9 @@ def test_timed_returns_the_value_and_the_elapsed_time():
     value, seconds = compare.timed(lambda x, *, y: (time.sleep(0.02), x + y)[1], 1, y=2)
     assert value == 3
     assert 0.02 <= seconds < 5
+
+
+def test_markdown_table_rounds_numpy_floats_and_keeps_rows_on_one_line():
+    np = pytest.importorskip("numpy")
+    table = compare.markdown_table([{"a": np.float32(1.23456789), "b": "two\nlines"}])
+    assert table.splitlines()[-1] == "| 1.235 | two lines |"

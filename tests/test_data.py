@@ -116,3 +116,18 @@ def test_data_iter_validates_eagerly():
 
 def test_public_names():
     assert torchlr.data_iter is data_iter and torchlr.synthetic_data is synthetic_data
+
+
+def test_in_order_batches_never_include_an_empty_one():
+    # split() of no rows gives one empty piece: sgd then divided by a batch length of 0.
+    X, y = torch.randn(7, 2), torch.randn(7, 1)
+    assert list(data_iter(10, X, y, shuffle=False, drop_last=True)) == []
+    assert list(data_iter(3, X[:0], y[:0], shuffle=False)) == []
+    assert [len(b) for b, _ in data_iter(3, X, y, shuffle=False)] == [3, 3, 1]
+
+
+def test_data_iter_and_synthetic_data_refuse_what_they_cannot_use():
+    with pytest.raises(TypeError, match="features must be a torch.Tensor, got ndarray"):
+        list(data_iter(2, torch.randn(4, 2).numpy(), torch.randn(4, 1)))
+    with pytest.raises(ValueError, match="w must be finite"):
+        synthetic_data([float("nan"), 1.0], 4.2, 5)

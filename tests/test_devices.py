@@ -39,3 +39,9 @@ def test_mps_requested_without_mps():
         pytest.skip("MPS is present here")
     with pytest.raises(ValueError, match="MPS is not available"):
         resolve_device("mps")
+
+
+def test_a_cpu_tensors_own_device_object_is_taken():
+    # torch.device("cpu", 0) (and an MPS tensor's mps:0) went through the name pattern.
+    assert resolve_device(torch.device("cpu", 0)) == torch.device("cpu")
+    assert resolve_device(torch.zeros(1).device) == torch.device("cpu")

@@ -283,3 +283,12 @@ def test_plots_never_import_pyplot():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_scatter_picks_the_only_column_and_refuses_1d_features():
+    X, y = torch.randn(30, 1), torch.randn(30)
+    fig = plots.scatter(X, y)
+    (collection,) = fig.axes[0].collections
+    assert collection.get_offsets()[:, 0].tolist() == pytest.approx(X[:, 0].tolist())
+    with pytest.raises(ValueError, match="2-D"):
+        plots.scatter(X[:, 0], y)

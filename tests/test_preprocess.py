@@ -116,3 +116,15 @@ def test_r2_of_a_constant_target_is_nan():
     result = torchlr.fit(X[:11], y[:11], standardize=True, val_fraction=0.05, num_epochs=1,
                          device="cpu")
     assert math.isnan(result.val_r2[0]) and math.isfinite(result.val_losses[0])
+
+
+def test_early_stopping_lets_a_finite_loss_replace_a_non_finite_first_one():
+    from torchlr.holdout import EarlyStopping
+
+    losses: list[float] = []
+    stopper = EarlyStopping(2, losses)
+    stops = []
+    for epoch, loss in enumerate([math.nan, 2.0, 1.0, 0.5, 0.7], start=1):
+        losses.append(loss)
+        stops.append(stopper.update(epoch, torch.tensor([float(epoch)]), torch.zeros(1)))
+    assert stopper.best["epoch"] == 4 and stops == [False] * 5

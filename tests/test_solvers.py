@@ -79,3 +79,18 @@ def test_one_newton_step_solves_least_squares(data):
     assert float(b.detach()) == pytest.approx(b_exact, abs=1e-10)
     torch.testing.assert_close(step, torch.cat([w_exact, torch.tensor([b_exact],
                                                                        dtype=torch.float64)]))
+
+
+def test_gradient_descent_ignores_old_gradients_and_unused_parameters():
+    x = torch.tensor([1.0, 2.0, 3.0])
+    w = torch.zeros((), requires_grad=True)
+    unused = torch.ones((), requires_grad=True)
+    (w * 100).backward()  # a gradient left over from the caller's own backward()
+
+    def loss_fn():
+        return ((w * x - 2 * x) ** 2).mean()
+
+    solvers.gradient_descent(loss_fn, [w, unused], lr=0.1, steps=1)
+    # One step from w = 0 on mean((w x - 2x)^2): gradient -4 mean(x^2) = -56/3.
+    assert float(w.detach()) == pytest.approx(0.1 * 56 / 3)
+    assert float(unused.detach()) == 1.0

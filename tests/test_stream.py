@@ -1,5 +1,7 @@
 """Streaming from a .npy on disk: each row once per epoch, shuffled by block, seeded."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,36 @@ def test_streamed_standardization_matches_memory(tmp_path):
     # A later fit without scaling trains on the raw rows again.
     plain = torchlr.fit(stream, None, num_epochs=1, lr=1e-6, device="cpu")
     assert plain.scaling.is_identity
+
+
+def test_stream_options_are_checked_like_data_read_whole(tmp_path):
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(20, 3)))
+    path = tmp_path / "t.npy"
+    with pytest.raises(ValueError, match="Feature columns repeat: 'x1'"):
+        BlockStream(path, features=["x1", "x1"])
+    with pytest.raises(ValueError, match="block_rows must be a positive int"):
+        BlockStream(path, block_rows=0)
+    with pytest.raises(TypeError, match="features must be a sequence of column names"):
+        BlockStream(path, features="x1")
+    huge = np.ones((10, 3))
+    huge[5, 1] = 1e200  # finite in float64
+    np.save(tmp_path / "huge.npy", huge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning was a second line
+        with pytest.raises(ValueError, match=r"row 6, column 'x2': 1e\+200 is beyond"):
+            torchlr.fit(BlockStream(tmp_path / "huge.npy"), None, device="cpu")
+
+
+def test_a_stream_resumes_only_in_the_blocks_it_was_read_in(tmp_path):
+    np.save(tmp_path / "t.npy", np.random.default_rng(1).normal(size=(200, 3)))
+    path = tmp_path / "t.npy"
+    saved = tmp_path / "run.pt"
+    torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=1, save=str(saved),
+                device="cpu")
+    with pytest.raises(ValueError, match="in blocks of 10 rows, this run in blocks of 50"):
+        torchlr.fit(BlockStream(path, block_rows=50), None, num_epochs=2, resume=str(saved),
+                    device="cpu")
+    resumed = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=2,
+                          resume=str(saved), device="cpu")
+    straight = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=2, device="cpu")
+    assert torch.equal(resumed.w, straight.w) and resumed.b == straight.b

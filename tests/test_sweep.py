@@ -50,3 +50,10 @@ def test_a_base_config_is_used_and_every_rate_is_checked_before_any_fit(data, mo
                               device="cpu")
     assert point.result.config.impl == "concise" and point.result.config.lr == 0.1
     assert len(point.losses) == 1
+
+
+def test_a_sweep_writes_no_checkpoint(tmp_path):
+    X, y = torch.randn(20, 2), torch.randn(20)
+    with pytest.raises(ValueError, match="lr_sweep takes no save or resume"):
+        sweep.lr_sweep(X, y, [0.01, 0.1], save=str(tmp_path / "m.pt"))
+    assert list(tmp_path.iterdir()) == []

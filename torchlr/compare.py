@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union
 
+import numpy as np
 import torch
 
 from torchlr.scratch import linreg, squared_loss
@@ -93,9 +94,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     def cell(value: Any) -> str:
         if value is None:
             return "-"
-        if isinstance(value, float):
+        if isinstance(value, (float, np.floating)):
             return f"{value:.4g}"
-        return str(value).replace("|", "\\|")
+        # A newline would end the row early.
+        return str(value).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]

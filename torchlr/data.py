@@ -31,6 +31,8 @@ def synthetic_data(
     """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1)."""
     num_examples = check_positive_int("num_examples", num_examples)
     w = torch.as_tensor(w, dtype=torch.float32).detach().reshape(-1).cpu()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"w must be finite, got {w.tolist()}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
     if not math.isfinite(b):
@@ -82,6 +84,10 @@ def data_iter(
     only who copies them changes. Elsewhere it is ignored: CUDA gathers are already async.
     """
     batch_size = check_positive_int("batch_size", batch_size)
+    for name, value in (("features", features), ("labels", labels)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; "
+                            f"torch.as_tensor converts a numpy array")
     if len(features) != len(labels):
         raise ValueError(
             "Found input variables with inconsistent numbers of samples: "
@@ -117,7 +123,8 @@ def _batches(
     n = len(features)
     stop = n - n % batch_size if drop_last else n
     if order is None:
-        yield from zip(features[:stop].split(batch_size), labels[:stop].split(batch_size))
+        if stop > 0:  # split of no rows still gives one empty piece
+            yield from zip(features[:stop].split(batch_size), labels[:stop].split(batch_size))
         return
     # Blocks are sized by whole rows, labels included (the sizes above were tuned so), though
     # only the features are gathered block by block.

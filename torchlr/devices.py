@@ -13,7 +13,8 @@ CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve a device name, checking that the device exists; "auto" means CUDA if present."""
     if isinstance(device, torch.device):
-        spec = str(device)
+        # A CPU or MPS tensor's .device may carry index 0 (mps:0): there is one of each.
+        spec = device.type if device.type in ("cpu", "mps") else str(device)
     elif isinstance(device, str):
         spec = device.strip().lower()
     else:

@@ -40,7 +40,11 @@ class EarlyStopping:
     def update(self, epoch: int, w: torch.Tensor, b: torch.Tensor) -> bool:
         """Record the epoch just ended (loss val_losses[-1]); True when it is time to stop."""
         loss = self.val_losses[-1]
-        if self.best is None or (math.isfinite(loss) and loss < self.best["val_loss"]):
+        best = self.best
+        # The first epoch is the best so far even if its loss is NaN, but any finite loss
+        # after it beats a non-finite one.
+        if best is None or (math.isfinite(loss) and (loss < best["val_loss"]
+                                                     or not math.isfinite(best["val_loss"]))):
             self.best = {"epoch": epoch, "val_loss": loss,
                          "w": w.detach().to("cpu", copy=True), "b": b.detach().to("cpu", copy=True)}
         return self.should_stop(epoch)

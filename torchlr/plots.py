@@ -64,17 +64,24 @@ def scatter(
     features: torch.Tensor,
     labels: torch.Tensor,
     *,
-    column: int = 1,
+    column: Optional[int] = None,
     w: Optional[Vector] = None,
     b: Optional[float] = None,
     figsize: tuple[float, float] = (5.0, 3.5),
 ) -> Figure:
     """The chapter's scatter plot of features[:, column] against labels, with an optional fit.
 
-    Given w and b, the fitted line is the model's prediction along that feature with the
-    other features held at their mean: y = w[column] x + b + sum_k!=column w[k] mean(x_k).
+    column defaults to 1, the chapter's choice, or 0 when there is one feature. Given w and
+    b, the fitted line is the model's prediction along that feature with the other features
+    held at their mean: y = w[column] x + b + sum_k!=column w[k] mean(x_k).
     """
     X = _cpu(features)
+    if X.dim() != 2:
+        raise ValueError(f"features must be 2-D (n_samples, n_features), got shape "
+                         f"{tuple(X.shape)}")
+    column = min(1, X.shape[1] - 1) if column is None else column
+    if not 0 <= column < X.shape[1]:
+        raise ValueError(f"column must be in [0, {X.shape[1]}), got {column!r}")
     y = _cpu(labels).reshape(-1)
     x = X[:, column]
     fig = NotebookFigure(figsize=figsize, layout="constrained")

@@ -30,9 +30,14 @@ def gradient_descent(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps!r}")
     losses = []
+    for p in params:
+        p.grad = None  # a caller's earlier backward() must not add to the first step
     for _ in range(steps):
         loss = loss_fn()
         loss.backward()
+        for p in params:  # a parameter the loss does not use: gradient 0, as hessian() has it
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         sgd(params, lr, 1)  # the chapter's step on an unsummed loss: divisor 1
         losses.append(loss.detach())
     with torch.no_grad():

@@ -54,19 +54,27 @@ class BlockStream:
         if target not in names:
             raise ValueError(f"Unknown target column {target!r} in {self.path}; "
                              f"its columns are: {', '.join(map(repr, names))}")
+        if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
+            raise TypeError(f"features must be a sequence of column names, got the str "
+                            f"{features!r}; use [{features!r}]")
         features = [n for n in names if n != target] if features is None else list(features)
+        if not features:
+            raise ValueError(f"{self.path}: features names no column; give at least one")
         unknown = [n for n in features if n not in names or n == target]
-        if unknown or not features:
+        if unknown:
             raise ValueError(f"Bad feature column(s) {', '.join(map(repr, unknown))} in "
                              f"{self.path}; its columns are: {', '.join(map(repr, names))} "
                              f"(target {target!r})")
+        repeated = sorted({n for n in features if features.count(n) > 1})
+        if repeated:  # as load_data refuses them for data read whole
+            raise ValueError(f"Feature columns repeat: {', '.join(map(repr, repeated))}")
         self.feature_names, self.target_name = features, target
         self._feature_idx = torch.tensor([names.index(n) for n in features])
         self._target_idx = names.index(target)
         self.shape = (shape[0], len(features))  # (n, d) as fit() sees it
         row_bytes = shape[1] * dtype.itemsize
-        self.block_rows = check_positive_int("block_rows", block_rows) if block_rows \
-            else max(1, BLOCK_BYTES // row_bytes)
+        self.block_rows = check_positive_int("block_rows", block_rows) \
+            if block_rows is not None else max(1, BLOCK_BYTES // row_bytes)
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         needed = offset + shape[0] * row_bytes
@@ -100,7 +108,8 @@ class BlockStream:
     def _block(self, start: int, stop: int,
                scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [start, stop) as float32 (X (k, d), y (k, 1)), then let their pages go."""
-        table = torch.from_numpy(np.array(self._array[start:stop], dtype=np.float32))
+        with np.errstate(over="ignore"):  # a value float32 cannot hold: refused in _columns
+            table = torch.from_numpy(np.array(self._array[start:stop], dtype=np.float32))
         self._release(start, stop)
         return self._columns(table, lambda i: start + i, scaled)
 
@@ -110,7 +119,8 @@ class BlockStream:
         idx = index.numpy()
         order = np.argsort(idx, kind="stable")
         table = np.empty((len(idx), self._array.shape[1]), dtype=np.float32)
-        table[order] = self._array[idx[order]]  # read in file order, placed in index order
+        with np.errstate(over="ignore"):  # read in file order, placed in index order
+            table[order] = self._array[idx[order]]
         if len(idx):
             self._release(int(idx.min()), int(idx.max()) + 1)
         return self._columns(torch.from_numpy(table), lambda i: int(idx[i]), scaled)
@@ -119,7 +129,12 @@ class BlockStream:
                  scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Split a float32 table into (X, y), refusing NaN and inf; row_of(i): its file row."""
         if not torch.isfinite(table).all():
-            row = row_of(int((~torch.isfinite(table)).any(1).nonzero()[0, 0]))
+            i, col = (int(v) for v in (~torch.isfinite(table)).nonzero()[0])
+            row = row_of(i)
+            value = float(self._array[row, col])
+            if math.isfinite(value):  # finite in the file, beyond float32 once converted
+                raise ValueError(f"{self.path}, row {row + 1}, column 'x{col + 1}': {value!r} "
+                                 f"is beyond the range of float32 (about ±3.4e38)")
             raise ValueError(f"{self.path}, row {row + 1}: a value is NaN or infinite")
         X, y = table[:, self._feature_idx], table[:, self._target_idx:self._target_idx + 1]
         if scaled and self.scaling is not None:

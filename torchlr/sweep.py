@@ -46,6 +46,9 @@ def lr_sweep(
 ) -> list[SweepPoint]:
     """Fit once per learning rate, same seed; a DivergenceError becomes a point, not a raise."""
     base = replace(config or FitConfig(), **overrides)
+    if base.save is not None or base.resume is not None:
+        raise ValueError("lr_sweep takes no save or resume: every learning rate's run would "
+                         "write or continue the same checkpoint")
     runs = [replace(base, lr=float(lr)) for lr in lrs]
     for run in runs:  # every option is checked before the first fit starts
         run.validate()
