@@ -51,6 +51,13 @@ def _fit_all(datasets, npy, checkpoint):
         torchlr.fit(X, y, resume=checkpoint if distributed.rank() == 0 else None, **OPTIONS)
     except ValueError as exc:
         results["one resumes"] = str(exc)
+    try:  # rank 0 alone refuses its checkpoint (another lr): the others must not wait for it
+        torchlr.fit(X, y, resume=checkpoint, **{**OPTIONS, "lr": 0.5 if distributed.rank() == 0
+                                                else 0.03})
+    except ValueError as exc:
+        said = [None] * distributed.world_size()
+        dist.all_gather_object(said, str(exc))
+        results["one refuses"] = said
     return results
 
 
@@ -221,6 +228,10 @@ def test_two_processes_train_the_single_process_model(tmp_path):
         "on the same data."
     )
     assert results["one resumes"] == results["disagree"].replace("'seed'", "'resume'")
+    own, other = results["one refuses"]
+    assert "Cannot resume" in own and "lr" in own
+    assert other == "process 0 of the group refused the run (its own error says why); every " \
+                    "process stops"
 
 
 def test_a_failing_worker_stops_the_launch_and_is_named():

@@ -209,6 +209,22 @@ class DataParallel:
                 "train with the same options on the same data."
             )
 
+    def all_succeeded(self, device: torch.device,
+                      failure: Optional[BaseException] = None) -> None:
+        """Every rank says whether its preparation failed; raise on all if one did.
+
+        A rank that refuses its data or its checkpoint alone would leave the others waiting
+        in their next collective until the timeout. The failing rank re-raises its own error
+        (its caller does); the others raise a ValueError that points to it.
+        """
+        flags = torch.zeros(self.world_size, dtype=torch.float64, device=device)
+        flags[self.rank] = 0.0 if failure is None else 1.0
+        dist.all_reduce(flags)
+        failed = [rank for rank, flag in enumerate(flags.tolist()) if flag]
+        if failed and failure is None:
+            raise ValueError(f"process {failed[0]} of the group refused the run (its own "
+                             f"error says why); every process stops")
+
     def barrier(self, device: torch.device) -> None:
         """Wait until every rank is here (rank 0 may still be writing a checkpoint)."""
         if dist.get_backend() == "nccl":  # on the GPU this rank trains on

@@ -438,13 +438,21 @@ def _fit(
         # meets here, resuming or not, so a rank that does not resume leaves none waiting: it
         # is refused with the others at check_same below.
         group.barrier(device)
-    if stream is None:
-        X, y = check_data(features, labels)
-        state = RunState(X, y, config)  # the split and scaling, before anything trains
-        X, y = state.X, state.y
-    else:
-        state = RunState.streaming(stream, config)  # scales the stream if asked
-        X = y = stream
+    try:
+        if stream is None:
+            X, y = check_data(features, labels)
+            state = RunState(X, y, config)  # the split and scaling, before anything trains
+            X, y = state.X, state.y
+        else:
+            state = RunState.streaming(stream, config)  # scales the stream if asked
+            X = y = stream
+    except (ValueError, TypeError) as exc:
+        if group is None:
+            raise
+        group.all_succeeded(device, exc)  # the others learn of it, rather than wait
+        raise
+    if group is not None:
+        group.all_succeeded(device)
     if config.cuda_graphs:
         graphs.check_device(device, stream is not None, group is not None)
     cpu_threads.limit(config.threads, device)
