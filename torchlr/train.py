@@ -446,7 +446,7 @@ def _fit(
         else:
             state = RunState.streaming(stream, config)  # scales the stream if asked
             X = y = stream
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # a bad file or checkpoint, an unreadable path...
         if group is None:
             raise
         group.all_succeeded(device, exc)  # the others learn of it, rather than wait
