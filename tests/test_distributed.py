@@ -58,6 +58,19 @@ def _fit_all(datasets, npy, checkpoint):
         said = [None] * distributed.world_size()
         dist.all_gather_object(said, str(exc))
         results["one refuses"] = said
+    # Refused later, as its state is restored: a damaged generator state on rank 0 alone.
+    damaged = checkpoint + ".damaged"
+    if distributed.rank() == 0:
+        state = torch.load(checkpoint, weights_only=True)
+        state["generator"] = torch.zeros(5, dtype=torch.uint8)
+        torch.save(state, damaged)
+    dist.barrier()
+    try:
+        torchlr.fit(X, y, resume=damaged if distributed.rank() == 0 else checkpoint, **OPTIONS)
+    except ValueError as exc:
+        said = [None] * distributed.world_size()
+        dist.all_gather_object(said, str(exc))
+        results["one damaged"] = said
     return results
 
 
@@ -232,6 +245,9 @@ def test_two_processes_train_the_single_process_model(tmp_path):
     assert "Cannot resume" in own and "lr" in own
     assert other == "process 0 of the group refused the run (its own error says why); every " \
                     "process stops"
+    own, other = results["one damaged"]
+    assert "damaged" in own or "generator" in own, own
+    assert other.startswith("process 0 of the group refused the run")
 
 
 def test_a_failing_worker_stops_the_launch_and_is_named():

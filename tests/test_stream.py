@@ -174,3 +174,25 @@ def test_a_stream_resumes_only_in_the_blocks_it_was_read_in(tmp_path):
                           resume=str(saved), device="cpu")
     straight = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=2, device="cpu")
     assert torch.equal(resumed.w, straight.w) and resumed.b == straight.b
+
+
+def test_other_data_is_named_before_other_blocks(tmp_path):
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "a.npy", rng.normal(size=(200, 3)))
+    np.save(tmp_path / "b.npy", rng.normal(size=(200, 3)))
+    saved = tmp_path / "run.pt"
+    torchlr.fit(BlockStream(tmp_path / "a.npy", block_rows=10), None, num_epochs=1,
+                save=str(saved), device="cpu")
+    with pytest.raises(ValueError, match="not the data it trained on"):
+        torchlr.fit(BlockStream(tmp_path / "b.npy", block_rows=50), None, num_epochs=2,
+                    resume=str(saved), device="cpu")
+    # One-row blocks shuffle exactly as the rows in memory do: such a stream and the same
+    # rows in memory resume each other.
+    torchlr.fit(BlockStream(tmp_path / "a.npy", block_rows=1), None, num_epochs=1,
+                save=str(saved), device="cpu")
+    table = torch.from_numpy(np.load(tmp_path / "a.npy")).float()
+    resumed = torchlr.fit(table[:, :2], table[:, 2], num_epochs=2, resume=str(saved),
+                          device="cpu")
+    straight = torchlr.fit(BlockStream(tmp_path / "a.npy", block_rows=1), None, num_epochs=2,
+                           device="cpu")
+    assert torch.equal(resumed.w, straight.w)

@@ -97,7 +97,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         if isinstance(value, (float, np.floating)):
             return f"{value:.4g}"
         # A newline would end the row early.
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return " ".join(str(value).replace("|", "\\|").splitlines())
 
     lines = ["| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, NoReturn, Optional
@@ -186,6 +187,25 @@ class ConciseDataParallel:
 
     # The ranks' summed squared errors, like the analytic steps' sums of r^2.
     batch_means = staticmethod(analytic.batch_means)
+
+
+@contextmanager
+def told_to_group(group: Optional[DataParallel], device: torch.device) -> Iterator[None]:
+    """In a process group, tell every rank whether this rank's block of work failed.
+
+    A rank that refuses its data or checkpoint alone would leave the others waiting in
+    their next collective until the timeout: here each rank says, and all raise together.
+    Outside a group it does nothing.
+    """
+    if group is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # a bad file or checkpoint, an unreadable path...
+        group.all_succeeded(device, exc)
+        raise
+    group.all_succeeded(device)
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ def scatter(
         raise ValueError(f"features must be 2-D (n_samples, n_features), got shape "
                          f"{tuple(X.shape)}")
     column = min(1, X.shape[1] - 1) if column is None else column
-    if not 0 <= column < X.shape[1]:
-        raise ValueError(f"column must be in [0, {X.shape[1]}), got {column!r}")
+    if not -X.shape[1] <= column < X.shape[1]:
+        raise ValueError(f"column must be in [-{X.shape[1]}, {X.shape[1]}), got {column!r}")
     y = _cpu(labels).reshape(-1)
     x = X[:, column]
     fig = NotebookFigure(figsize=figsize, layout="constrained")

@@ -95,12 +95,13 @@ def fingerprint(X: Any, y: Optional[torch.Tensor] = None, *,
     n, d = X.shape
     index = sampled_rows(n)
     # The batch order depends on the blocks a stream is read in, unless it has only one
-    # (then it is the order of the same rows in memory).
+    # or they are single rows (then it is the order of the same rows in memory).
     block_rows = None
     if y is None:  # a BlockStream
         Xs, ys = X.rows(index, scaled=False)
         full = None
-        block_rows = X.block_rows if X.block_rows < n else None
+        # One-row blocks shuffle as the rows in memory do: randperm(1) draws nothing.
+        block_rows = X.block_rows if 1 < X.block_rows < n else None
     else:
         Xs, ys = X[index.to(X.device)], y[index.to(y.device)]
         full = _digest(X, y, signed_zeros=signed_zeros)
@@ -203,17 +204,17 @@ class RunState:
         if saved_data is None:
             return None
         now = self._fingerprint
-        if "block_rows" in saved_data and saved_data["block_rows"] != now["block_rows"]:
-            def read(rows: Optional[int]) -> str:
-                return "in one piece" if rows is None else f"in blocks of {rows} rows"
-            raise ValueError(f"Cannot resume {path}: it read its data "
-                             f"{read(saved_data['block_rows'])}, this run "
-                             f"{read(now['block_rows'])}: the batch order would differ")
         if saved_data.get("zeros") != "unsigned" and not same_data(saved_data, now):
             now = signed()  # an older checkpoint hashed -0.0 as it is: this data that way
         if not same_data(saved_data, now):
             raise ValueError(f"Cannot resume {path}: its data had other values or another row "
                              f"order than this data, so this is not the data it trained on")
+        if "block_rows" in saved_data and saved_data["block_rows"] != now["block_rows"]:
+            def read(rows: Optional[int]) -> str:
+                return "whole (or in one block)" if rows is None else f"in blocks of {rows} rows"
+            raise ValueError(f"Cannot resume {path}: it read its data "
+                             f"{read(saved_data['block_rows'])}, this run "
+                             f"{read(now['block_rows'])}: the batch order would differ")
         return Scaling.from_state(state["scaling"])
 
     def to(self, device: torch.device) -> None:

@@ -438,7 +438,9 @@ def _fit(
         # meets here, resuming or not, so a rank that does not resume leaves none waiting: it
         # is refused with the others at check_same below.
         group.barrier(device)
-    try:
+    # Each rank prepares on its own (data, scaling, model, checkpoint); a failure on one is
+    # told to the others at the end, rather than left for them to wait on (told_to_group).
+    with distributed.told_to_group(group, device):
         if stream is None:
             X, y = check_data(features, labels)
             state = RunState(X, y, config)  # the split and scaling, before anything trains
@@ -446,30 +448,26 @@ def _fit(
         else:
             state = RunState.streaming(stream, config)  # scales the stream if asked
             X = y = stream
-    except Exception as exc:  # a bad file or checkpoint, an unreadable path...
-        if group is None:
-            raise
-        group.all_succeeded(device, exc)  # the others learn of it, rather than wait
-        raise
-    if group is not None:
-        group.all_succeeded(device)
-    if config.cuda_graphs:
-        graphs.check_device(device, stream is not None, group is not None)
-    cpu_threads.limit(config.threads, device)
-    n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
-    steps = steps_per_epoch(n, config.batch_size, config.drop_last)
-    if steps == 0:
-        raise ValueError(
-            f"batch_size={config.batch_size} with drop_last=True leaves no batch "
-            f"for {n} samples"
-        )
-    # Moved once: every batch is then gathered on the device.
-    if stream is None:
-        X, y = X.to(device), y.to(device)
-    state.to(device)
-    generator = torch.Generator().manual_seed(config.seed)  # init first, then each epoch's order
-    models = ANALYTIC_MODELS if config.gradient == "analytic" else MODELS
-    model = models[config.impl](d, config.lr, generator, device)
+        if config.cuda_graphs:
+            graphs.check_device(device, stream is not None, group is not None)
+        cpu_threads.limit(config.threads, device)
+        n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
+        steps = steps_per_epoch(n, config.batch_size, config.drop_last)
+        if steps == 0:
+            raise ValueError(
+                f"batch_size={config.batch_size} with drop_last=True leaves no batch "
+                f"for {n} samples"
+            )
+        # Moved once: every batch is then gathered on the device.
+        if stream is None:
+            X, y = X.to(device), y.to(device)
+        state.to(device)
+        generator = torch.Generator().manual_seed(config.seed)  # init, then each epoch's order
+        models = ANALYTIC_MODELS if config.gradient == "analytic" else MODELS
+        model = models[config.impl](d, config.lr, generator, device)
+        w, b = model.params()
+        history = History(w=[_snapshot(w, -1)], b=[_snapshot(b)])
+        first_epoch = state.resume(model, generator, history)
     if group is not None:
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs,
@@ -477,13 +475,10 @@ def _fit(
     read = _read if group is None else group.read  # in a group, summed over the ranks first
     lengths = batch_lengths(n, config.batch_size, steps)
 
-    w, b = model.params()
-    history = History(w=[_snapshot(w, -1)], b=[_snapshot(b)])
     # This interval's minibatch losses, 0-d tensors left on the device: appending costs no
     # kernel, and one stack per host read gathers them.
     step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
-    first_epoch = state.resume(model, generator, history)
     # After the resume's checks: a refused checkpoint leaves no TensorBoard run behind.
     run.open(config, X, y, device, steps, state.scaling)
     # In a group each rank steps on its slice of every batch; the model itself is unchanged.
