@@ -71,6 +71,17 @@ def _fit_all(datasets, npy, checkpoint):
         said = [None] * distributed.world_size()
         dist.all_gather_object(said, str(exc))
         results["one damaged"] = said
+    # Valid on each rank, but not the same run: checkpoints at other epochs, or host reads
+    # at other steps (each one a collective).
+    later = checkpoint + ".epoch2"
+    torchlr.fit(X, y, save=later, **OPTIONS)
+    for key, options in (("other epochs", dict(resume=checkpoint if distributed.rank() == 0
+                                               else later)),
+                         ("other reads", dict(log_every=5 + distributed.rank()))):
+        try:
+            torchlr.fit(X, y, **{**OPTIONS, "num_epochs": 3, **options})
+        except ValueError as exc:
+            results[key] = str(exc)
     return results
 
 
@@ -240,11 +251,14 @@ def test_two_processes_train_the_single_process_model(tmp_path):
         "The 2 processes disagree on ['seed']: every rank must train with the same options "
         "on the same data."
     )
-    assert results["one resumes"] == results["disagree"].replace("'seed'", "'resume'")
+    assert results["one resumes"] == results["disagree"].replace("'seed'",
+                                                                 "'resume', 'first_epoch'")
     own, other = results["one refuses"]
     assert "Cannot resume" in own and "lr" in own
     assert other == "process 0 of the group refused the run (its own error says why); every " \
                     "process stops"
+    assert "disagree on ['first_epoch']" in results["other epochs"]
+    assert "disagree on ['log_every']" in results["other reads"]
     own, other = results["one damaged"]
     assert "damaged" in own or "generator" in own, own
     assert other.startswith("process 0 of the group refused the run")

@@ -469,9 +469,13 @@ def _fit(
         history = History(w=[_snapshot(w, -1)], b=[_snapshot(b)])
         first_epoch = state.resume(model, generator, history)
     if group is not None:
+        # Whatever sets the number or the order of the collectives each rank makes: one
+        # that differs would leave the ranks mixing steps of different runs, or hanging.
         group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
                           "batch_size": config.batch_size, "num_epochs": config.num_epochs,
-                          "resume": config.resume is not None}, device)
+                          "resume": config.resume is not None, "first_epoch": first_epoch,
+                          "impl": IMPLS.index(config.impl), "drop_last": config.drop_last,
+                          "log_every": config.log_every}, device)
     read = _read if group is None else group.read  # in a group, summed over the ranks first
     lengths = batch_lengths(n, config.batch_size, steps)
 
