@@ -289,7 +289,8 @@ def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
     for library, dest in _LIBRARY_NAMES.items():
         flags[library] = flags[dest]
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
-    end = r"(?![\w/.-])"
+    # Where a name or a value ends: not inside a path or a longer word (lr=0.1.pt).
+    after = r"(?![\w/-]|\.\w)"
 
     def assigned(match: re.Match[str]) -> str:
         flag, switch = flags[match[2]]
@@ -299,9 +300,8 @@ def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
         return match[1] + f"{flag} {next(v for v in (constant, word, quoted, number) if v)}"
 
     # name=value as the library writes it (f"{name}={value!r}"): after the start, a space or
-    # "(", and with a value that ends there, so a path such as lr=0.1.pt stays as it is. A
-    # quoted one-word value loses its quotes: device='cuda' -> --device cuda.
-    after = r"(?![\w/-]|\.\w)"
+    # "(", and with a value that ends there. A quoted one-word value loses its quotes:
+    # device='cuda' -> --device cuda.
     value = (rf"(?:(True|False|None){after}|'([\w:.+-]+)'(?![\w'])|('[^']*')(?!\w)|"
              rf"([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan)){after})")
     message = re.sub(rf"(^|[ (])({names})={value}", assigned, message)
@@ -309,7 +309,7 @@ def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
     # The processes of a group list the options they disagree on: ['seed', 'num_epochs'].
     message = re.sub(r"disagree on \[([^\]]*)\]", lambda m: "disagree on [" + re.sub(
         rf"'({names})'", lambda n: flags[n[1]][0], m[1]) + "]", message)
-    return re.sub(rf"\b(set|leave) ({names}){end}", lambda m: f"{m[1]} {flags[m[2]][0]}",
+    return re.sub(rf"\b(set|leave) ({names}){after}", lambda m: f"{m[1]} {flags[m[2]][0]}",
                   message)
 
 

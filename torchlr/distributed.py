@@ -202,10 +202,10 @@ def told_to_group(group: Optional[DataParallel], device: torch.device) -> Iterat
         return
     try:
         yield
-    except Exception as exc:  # a bad file or checkpoint, an unreadable path...
-        group.all_succeeded(device, exc)
-        raise
-    group.all_succeeded(device)
+    except Exception:  # a bad file or checkpoint, an unreadable path...
+        group.all_succeeded(device, failed=True)
+        raise  # this rank's own error
+    group.all_succeeded(device, failed=False)
 
 
 @dataclass(frozen=True)
@@ -229,20 +229,15 @@ class DataParallel:
                 "train with the same options on the same data."
             )
 
-    def all_succeeded(self, device: torch.device,
-                      failure: Optional[BaseException] = None) -> None:
-        """Every rank says whether its preparation failed; raise on all if one did.
-
-        A rank that refuses its data or its checkpoint alone would leave the others waiting
-        in their next collective until the timeout. The failing rank re-raises its own error
-        (its caller does); the others raise a ValueError that points to it.
-        """
+    def all_succeeded(self, device: torch.device, failed: bool) -> None:
+        """Every rank says whether its preparation failed; if another's did, raise a
+        ValueError that points to it (a failed rank raises its own error: told_to_group)."""
         flags = torch.zeros(self.world_size, dtype=torch.float64, device=device)
-        flags[self.rank] = 0.0 if failure is None else 1.0
+        flags[self.rank] = float(failed)
         dist.all_reduce(flags)
-        failed = [rank for rank, flag in enumerate(flags.tolist()) if flag]
-        if failed and failure is None:
-            raise ValueError(f"process {failed[0]} of the group refused the run (its own "
+        failures = [rank for rank, flag in enumerate(flags.tolist()) if flag]
+        if failures and not failed:
+            raise ValueError(f"process {failures[0]} of the group refused the run (its own "
                              f"error says why); every process stops")
 
     def barrier(self, device: torch.device) -> None:

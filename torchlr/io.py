@@ -41,11 +41,26 @@ def load_data(
 ) -> Dataset:
     """Read a CSV/.npy/.npz/.pt table; target defaults to the last column, features to the rest."""
     path = os.fspath(path)
-    names = column_names(path)
+    features, target = choose_columns(path, column_names(path), target, features)
+    values = load_columns(path, [*features, target])  # (n, d + 1)
+    y = values[:, -1:]
+    if bool((y == y[0]).all()):
+        raise ValueError(f"Target column {target!r} in {path} is constant "
+                         f"(every value is {float(y[0, 0])!r}); there is nothing to fit")
+    return Dataset(values[:, :-1], y, features, target, path)
+
+
+def choose_columns(path: str, names: Sequence[str], target: Optional[str],
+                   features: Optional[Sequence[str]]) -> tuple[list[str], str]:
+    """The feature and target columns of a table with these names: target defaults to the
+    last column, features to the rest. Raises naming what is unknown, repeated or missing."""
     target = names[-1] if target is None else target
     if target not in names:
         raise ValueError(f"Unknown target column {target!r} in {path}; "
                          f"its columns are: {', '.join(map(repr, names))}")
+    if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
+        raise TypeError(f"features must be a sequence of column names, got the str "
+                        f"{features!r}; use [{features!r}]")
     if features is None:
         features = [name for name in names if name != target]
     else:
@@ -60,12 +75,7 @@ def load_data(
             raise ValueError(f"Feature columns repeat: {', '.join(map(repr, features))}")
     if not features:
         raise ValueError(f"{path} has no feature column besides the target {target!r}")
-    values = load_columns(path, [*features, target])  # (n, d + 1)
-    y = values[:, -1:]
-    if bool((y == y[0]).all()):
-        raise ValueError(f"Target column {target!r} in {path} is constant "
-                         f"(every value is {float(y[0, 0])!r}); there is nothing to fit")
-    return Dataset(values[:, :-1], y, features, target, path)
+    return features, target
 
 
 def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
@@ -233,9 +243,7 @@ def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) 
                 except ValueError:
                     parsed = []
                 if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
-                    parsed = _parse_with_missing(row, index, optional)
-                    if parsed is None:
-                        _explain_cell(path, reader.line_num, row, index, names)
+                    parsed = _parse_cells(path, reader.line_num, row, index, names, optional)
                 values.extend(parsed)
                 lines.append(reader.line_num)
                 rows += 1
@@ -250,49 +258,35 @@ def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) 
     if len(bad):
         row, col = bad[0]
         raise ValueError(f"{path}, line {lines[row]}, column {names[index[col]]!r}: "
-                         f"{_too_large(float(table[row, col]))}")
+                         f"{beyond_float32(float(table[row, col]))}")
     return torch.from_numpy(single)
 
 
-def _too_large(value: float) -> str:
+def beyond_float32(value: float) -> str:
     return f"{value!r} is beyond the range of float32 (about ±3.4e38)"
 
 
-def _parse_with_missing(row: list[str], index: list[int],
-                        optional: list[bool]) -> Optional[list[float]]:
-    """The row's values with NaN for the missing cells of optional columns; None if any
-    other cell is missing, not a number or not finite."""
+def _parse_cells(path: str, line: int, row: list[str], index: list[int], names: list[str],
+                 optional: list[bool]) -> list[float]:
+    """The row's values, NaN for a missing cell of an optional column; raises for the first
+    other cell that is missing, not a number, or not finite."""
     parsed = []
     for i, may_miss in zip(index, optional):
         cell = row[i].strip()
-        if may_miss and cell.lower() in MISSING:
-            parsed.append(math.nan)
-            continue
-        try:
-            value = float(cell)
-        except ValueError:
-            return None
-        if not math.isfinite(value):
-            return None
-        parsed.append(value)
-    return parsed
-
-
-def _explain_cell(path: str, line: int, row: list[str], index: list[int],
-                  names: list[str]) -> None:
-    """Raise for the first cell of the row that is missing, not a number, or not finite."""
-    for i in index:
-        cell = row[i].strip()
         where = f"{path}, line {line}, column {names[i]!r}"
         if cell.lower() in MISSING:
-            raise ValueError(f"{where}: missing value {row[i]!r}")
+            if not may_miss:
+                raise ValueError(f"{where}: missing value {row[i]!r}")
+            parsed.append(math.nan)
+            continue
         try:
             value = float(cell)
         except ValueError:
             raise ValueError(f"{where}: {row[i]!r} is not a number") from None
         if not math.isfinite(value):
             raise ValueError(f"{where}: {row[i]!r} is not a finite number")
-    raise AssertionError("unreachable: every cell parsed")  # pragma: no cover
+        parsed.append(value)
+    return parsed
 
 
 # --- arrays ------------------------------------------------------------------------------
@@ -377,7 +371,7 @@ def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:
         if len(bad):
             row = int(bad[0, 0])
             given = float(col[row])  # as stored, before the cast
-            what = ("missing value (NaN)" if math.isnan(given) else _too_large(given)
+            what = ("missing value (NaN)" if math.isnan(given) else beyond_float32(given)
                     if math.isfinite(given) else "not a finite number")
             raise ValueError(f"{path}, row {row + 1}, column {name!r}: {what}")
         out.append(t)

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from torchlr.io import npy_header
+from torchlr.io import beyond_float32, choose_columns, npy_header
 from torchlr.preprocess import Scaling
 from torchlr.scratch import loss_sum
 from torchlr.validation import check_positive_int, is_real_dtype
@@ -50,24 +50,7 @@ class BlockStream:
             raise ValueError(f"{self.path}: streaming needs a C-ordered real array, "
                              f"got dtype {dtype}{' in Fortran order' if fortran else ''}")
         names = [f"x{j + 1}" for j in range(shape[1])]
-        target = names[-1] if target is None else target
-        if target not in names:
-            raise ValueError(f"Unknown target column {target!r} in {self.path}; "
-                             f"its columns are: {', '.join(map(repr, names))}")
-        if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
-            raise TypeError(f"features must be a sequence of column names, got the str "
-                            f"{features!r}; use [{features!r}]")
-        features = [n for n in names if n != target] if features is None else list(features)
-        if not features:
-            raise ValueError(f"{self.path}: features names no column; give at least one")
-        unknown = [n for n in features if n not in names or n == target]
-        if unknown:
-            raise ValueError(f"Bad feature column(s) {', '.join(map(repr, unknown))} in "
-                             f"{self.path}; its columns are: {', '.join(map(repr, names))} "
-                             f"(target {target!r})")
-        repeated = sorted({n for n in features if features.count(n) > 1})
-        if repeated:  # as load_data refuses them for data read whole
-            raise ValueError(f"Feature columns repeat: {', '.join(map(repr, repeated))}")
+        features, target = choose_columns(self.path, names, target, features)
         self.feature_names, self.target_name = features, target
         self._feature_idx = torch.tensor([names.index(n) for n in features])
         self._target_idx = names.index(target)
@@ -133,8 +116,8 @@ class BlockStream:
             row = row_of(i)
             value = float(self._array[row, col])
             if math.isfinite(value):  # finite in the file, beyond float32 once converted
-                raise ValueError(f"{self.path}, row {row + 1}, column 'x{col + 1}': {value!r} "
-                                 f"is beyond the range of float32 (about ±3.4e38)")
+                raise ValueError(f"{self.path}, row {row + 1}, column 'x{col + 1}': "
+                                 f"{beyond_float32(value)}")
             raise ValueError(f"{self.path}, row {row + 1}: a value is NaN or infinite")
         X, y = table[:, self._feature_idx], table[:, self._target_idx:self._target_idx + 1]
         if scaled and self.scaling is not None:
