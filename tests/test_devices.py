@@ -12,7 +12,7 @@ def test_cpu_and_auto():
     assert resolve_device(" CPU ") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "tpu", "", "cpu:0:1"])
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "tpu", "", "cpu:0:1", "mps:1"])
 def test_unknown_device_lists_choices(bad):
     with pytest.raises(ValueError, match="Unknown device") as info:
         resolve_device(bad)
@@ -45,3 +45,12 @@ def test_a_cpu_tensors_own_device_object_is_taken():
     # torch.device("cpu", 0) (and an MPS tensor's mps:0) went through the name pattern.
     assert resolve_device(torch.device("cpu", 0)) == torch.device("cpu")
     assert resolve_device(torch.zeros(1).device) == torch.device("cpu")
+
+
+def test_the_names_a_cpu_device_prints_are_taken():
+    # str(torch.device("cpu", 0)) is "cpu:0"; the string form was refused as unknown
+    # while the device object itself was taken.
+    assert resolve_device("cpu:0") == torch.device("cpu")
+    assert resolve_device(str(torch.device("cpu", 0))) == torch.device("cpu")
+    with pytest.raises(ValueError, match="Unknown device"):
+        resolve_device("cpu:1")  # there is one CPU device

@@ -241,6 +241,19 @@ def test_cli_plot_refuses_a_bad_path_before_training(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
 
 
+def test_cli_plot_with_no_epoch_is_refused_before_training(tmp_path, capsys):
+    # --epochs 0 wrote a figure of empty axes (ticks from -0.045 to 0.045) and said it saved
+    # the loss curves.
+    target = tmp_path / "x.png"
+    argv = ["train", "--epochs", "0", "--plot", str(target), "--logdir", str(tmp_path / "r")]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("torchlr: error: --plot draws one point per epoch; with --epochs 0 there "
+                   "is nothing to draw\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_readme_figures_script_draws_its_three_figures(tmp_path):
     import importlib.util
 

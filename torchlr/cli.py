@@ -206,6 +206,10 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         from torchlr import plots  # matplotlib is imported only when a plot is asked for
 
         plots.check_image_path(args.plot)
+        if all(config.num_epochs == 0 for config in configs):
+            # No epoch, no curve: the file would be an empty pair of axes.
+            raise ValueError("--plot draws one point per epoch; with --epochs 0 there is "
+                             "nothing to draw")
     results = []
     for config in configs:
         if len(configs) > 1:  # with --quiet too: two blocks of results need their names

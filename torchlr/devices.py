@@ -6,7 +6,8 @@ import re
 
 import torch
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# "cpu:0" and "mps:0" are what str() of a CPU/MPS tensor's device may say: there is one of each.
+_DEVICE_RE = re.compile(r"^(auto|(cpu|mps)(:0)?|cuda(:\d+)?)$")
 CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
@@ -23,6 +24,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         )
     if not _DEVICE_RE.match(spec):
         raise ValueError(f"Unknown device {device!r}; expected one of {', '.join(CHOICES)}.")
+    spec = spec.removesuffix(":0") if spec[:3] in ("cpu", "mps") else spec
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):
