@@ -122,6 +122,34 @@ def test_resume_with_other_threads_scales_as_the_saved_run(tmp_path):
     assert len(resumed.losses) == 2
 
 
+def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_units(tmp_path):
+    # Checkpoints written before losses were reported in the target's units (no
+    # "loss_units" mark) hold those of y / y_scale: a resumed run converts them, so its
+    # history reads as one run's.
+    X, y = dataset(n=300)
+    y = 40.0 * y + 7.0
+    options = dict(lr=0.05, standardize=True, standardize_target=True, val_fraction=0.2,
+                   early_stopping=5, device="cpu", batch_size=16)
+    straight = torchlr.fit(X, y, num_epochs=3, **options)
+    path = tmp_path / "old.pt"
+    torchlr.fit(X, y, num_epochs=2, save=str(path), **options)
+    state = torch.load(path, weights_only=True)
+    history, factor = state["history"], state["scaling"]["y_scale"] ** 2
+    assert factor > 100 and history.pop("loss_units") == "target"
+    history["losses"] = [v / factor for v in history["losses"]]
+    history["val_losses"] = [v / factor for v in history["val_losses"]]
+    history["train_losses"] = history["train_losses"] / factor
+    state["best"]["val_loss"] /= factor
+    torch.save(state, path)
+    resumed = torchlr.fit(X, y, num_epochs=3, resume=str(path), save=str(path), **options)
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    assert resumed.val_losses == pytest.approx(straight.val_losses, rel=1e-5)
+    torch.testing.assert_close(resumed.train_losses, straight.train_losses, rtol=1e-5, atol=0)
+    saved = load_checkpoint(path)
+    assert saved["history"]["loss_units"] == "target"
+    assert saved["best"]["val_loss"] == pytest.approx(min(straight.val_losses), rel=1e-5)
+
+
 def test_sampled_rows_stay_in_range_at_any_size():
     for n in (1, 2, 255, 256, 257, 2**25 + 4, 10**8):  # float32 steps would reach n
         rows = sampled_rows(n)

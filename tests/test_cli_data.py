@@ -58,6 +58,23 @@ def test_train_on_a_csv_recovers_the_coefficients(houses, capsys):
     assert float(weights["b"]) == pytest.approx(10.0, rel=1e-2)
 
 
+def test_a_loss_below_six_decimals_is_printed_with_its_digits(houses, capsys):
+    # The houses' price is exact: its loss falls far below 1e-6, which printed as 0.000000.
+    argv = ["train", "--data", str(houses), "--epochs", "30", "--val-fraction", "0.25", *TRAIN]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()[:30]
+    data = load_data(houses, target="price")
+    result = torchlr.fit(data.features, data.target, num_epochs=30, val_fraction=0.25,
+                         standardize=True, standardize_target=True, lr=0.1, device="cpu")
+    assert result.losses[-1] < 1e-6 and result.val_losses[-1] < 1e-6
+    printed = [EPOCH.match(line) for line in lines]
+    for m, loss, val_loss in zip(printed, result.losses, result.val_losses):
+        for shown, value in ((m.group(2), loss), (m.group(3), val_loss)):
+            # 6 decimals down to 1e-5, 7 significant digits below
+            assert float(shown) == (pytest.approx(value, rel=1e-6) if value < 1e-5
+                                    else pytest.approx(value, abs=5e-7))
+
+
 def test_validation_is_printed_per_epoch(houses, capsys):
     argv = ["train", "--data", str(houses), "--epochs", "3", "--val-fraction", "0.25", *TRAIN]
     assert main(argv) == 0

@@ -25,6 +25,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 import torchlr
 from torchlr.cli import main
+from torchlr.preprocess import train_val_split
 from torchlr.scratch import linreg, squared_loss
 from torchlr.tensorboard import new_run_dir
 from torchlr.train import FitConfig
@@ -128,7 +129,7 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
     start = data["_hparams_/session_start_info"].session_start_info.hparams
     assert {k: getattr(v, v.WhichOneof("kind")) for k, v in start.items()} == {
         "impl": impl, "lr": 0.03, "batch_size": 10, "num_epochs": 3, "seed": 0, "device": "cpu",
-        "num_examples": 1000, "gradient": "autograd"}
+        "num_examples": 1000, "train_examples": 1000, "gradient": "autograd"}
     metrics = data["_hparams_/experiment"].experiment.metric_infos
     assert [m.name.tag for m in metrics] == METRICS
     end = data["_hparams_/session_end_info"].session_end_info
@@ -163,6 +164,35 @@ def test_runs_of_every_kind_declare_the_same_hparams_metrics(tmp_path):
         acc = read_run(str(tmp_path / run))
         metrics = hparams_data(acc)["_hparams_/experiment"].experiment.metric_infos
         assert [m.name.tag for m in metrics] == METRICS
+
+
+def test_a_validation_run_counts_all_its_rows_and_its_training_rows(tmp_path):
+    # num_examples was the training rows alone: 800 for a run of --num-examples 1000.
+    X, y = chapter_data(num_examples=1000)
+    result = torchlr.fit(X, y, num_epochs=1, logdir=tmp_path, val_fraction=0.2)
+    acc = read_run(result.run_dir)
+    start = hparams_data(acc)["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["num_examples"].number_value == 1000
+    assert start["train_examples"].number_value == 800
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| num_examples | `1000` |" in text and "| train_examples | `800` |" in text
+
+
+def test_scaled_target_losses_are_logged_in_the_targets_units(tmp_path):
+    # With standardize_target the model trains on y / std(y); loss/epoch, loss/val and
+    # loss/train were in those units, 1 / std(y)² of the target's own.
+    X, y = chapter_data(num_examples=500)
+    y = 50.0 * y + 300.0
+    result = torchlr.fit(X, y, num_epochs=2, standardize=True, standardize_target=True,
+                         val_fraction=0.2, logdir=tmp_path, log_every=10)
+    acc = read_run(result.run_dir)
+    train, val = train_val_split(len(X), 0.2, 0)
+    on_train = torchlr.evaluate(X[train], y[train], result.w, result.b)
+    on_val = torchlr.evaluate(X[val], y[val], result.w, result.b)
+    assert scalars(acc, "loss/epoch")[1][-1] == pytest.approx(float(on_train), rel=1e-3)
+    assert scalars(acc, "loss/val")[1][-1] == pytest.approx(float(on_val), rel=1e-3)
+    # The minibatch losses of the last interval are of the last epoch's size, not 1/2500 of it.
+    assert 0.2 < scalars(acc, "loss/train")[1][-1] / float(on_train) < 5
 
 
 def test_the_fit_image_is_at_the_last_epoch_that_ran(tmp_path):

@@ -170,8 +170,10 @@ class _Printer:
         if p.epoch_loss is not None:
             if self.bar is not None:
                 self.bar.clear()
-            val = "" if p.val_loss is None else f", val loss {p.val_loss:f}, val R2 {p.val_r2:f}"
-            print(f"epoch {p.epoch}, loss {p.epoch_loss:f}{val}", file=self.out, flush=True)
+            val = ("" if p.val_loss is None
+                   else f", val loss {_loss_text(p.val_loss)}, val R2 {p.val_r2:f}")
+            print(f"epoch {p.epoch}, loss {_loss_text(p.epoch_loss)}{val}", file=self.out,
+                  flush=True)
 
 
 def _format_vector(values: torch.Tensor) -> str:
@@ -180,7 +182,23 @@ def _format_vector(values: torch.Tensor) -> str:
 
 def _report(result: FitResult, true_w: torch.Tensor, out: TextIO) -> None:
     print(f"Error in estimating w {_format_vector(true_w - result.w)}", file=out)
-    print(f"Error in estimating b {TRUE_B - result.b:.6g}", file=out)
+    print(f"Error in estimating b {_true_b() - result.b:.6g}", file=out)
+
+
+def _true_b() -> float:
+    # The b that drew the data: synthetic_data adds it to float32 values, so it is 4.2
+    # rounded to float32 (4.19999981), as true_w's -3.4 is.
+    return float(torch.tensor(TRUE_B, dtype=torch.float32))
+
+
+def _loss_text(value: float) -> str:
+    """A loss as the chapter prints it (6 decimals), unless that would hide its digits."""
+    # "0.000000" says nothing of a loss of 8e-9 (say, a target known to float precision):
+    # below 1e-5, where 6 decimals show fewer than 2 digits, and from 1e6 up, 7 significant
+    # digits (about what a float32 mean holds) in exponent form.
+    if value == 0 or not math.isfinite(value) or 1e-5 <= abs(value) < 1e6:
+        return f"{value:f}"
+    return f"{value:.7g}"
 
 
 def _train(args: argparse.Namespace, out: TextIO) -> int:
@@ -198,7 +216,7 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     # The chapter's data by default; --data, --stream and --resume in torchlr.cli_data.
     # The w that drew the data is float32 (synthetic_data casts it): TensorBoard's error/w
     # is measured from the same values as the printed error, -3.4 as float32 included.
-    truth = (tuple(true_w.tolist()), TRUE_B)
+    truth = (tuple(true_w.tolist()), _true_b())
     features, labels, configs = training_inputs(args, FitConfig(), synthetic, truth)
     for config in configs:  # every run's options are checked before any run starts
         config.validate()

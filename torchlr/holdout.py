@@ -21,7 +21,7 @@ class Holdout:
 
     @torch.no_grad()
     def metrics(self, w: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-        """Mean squared_loss (the training loss's units) and R² (one host read per epoch)."""
+        """Mean squared_loss (of the target as the model sees it) and R² (one host read)."""
         y_hat = linreg(self.features, w, b)
         both = torch.stack([squared_loss(y_hat, self.labels).mean(),
                             r2_score(y_hat, self.labels)]).cpu()

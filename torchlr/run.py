@@ -42,7 +42,10 @@ class History:
         return {"losses": list(self.losses), "val_losses": list(val_losses),
                 "val_r2": list(val_r2), "w": torch.stack(self.w), "b": torch.stack(self.b),
                 "train_losses": self.minibatch_losses(),
-                "epoch_seconds": list(self.epoch_seconds)}
+                "epoch_seconds": list(self.epoch_seconds),
+                # Losses in the target's own units (with standardize_target too); checkpoints
+                # without this mark kept the standardized target's.
+                "loss_units": "target"}
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Take back what state() stored; a checkpoint older than train_losses lacks them."""
@@ -120,6 +123,20 @@ def same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     return saved["sampled"] == now["sampled"]  # a stream on one side: its sampled rows
 
 
+def _losses_to_target_units(state: dict[str, Any], loss_scale: float) -> None:
+    """A checkpoint written before losses were reported in the target's units kept them in
+    the standardized target's: scale them as this run reports its own (y_scale²)."""
+    history, best = state["history"], state.get("best")
+    if loss_scale != 1.0:
+        history["losses"] = [v * loss_scale for v in history["losses"]]
+        history["val_losses"] = [v * loss_scale for v in history["val_losses"]]
+        if isinstance(history.get("train_losses"), torch.Tensor):
+            history["train_losses"] = history["train_losses"] * loss_scale
+        if best is not None and "val_loss" in best:
+            best["val_loss"] = best["val_loss"] * loss_scale
+    history["loss_units"] = "target"
+
+
 class RunState:
     """One fit's data preparation and its per-epoch bookkeeping beyond the training loss."""
 
@@ -150,6 +167,7 @@ class RunState:
         else:
             self.scaling = Scaling.identity(X.shape[1])
         self.X, self.y = self.scaling.features(X), self.scaling.target(y)  # what the model sees
+        self.loss_scale = self.scaling.y_scale ** 2
         if config.val_fraction > 0:
             self.val = Holdout(self.scaling.features(X_val), self.scaling.target(y_val))
         self.num_examples = len(self.X)
@@ -180,6 +198,7 @@ class RunState:
             stream.scaling = stream.fit_scaling(features=config.standardize,
                                                 target=config.standardize_target)
         run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
+        run.loss_scale = run.scaling.y_scale ** 2
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
         run.saved_to = None
@@ -235,6 +254,8 @@ class RunState:
             raise ValueError(f"Cannot resume {path}: the data's statistics differ from the "
                              f"checkpoint's, so this is not the data it trained on")
         restore(state, model, generator)
+        if state["history"].get("loss_units") != "target":
+            _losses_to_target_units(state, self.loss_scale)
         history.restore(state["history"])
         self.val_losses[:] = state["history"]["val_losses"]
         self.val_r2[:] = state["history"]["val_r2"]
@@ -253,6 +274,7 @@ class RunState:
         w, b = model.params()
         if self.val is not None:
             val_loss, val_r2 = self.val.metrics(w, b)
+            val_loss *= self.loss_scale  # in the target's units, like the training loss
             self.val_losses.append(val_loss)
             self.val_r2.append(val_r2)
             stop = self.stopper.update(epoch, w, b)

@@ -97,11 +97,12 @@ class RunWriter:
         self._writer: Any = None  # a SummaryWriter once open
 
     def open(self, config: FitConfig, X: torch.Tensor, y: torch.Tensor, device: torch.device,
-             steps: int, scaling: Optional[Scaling] = None) -> None:
+             steps: int, scaling: Optional[Scaling] = None, val_examples: int = 0) -> None:
         """Create the run folder and write the configuration and hyperparameters.
 
-        X and y are the data as the model sees it; scaling (if any) maps its parameters back
-        to the original units that true_w and true_b are given in.
+        X and y are the training rows as the model sees them (val_examples more were held
+        out); scaling (if any) maps its parameters back to the original units that true_w
+        and true_b are given in.
         """
         if config.logdir is None:
             return
@@ -121,7 +122,9 @@ class RunWriter:
         self._true_w = (None if config.true_w is None
                         else torch.tensor(config.true_w, dtype=torch.float64))
 
-        facts = {"num_examples": n, "num_features": d, "steps_per_epoch": steps,
+        # num_examples counts every row, as --num-examples does; train_examples those trained on.
+        facts = {"num_examples": n + val_examples, "train_examples": n, "num_features": d,
+                 "steps_per_epoch": steps,
                  "device (resolved)": str(device), "torch": torch.__version__}
         rows = [*dataclasses.asdict(config).items(), *facts.items()]
         table = "| option | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v}` |" for k, v in rows)
@@ -129,7 +132,8 @@ class RunWriter:
 
         hparam_dict = {"impl": config.impl, "lr": config.lr, "batch_size": config.batch_size,
                        "num_epochs": config.num_epochs, "seed": config.seed,
-                       "device": str(device), "num_examples": n, "gradient": config.gradient}
+                       "device": str(device), "num_examples": n + val_examples,
+                       "train_examples": n, "gradient": config.gradient}
         # The same metrics in every run, whether it writes them or not: TensorBoard's HParams
         # dashboard takes the list of one run (the first it finds) for the whole log folder.
         metrics = [LOSS_TAG, "loss/val", "r2/val", *ERROR_TAGS]

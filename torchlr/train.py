@@ -484,7 +484,8 @@ def _fit(
     step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
     # After the resume's checks: a refused checkpoint leaves no TensorBoard run behind.
-    run.open(config, X, y, device, steps, state.scaling)
+    run.open(config, X, y, device, steps, state.scaling,
+             0 if state.val is None else len(state.val.labels))
     # In a group each rank steps on its slice of every batch; the model itself is unchanged.
     stepper = model if group is None else group.wrap(model, device)
     step, batch_means = stepper.step, stepper.batch_means
@@ -497,9 +498,12 @@ def _fit(
     def host_read(epoch: int, done: int, stop: Optional[int]) -> None:
         """The host sync: the losses of steps done..stop, logged, checked and kept."""
         chunk = batch_means(read(step_losses), lengths[done:stop])
-        run.train_losses(epoch, done, chunk)
+        # Reported in the target's units; standardize_target trains on y / y_scale, whose
+        # squared losses are smaller by y_scale².
+        reported = chunk * state.loss_scale if state.loss_scale != 1.0 else chunk
+        run.train_losses(epoch, done, reported)
         _check_finite(chunk, epoch, done + 1, config.lr)
-        history.train_losses.append(chunk)
+        history.train_losses.append(reported)
 
     for epoch in range(first_epoch, config.num_epochs + 1):
         start = time.perf_counter()
@@ -523,6 +527,7 @@ def _fit(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
                 f"step {steps} (lr={config.lr}); try a smaller learning rate."
             )
+        loss *= state.loss_scale  # in the target's units (see host_read)
         history.epoch_seconds.append(time.perf_counter() - start)
         history.losses.append(loss)
         history.w.append(_snapshot(w, -1))
