@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run for a machine with a CUDA GPU: the CUDA tests, then the benchmark's
-# CUDA sizes, written to benchmarks/results/<card>-<threads>t.json ($RESULTS_DIR if set),
+# CUDA sizes, written to benchmarks/results/<card>-<torch threads>t.json ($RESULTS_DIR if set),
 # then graph_steps.py's breakdown of a graphed step, to <card>-graph-steps.json.
 #
 # It needs a Python whose torch sees CUDA: $PY if set, else .venv/bin/python when that one
@@ -32,6 +32,18 @@ stamp=$(mktemp)  # results files newer than this one are this run's
 trap 'rm -f "$stamp"' EXIT
 
 run() {  # the whole check, its output also kept in $OUT/gpu_check.log when $OUT is set
+  # A Python without torch: said in one line, not as a traceback and then "no CUDA device".
+  local why set_py="set PY to a Python whose torch sees CUDA: PY=/path/to/python bash"
+  set_py+=" benchmarks/gpu_check.sh"
+  if ! command -v "$PY" >/dev/null; then
+    echo "gpu_check: no Python at $PY; $set_py" >&2
+    return 3
+  fi
+  if ! why=$("$PY" -c "import torch" 2>&1); then
+    why=$(printf '%s\n' "$why" | tail -n 1)  # the exception's line, not its traceback
+    echo "gpu_check: torch is not importable by $PY ($why); $set_py" >&2
+    return 3
+  fi
   "$PY" -c "import torch, sys; ok = torch.cuda.is_available(); \
 print('torch', torch.__version__, 'on', torch.cuda.get_device_name() if ok else 'no CUDA device'); \
 sys.exit(0 if ok else 3)"

@@ -282,3 +282,20 @@ def test_marginal_step_is_the_extra_time_per_extra_step(bench, monkeypatch):
     # 27 ms more for 900 more steps: 30 µs a step, whatever the fixed 10 ms.
     assert bench.marginal_step_us(fit_taking(0.010), fit_taking(0.037), 900, "cpu") == (
         pytest.approx(30.0))
+
+
+def test_gpu_check_says_in_one_line_when_its_python_has_no_torch(tmp_path):
+    no_torch = tmp_path / "python"  # this Python without its site-packages: no torch
+    no_torch.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -I "$@"\n')
+    no_torch.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "BENCH_ARGS")}
+    for py, said in ((no_torch, "torch is not importable by"),
+                     (tmp_path / "nowhere", "no Python at")):
+        done = subprocess.run(["bash", str(GPU_CHECK)], env={**env, "PY": str(py)},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3
+        assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+        assert said in done.stderr and "PY=" in done.stderr
+    assert "(ModuleNotFoundError: No module named 'torch')" in subprocess.run(
+        ["bash", str(GPU_CHECK)], env={**env, "PY": str(no_torch)}, capture_output=True,
+        text=True, timeout=60).stderr
