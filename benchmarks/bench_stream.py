@@ -13,6 +13,7 @@ subprocess; its peak RSS comes from the kernel (getrusage of the child) and must
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import resource
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 
@@ -48,14 +51,90 @@ def generate(path: str, rows: int, seed: int = 0) -> None:
         del chunk
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="one streamed epoch on a large .npy")
-    parser.add_argument("--gib", type=float, default=4.0, help="size of the generated file")
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--threads", type=int,
-                        help="OMP_NUM_THREADS for the training process (default: torch's)")
-    args = parser.parse_args()
+PROG = "bench_stream.py"
+# torchlr.train.MAX_THREADS (a test keeps them equal): torch is not imported here, so the
+# generator's peak RSS printed below stays its own.
+MAX_THREADS = 1024
+
+
+class UsageError(Exception):
+    """A bad command line: main says it in one line, `bench_stream.py: error: ...`, exit 2."""
+
+
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except an unset option's None, whose help says what unset means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are UsageError: one line, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a finite number above 0 of kind (int or float)."""
+    def parse(text: str) -> Any:
+        what = "a whole number" if kind is int else "a number"
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text}")
+        return value
+    return parse
+
+
+def _threads(text: str) -> int:
+    value = _positive(int)(text)
+    if value > MAX_THREADS:  # torch's OpenMP crashes with tens of thousands
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
+    return value
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """The command line, checked before the file is generated (UsageError if it is bad)."""
+    parser = _Parser(prog=PROG, description="one streamed epoch on a large .npy",
+                     formatter_class=_DefaultsHelp)
+    parser.add_argument("--gib", type=_positive(float), default=4.0,
+                        help="size of the generated file, in GiB")
+    parser.add_argument("--batch-size", type=_positive(int), default=4096,
+                        help="the training's --batch-size")
+    parser.add_argument("--lr", type=_positive(float), default=0.1,
+                        help="the training's --lr")
+    parser.add_argument("--threads", type=_threads, default=None,
+                        help="OMP_NUM_THREADS for the training process: torch's threads "
+                             "outside the fit. torchlr.fit's steps run on its own "
+                             "FitConfig.threads, which `torchlr train` has no option for "
+                             "(default: unset, torch's choice)")
+    args = parser.parse_args(argv)
+    if int(args.gib * 2**30) // (4 * (NUM_FEATURES + 1)) == 0:
+        parser.error(f"argument --gib: {args.gib} GiB holds no row of "
+                     f"{4 * (NUM_FEATURES + 1)} bytes")
+    return args
+
+
+def fit_threads() -> Optional[int]:
+    """The torch threads torchlr.fit runs on in `torchlr train`: FitConfig's default, since
+    the command has no option for it. Imported only after the run (torch is large)."""
+    from torchlr.train import FitConfig
+
+    return FitConfig().threads
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Generate the file, train one epoch on it, print the figures; 2 on a bad command line."""
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     row_bytes = 4 * (NUM_FEATURES + 1)
     rows = int(args.gib * 2**30) // row_bytes
     with tempfile.TemporaryDirectory(prefix="torchlr-bench-") as folder:
@@ -73,7 +152,7 @@ def main() -> int:
         print("$", " ".join(command[1:]))
         start = time.perf_counter()
         env = dict(os.environ)
-        if args.threads:
+        if args.threads is not None:
             env["OMP_NUM_THREADS"] = str(args.threads)
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
@@ -86,8 +165,13 @@ def main() -> int:
           f"{rows / wall:,.0f} samples/s")
     print(f"peak RSS of the training process: {peak / 2**20:.0f} MiB "
           f"({'under' if peak < LIMIT else 'OVER'} the 1 GiB limit)")
+    fit = fit_threads()
+    steps = f"{fit} torch thread{'' if fit == 1 else 's'}" if fit else "torch's own threads"
+    # --threads reaches the process, not the fit: the line says which ran on what.
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python "
-          f"{platform.python_version()}, training threads: {args.threads or 'default'}")
+          f"{platform.python_version()}, training process OMP_NUM_THREADS="
+          f"{env.get('OMP_NUM_THREADS', 'unset')}, torchlr.fit's steps on {steps} "
+          f"(FitConfig.threads, which `torchlr train` keeps)")
     return 0 if peak < LIMIT else 1
 
 

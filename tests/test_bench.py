@@ -299,3 +299,54 @@ def test_gpu_check_says_in_one_line_when_its_python_has_no_torch(tmp_path):
     assert "(ModuleNotFoundError: No module named 'torch')" in subprocess.run(
         ["bash", str(GPU_CHECK)], env={**env, "PY": str(no_torch)}, capture_output=True,
         text=True, timeout=60).stderr
+
+
+@pytest.fixture(scope="module")
+def bench_stream():
+    spec = importlib.util.spec_from_file_location("bench_stream",
+                                                  BENCH.parent / "bench_stream.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--gib", "0"], "argument --gib: must be a number above 0, got 0"),
+    (["--gib", "-1"], "argument --gib: must be a number above 0"),
+    (["--gib", "nan"], "argument --gib: must be a number above 0"),
+    (["--gib", "1e-12"], "holds no row"),
+    (["--batch-size", "0"], "argument --batch-size: must be a whole number above 0"),
+    (["--lr", "-0.1"], "argument --lr: must be a number above 0"),
+    (["--threads", "0"], "argument --threads: must be a whole number above 0"),
+    (["--threads", "-2"], "argument --threads: must be a whole number above 0"),
+    (["--threads", "2000"], "argument --threads: must be at most 1024"),
+])
+def test_bench_stream_refuses_bad_values_before_generating(bench_stream, monkeypatch, capsys,
+                                                            argv, said):
+    def no_file(*args):
+        raise AssertionError("the file was generated")
+
+    monkeypatch.setattr(bench_stream, "generate", no_file)
+    assert bench_stream.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_stream.py: error: ") and err.count("\n") == 1, err
+    assert said in err
+
+
+def test_bench_stream_says_what_its_threads_reach(bench_stream, capsys):
+    from torchlr.train import MAX_THREADS
+
+    assert bench_stream.MAX_THREADS == MAX_THREADS  # kept apart so torch is not imported
+    with pytest.raises(SystemExit):
+        bench_stream.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 4.0)", "(default: 4096)", "(default: 0.1)",
+                    "(default: unset, torch's choice)"):
+        assert default in text
+    # A small file, trained for real: --threads sets the process's OMP_NUM_THREADS, while
+    # `torchlr train` fits on FitConfig's threads, which the line must name, not --threads.
+    assert bench_stream.main(["--gib", "0.0002", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert (f"OMP_NUM_THREADS=2, torchlr.fit's steps on {torchlr.FitConfig().threads} torch "
+            "thread") in out
+    assert "training threads: 2" not in out
