@@ -36,12 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import torch
 from torch import nn
 
 import torchlr
+from torchlr.train import MAX_THREADS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LR = 0.03  # the chapter's learning rate, used by every SGD loop
@@ -400,7 +401,11 @@ def rss_child(size_name: str, impl: str) -> None:
     run_torchlr(X, y, size, impl.removeprefix("torchlr_"))
     peak = _peak_rss()
     print(json.dumps({"impl": impl, "data_bytes": data_bytes, "rss_before_data": before_data,
-                      "rss_before_fit": before_fit, "peak_rss": max(peak, before_fit)}))
+                      "rss_before_fit": before_fit, "peak_rss": max(peak, before_fit),
+                      # What the fit ran under, for the file to say (--threads reaches here).
+                      "torch_threads": torch.get_num_threads(),
+                      "torchlr_fit_threads": FIT_OPTIONS.get("threads",
+                                                             torchlr.FitConfig().threads)}))
 
 
 def _status_kib(field: str) -> Optional[int]:
@@ -439,8 +444,10 @@ def measure_rss(size_name: str) -> dict[str, Any]:
     out = {}
     for impl in TORCHLR:
         print(f"  {size_name}: peak RSS of {LABELS[impl]} ...", file=sys.stderr, flush=True)
+        # The child fits under this run's --threads: its peak RSS is that of the fits timed.
+        threads = ["--threads", str(FIT_OPTIONS["threads"])] if "threads" in FIT_OPTIONS else []
         proc = subprocess.run(
-            [sys.executable, __file__, "--rss-child", size_name, impl],
+            [sys.executable, __file__, "--rss-child", size_name, impl, *threads],
             capture_output=True, text=True, check=True)
         record = json.loads(proc.stdout.strip().splitlines()[-1])
         record["peak_over_data"] = record["peak_rss"] / record["data_bytes"]
@@ -520,73 +527,217 @@ def print_rss(rss: dict[str, Any]) -> None:
               f"fit added {(r['peak_rss'] - r['rss_before_fit']) / mib:.0f} MiB")
 
 
+# What a default full run uses; fewer repeats make a partial run (see partial_because).
+DEFAULT_REPEATS, DEFAULT_SLOW_REPEATS = 5, 3
+# What --skip may name: every job a size can run.
+JOBS = ("read", *REFERENCES, *ALL_TORCHLR)
+PROG = "bench.py"
+
+
+class UsageError(Exception):
+    """A bad command line: main says it in one line, `bench.py: error: ...`, and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are UsageError: one line, not the usage block and a traceback."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    """A count of at least 1 (0 repeats would leave no time to take a median of)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _threads(text: str) -> int:
+    """A thread count torch and torchlr.fit both take: checked here, not inside the first fit
+    minutes into the run."""
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS} (torchlr.fit's limit), "
+                                         f"got {value}")
+    return value
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    """The command line; --rss-child is internal."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The command line, checked whole before any benchmark work (UsageError if it is bad).
+
+    args.sizes becomes a list of size names (None: the default sizes) and args.skip a set of
+    job names. --rss-child is internal.
+    """
+    parser = _Parser(
+        prog=PROG, description=__doc__.splitlines()[0],
+        epilog="A partial run (--quick, --sizes, --skip, --no-rss, --threads, or fewer "
+               f"--repeats or --slow-repeats than {DEFAULT_REPEATS} and "
+               f"{DEFAULT_SLOW_REPEATS}) writes a results file only with --out or --out-dir: "
+               "the default file is the machine's full run, which the README shows.")
     parser.add_argument("--sizes", default=None,
-                        help=f"comma-separated, from {', '.join(SIZES)} "
+                        help=f"comma-separated, from {', '.join(SIZES)}; not with --quick "
                              "(default: the CPU sizes, plus the CUDA sizes when CUDA is present)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed runs per implementation (median reported); default 5, "
-                             "times 3 at the chapter size")
-    parser.add_argument("--slow-repeats", type=int, default=3,
-                        help="timed runs of the slow references at large sizes; default 3")
+    parser.add_argument("--repeats", type=_positive_int, default=DEFAULT_REPEATS,
+                        help="timed runs per implementation (median reported); default "
+                             f"{DEFAULT_REPEATS}, times {SMALL_REPEATS} at the chapter size")
+    parser.add_argument("--slow-repeats", type=_positive_int, default=DEFAULT_SLOW_REPEATS,
+                        help="timed runs of the slow references at large sizes; default "
+                             f"{DEFAULT_SLOW_REPEATS}")
     parser.add_argument("--quick", action="store_true",
-                        help="the chapter size only, 1 repeat (x3), no RSS children")
+                        help="the chapter size only, 1 repeat (x3), no RSS children; "
+                             "not with --sizes")
     parser.add_argument("--skip", default="",
-                        help="comma-separated implementations to leave out, e.g. dataloader")
+                        help=f"comma-separated jobs to leave out, from {', '.join(JOBS)}")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS children")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for every implementation "
-                             "(default: torch's own choice)")
-    parser.add_argument("--out", default=None, help="JSON path (default: results/<machine>.json)")
+    parser.add_argument("--threads", type=_threads, default=None,
+                        help=f"torch intra-op threads for every implementation, 1 to "
+                             f"{MAX_THREADS}; torchlr.fit's threads too, its peak-RSS children "
+                             "included (default: torch's own choice, and torchlr.fit's "
+                             f"default of {torchlr.FitConfig().threads})")
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default, for a full run only: "
+                             "benchmarks/results/<machine>-<torch threads>t.json, with "
+                             "-fit<N>t before .json when torchlr.fit's threads are not its "
+                             "default)")
     parser.add_argument("--out-dir", default=None,
-                        help="folder for the JSON under its default name, <machine>.json "
+                        help="folder for the JSON under its default name "
                              "(default: benchmarks/results)")
     parser.add_argument("--markdown", metavar="JSON",
                         help="print a results file as the README's markdown tables and exit")
     parser.add_argument("--rss-child", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rss_child or args.markdown is not None:
+        return args
+    if args.quick and args.sizes is not None:
+        # --quick means the chapter size: running it at other sizes, or ignoring them,
+        # would each surprise someone.
+        parser.error("--quick runs the chapter size only: give --quick or --sizes, not both")
+    if args.sizes is not None:
+        names = list(dict.fromkeys(s.strip() for s in args.sizes.split(",") if s.strip()))
+        if not names:  # a report with no sizes would still be written
+            parser.error(f"--sizes {args.sizes!r} names no size; choose from {', '.join(SIZES)}")
+        unknown = [s for s in names if s not in SIZES]
+        if unknown:
+            parser.error(f"unknown size(s) {', '.join(unknown)} in --sizes; choose from "
+                         f"{', '.join(SIZES)}")
+        args.sizes = names
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = sorted(skip - set(JOBS))
+    if unknown:  # a misspelt job would otherwise run, unremarked
+        parser.error(f"unknown job(s) {', '.join(unknown)} in --skip; choose from "
+                     f"{', '.join(JOBS)}")
+    if skip >= set(JOBS):
+        parser.error("--skip leaves no job to run")
+    args.skip = skip
+    return args
+
+
+def partial_because(args: argparse.Namespace) -> list[str]:
+    """The options that make this run other than the default full run, whose file the README
+    shows (empty for that run): such a run writes a file only where --out or --out-dir says."""
+    why = [option for option, given in (
+        ("--quick", args.quick), ("--sizes", args.sizes is not None), ("--skip", args.skip),
+        ("--no-rss", args.no_rss), ("--repeats", args.repeats < DEFAULT_REPEATS),
+        ("--slow-repeats", args.slow_repeats < DEFAULT_SLOW_REPEATS),
+        # Another thread count measures other figures, whatever name its file gets.
+        ("--threads", args.threads is not None)) if given]
+    return why
+
+
+def unwritable(path: Path) -> Optional[str]:
+    """Why a results file cannot be written at path, or None: checked before a run of minutes
+    whose figures would otherwise be lost at its end."""
+    if path.is_dir():
+        return f"cannot write {path}: it is a directory"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"cannot write {path}: it is not writable"
+    folder = path.parent
+    while not folder.exists():  # the folders the write would make
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot write {path}: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write {path}: {folder} is not writable"
+    return None
+
+
+REPORT_KEYS = ("date", "machine", "settings", "sizes")
+
+
+def load_results(path: str) -> dict[str, Any]:
+    """A results file this script wrote, read for --markdown (UsageError if it is not one)."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"--markdown: cannot read {path}: {err.strerror or err}") from None
+    except ValueError as err:  # not JSON, or not UTF-8 text
+        raise UsageError(f"--markdown: {path} is not JSON ({err})") from None
+    # graph_steps.py's files sit beside ours in results/ and are JSON too.
+    if not isinstance(report, dict) or not all(k in report for k in REPORT_KEYS):
+        raise UsageError(f"--markdown: {path} is not a results file of bench.py (it needs "
+                         f"the keys {', '.join(REPORT_KEYS)})")
+    return report
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the benchmark, print the tables and write the JSON."""
+    """Run the benchmark, print the tables and write the JSON; a bad command line is said in
+    one line, with 2 returned."""
+    try:
+        return _main(argv)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Optional[list[str]]) -> int:
     args = parse_args(argv)
+    if args.markdown is not None:
+        report = load_results(args.markdown)
+        try:
+            text = markdown(report)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise UsageError(f"--markdown: {args.markdown} is not a results file of bench.py "
+                             f"({type(err).__name__}: {err})") from None
+        print(text)
+        return 0
+    FIT_OPTIONS.clear()  # a second main() in one process (the tests) starts afresh
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        FIT_OPTIONS["threads"] = args.threads  # torchlr too, not only the references
     if args.rss_child:
         rss_child(*args.rss_child)
         return 0
-    if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text())))
-        return 0
+    partial = partial_because(args)  # before --quick turns the RSS children off
     if args.quick:
         names, args.repeats, args.no_rss = ["chapter"], min(args.repeats, 1), True
-    elif args.sizes:
-        names = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    elif args.sizes is not None:
+        names = args.sizes
     else:
         names = list(CPU_SIZES) + (list(CUDA_SIZES) if torch.cuda.is_available() else [])
-    unknown = [s for s in names if s not in SIZES]
-    if unknown:
-        print(f"unknown size(s) {unknown}; choose from {', '.join(SIZES)}", file=sys.stderr)
-        return 2
     skipped_cuda = [s for s in names if SIZES[s].device == "cuda" and not torch.cuda.is_available()]
     if skipped_cuda:
         print(f"no CUDA device: skipping {', '.join(skipped_cuda)}", file=sys.stderr)
         names = [s for s in names if s not in skipped_cuda]
         if not names:  # an empty report would overwrite this machine's results file
-            print("nothing to run: every size asked for needs CUDA", file=sys.stderr)
-            return 2
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        FIT_OPTIONS["threads"] = args.threads  # torchlr too, not only the references
-    # A partial run (some sizes or jobs) would replace this machine's full results file.
-    partial = args.quick or args.sizes is not None or bool(skip)
-    write = not partial or args.out is not None or args.out_dir is not None
-    if not write:
-        print("a partial run: its results go to no file (--out PATH keeps them)",
-              file=sys.stderr)
-
+            raise UsageError("nothing to run: every size asked for needs CUDA")
+    skip = args.skip
+    fit_threads = FIT_OPTIONS.get("threads", torchlr.FitConfig().threads)
     info = machine()
+    out = None
+    if not partial or args.out is not None or args.out_dir is not None:
+        out = (Path(args.out) if args.out else
+               Path(args.out_dir or RESULTS_DIR) / default_name(info, fit_threads))
+        problem = unwritable(out)
+        if problem:
+            raise UsageError(problem)
+    else:
+        print(f"a partial run ({', '.join(partial)}): its results go to no file "
+              "(--out PATH or --out-dir DIR keeps them)", file=sys.stderr)
+
     started = dt.datetime.now(dt.timezone.utc)
     report: dict[str, Any] = {
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -595,8 +746,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                      "small_sizes_repeats": args.repeats * SMALL_REPEATS,
                      # torchlr.fit's own default (FitConfig.threads); the references use
                      # torch_threads above.
-                     "torchlr_fit_threads": FIT_OPTIONS.get("threads",
-                                                            torchlr.FitConfig().threads),
+                     "torchlr_fit_threads": fit_threads,
                      "sklearn_eta0": {s: sklearn_eta0(SIZES[s].d) for s in names},
                      "skipped": sorted(skip)},
         "sizes": {},
@@ -623,11 +773,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{t['ratio']:8.3f} {_spread(t):>15}  (at most {t['at_most']})  "
                   f"{verdict(t, info, report['sizes']).replace('**missed**', 'MISSED')}")
 
-    if not write:
+    if out is None:
         return 0
-    out = Path(args.out) if args.out else Path(args.out_dir or RESULTS_DIR) / default_name(info)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as err:  # checked before the run; something changed since
+        raise UsageError(f"cannot write {out}: {err.strerror or err}") from None
     print(f"\nwrote {out}")
     return 0
 
@@ -734,9 +886,16 @@ def slug(name: str) -> str:
     return text
 
 
-def default_name(info: dict[str, Any]) -> str:
-    """results/<cpu-or-gpu>-<threads>t.json: one file per machine."""
-    return f"{slug(info['gpu'] or info['cpu'])}-{info['torch_threads']}t.json"
+def default_name(info: dict[str, Any], fit_threads: Optional[int]) -> str:
+    """results/<cpu-or-gpu>-<torch threads>t.json: one file per machine and thread count.
+
+    The count is torch's, which the references run on. torchlr.fit sets its own
+    (FitConfig.threads) while it fits: where that is not its default, the name says so
+    (-fit<N>t), or `--threads 2` on two cores, which fits on 2 threads, would take the name
+    of the default run, which fits on 1.
+    """
+    fit = "" if fit_threads == torchlr.FitConfig().threads else f"-fit{fit_threads}t"
+    return f"{slug(info['gpu'] or info['cpu'])}-{info['torch_threads']}t{fit}.json"
 
 
 if __name__ == "__main__":

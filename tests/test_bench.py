@@ -284,6 +284,132 @@ def test_marginal_step_is_the_extra_time_per_extra_step(bench, monkeypatch):
         pytest.approx(30.0))
 
 
+@pytest.fixture
+def threads_kept(bench):
+    """main(["--threads", N]) sets torch's threads for the process: put them back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+    bench.FIT_OPTIONS.clear()
+
+
+@pytest.fixture
+def no_timing(bench, monkeypatch):
+    """main() with each size's timing and each peak-RSS child stood in for (milliseconds,
+    not minutes); returns the child command lines it was asked to run."""
+    def bench_size(size, repeats, slow_repeats, skip):
+        return {"size": {**size.__dict__, "references": list(size.references),
+                         "steps": size.steps}, "results": {}, "failed": {}}
+
+    children = []
+
+    def run(command, **kwargs):
+        children.append(command)
+        impl = command[command.index("--rss-child") + 2]
+        record = {"impl": impl, "data_bytes": 1, "rss_before_data": 0, "rss_before_fit": 0,
+                  "peak_rss": 1}
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(record) + "\n")
+
+    monkeypatch.setattr(bench, "bench_size", bench_size)
+    monkeypatch.setattr(bench, "subprocess", type("Stub", (), {"run": staticmethod(run)}))
+    return children
+
+
+@pytest.mark.parametrize("options", [["--no-rss"], ["--repeats", "4"], ["--slow-repeats", "2"],
+                                     ["--threads", "1"], ["--sizes", "chapter"],
+                                     ["--skip", "sklearn"], ["--quick"]])
+def test_a_run_other_than_the_default_leaves_the_results_file_alone(
+        bench, tmp_path, monkeypatch, capsys, no_timing, threads_kept, options):
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    assert bench.main(options) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert f"a partial run ({options[0]})" in capsys.readouterr().err
+    # The default run, and a partial one told where, still write.
+    assert bench.main(options + ["--out-dir", str(tmp_path / "kept")]) == 0
+    assert len(list((tmp_path / "kept").iterdir())) == 1
+    assert bench.main([]) == 0
+    [written] = tmp_path.glob("*.json")
+    assert written.name == bench.default_name(bench.machine(), 1)
+
+
+def test_the_default_name_tells_the_fits_threads_apart(bench):
+    two = {"cpu": "Intel(R) Xeon(R) Processor", "gpu": None, "torch_threads": 2}
+    # The default run on two cores, and `--threads 2`, whose fits run on 2 threads, not 1.
+    assert bench.default_name(two, 1) == "intel-r-xeon-r-processor-2t.json"
+    assert bench.default_name(two, 2) == "intel-r-xeon-r-processor-2t-fit2t.json"
+    # The committed files keep the names their runs give.
+    for path in (BENCH.parent / "results").glob("*t.json"):
+        report = json.loads(path.read_text())
+        assert bench.default_name(report["machine"],
+                                  report["settings"]["torchlr_fit_threads"]) == path.name
+
+
+def test_threads_reach_the_peak_rss_children(bench, tmp_path, capsys, no_timing, threads_kept):
+    out = tmp_path / "r.json"
+    assert bench.main(["--sizes", "1Mx100", "--threads", "2", "--out", str(out)]) == 0
+    assert [c[-2:] for c in no_timing] == [["--threads", "2"]] * len(bench.TORCHLR)
+    assert set(json.loads(out.read_text())["peak_rss_1Mx100"]) == set(bench.TORCHLR)
+    # And a child fits under them: the chapter size, trained once in this process.
+    capsys.readouterr()
+    assert bench.main(["--rss-child", "chapter", "torchlr_scratch", "--threads", "2"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["torch_threads"], record["torchlr_fit_threads"]) == (2, 2)
+
+
+def _bad_command_lines(bench, tmp_path):
+    """Each bad command line, by a piece of the one line that refuses it."""
+    not_json = tmp_path / "notes.json"
+    not_json.write_text("not JSON\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    graph_steps = str(BENCH.parent / "results" / "nvidia-h100-80gb-hbm3-graph-steps.json")
+    return {
+        "argument --repeats: must be at least 1, got 0": ["--quick", "--repeats", "0"],
+        "argument --repeats: must be at least 1, got -1": ["--quick", "--repeats", "-1"],
+        "argument --slow-repeats: must be at least 1, got 0": ["--slow-repeats", "0"],
+        "argument --threads: must be at least 1, got -1": ["--quick", "--threads", "-1"],
+        "argument --threads: must be at least 1, got 0": ["--quick", "--threads", "0"],
+        "argument --threads: must be at most 1024": ["--quick", "--threads", "2000"],
+        "cannot read": ["--markdown", str(tmp_path / "missing.json")],
+        "is not JSON": ["--markdown", str(not_json)],
+        "is not a results file of bench.py": ["--markdown", graph_steps],
+        "it is a directory": ["--quick", "--out", str(tmp_path)],
+        "a_file is not a directory": ["--quick", "--out", str(a_file / "r.json")],
+        "give --quick or --sizes, not both": ["--quick", "--sizes", "1Mx100"],
+        "unknown job(s) dataloadr in --skip; choose from read, loop_port": [
+            "--quick", "--skip", "dataloadr"],
+        "--sizes ',' names no size": ["--sizes", ","],
+        "unknown size(s) huge in --sizes": ["--sizes", "chapter,huge"],
+        "--skip leaves no job to run": ["--quick", "--skip", ",".join(
+            bench.JOBS)],
+    }
+
+
+def test_bad_command_lines_are_refused_in_one_line_before_any_work(
+        bench, tmp_path, monkeypatch, capsys, threads_kept):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench, "bench_size", no_work)
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path / "results")
+    threads = torch.get_num_threads()
+    for message, argv in _bad_command_lines(bench, tmp_path).items():
+        assert bench.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("bench.py: error: ") and err.count("\n") == 1, err
+        assert message in err, (argv, err)
+        assert torch.get_num_threads() == threads and bench.FIT_OPTIONS == {}
+    assert not (tmp_path / "results").exists()
+
+
+def test_help_names_the_skippable_jobs_and_the_quick_sizes_rule(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "not with --sizes" in text and "not with --quick" in text
+    assert all(job in text for job in bench.JOBS)
+
+
 def test_gpu_check_says_in_one_line_when_its_python_has_no_torch(tmp_path):
     no_torch = tmp_path / "python"  # this Python without its site-packages: no torch
     no_torch.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -I "$@"\n')
