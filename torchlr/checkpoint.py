@@ -208,6 +208,8 @@ def predict(features: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     if features.dim() != 2 or features.shape[1] != w.shape[0]:
         raise ValueError(f"features must have shape (n, {w.shape[0]}), the columns the model "
                          f"was trained on; got shape {tuple(features.shape)}")
+    # On the features' device: a FitResult keeps w on the CPU whatever device X is on.
+    w, b = w.to(features.device), b.to(features.device)
     return scaling.unscale_target(linreg(scaling.features(features), w, b))
 
 

@@ -57,7 +57,10 @@ class Scaling:
             x_mean, x_std = torch.zeros_like(x_mean), torch.ones_like(x_std)
         if not target:
             y_mean, y_std = 0.0, 1.0
-        return cls(x_mean.float(), x_std.float(), y_mean, y_std if y_std > 0 else 1.0)
+        # Kept on the CPU, as a checkpoint holds them, whatever device the data was on:
+        # original_params mixes them with CPU copies of w; features() moves them to X's device.
+        return cls(x_mean.float().cpu(), x_std.float().cpu(), y_mean,
+                   y_std if y_std > 0 else 1.0)
 
     @property
     def is_identity(self) -> bool:
