@@ -1,5 +1,8 @@
 """Data-parallel training: N gloo processes over loopback against one process."""
 
+import contextlib
+import io
+import json
 import os
 import re
 import signal
@@ -14,12 +17,12 @@ import torch.distributed as dist
 from conftest import REPO_ROOT, chapter_data
 
 import torchlr
-from torchlr import distributed
-from torchlr.cli import main
+from torchlr import cli, distributed
+from torchlr.cli import build_parser, in_cli_terms, main
 from torchlr.data import data_iter
 from torchlr.distributed import DataParallel, WorkerError, launch, shard_bounds
 from torchlr.stream import BlockStream
-from torchlr.train import ConciseModel, ScratchModel
+from torchlr.train import ConciseModel, FitConfig, ScratchModel, group_agreement
 
 IMPLS = ("scratch", "concise")
 # Batch 10: 1003 rows leave a last batch of 3 (split 2 + 1), 1001 a last batch of 1 (1 + 0).
@@ -329,3 +332,167 @@ def test_torchrun_cli_on_a_csv(tmp_path, capsys):
             "--val-fraction", "0.2", "--impl", "both", "--epochs", "2", "--batch-size", "16",
             "--device", "cpu", "--no-tensorboard"]
     _torchrun_matches_one_process(argv, capsys)
+
+
+def _disagreements(X, y, npy):
+    """Worker: fits whose two ranks differ in one thing each; what each rank was told."""
+    same = (X, y, {})
+    held_out = {"val_fraction": 0.2}
+    cases = {  # what differs: (rank 0's features, labels, options), then rank 1's
+        "stream": ((_stream(npy), None, {}), same),  # the same rows, streamed on rank 0
+        "standardize": (same, (X, y, {"standardize": True})),
+        "standardize_target": (same, (X, y, {"standardize_target": True})),
+        "feature_names": ((X, y, {"feature_names": ("a", "b")}),
+                          (X, y, {"feature_names": ("b", "a")})),
+        "target_name": ((X, y, {"target_name": "t"}), (X, y, {"target_name": "u"})),
+        "data_values": (same, (X, y + 1, {})),  # the same shape, other values
+        "val_fraction": ((X, y, held_out), (X, y, {"val_fraction": 0.21})),
+        "early_stopping": ((X, y, {**held_out, "early_stopping": 1}),
+                           (X, y, {**held_out, "early_stopping": 5})),
+    }
+    told = {}
+    for key, per_rank in cases.items():
+        features, labels, options = per_rank[distributed.rank()]
+        try:
+            torchlr.fit(features, labels, **{**OPTIONS, **options})
+            said = None
+        except ValueError as exc:
+            said = str(exc)
+        told[key] = [None] * distributed.world_size()
+        dist.all_gather_object(told[key], said)
+    return told
+
+
+def test_ranks_must_agree_on_what_changes_the_collectives_or_the_model(tmp_path):
+    X, y = chapter_data(seed=1, num_examples=1001)
+    npy = tmp_path / "table.npy"
+    np.save(npy, torch.cat([X, y], 1).numpy())
+    told = launch(_disagreements, 2, args=(X, y, str(npy)), device="cpu", timeout=20)
+    # Each is refused on both ranks before training, naming what differs (a held-out
+    # fraction also changes the number of training rows).
+    for key, said in told.items():
+        names = ["samples", key] if key == "val_fraction" else [key]
+        assert said == [f"The 2 processes disagree on {names}: every rank must train with "
+                        f"the same options on the same data."] * 2, key
+
+
+def _cli_on_each_rank(argvs, folder):
+    """Worker: `torchlr <argv>` with this rank's argv; its exit status and output to a file.
+
+    A rank whose argv is None runs nothing, and leaves the group once rank 0 is done.
+    """
+    rank = distributed.rank()
+    out, err = io.StringIO(), io.StringIO()
+    if argvs[rank] is None:
+        while not os.path.exists(os.path.join(folder, "rank-0.json")):
+            time.sleep(0.05)
+        return None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argvs[rank])
+    with open(os.path.join(folder, f"rank-{rank}.json.tmp"), "w") as f:
+        json.dump({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}, f)
+    os.replace(os.path.join(folder, f"rank-{rank}.json.tmp"),
+               os.path.join(folder, f"rank-{rank}.json"))
+    return None
+
+
+def _cli_ranks(tmp_path, argvs, timeout=20.0):
+    folder = tmp_path / "said"
+    folder.mkdir()
+    launch(_cli_on_each_rank, 2, args=(argvs, str(folder)), device="cpu", timeout=timeout)
+    return [json.loads((folder / f"rank-{r}.json").read_text())
+            for r in range(2) if (folder / f"rank-{r}.json").exists()]
+
+
+def _csv(tmp_path):
+    X, y = chapter_data(seed=2, num_examples=203)
+    path = tmp_path / "table.csv"
+    rows = ["a,b,t"] + [f"{a:.6f},{b:.6f},{t:.6f}" for (a, b), t in zip(X.tolist(), y[:, 0])]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+TRAIN = ["train", "--device", "cpu", "--epochs", "1", "--no-tensorboard"]
+
+
+def test_a_rank_that_refuses_its_data_in_the_cli_tells_the_others(tmp_path):
+    good = [*TRAIN, "--data", str(_csv(tmp_path))]
+    rank0, rank1 = _cli_ranks(tmp_path, [good, [*TRAIN, "--data", str(tmp_path / "no.csv")]])
+    assert (rank0["code"], rank1["code"]) == (2, 2)
+    # One line each, no traceback: rank 0 learns of rank 1's refusal at once.
+    assert rank0["stderr"] == ("torchlr: error: [rank 0] process 1 of the group refused the "
+                               "run (its own error says why); every process stops\n")
+    assert re.fullmatch(r"torchlr: error: \[rank 1\] [^\n]*no\.csv[^\n]*\n", rank1["stderr"])
+    assert rank0["stdout"] == ""
+
+
+def test_cli_ranks_refuse_a_stream_on_one_rank_in_the_cli_words(tmp_path):
+    X, y = chapter_data(seed=2, num_examples=203)
+    npy = tmp_path / "table.npy"
+    np.save(npy, torch.cat([X, y], 1).numpy())
+    tensors = [*TRAIN, "--data", str(npy)]
+    said = _cli_ranks(tmp_path, [[*tensors, "--stream"], tensors])
+    assert [r["code"] for r in said] == [2, 2]
+    assert [r["stderr"] for r in said] == [
+        f"torchlr: error: [rank {r}] The 2 processes disagree on [--stream]: every rank must "
+        f"train with the same options on the same data.\n" for r in range(2)]
+
+
+def test_a_failed_collective_is_one_line_under_torchrun(tmp_path):
+    # Rank 1 never makes rank 0's first collective: rank 0 times out after 2 seconds.
+    start = time.monotonic()
+    (rank0,) = _cli_ranks(tmp_path, [TRAIN, None], timeout=2)
+    assert rank0["code"] == 2
+    assert re.fullmatch(r"torchlr: error: \[rank 0\] the process group failed: [^\n\[]*"
+                        r"[Tt]imed out[^\n]*\n", rank0["stderr"]), rank0["stderr"]
+    assert time.monotonic() - start < 30
+
+
+def test_runtime_errors_are_one_line_only_in_a_group(monkeypatch, capsys):
+    def broken(args, out):
+        raise RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection reset by peer\n"
+                           "Exception raised from recvAsync at ...")
+    monkeypatch.setattr(cli, "_train", broken)
+    with pytest.raises(RuntimeError, match="Connection reset"):  # one process: a bug
+        main(TRAIN)
+    monkeypatch.setattr(cli, "_train_data_parallel", broken)
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(TRAIN) == 2
+    assert capsys.readouterr().err == ("torchlr: error: [rank 1] the process group failed: "
+                                       "Connection reset by peer\n")
+
+
+class _Writes(io.StringIO):
+    """A stderr that keeps each write apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_error_line_is_one_write(monkeypatch):
+    # Under torchrun the ranks share one unbuffered stderr: a line written in two pieces
+    # can have another rank's line between them.
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["train", "--device", "cpu", "--epochs", "-1"]) == 2
+    assert len(stderr.writes) == 1 and stderr.writes[0].startswith("torchlr: error: ")
+    assert stderr.writes[0].endswith("\n") and stderr.writes[0].count("\n") == 1
+
+
+def test_cli_names_everything_the_ranks_compare_in_its_own_words():
+    agreed = group_agreement(FitConfig(), n=10, d=2, first_epoch=1, stream=None,
+                             data_digest="0" * 64)
+    # Set from Python only: the command line leaves them at their defaults on every rank.
+    compared = [name for name in agreed if name not in ("drop_last", "log_every")]
+    message = in_cli_terms(f"The 2 processes disagree on {compared}: every rank must train "
+                           f"with the same options on the same data.", build_parser())
+    listed = message.split("disagree on [")[1].split("]:")[0]
+    assert "'" not in listed and "_" not in listed, listed
+    assert "--resume, the epoch --resume continues from" in listed
+    assert "--epochs" in listed and "--stream" in listed and "--val-fraction" in listed

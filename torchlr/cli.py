@@ -7,6 +7,7 @@ import math
 import os
 import re
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
@@ -217,17 +218,25 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     # The w that drew the data is float32 (synthetic_data casts it): TensorBoard's error/w
     # is measured from the same values as the printed error, -3.4 as float32 included.
     truth = (tuple(true_w.tolist()), _true_b())
-    features, labels, configs = training_inputs(args, FitConfig(), synthetic, truth)
-    for config in configs:  # every run's options are checked before any run starts
-        config.validate()
-    if args.plot is not None:  # "" too: refused by check_image_path, not ignored
-        from torchlr import plots  # matplotlib is imported only when a plot is asked for
+    group = distributed.current()  # under torchrun: this process's place in the group
+    # A rank that refuses its data or options here must say so: the others would otherwise
+    # wait in fit's first collective for a rank that has left (a broken connection, or the
+    # timeout). Every rank makes this one collective, failed or not (told_to_group).
+    told: AbstractContextManager[None] = nullcontext()
+    if group is not None:
+        told = distributed.told_to_group(group, torch.device(args.device))
+    with told:
+        features, labels, configs = training_inputs(args, FitConfig(), synthetic, truth)
+        for config in configs:  # every run's options are checked before any run starts
+            config.validate()
+        if args.plot is not None:  # "" too: refused by check_image_path, not ignored
+            from torchlr import plots  # matplotlib is imported only when a plot is asked for
 
-        plots.check_image_path(args.plot)
-        if all(config.num_epochs == 0 for config in configs):
-            # No epoch, no curve: the file would be an empty pair of axes.
-            raise ValueError("--plot draws one point per epoch; with --epochs 0 there is "
-                             "nothing to draw")
+            plots.check_image_path(args.plot)
+            if all(config.num_epochs == 0 for config in configs):
+                # No epoch, no curve: the file would be an empty pair of axes.
+                raise ValueError("--plot draws one point per epoch; with --epochs 0 there is "
+                                 "nothing to draw")
     results = []
     for config in configs:
         if len(configs) > 1:  # with --quiet too: two blocks of results need their names
@@ -246,7 +255,7 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
                 print(line, file=out)
         if result.run_dir is not None and not args.quiet:
             # On stderr, so stdout stays the chapter's lines.
-            print(f"TensorBoard run: {result.run_dir}", file=sys.stderr)
+            _say(f"TensorBoard run: {result.run_dir}")
         if result.best_epoch is not None:
             ran = len(result.losses)
             how = (f"stopped after epoch {ran}" if ran < config.num_epochs
@@ -259,7 +268,7 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
     if args.plot is not None:
         plots.loss_curves(results).savefig(args.plot)
         if not args.quiet:
-            print(f"Saved the loss curves to {args.plot}", file=sys.stderr)
+            _say(f"Saved the loss curves to {args.plot}")
     return 0
 
 
@@ -288,6 +297,17 @@ def _train_data_parallel(args: argparse.Namespace, out: TextIO) -> int:
 
 # Library names the command line spells otherwise; every other option's dest is its name.
 _LIBRARY_NAMES = {"num_epochs": "epochs"}
+# What the processes of a group compare beyond their options (train.group_agreement), in
+# words a command-line user can act on; the options themselves become their flags.
+_AGREEMENT_TERMS = {
+    "samples": "the number of training rows (--data, --val-fraction, --num-examples)",
+    "features": "the number of feature columns (--data, --features)",
+    "feature_names": "the feature columns (--features)",
+    "target_name": "the target column (--target)",
+    "data_values": "the values of the data (--data, --seed, --num-examples)",
+    "stream": "--stream",
+    "first_epoch": "the epoch --resume continues from",
+}
 # Command-line dests that are also plain words of data messages ("features contains NaN"):
 # never rewritten.
 _DATA_WORDS = {"data", "target", "features", "model", "output", "stream", "plot", "command"}
@@ -328,9 +348,10 @@ def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
              rf"([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan)){after})")
     message = re.sub(rf"(^|[ (])({names})={value}", assigned, message)
     message = re.sub(rf"^({names}) must ", lambda m: f"{flags[m[1]][0]} must ", message)
-    # The processes of a group list the options they disagree on: ['seed', 'num_epochs'].
+    # The processes of a group list what they disagree on: ['seed', 'first_epoch'].
     message = re.sub(r"disagree on \[([^\]]*)\]", lambda m: "disagree on [" + re.sub(
-        rf"'({names})'", lambda n: flags[n[1]][0], m[1]) + "]", message)
+        r"'(\w+)'", lambda n: _AGREEMENT_TERMS.get(n[1]) or flags.get(n[1], (n[0],))[0],
+        m[1]) + "]", message)
     return re.sub(rf"\b(set|leave) ({names}){after}", lambda m: f"{m[1]} {flags[m[2]][0]}",
                   message)
 
@@ -352,7 +373,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     writes_stdout = args.command == "train" or getattr(args, "output", None) is None
     if sys.stdout is None and writes_stdout:  # closed (`>&-`): nowhere to print the results
         if sys.stderr is not None:
-            print("torchlr: error: standard output is closed", file=sys.stderr)
+            _say("torchlr: error: standard output is closed")
         return EXIT_USAGE
     try:
         if args.command == "train":
@@ -380,15 +401,37 @@ def main(argv: Optional[list[str]] = None) -> int:
         rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
         # An OSError's text is the system's, about a path: left as it is.
         text = str(exc) if isinstance(exc, OSError) else in_cli_terms(str(exc), build_parser())
-        print(f"torchlr: error: {rank}{text}" + (f" (TensorBoard run: {where})" if where else ""),
-              file=sys.stderr)
+        _say(f"torchlr: error: {rank}{text}" + (f" (TensorBoard run: {where})" if where else ""))
+        return EXIT_USAGE
+    except RuntimeError as exc:
+        if not distributed.in_torchrun():
+            raise  # a bug in a single process: its traceback says where
+        # A collective failed: a peer died, stalled past --dist-timeout or broke off. gloo and
+        # NCCL raise RuntimeError (torch.distributed.DistError is one), its first line the
+        # cause and the rest the C++ call stack: the one line a failed rank prints.
+        lines = str(exc).strip().splitlines()
+        # Less gloo's "[.../gloo/transport/tcp/pair.cc:534] " source location.
+        cause = re.sub(r"^\[[^\]\s]+:\d+\]\s*", "", lines[0]) if lines else ""
+        _say(f"torchlr: error: [rank {os.environ['RANK']}] the process group failed: "
+             f"{cause or type(exc).__name__}")
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         where = getattr(exc, "run_dir", None)
-        print("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
-                                        if where else ""), file=sys.stderr)
+        _say("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
+                                       if where else ""))
         return EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+def _say(line: str) -> None:
+    """Print one line on stderr in a single write, then flush.
+
+    Under torchrun every rank that fails prints its line to the same terminal, unbuffered
+    (python -u): print() writes the text and its newline apart, and two ranks' lines came
+    out joined on one line, the second's newline after both.
+    """
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def console() -> None:

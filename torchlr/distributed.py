@@ -9,6 +9,7 @@ takes the single-process steps up to float rounding.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -187,6 +188,12 @@ class ConciseDataParallel:
 
     # The ranks' summed squared errors, like the analytic steps' sums of r^2.
     batch_means = staticmethod(analytic.batch_means)
+
+
+def exact_number(text: str) -> float:
+    """A text as a number check_same compares exactly: the first 13 hex digits (52 bits) of
+    its SHA-256, an integer that float64 holds without rounding (it has 53 bits)."""
+    return float(int(hashlib.sha256(text.encode()).hexdigest()[:13], 16))
 
 
 @contextmanager

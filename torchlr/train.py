@@ -18,7 +18,7 @@ from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_ste
 from torchlr.data import data_iter
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
-from torchlr.run import History, RunState
+from torchlr.run import History, RunState, sampled_digest
 from torchlr.scratch import init_params, linreg, loss_sum, sgd, squared_loss
 from torchlr.stream import BlockStream
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
@@ -386,6 +386,35 @@ def _epoch_loss(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
     return float(evaluate(X, y, w, b, worker_thread=worker_thread))
 
 
+def group_agreement(config: FitConfig, n: int, d: int, first_epoch: int,
+                    stream: Optional[BlockStream], data_digest: str) -> dict[str, float]:
+    """What the ranks of a process group must agree on, as numbers for check_same.
+
+    Whatever sets the number, the order or the size of the collectives each rank makes:
+    one that differs would leave the ranks mixing steps of different runs, failing or
+    hanging. And whatever changes the model they train together without touching the
+    collectives: the scaling, the columns, the data's values. Texts and digests become
+    numbers with distributed.exact_number. n is the number of training rows (validation
+    rows aside), d of feature columns; data_digest is run.sampled_digest of the rows given.
+    """
+    return {
+        "samples": n, "features": d,
+        "feature_names": distributed.exact_number(repr(config.feature_names)),
+        "target_name": distributed.exact_number(repr(config.target_name)),
+        "data_values": distributed.exact_number(data_digest),
+        # A stream's epoch loss is reduced as float64, a tensor's as float32; its blocks set
+        # its batch order. 0 for tensors, else the rows per block (at least 1).
+        "stream": 0 if stream is None else stream.block_rows,
+        "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
+        "num_epochs": config.num_epochs, "resume": config.resume is not None,
+        "first_epoch": first_epoch, "impl": IMPLS.index(config.impl),
+        "drop_last": config.drop_last, "log_every": config.log_every,
+        "standardize": config.standardize, "standardize_target": config.standardize_target,
+        # The split sets the rows trained on; early stopping, the epoch the ranks stop at.
+        "val_fraction": config.val_fraction, "early_stopping": config.early_stopping,
+    }
+
+
 def fit(
     features: Any,
     labels: Any,
@@ -441,11 +470,16 @@ def _fit(
     # Each rank prepares on its own (data, scaling, model, checkpoint); a failure on one is
     # told to the others at the end, rather than left for them to wait on (told_to_group).
     with distributed.told_to_group(group, device):
+        data_digest = None  # in a group: of the rows as given, before the split and scaling
         if stream is None:
             X, y = check_data(features, labels)
+            if group is not None:
+                data_digest = sampled_digest(X, y)
             state = RunState(X, y, config)  # the split and scaling, before anything trains
             X, y = state.X, state.y
         else:
+            if group is not None:
+                data_digest = sampled_digest(stream)
             state = RunState.streaming(stream, config)  # scales the stream if asked
             X = y = stream
         if config.cuda_graphs:
@@ -469,13 +503,9 @@ def _fit(
         history = History(w=[_snapshot(w, -1)], b=[_snapshot(b)])
         first_epoch = state.resume(model, generator, history)
     if group is not None:
-        # Whatever sets the number or the order of the collectives each rank makes: one
-        # that differs would leave the ranks mixing steps of different runs, or hanging.
-        group.check_same({"samples": n, "features": d, "seed": config.seed, "lr": config.lr,
-                          "batch_size": config.batch_size, "num_epochs": config.num_epochs,
-                          "resume": config.resume is not None, "first_epoch": first_epoch,
-                          "impl": IMPLS.index(config.impl), "drop_last": config.drop_last,
-                          "log_every": config.log_every}, device)
+        assert data_digest is not None
+        group.check_same(group_agreement(config, n, d, first_epoch, stream, data_digest),
+                         device)
     read = _read if group is None else group.read  # in a group, summed over the ranks first
     lengths = batch_lengths(n, config.batch_size, steps)
 
