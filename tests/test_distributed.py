@@ -496,3 +496,18 @@ def test_cli_names_everything_the_ranks_compare_in_its_own_words():
     assert "'" not in listed and "_" not in listed, listed
     assert "--resume, the epoch --resume continues from" in listed
     assert "--epochs" in listed and "--stream" in listed and "--val-fraction" in listed
+
+
+def test_a_ranks_empty_share_of_a_streamed_batch_is_float32_under_any_default_dtype():
+    # A rank with no rows of a batch got torch's default dtype: under float64 its matmul
+    # with the float32 parameters failed ("expected m1 and m2 to have the same dtype").
+    from torchlr.distributed import _take
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        X, y = _take([], 0, 3)
+    finally:
+        torch.set_default_dtype(previous)
+    assert X.shape == (0, 3) and y.shape == (0, 1)
+    assert X.dtype == y.dtype == torch.float32

@@ -362,7 +362,9 @@ def _take(pending: list[tuple[torch.Tensor, torch.Tensor]], count: int,
         pending.pop(0)
         count -= len(X)
     if not Xs:  # no rows of this batch for this rank
-        return torch.empty(0, num_features), torch.empty(0, 1)
+        # float32 like the stream's rows, whatever the default dtype (fit allows float64).
+        return (torch.empty(0, num_features, dtype=torch.float32),
+                torch.empty(0, 1, dtype=torch.float32))
     return (Xs[0], ys[0]) if len(Xs) == 1 else (torch.cat(Xs), torch.cat(ys))
 
 
