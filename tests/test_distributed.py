@@ -438,6 +438,18 @@ def test_cli_ranks_refuse_a_stream_on_one_rank_in_the_cli_words(tmp_path):
         f"train with the same options on the same data.\n" for r in range(2)]
 
 
+def test_cli_ranks_refuse_impl_both_on_one_rank(tmp_path):
+    # Each fit agreed, but rank 0's second fit (--impl both) was left to train alone: it
+    # failed on a closed connection, or waited out the timeout.
+    said = _cli_ranks(tmp_path, [[*TRAIN, "--impl", "both"], [*TRAIN, "--impl", "scratch"]])
+    assert [r["code"] for r in said] == [2, 2]
+    assert [r["stderr"] for r in said] == [
+        f"torchlr: error: [rank {r}] The 2 processes disagree on [the number of fits "
+        f"(--impl both makes two)]: every rank must train with the same options on the same "
+        f"data.\n" for r in range(2)]
+    assert said[0]["stdout"] == ""  # refused before the first fit
+
+
 def test_a_failed_collective_is_one_line_under_torchrun(tmp_path):
     # Rank 1 never makes rank 0's first collective: rank 0 times out after 2 seconds.
     start = time.monotonic()
@@ -448,10 +460,19 @@ def test_a_failed_collective_is_one_line_under_torchrun(tmp_path):
     assert time.monotonic() - start < 30
 
 
-def test_runtime_errors_are_one_line_only_in_a_group(monkeypatch, capsys):
+def _raise_from(filename, message):
+    """Raise RuntimeError(message) from a frame of the given file, as a library's code would."""
+    exec(compile(f"raise RuntimeError({message!r})", filename, "exec"))
+
+
+def test_runtime_errors_of_collectives_are_one_line_only_in_a_group(monkeypatch, capsys):
+    gloo = ("[/gloo/transport/tcp/pair.cc:534] Connection reset by peer\n"
+            "Exception raised from recvAsync at ...")
+    collective = os.path.join(os.path.dirname(torch.distributed.__file__), "fake_c10d.py")
+
     def broken(args, out):
-        raise RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection reset by peer\n"
-                           "Exception raised from recvAsync at ...")
+        _raise_from(collective, gloo)
+
     monkeypatch.setattr(cli, "_train", broken)
     with pytest.raises(RuntimeError, match="Connection reset"):  # one process: a bug
         main(TRAIN)
@@ -461,6 +482,21 @@ def test_runtime_errors_are_one_line_only_in_a_group(monkeypatch, capsys):
     assert main(TRAIN) == 2
     assert capsys.readouterr().err == ("torchlr: error: [rank 1] the process group failed: "
                                        "Connection reset by peer\n")
+    # Any other RuntimeError in a group (a sparse tensor, CUDA out of memory, a bug) keeps
+    # its traceback: it was said as "the process group failed".
+    monkeypatch.setattr(cli, "_train_data_parallel",
+                        lambda args, out: _raise_from(__file__, "Could not run 'aten::ne'"))
+    with pytest.raises(RuntimeError, match="aten::ne"):
+        main(TRAIN)
+
+
+def test_a_run_with_stderr_closed_keeps_its_exit_status(monkeypatch, capsys, tmp_path):
+    # With 2>&- the CLI's stderr lines have nowhere to go; writing them raised, and the exit
+    # status was 1 for a refused option (2 expected) and for a run that trained (0).
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["train", "--device", "cpu", "--epochs", "-1"]) == 2
+    assert main(["train", "--device", "cpu", "--epochs", "1", "--logdir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("epoch 1, loss ")
 
 
 class _Writes(io.StringIO):

@@ -195,8 +195,8 @@ def _true_b() -> float:
 def _loss_text(value: float) -> str:
     """A loss as the chapter prints it (6 decimals), unless that would hide its digits."""
     # "0.000000" says nothing of a loss of 8e-9 (say, a target known to float precision):
-    # below 1e-5, where 6 decimals show fewer than 2 digits, and from 1e6 up, 7 significant
-    # digits (about what a float32 mean holds) in exponent form.
+    # below 1e-5, where 6 decimals show fewer than 2 digits, and from 1e6 up, at most 7
+    # significant digits (about what a float32 mean holds; exponent form from 1e7).
     if value == 0 or not math.isfinite(value) or 1e-5 <= abs(value) < 1e6:
         return f"{value:f}"
     return f"{value:.7g}"
@@ -237,6 +237,8 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
                 # No epoch, no curve: the file would be an empty pair of axes.
                 raise ValueError("--plot draws one point per epoch; with --epochs 0 there is "
                                  "nothing to draw")
+    if group is not None:  # --impl both on one rank only: its second fit would train alone
+        group.check_same({"runs": len(configs)}, torch.device(args.device))
     results = []
     for config in configs:
         if len(configs) > 1:  # with --quiet too: two blocks of results need their names
@@ -307,6 +309,7 @@ _AGREEMENT_TERMS = {
     "data_values": "the values of the data (--data, --seed, --num-examples)",
     "stream": "--stream",
     "first_epoch": "the epoch --resume continues from",
+    "runs": "the number of fits (--impl both makes two)",
 }
 # Command-line dests that are also plain words of data messages ("features contains NaN"):
 # never rewritten.
@@ -404,8 +407,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         _say(f"torchlr: error: {rank}{text}" + (f" (TensorBoard run: {where})" if where else ""))
         return EXIT_USAGE
     except RuntimeError as exc:
-        if not distributed.in_torchrun():
-            raise  # a bug in a single process: its traceback says where
+        if not (distributed.in_torchrun() and distributed.from_collective(exc)):
+            raise  # a bug, a sparse tensor, CUDA out of memory...: its traceback says where
         # A collective failed: a peer died, stalled past --dist-timeout or broke off. gloo and
         # NCCL raise RuntimeError (torch.distributed.DistError is one), its first line the
         # cause and the rest the C++ call stack: the one line a failed rank prints.
@@ -430,6 +433,8 @@ def _say(line: str) -> None:
     (python -u): print() writes the text and its newline apart, and two ranks' lines came
     out joined on one line, the second's newline after both.
     """
+    if sys.stderr is None:  # closed (`2>&-`): nowhere to say it; the exit status still does
+        return
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 

@@ -190,6 +190,19 @@ class ConciseDataParallel:
     batch_means = staticmethod(analytic.batch_means)
 
 
+def from_collective(exc: BaseException) -> bool:
+    """Whether exc came out of torch.distributed: a collective whose peer died, stalled past
+    the timeout or broke off (gloo raises a plain RuntimeError, so its type cannot say)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"{os.sep}torch{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def exact_number(text: str) -> float:
     """A text as a number check_same compares exactly: the first 13 hex digits (52 bits) of
     its SHA-256, an integer that float64 holds without rounding (it has 53 bits)."""

@@ -63,6 +63,11 @@ class Scaling:
                    y_std if y_std > 0 else 1.0)
 
     @property
+    def loss_scale(self) -> float:
+        """Squared losses of the scaled target times this are the target's own (y_scale²)."""
+        return self.y_scale ** 2
+
+    @property
     def is_identity(self) -> bool:
         """True when nothing is scaled."""
         return (self.y_mean == 0.0 and self.y_scale == 1.0 and not self.x_mean.any()

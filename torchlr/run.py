@@ -177,7 +177,6 @@ class RunState:
         else:
             self.scaling = Scaling.identity(X.shape[1])
         self.X, self.y = self.scaling.features(X), self.scaling.target(y)  # what the model sees
-        self.loss_scale = self.scaling.y_scale ** 2
         if config.val_fraction > 0:
             self.val = Holdout(self.scaling.features(X_val), self.scaling.target(y_val))
         self.num_examples = len(self.X)
@@ -208,7 +207,6 @@ class RunState:
             stream.scaling = stream.fit_scaling(features=config.standardize,
                                                 target=config.standardize_target)
         run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
-        run.loss_scale = run.scaling.y_scale ** 2
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
         run.saved_to = None
@@ -265,7 +263,7 @@ class RunState:
                              f"checkpoint's, so this is not the data it trained on")
         restore(state, model, generator)
         if state["history"].get("loss_units") != "target":
-            _losses_to_target_units(state, self.loss_scale)
+            _losses_to_target_units(state, self.scaling.loss_scale)
         history.restore(state["history"])
         self.val_losses[:] = state["history"]["val_losses"]
         self.val_r2[:] = state["history"]["val_r2"]
@@ -284,7 +282,7 @@ class RunState:
         w, b = model.params()
         if self.val is not None:
             val_loss, val_r2 = self.val.metrics(w, b)
-            val_loss *= self.loss_scale  # in the target's units, like the training loss
+            val_loss *= self.scaling.loss_scale  # in the target's units, like the training's
             self.val_losses.append(val_loss)
             self.val_r2.append(val_r2)
             stop = self.stopper.update(epoch, w, b)

@@ -530,7 +530,8 @@ def _fit(
         chunk = batch_means(read(step_losses), lengths[done:stop])
         # Reported in the target's units; standardize_target trains on y / y_scale, whose
         # squared losses are smaller by y_scale².
-        reported = chunk * state.loss_scale if state.loss_scale != 1.0 else chunk
+        scale = state.scaling.loss_scale
+        reported = chunk * scale if scale != 1.0 else chunk
         run.train_losses(epoch, done, reported)
         _check_finite(chunk, epoch, done + 1, config.lr)
         history.train_losses.append(reported)
@@ -557,7 +558,7 @@ def _fit(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
                 f"step {steps} (lr={config.lr}); try a smaller learning rate."
             )
-        loss *= state.loss_scale  # in the target's units (see host_read)
+        loss *= state.scaling.loss_scale  # in the target's units (see host_read)
         history.epoch_seconds.append(time.perf_counter() - start)
         history.losses.append(loss)
         history.w.append(_snapshot(w, -1))
