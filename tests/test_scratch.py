@@ -82,3 +82,16 @@ def test_sgd_divides_by_given_batch_size(batch_size):
     p.grad = torch.full((2,), 3.0)
     sgd([p], lr=0.5, batch_size=batch_size)
     torch.testing.assert_close(p.detach(), torch.ones(2) - 0.5 * 3.0 / batch_size)
+
+
+def test_sgd_without_a_gradient_or_with_a_zero_batch_says_what_is_missing():
+    # A learner's second sgd in a row (or one before backward) met "sub_(): argument 'other'
+    # must be Tensor, not NoneType"; a batch size of 0, ZeroDivisionError.
+    w, b = init_params(2, generator=torch.Generator().manual_seed(0))
+    squared_loss(linreg(torch.ones(3, 2), w, b), torch.zeros(3)).sum().backward()
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        sgd([w, b], 0.03, 0)
+    assert w.grad is not None  # refused before anything moved
+    sgd([w, b], 0.03, 3)
+    with pytest.raises(RuntimeError, match=r"shape \(2, 1\) has no gradient: call backward"):
+        sgd([w, b], 0.03, 3)

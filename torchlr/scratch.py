@@ -46,8 +46,18 @@ def loss_sum(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
 
 @torch.no_grad()
 def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
-    """Minibatch SGD on a summed loss: each gradient is divided by batch_size."""
+    """Minibatch SGD on a summed loss: each gradient is divided by batch_size.
+
+    The gradients it used are cleared (set to None), so the next backward() starts afresh.
+    """
+    # Numbers only: a tensor's comparison would sync the host with the GPU every step.
+    if isinstance(batch_size, (int, float)) and not batch_size > 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     for param in params:
+        if param.grad is None:  # sgd twice in a row, or no backward() before it
+            raise RuntimeError(
+                f"A parameter of shape {tuple(param.shape)} has no gradient: call "
+                f"backward() on the loss before sgd (each sgd clears the gradients it used)")
         # param -= lr * param.grad / batch_size as one in-place kernel instead of three;
         # in place, so param stays the leaf that autograd tracks.
         param.sub_(param.grad, alpha=lr / batch_size)
