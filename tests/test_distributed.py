@@ -438,6 +438,16 @@ def test_cli_ranks_refuse_a_stream_on_one_rank_in_the_cli_words(tmp_path):
         f"train with the same options on the same data.\n" for r in range(2)]
 
 
+def test_a_rank_asking_for_the_analytic_gradient_tells_the_others(tmp_path):
+    # Refused in fit before its told block: the other rank met a closed connection.
+    rank0, rank1 = _cli_ranks(tmp_path, [TRAIN, [*TRAIN, "--gradient", "analytic"]])
+    assert (rank0["code"], rank1["code"]) == (2, 2)
+    assert rank0["stderr"] == ("torchlr: error: [rank 0] process 1 of the group refused the "
+                               "run (its own error says why); every process stops\n")
+    assert rank1["stderr"].startswith("torchlr: error: [rank 1] --gradient analytic is not "
+                                      "supported in a process group")
+
+
 def test_cli_ranks_refuse_impl_both_on_one_rank(tmp_path):
     # Each fit agreed, but rank 0's second fit (--impl both) was left to train alone: it
     # failed on a closed connection, or waited out the timeout.

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help="examples per minibatch; a short last batch is kept")
     train.add_argument("--num-examples", type=int, default=1000,
-                       help="size of the synthetic training set")
+                       help="rows of the chapter's synthetic data, validation rows included")
     train.add_argument("--seed", type=int, default=defaults.seed,
                        help="seeds the data, the initial parameters and the batch order")
     train.add_argument("--device", default=defaults.device,

@@ -457,10 +457,6 @@ def _fit(
     if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
         config = replace(config, save=None, logdir=None)
     stream = features if isinstance(features, BlockStream) else None
-    if group is not None and config.gradient != "autograd":
-        # The data-parallel steps all-reduce the gradients that backward() leaves.
-        raise ValueError(f"gradient={config.gradient!r} is not supported in a process group; "
-                         f"use gradient='autograd'")
     device = resolve_device(config.device)
     if group is not None:
         # Rank 0 may still be writing the checkpoint the others are about to read. Every rank
@@ -470,6 +466,10 @@ def _fit(
     # Each rank prepares on its own (data, scaling, model, checkpoint); a failure on one is
     # told to the others at the end, rather than left for them to wait on (told_to_group).
     with distributed.told_to_group(group, device):
+        if group is not None and config.gradient != "autograd":  # told: one rank may ask it
+            # The data-parallel steps all-reduce the gradients that backward() leaves.
+            raise ValueError(f"gradient={config.gradient!r} is not supported in a process "
+                             f"group; use gradient='autograd'")
         data_digest = None  # in a group: of the rows as given, before the split and scaling
         if stream is None:
             X, y = check_data(features, labels)
