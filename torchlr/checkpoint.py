@@ -98,7 +98,26 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad data fingerprint")
     if state["version"] == 1:
         _upgrade_from_1(state)
+    if history.get("loss_units") != "target":
+        _losses_to_target_units(path, state)
     return state
+
+
+def _losses_to_target_units(path: str, state: dict[str, Any]) -> None:
+    """Checkpoints written before losses were reported in the target's own units kept, with
+    standardize_target, those of the standardized target: times y_scale², as fit reports."""
+    y_scale = state["scaling"].get("y_scale", 1.0)
+    if isinstance(y_scale, bool) or not isinstance(y_scale, (int, float)):
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: bad scaling")
+    history, best, scale = state["history"], state.get("best"), float(y_scale) ** 2
+    if scale != 1.0:
+        history["losses"] = [v * scale for v in history["losses"]]
+        history["val_losses"] = [v * scale for v in history["val_losses"]]
+        if isinstance(history.get("train_losses"), torch.Tensor):
+            history["train_losses"] = history["train_losses"] * scale
+        if best is not None and "val_loss" in best:
+            best["val_loss"] = best["val_loss"] * scale
+    history["loss_units"] = "target"
 
 
 def _upgrade_from_1(state: dict[str, Any]) -> None:

@@ -375,8 +375,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.given = _given_options(argv)
     writes_stdout = args.command == "train" or getattr(args, "output", None) is None
     if sys.stdout is None and writes_stdout:  # closed (`>&-`): nowhere to print the results
-        if sys.stderr is not None:
-            _say("torchlr: error: standard output is closed")
+        _say("torchlr: error: standard output is closed")
         return EXIT_USAGE
     try:
         if args.command == "train":

@@ -133,20 +133,6 @@ def same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     return saved["sampled"] == now["sampled"]  # a stream on one side: its sampled rows
 
 
-def _losses_to_target_units(state: dict[str, Any], loss_scale: float) -> None:
-    """A checkpoint written before losses were reported in the target's units kept them in
-    the standardized target's: scale them as this run reports its own (y_scale²)."""
-    history, best = state["history"], state.get("best")
-    if loss_scale != 1.0:
-        history["losses"] = [v * loss_scale for v in history["losses"]]
-        history["val_losses"] = [v * loss_scale for v in history["val_losses"]]
-        if isinstance(history.get("train_losses"), torch.Tensor):
-            history["train_losses"] = history["train_losses"] * loss_scale
-        if best is not None and "val_loss" in best:
-            best["val_loss"] = best["val_loss"] * loss_scale
-    history["loss_units"] = "target"
-
-
 class RunState:
     """One fit's data preparation and its per-epoch bookkeeping beyond the training loss."""
 
@@ -262,8 +248,6 @@ class RunState:
             raise ValueError(f"Cannot resume {path}: the data's statistics differ from the "
                              f"checkpoint's, so this is not the data it trained on")
         restore(state, model, generator)
-        if state["history"].get("loss_units") != "target":
-            _losses_to_target_units(state, self.scaling.loss_scale)
         history.restore(state["history"])
         self.val_losses[:] = state["history"]["val_losses"]
         self.val_r2[:] = state["history"]["val_r2"]
