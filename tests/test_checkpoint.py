@@ -136,6 +136,8 @@ def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_un
     state = torch.load(path, weights_only=True)
     history, factor = state["history"], state["scaling"]["y_scale"] ** 2
     assert factor > 100 and history.pop("loss_units") == "target"
+    assert state["version"] == 3  # version 3 marks the target's units; older files were 2
+    state["version"] = 2
     history["losses"] = [v / factor for v in history["losses"]]
     history["val_losses"] = [v / factor for v in history["val_losses"]]
     history["train_losses"] = history["train_losses"] / factor
@@ -271,7 +273,7 @@ class Payload:
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "pickle-code", "plain-dict",
-                                  "damaged"])
+                                  "damaged", "newer"])
 def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, kind, capsys):
     X, y = dataset()
     good = tmp_path / "good.pt"
@@ -287,13 +289,19 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, kind, capsys):
         path.write_bytes(pickle.dumps(Payload()))
     elif kind == "plain-dict":
         torch.save({"weights": torch.ones(3)}, path)
-    else:
+    elif kind == "damaged":
         state = torch.load(good, weights_only=True)
         del state["generator"]
+        torch.save(state, path)
+    else:  # from a later torchlr, whose history this one may misread
+        state = torch.load(good, weights_only=True)
+        state["version"] += 1
         torch.save(state, path)
     with pytest.raises(ValueError, match="bad.pt") as info:
         load_checkpoint(path)
     assert "checkpoint" in str(info.value)
+    if kind == "newer":
+        assert "version 4; this torchlr reads versions 1 to 3" in str(info.value)
     data = tmp_path / "d.npy"
     np.save(data, torch.cat([X, y[:, None]], 1).numpy())
     out = tmp_path / "out.csv"

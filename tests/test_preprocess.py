@@ -128,3 +128,68 @@ def test_early_stopping_lets_a_finite_loss_replace_a_non_finite_first_one():
         losses.append(loss)
         stops.append(stopper.update(epoch, torch.tensor([float(epoch)]), torch.zeros(1)))
     assert stopper.best["epoch"] == 4 and stops == [False] * 5
+
+
+def test_split_bounds():
+    # 0 is allowed (every row trains); 1 and beyond, or below 0, are refused.
+    train, val = train_val_split(5, 0.0, seed=0)
+    assert torch.equal(train, torch.arange(5)) and len(val) == 0
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+            train_val_split(5, bad, seed=0)
+    # The smallest split that leaves a row on each side.
+    train, val = train_val_split(2, 0.5, seed=0)
+    assert len(train) == 1 and len(val) == 1
+
+
+def test_early_stopping_needs_a_strictly_lower_loss():
+    from torchlr.holdout import EarlyStopping
+
+    losses: list[float] = []
+    stopper = EarlyStopping(2, losses)
+    stops = []
+    for epoch, loss in enumerate([1.0, 1.0, 1.0], start=1):
+        losses.append(loss)
+        stops.append(stopper.update(epoch, torch.tensor([float(epoch)]), torch.zeros(1)))
+    # An equal loss is no improvement: the first epoch stays the best, and two epochs later
+    # patience has run out.
+    assert stopper.best["epoch"] == 1 and float(stopper.best["w"]) == 1.0
+    assert stops == [False, False, True]
+
+
+def test_scaling_leaves_an_unscaled_part_as_the_identity():
+    X, y = badly_scaled()
+    y = 5.0 + 0.5 * (y - y.mean()) / y.std()  # std 0.5, mean 5: both visible if used
+    features_only = Scaling.fit(X, y, target=False)
+    assert features_only.y_mean == 0.0 and features_only.y_scale == 1.0
+    assert features_only.loss_scale == 1.0
+    torch.testing.assert_close(features_only.target(y), y, rtol=0, atol=0)
+    target_only = Scaling.fit(X, y, target=True, features=False)
+    assert target_only.y_mean == pytest.approx(float(y.double().mean()))
+    # A target spread below 1 is scaled as any other, not left alone.
+    assert target_only.y_scale == pytest.approx(float(y.double().std(correction=0)), rel=1e-6)
+    assert target_only.y_scale < 1
+    assert not target_only.x_mean.any() and bool((target_only.x_scale == 1).all())
+
+
+def test_constant_target_is_only_shifted():
+    X, _ = badly_scaled()
+    y = torch.full((len(X),), 3.0)
+    scaling = Scaling.fit(X, y, target=True)
+    assert scaling.y_mean == 3.0 and scaling.y_scale == 1.0
+    result = torchlr.fit(X, y, standardize=True, standardize_target=True, num_epochs=2,
+                         device="cpu")
+    # Nothing to learn but the mean; the small random start decays towards it.
+    assert all(math.isfinite(loss) for loss in result.train_losses)
+    torch.testing.assert_close(result.predict(X[:4]).reshape(-1), y[:4], rtol=0, atol=0.01)
+
+
+@pytest.mark.parametrize("y_mean, y_scale", [(0.0, 2.0), (3.0, 1.0), (3.0, 2.0), (0.0, 1.0)])
+def test_target_scaling_against_its_formula(y_mean, y_scale):
+    # Either part alone must still apply (a mean of exactly 0 or a scale of exactly 1).
+    scaling = Scaling(torch.zeros(2), torch.ones(2), y_mean, y_scale)
+    y = torch.tensor([[1.0], [-4.0], [10.0]])
+    torch.testing.assert_close(scaling.target(y), (y - y_mean) / y_scale, rtol=0, atol=0)
+    torch.testing.assert_close(scaling.unscale_target(y), y * y_scale + y_mean, rtol=0, atol=0)
+    assert scaling.loss_scale == y_scale**2
+    assert scaling.is_identity == (y_mean == 0.0 and y_scale == 1.0)

@@ -17,7 +17,10 @@ from torchlr.validation import check_writable_file
 
 FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
-VERSION = 2
+# 3: with standardize_target the losses are in the target's own units (history["loss_units"]);
+#    a torchlr that reads only versions 1 and 2 would take them for the standardized ones.
+VERSION = 3
+READS = (1, 2, VERSION)
 # FitConfig fields that define the run: a resumed run must keep them as they were.
 RUN_FIELDS = ("impl", "lr", "batch_size", "seed", "drop_last", "val_fraction", "standardize",
               "standardize_target", "feature_names", "target_name")
@@ -67,9 +70,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                          f"({type(exc).__name__}{': ' + first if first else ''})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a torchlr checkpoint (no {FORMAT!r} marker)")
-    if state.get("version") not in (1, VERSION):
+    if state.get("version") not in READS:
         raise ValueError(f"{path} has checkpoint version {state.get('version')!r}; "
-                         f"this torchlr reads versions 1 and {VERSION}")
+                         f"this torchlr reads versions 1 to {VERSION}")
     for key, kind in REQUIRED.items():
         if not isinstance(state.get(key), kind):
             raise ValueError(f"{path} is a damaged torchlr checkpoint: {key!r} is missing "
