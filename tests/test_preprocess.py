@@ -193,3 +193,13 @@ def test_target_scaling_against_its_formula(y_mean, y_scale):
     torch.testing.assert_close(scaling.unscale_target(y), y * y_scale + y_mean, rtol=0, atol=0)
     assert scaling.loss_scale == y_scale**2
     assert scaling.is_identity == (y_mean == 0.0 and y_scale == 1.0)
+
+
+def test_r2_of_a_target_with_a_small_spread():
+    # SS_tot far below 1 is still a spread: R² is defined, not NaN.
+    y = torch.tensor([[0.01], [0.02], [0.04]])
+    y_hat = torch.tensor([[0.015], [0.02], [0.03]])
+    ss_tot = float(((y.double() - y.double().mean()) ** 2).sum())
+    expected = 1 - 0.000125 / ss_tot
+    assert ss_tot < 1e-3
+    assert float(r2_score(y_hat, y)) == pytest.approx(expected, rel=1e-4)

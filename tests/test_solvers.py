@@ -94,3 +94,27 @@ def test_gradient_descent_ignores_old_gradients_and_unused_parameters():
     # One step from w = 0 on mean((w x - 2x)^2): gradient -4 mean(x^2) = -56/3.
     assert float(w.detach()) == pytest.approx(0.1 * 56 / 3)
     assert float(unused.detach()) == 1.0
+
+
+def test_gradient_descent_of_no_steps_only_measures():
+    w = torch.tensor([2.0], requires_grad=True)
+    assert solvers.gradient_descent(lambda: (w**2).sum(), [w], lr=0.1, steps=0) == [4.0]
+    assert float(w.detach()) == 2.0
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        solvers.gradient_descent(lambda: (w**2).sum(), [w], lr=0.1, steps=-1)
+
+
+def test_hessian_row_of_a_gradient_that_does_not_depend_on_the_params():
+    # d/dc of 3c is the constant 3: no graph to differentiate, so its row is zero.
+    u = torch.tensor([0.5, -1.5], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+
+    def f(u, c):
+        return (u**3).sum() + 3 * c
+
+    H = solvers.hessian(lambda: f(u, c), [u, c])
+    (huu, huc), (hcu, hcc) = torch.autograd.functional.hessian(f, (u.detach(), c.detach()))
+    reference = torch.zeros(3, 3, dtype=torch.float64)
+    reference[:2, :2] = huu
+    assert not huc.any() and not hcu.any() and not hcc.any()
+    torch.testing.assert_close(H, reference, rtol=0, atol=0)
