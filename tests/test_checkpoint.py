@@ -13,6 +13,7 @@ from torchlr.cli import main
 from torchlr.concise import LinearRegression
 from torchlr.preprocess import train_val_split
 from torchlr.run import sampled_rows
+from torchlr.stream import BlockStream
 from torchlr.train import ConciseModel, ScratchModel
 
 
@@ -327,23 +328,25 @@ def test_load_model_gives_a_ready_model_of_its_implementation(tmp_path, impl, ki
         assert torch.equal(model.model.module.weight.reshape(-1), result.scaled_w)
 
 
-def test_early_stopping_restores_the_best_epoch(tmp_path):
+@pytest.mark.parametrize("patience", [1, 2])
+def test_early_stopping_restores_the_best_epoch(tmp_path, patience):
     X, y = dataset()
     y_noisy = y + 3 * torch.randn(len(y), generator=torch.Generator().manual_seed(9))
     path = tmp_path / "es.pt"
     result = torchlr.fit(X, y_noisy, lr=0.05, num_epochs=40, val_fraction=0.3,
-                         early_stopping=2, standardize=True, save=str(path), device="cpu")
+                         early_stopping=patience, standardize=True, save=str(path), device="cpu")
     best = result.best_epoch
     assert result.val_losses[best - 1] == min(result.val_losses)
     ran = len(result.losses)
-    assert ran == best + 2 or ran == 40  # stopped after `patience` epochs without progress
-    assert ran < 40
+    assert ran == best + patience  # stopped after `patience` epochs without progress
+    assert best < ran < 40
     w_best, b_best = result.w_history[best], result.b_history[best]
     assert torch.equal(result.w, w_best) and result.b == pytest.approx(float(b_best), rel=1e-6)
     assert torch.equal(load_model(path).predict(X), result.predict(X))  # the best, as fit gave
     # Resuming the stopped run to a later epoch changes nothing: the straight run stopped too.
     again = torchlr.fit(X, y_noisy, lr=0.05, num_epochs=40, val_fraction=0.3,
-                        early_stopping=2, standardize=True, resume=str(path), device="cpu")
+                        early_stopping=patience, standardize=True, resume=str(path),
+                        device="cpu")
     assert torch.equal(again.w, result.w) and again.losses == result.losses
 
 
@@ -389,3 +392,46 @@ def test_a_checkpoint_that_hashed_negative_zeros_as_they_are_still_resumes(tmp_p
     with pytest.raises(ValueError, match="not the data it trained on"):
         torchlr.fit(X.flip(0), y.flip(0), num_epochs=2, lr=0.01, resume=str(path),
                     device="cpu")
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "scaled+val"])
+def test_a_checkpoint_without_a_data_fingerprint_resumes_when_the_statistics_agree(
+        tmp_path, options):
+    # Checkpoints from before the fingerprint: the scaling statistics decide instead.
+    X, y = dataset()
+    straight = torchlr.fit(X, y, num_epochs=3, device="cpu", **options)
+    path = tmp_path / "old.pt"
+    torchlr.fit(X, y, num_epochs=2, save=str(path), device="cpu", **options)
+    state = torch.load(path, weights_only=True)
+    del state["data"]
+    torch.save(state, path)
+    resumed = torchlr.fit(X, y, num_epochs=3, resume=str(path), device="cpu", **options)
+    assert torch.equal(resumed.w_history, straight.w_history)
+    assert resumed.losses == straight.losses
+    if options.get("standardize"):  # other data: other statistics, refused
+        with pytest.raises(ValueError, match="statistics differ"):
+            torchlr.fit(X * 1.5, y, num_epochs=3, resume=str(path), device="cpu", **options)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
+def test_feature_names_must_name_every_column(tmp_path, stream):
+    X, y = dataset(n=40)
+    data = (X, y)
+    if stream:
+        np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
+        data = (BlockStream(tmp_path / "d.npy"), None)
+    with pytest.raises(ValueError, match="feature_names has 4 names for 3 feature columns"):
+        torchlr.fit(*data, num_epochs=1, feature_names=("a", "b", "c", "d"),
+                    save=str(tmp_path / "c.pt"), device="cpu")
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_a_stream_does_not_overwrite_a_file_that_is_not_a_checkpoint(tmp_path):
+    X, y = dataset(n=40)
+    np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(ValueError, match="cannot read as its checkpoint"):
+        torchlr.fit(BlockStream(tmp_path / "d.npy"), None, num_epochs=1, save=str(notes),
+                    device="cpu")
+    assert notes.read_text() == "keep me"

@@ -196,3 +196,21 @@ def test_other_data_is_named_before_other_blocks(tmp_path):
     straight = torchlr.fit(BlockStream(tmp_path / "a.npy", block_rows=1), None, num_epochs=2,
                            device="cpu")
     assert torch.equal(resumed.w, straight.w)
+
+
+@pytest.mark.parametrize("features, target", [(True, False), (False, True)])
+def test_streamed_scaling_of_one_part_matches_memory(tmp_path, features, target):
+    # Either option alone scales its part of a stream, as it does data in memory.
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(120, 2, generator=g) * torch.tensor([5.0, 0.2]) + 3.0
+    y = X @ torch.tensor([0.3, -2.0]) + 10.0 + 0.01 * torch.randn(120, generator=g)
+    path = tmp_path / "s.npy"
+    np.save(path, torch.cat([X, y[:, None]], 1).numpy())
+    kw = dict(standardize=features, standardize_target=target, lr=0.05, num_epochs=2,
+              device="cpu")
+    streamed = torchlr.fit(BlockStream(path, block_rows=200), None, **kw)
+    in_memory = torchlr.fit(X, y, **kw)
+    assert streamed.scaling.is_identity is False
+    torch.testing.assert_close(streamed.scaling.x_scale, in_memory.scaling.x_scale)
+    assert streamed.scaling.y_scale == pytest.approx(in_memory.scaling.y_scale, rel=1e-6)
+    torch.testing.assert_close(streamed.w_history, in_memory.w_history, rtol=1e-5, atol=1e-6)

@@ -133,6 +133,13 @@ def same_data(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     return saved["sampled"] == now["sampled"]  # a stream on one side: its sampled rows
 
 
+def _check_feature_names(config: Any, num_features: int) -> None:
+    """A checkpoint keeps the names, and predict selects columns by them: one per column."""
+    if config.feature_names is not None and len(config.feature_names) != num_features:
+        raise ValueError(f"feature_names has {len(config.feature_names)} names for "
+                         f"{num_features} feature columns")
+
+
 class RunState:
     """One fit's data preparation and its per-epoch bookkeeping beyond the training loss."""
 
@@ -141,9 +148,7 @@ class RunState:
         self.config = config
         if config.save is not None:
             check_overwritable(config.save)
-        if config.feature_names is not None and len(config.feature_names) != X.shape[1]:
-            raise ValueError(f"feature_names has {len(config.feature_names)} names for "
-                             f"{X.shape[1]} feature columns")
+        _check_feature_names(config, X.shape[1])
         self.val: Optional[Holdout] = None
         # Of all rows, validation rows included, before scaling (whose statistics may round
         # differently with other threads).
@@ -183,6 +188,7 @@ class RunState:
         run.config, run.val, run.stopper, run.checkpoint = config, None, None, None
         if config.save is not None:
             check_overwritable(config.save)
+        _check_feature_names(config, stream.shape[1])
         run._fingerprint = fingerprint(stream) if config.save or config.resume else None
         saved_scaling = run._load_resume(stream.shape[0],
                                          lambda: fingerprint(stream, signed_zeros=True))
