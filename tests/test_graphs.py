@@ -204,6 +204,21 @@ def test_cuda_graphs_refuse_streams_and_groups(streaming, distributed, message):
         graphs.check_device(torch.device("cuda"), streaming, distributed)
 
 
+def test_a_streamed_fit_with_cuda_graphs_is_refused_before_any_capture(tmp_path, monkeypatch):
+    # The fit tells check_device that it streams (on a CPU-only machine the device check
+    # would refuse first, so it is let through here).
+    import numpy as np
+
+    from torchlr.stream import BlockStream
+
+    X, y = chapter_data(num_examples=20)
+    np.save(tmp_path / "d.npy", torch.cat([X, y.reshape(-1, 1)], 1).numpy())
+    monkeypatch.setattr(graphs, "capturable", lambda device: True)
+    monkeypatch.setattr(graphs, "capture", lambda *a, **k: pytest.fail("captured"))
+    with pytest.raises(ValueError, match="not supported when streaming"):
+        torchlr.fit(BlockStream(tmp_path / "d.npy"), None, cuda_graphs=True, device="cpu")
+
+
 def test_cli_flag_turns_graphs_on(on_cpu, monkeypatch, tmp_path, capsys):
     from torchlr.cli import main
 

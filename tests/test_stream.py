@@ -211,6 +211,19 @@ def test_streamed_scaling_of_one_part_matches_memory(tmp_path, features, target)
     streamed = torchlr.fit(BlockStream(path, block_rows=200), None, **kw)
     in_memory = torchlr.fit(X, y, **kw)
     assert streamed.scaling.is_identity is False
+    torch.testing.assert_close(streamed.scaling.x_mean, in_memory.scaling.x_mean)
     torch.testing.assert_close(streamed.scaling.x_scale, in_memory.scaling.x_scale)
+    assert streamed.scaling.y_mean == pytest.approx(in_memory.scaling.y_mean, rel=1e-6)
     assert streamed.scaling.y_scale == pytest.approx(in_memory.scaling.y_scale, rel=1e-6)
     torch.testing.assert_close(streamed.w_history, in_memory.w_history, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(streamed.b_history, in_memory.b_history, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_scaling_scales_the_features_and_not_the_target_by_default(tmp_path):
+    table = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 3)).astype(np.float32)
+    np.save(tmp_path / "t.npy", table)
+    scaling = BlockStream(tmp_path / "t.npy", block_rows=16).fit_scaling()
+    expected = torch.from_numpy(table[:, :2]).double()
+    torch.testing.assert_close(scaling.x_mean, expected.mean(0).float())
+    torch.testing.assert_close(scaling.x_scale, expected.std(0, correction=0).float())
+    assert scaling.y_mean == 0.0 and scaling.y_scale == 1.0

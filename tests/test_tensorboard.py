@@ -457,3 +457,10 @@ def test_a_cuda_run_matches_its_history(tmp_path):
     assert scalars(acc, "loss/epoch") == ([1, 2, 3], f32(result.losses))
     start = hparams_data(acc)["_hparams_/session_start_info"].session_start_info.hparams
     assert start["device"].string_value.startswith("cuda")
+
+
+@pytest.mark.parametrize("bad", ["2,-3.4", [], [2.0, math.nan], b"ab"])
+def test_true_w_must_be_finite_numbers(bad):
+    # A string is not read as numbers (nor dropped): it is named.
+    with pytest.raises(ValueError, match="true_w must be a non-empty sequence of finite"):
+        torchlr.fit(*chapter_data(num_examples=20), num_epochs=1, true_w=bad, device="cpu")

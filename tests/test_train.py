@@ -310,3 +310,14 @@ def test_a_stream_brings_its_own_labels(tmp_path):
     np.save(tmp_path / "t.npy", torch.cat([X, y], 1).numpy())
     with pytest.raises(ValueError, match="labels must be None"):
         fit(BlockStream(tmp_path / "t.npy"), y, device="cpu")
+
+
+def test_epoch_seconds_are_each_epochs_own_time():
+    import time
+
+    X, y = chapter_data()
+    start = time.perf_counter()
+    result = fit(X, y, num_epochs=3, device="cpu")
+    wall = time.perf_counter() - start
+    assert len(result.epoch_seconds) == 3
+    assert all(0 < s for s in result.epoch_seconds) and sum(result.epoch_seconds) <= wall
