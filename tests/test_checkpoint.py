@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -435,3 +436,60 @@ def test_a_stream_does_not_overwrite_a_file_that_is_not_a_checkpoint(tmp_path):
         torchlr.fit(BlockStream(tmp_path / "d.npy"), None, num_epochs=1, save=str(notes),
                     device="cpu")
     assert notes.read_text() == "keep me"
+
+
+DAMAGES = {
+    "no marker": (lambda s: s.update(format="other"), "no 'torchlr-checkpoint' marker"),
+    "w not a tensor": (lambda s: s["params"].update(w=[1.0, 2.0, 3.0]), "bad parameters"),
+    "w one-dimensional": (lambda s: s["params"].update(w=torch.zeros(3)), "bad parameters"),
+    "b of two values": (lambda s: s["params"].update(b=torch.zeros(2)), "bad parameters"),
+    "losses not a list": (lambda s: s["history"].update(losses=torch.zeros(2)), "bad history"),
+    "w history a list": (lambda s: s["history"].update(w=[]), "bad history"),
+    "train_losses a list": (lambda s: s["history"].update(train_losses=[0.1]), "bad history"),
+    "epoch_seconds a tensor": (lambda s: s["history"].update(epoch_seconds=torch.ones(2)),
+                               "bad history"),
+    "best without w": (lambda s: s.update(best={"epoch": 1}), "bad best epoch"),
+    "fingerprint shape": (lambda s: s["data"].update(shape=(3, 4)), "bad data fingerprint"),
+    "old y_scale a bool": (lambda s: (s["history"].pop("loss_units"),
+                                      s["scaling"].update(y_scale=True)), "bad scaling"),
+    "unknown impl": (lambda s: s.update(impl="ridge"), "unknown implementation 'ridge'"),
+    "generator state": (lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8)),
+                        "optimizer or RNG state is damaged"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_each_damage_is_named(tmp_path, damage):
+    X, y = dataset(n=60)
+    good = tmp_path / "good.pt"
+    torchlr.fit(X, y, num_epochs=2, save=str(good), val_fraction=0.2, early_stopping=1,
+                standardize=True, standardize_target=True, device="cpu")
+    state = torch.load(good, weights_only=True)
+    change, message = DAMAGES[damage]
+    change(state)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_model(path)
+
+
+def test_a_missing_checkpoint_is_named_as_missing(tmp_path):
+    with pytest.raises(ValueError, match="No such checkpoint file: .*nowhere.pt"):
+        load_checkpoint(tmp_path / "nowhere.pt")
+
+
+def test_a_short_write_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    # torch's zip writer reports a full disk as a RuntimeError; the file before stays.
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"before")
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed\nmore")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"Cannot write .*c\.pt: \[enforce fail .*file write "
+                                      r"failed$"):
+        save_checkpoint(path, {"format": "x"})
+    assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["c.pt"]

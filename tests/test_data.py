@@ -131,3 +131,15 @@ def test_data_iter_and_synthetic_data_refuse_what_they_cannot_use():
         list(data_iter(2, torch.randn(4, 2).numpy(), torch.randn(4, 1)))
     with pytest.raises(ValueError, match="w must be finite"):
         synthetic_data([float("nan"), 1.0], 4.2, 5)
+
+
+def test_data_drawn_without_a_generator_differs_run_to_run():
+    # Seeded from OS entropy: unseeded calls are random, not torch's fixed default seed.
+    from torchlr.data import fresh_generator
+
+    first, second = fresh_generator(), fresh_generator()
+    assert first.initial_seed() != second.initial_seed()
+    assert first.initial_seed() != torch.Generator().initial_seed()
+    X1, _ = torchlr.synthetic_data(torch.tensor([2.0, -3.4]), 4.2, 50)
+    X2, _ = torchlr.synthetic_data(torch.tensor([2.0, -3.4]), 4.2, 50)
+    assert not torch.equal(X1, X2)
