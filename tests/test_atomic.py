@@ -105,3 +105,13 @@ def test_a_regular_file_under_dev_is_replaced_not_appended(tmp_path):
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+def test_a_device_or_fifo_path_is_checked_as_itself(tmp_path):
+    # Written in place, so its own permission decides, whatever its folder takes.
+    from torchlr.validation import check_writable_file
+
+    assert check_writable_file("output", "/dev/null") == "/dev/null"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert check_writable_file("output", fifo) == str(fifo)

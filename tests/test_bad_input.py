@@ -48,6 +48,15 @@ API_CASES = [
     (X, Y, {"num_epochs": 2**70}, ValueError, ["num_epochs", str(2**70)]),
     (X, Y, {"seed": 2**70}, ValueError, ["seed", str(2**70)]),
     (X, Y, {"seed": -(2**63) - 1}, ValueError, ["seed", str(-(2**63) - 1)]),
+    # The first value out of range, and bools (an int subclass) where an int is meant.
+    (X, Y, {"seed": 2**64}, ValueError, ["seed", str(2**64)]),
+    (X, Y, {"seed": True}, TypeError, ["seed", "bool"]),
+    (X, Y, {"early_stopping": True, "val_fraction": 0.2}, TypeError, ["early_stopping", "bool"]),
+    (X, Y, {"early_stopping": -1, "val_fraction": 0.2}, ValueError, ["early_stopping", "-1"]),
+    (X, Y, {"val_fraction": 1.0}, ValueError, ["val_fraction", "[0, 1)", "1.0"]),
+    (X, Y, {"val_fraction": -0.5}, ValueError, ["val_fraction", "-0.5"]),
+    (X, Y, {"val_fraction": "0.1"}, TypeError, ["val_fraction", "'0.1'"]),
+    (X, Y, {"val_fraction": True}, TypeError, ["val_fraction", "True"]),
     (X, Y, {"save": ""}, ValueError, ["save", "''"]),
     (X, Y, {"logdir": ""}, ValueError, ["logdir", "''"]),
     # Finite, but lr / batch_size does not fit the float32 step.
@@ -170,3 +179,9 @@ def test_cli_subprocess_has_no_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "lr" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_widest_seeds_are_taken():
+    # torch.Generator.manual_seed takes [-2**63, 2**64): both ends train.
+    for seed in (2**64 - 1, -(2**63)):
+        assert len(fit(X, Y, num_epochs=1, seed=seed, device="cpu").losses) == 1
