@@ -57,6 +57,7 @@ API_CASES = [
     (X, Y, {"val_fraction": -0.5}, ValueError, ["val_fraction", "-0.5"]),
     (X, Y, {"val_fraction": "0.1"}, TypeError, ["val_fraction", "'0.1'"]),
     (X, Y, {"val_fraction": True}, TypeError, ["val_fraction", "True"]),
+    (X, Y, {"feature_names": (1, 2)}, TypeError, ["feature_names", "(1, 2)"]),
     (X, Y, {"save": ""}, ValueError, ["save", "''"]),
     (X, Y, {"logdir": ""}, ValueError, ["logdir", "''"]),
     # Finite, but lr / batch_size does not fit the float32 step.

@@ -1,4 +1,5 @@
 import io
+import math
 import re
 import subprocess
 import sys
@@ -161,3 +162,32 @@ def test_installed_command_is_the_console_entry_point():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["torchlr"] == "torchlr.cli:console"
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.0, "0.000000"), (1e-5, "0.000010"), (9.99e-6, "9.99e-06"), (0.039271, "0.039271"),
+    (999999.5, "999999.500000"), (1e6, "1000000"), (12345678.9, "1.234568e+07"),
+    (math.inf, "inf"), (math.nan, "nan"),
+])
+def test_loss_text_keeps_six_decimals_where_they_show_the_digits(value, text):
+    from torchlr.cli import _loss_text
+
+    assert _loss_text(value) == text
+
+
+def test_help_shows_defaults_but_not_unset_ones():
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    text = " ".join(text.split())  # argparse wraps lines
+    assert "(default: 0.03)" in text and "(default: 10)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_dist_timeout_takes_positive_seconds(capsys):
+    args = build_parser().parse_args(["train", "--dist-timeout", "2.5"])
+    assert args.dist_timeout == 2.5
+    for bad in ("0", "-1", "nan", "abc"):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(["train", "--dist-timeout", bad])
+        assert info.value.code == 2
+        assert f"must be a positive, finite number of seconds, got '{bad}'" in (
+            capsys.readouterr().err)
