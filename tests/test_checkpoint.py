@@ -427,15 +427,20 @@ def test_feature_names_must_name_every_column(tmp_path, stream):
     assert not (tmp_path / "c.pt").exists()
 
 
-def test_a_stream_does_not_overwrite_a_file_that_is_not_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
+def test_a_file_that_is_not_a_checkpoint_is_not_overwritten(tmp_path, stream):
     X, y = dataset(n=40)
-    np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
+    data = (X, y)
+    if stream:
+        np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
+        data = (BlockStream(tmp_path / "d.npy"), None)
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
+    epochs = []
     with pytest.raises(ValueError, match="cannot read as its checkpoint"):
-        torchlr.fit(BlockStream(tmp_path / "d.npy"), None, num_epochs=1, save=str(notes),
-                    device="cpu")
-    assert notes.read_text() == "keep me"
+        torchlr.fit(*data, num_epochs=1, save=str(notes), device="cpu",
+                    on_progress=epochs.append)
+    assert notes.read_text() == "keep me" and epochs == []  # refused before training
 
 
 DAMAGES = {

@@ -384,6 +384,18 @@ def test_logdir_on_a_file_and_a_closed_stdout_are_one_line(tmp_path, capsys, mon
     (tmp_path / "afile").write_text("")
     assert main(["train", "--logdir", str(tmp_path / "afile")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    model, data = tmp_path / "m.pt", tmp_path / "d.npy"
+    X = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    np.save(data, X.numpy())
+    torchlr.fit(X, X.sum(1), num_epochs=1, save=str(model), device="cpu",
+                feature_names=("x1", "x2"))
     monkeypatch.setattr("sys.stdout", None)
     assert main(["train"]) == 2
     assert capsys.readouterr().err == "torchlr: error: standard output is closed\n"
+    # predict writes its table to standard output unless --output names a file
+    assert main(["predict", "--model", str(model), "--data", str(data)]) == 2
+    assert capsys.readouterr().err == "torchlr: error: standard output is closed\n"
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(model), "--data", str(data), "--output",
+                 str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 21

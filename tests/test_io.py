@@ -84,6 +84,7 @@ def test_csv_fit_recovers_known_coefficients(tmp_path, table):
 
 # --- every file error: a ValueError naming file, line and column; exit 2 from the CLI ----
 
+FOLDER = object()
 ERRORS = [
     # (file name, content or None for a missing file, CLI extra args, pieces of the message)
     ("missing.csv", None, [], ["No such file", "missing.csv"]),
@@ -105,14 +106,28 @@ ERRORS = [
     ("const.csv", "a,y\n1,2\n3,2\n", [], ["const.csv", "'y'", "constant", "2.0"]),
     ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
+    ("folder.csv", FOLDER, [], ["Not a file", "folder.csv"]),
+    ("latin1.csv", b"a,y\n1,2\n" + "caf\u00e9,3\n".encode("latin-1"), [],
+     ["latin1.csv", "is not a readable CSV file", "utf-8"]),
+    ("latin1-head.csv", "caf\u00e9,y\n1,2\n".encode("latin-1"), [],
+     ["latin1-head.csv", "is not a readable CSV file", "utf-8"]),
 ]
+
+
+def make(path, content):
+    """A file of text or bytes, a folder, or nothing (None: a missing file)."""
+    if content is FOLDER:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
 
 
 @pytest.mark.parametrize("name,content,extra,pieces", ERRORS, ids=[e[0] for e in ERRORS])
 def test_file_errors_in_the_api(tmp_path, name, content, extra, pieces):
     path = tmp_path / name
-    if content is not None:
-        path.write_text(content)
+    make(path, content)
     target = extra[1] if extra[:1] == ["--target"] else None
     features = extra[1].split(",") if extra[:1] == ["--features"] else None
     with pytest.raises(ValueError) as info:
@@ -127,8 +142,7 @@ def test_file_errors_in_the_api(tmp_path, name, content, extra, pieces):
 def test_file_errors_in_the_cli_exit_2_and_write_nothing(tmp_path, capsys, name, content,
                                                          extra, pieces):
     path = tmp_path / name
-    if content is not None:
-        path.write_text(content)
+    make(path, content)
     save = tmp_path / "model.pt"
     code = main(["train", "--data", str(path), "--device", "cpu", "--save", str(save), *extra])
     captured = capsys.readouterr()

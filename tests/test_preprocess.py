@@ -184,7 +184,8 @@ def test_constant_target_is_only_shifted():
     torch.testing.assert_close(result.predict(X[:4]).reshape(-1), y[:4], rtol=0, atol=0.01)
 
 
-@pytest.mark.parametrize("y_mean, y_scale", [(0.0, 2.0), (3.0, 1.0), (3.0, 2.0), (0.0, 1.0)])
+@pytest.mark.parametrize("y_mean, y_scale", [(0.0, 2.0), (3.0, 1.0), (1.0, 1.0), (3.0, 2.0),
+                                              (0.0, 1.0)])
 def test_target_scaling_against_its_formula(y_mean, y_scale):
     # Either part alone must still apply (a mean of exactly 0 or a scale of exactly 1).
     scaling = Scaling(torch.zeros(2), torch.ones(2), y_mean, y_scale)
