@@ -124,6 +124,10 @@ CLI_CASES = [
     (["--dist-timeout", "inf"], "--dist-timeout"),
     (["--backend", "gloo"], "--backend applies only under torchrun"),
     (["--data", "t.csv", "--num-examples", "5"], "--num-examples sizes the chapter's"),
+    (["--impl", "both", "--save", "s.pt"], "--save and --resume need one implementation"),
+    (["--stream"], "--stream, --target and --features need --data FILE"),
+    (["--target", "y"], "--stream, --target and --features need --data FILE"),
+    (["--features", "a"], "--stream, --target and --features need --data FILE"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append((["--device", "cuda"], "use --device cpu or --device auto"))
@@ -186,3 +190,19 @@ def test_the_widest_seeds_are_taken():
     # torch.Generator.manual_seed takes [-2**63, 2**64): both ends train.
     for seed in (2**64 - 1, -(2**63)):
         assert len(fit(X, Y, num_epochs=1, seed=seed, device="cpu").losses) == 1
+
+
+def test_cli_data_commands_name_what_is_missing(tmp_path, capsys):
+    data = tmp_path / "d.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32))
+    assert main(["train", "--quiet", "--data", str(data), "--features", ","]) == 2
+    assert capsys.readouterr().err == "torchlr: error: --features lists no column: ','\n"
+    unnamed = tmp_path / "unnamed.pt"  # saved from Python without feature names
+    X = torch.randn(20, 2)
+    fit(X, X.sum(1), num_epochs=1, save=str(unnamed), device="cpu")
+    assert main(["predict", "--model", str(unnamed), "--data", str(data)]) == 2
+    assert "unnamed.pt has no feature names; it cannot match columns" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--model", str(unnamed)])
+    assert info.value.code == 2
+    assert "the following arguments are required: --data" in capsys.readouterr().err
