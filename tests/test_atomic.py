@@ -115,3 +115,16 @@ def test_a_device_or_fifo_path_is_checked_as_itself(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     assert check_writable_file("output", fifo) == str(fifo)
+
+
+def test_missing_folders_are_made(tmp_path):
+    path = tmp_path / "new" / "deeper" / "out.csv"
+    write_text(path)
+    assert path.read_text() == "new\n" and os.listdir(path.parent) == ["out.csv"]
+
+
+def test_a_folder_that_cannot_be_made_names_the_target(tmp_path):
+    (tmp_path / "afile").write_text("")  # a file where a folder would have to be
+    with pytest.raises(OSError, match=r"Cannot write .*afile/out\.csv: "):
+        write_text(tmp_path / "afile" / "out.csv")
+    assert os.listdir(tmp_path) == ["afile"]

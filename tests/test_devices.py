@@ -54,3 +54,17 @@ def test_the_names_a_cpu_device_prints_are_taken():
     assert resolve_device(str(torch.device("cpu", 0))) == torch.device("cpu")
     with pytest.raises(ValueError, match="Unknown device"):
         resolve_device("cpu:1")  # there is one CPU device
+
+
+def test_cuda_indices_against_the_devices_present(monkeypatch):
+    # As on a machine with two GPUs, the second current: the checks run without one.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("CUDA:1") == torch.device("cuda", 1)
+    assert resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert resolve_device("auto").type == "cuda"
+    with pytest.raises(ValueError, match=r"device='cuda:2' was requested but only 2 CUDA"):
+        resolve_device("cuda:2")

@@ -62,6 +62,15 @@ def test_scatter_holds_the_chosen_column_against_the_labels(data):
     assert png_bytes(fig).startswith(b"\x89PNG")
 
 
+def test_scatter_column_counts_from_either_end(data):
+    X, y = data
+    (points,) = plots.scatter(X, y, column=-2).axes[0].collections
+    torch.testing.assert_close(torch.as_tensor(points.get_offsets().data)[:, 0], X[:, 0].double())
+    for bad in (2, -3):
+        with pytest.raises(ValueError, match=rf"column must be in \[-2, 2\), got {bad}"):
+            plots.scatter(X, y, column=bad)
+
+
 def test_scatter_line_has_the_weight_as_slope_and_passes_through_the_mean_prediction(data):
     X, y = data
     w, b = torch.tensor([1.5, -2.0]), 0.7
