@@ -1,5 +1,6 @@
 """Loading tables: every format, and every file error named with file, line and column."""
 
+import io
 import warnings
 
 import numpy as np
@@ -84,6 +85,18 @@ def test_csv_fit_recovers_known_coefficients(tmp_path, table):
 
 # --- every file error: a ValueError naming file, line and column; exit 2 from the CLI ----
 
+def npz(**arrays):
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def pt(content):
+    out = io.BytesIO()
+    torch.save(content, out)
+    return out.getvalue()
+
+
 FOLDER = object()
 ERRORS = [
     # (file name, content or None for a missing file, CLI extra args, pieces of the message)
@@ -107,6 +120,11 @@ ERRORS = [
     ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
     ("folder.csv", FOLDER, [], ["Not a file", "folder.csv"]),
+    ("cube.npz", npz(X=np.zeros((4, 2, 2))), [], ["cube.npz", "array 'X' has shape (4, 2, 2)",
+                                                   "expected 1-D columns or a 2-D table"]),
+    ("none.npz", npz(), [], ["none.npz is empty: it holds no columns"]),
+    ("flags.pt", pt({"a": torch.ones(3, dtype=torch.bool), "y": torch.ones(3)}), [],
+     ["flags.pt", "column 'a'", "dtype torch.bool does not hold real numbers"]),
     ("latin1.csv", b"a,y\n1,2\n" + "caf\u00e9,3\n".encode("latin-1"), [],
      ["latin1.csv", "is not a readable CSV file", "utf-8"]),
     ("latin1-head.csv", "caf\u00e9,y\n1,2\n".encode("latin-1"), [],
