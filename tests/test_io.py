@@ -120,6 +120,9 @@ ERRORS = [
     ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
     ("folder.csv", FOLDER, [], ["Not a file", "folder.csv"]),
+    ("alone.csv", "y\n1\n2\n", [], ["alone.csv has no feature column besides the target 'y'"]),
+    ("unnamed.csv", "\na,,y\n1,2,3\n", [], ["unnamed.csv, line 2: column 2 of the header "
+                                              "has no name"]),
     ("cube.npz", npz(X=np.zeros((4, 2, 2))), [], ["cube.npz", "array 'X' has shape (4, 2, 2)",
                                                    "expected 1-D columns or a 2-D table"]),
     ("none.npz", npz(), [], ["none.npz is empty: it holds no columns"]),
