@@ -321,3 +321,22 @@ def test_epoch_seconds_are_each_epochs_own_time():
     wall = time.perf_counter() - start
     assert len(result.epoch_seconds) == 3
     assert all(0 < s for s in result.epoch_seconds) and sum(result.epoch_seconds) <= wall
+
+
+def test_a_non_finite_epoch_loss_is_a_divergence_named_by_its_epoch(monkeypatch):
+    # Minibatch losses can stay finite while the loss over all rows is not (a row that
+    # drop_last never trains on, say): the epoch's own check names it.
+    import torchlr.train as train_module
+
+    real = train_module._epoch_loss
+    calls = []
+
+    def second_epoch_overflows(*args, **kwargs):
+        calls.append(1)
+        return math.inf if len(calls) == 2 else real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_epoch_loss", second_epoch_overflows)
+    X, y = chapter_data(num_examples=100)
+    with pytest.raises(torchlr.DivergenceError,
+                       match=r"the epoch loss became inf at epoch 2, step 10 \(lr=0\.03\)"):
+        fit(X, y, num_epochs=3, device="cpu")
