@@ -340,3 +340,15 @@ def test_a_non_finite_epoch_loss_is_a_divergence_named_by_its_epoch(monkeypatch)
     with pytest.raises(torchlr.DivergenceError,
                        match=r"the epoch loss became inf at epoch 2, step 10 \(lr=0\.03\)"):
         fit(X, y, num_epochs=3, device="cpu")
+
+
+def test_fit_config_takes_paths_and_up_to_1024_threads(tmp_path):
+    from pathlib import Path
+
+    config = FitConfig(save=tmp_path / "m.pt", logdir=Path("runs"), threads=1024)
+    config.validate()
+    # Kept as text: checkpoints and TensorBoard's config table store them as str.
+    assert config.save == str(tmp_path / "m.pt") and config.logdir == "runs"
+    assert config.threads == 1024
+    with pytest.raises(ValueError, match="threads must be at most 1024, got 1025"):
+        FitConfig(threads=1025).validate()
