@@ -414,13 +414,18 @@ def test_a_checkpoint_without_a_data_fingerprint_resumes_when_the_statistics_agr
             torchlr.fit(X * 1.5, y, num_epochs=3, resume=str(path), device="cpu", **options)
 
 
+def fit_data(tmp_path, stream):
+    """fit's (features, labels) for 40 rows: in memory, or a stream of the same rows."""
+    X, y = dataset(n=40)
+    if not stream:
+        return X, y
+    np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
+    return BlockStream(tmp_path / "d.npy"), None
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
 def test_feature_names_must_name_every_column(tmp_path, stream):
-    X, y = dataset(n=40)
-    data = (X, y)
-    if stream:
-        np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
-        data = (BlockStream(tmp_path / "d.npy"), None)
+    data = fit_data(tmp_path, stream)
     with pytest.raises(ValueError, match="feature_names has 4 names for 3 feature columns"):
         torchlr.fit(*data, num_epochs=1, feature_names=("a", "b", "c", "d"),
                     save=str(tmp_path / "c.pt"), device="cpu")
@@ -429,11 +434,7 @@ def test_feature_names_must_name_every_column(tmp_path, stream):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["memory", "stream"])
 def test_a_file_that_is_not_a_checkpoint_is_not_overwritten(tmp_path, stream):
-    X, y = dataset(n=40)
-    data = (X, y)
-    if stream:
-        np.save(tmp_path / "d.npy", torch.cat([X, y[:, None]], 1).numpy())
-        data = (BlockStream(tmp_path / "d.npy"), None)
+    data = fit_data(tmp_path, stream)
     notes = tmp_path / "notes.txt"
     notes.write_text("keep me")
     epochs = []
