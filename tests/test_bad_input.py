@@ -58,6 +58,11 @@ API_CASES = [
     (X, Y, {"val_fraction": "0.1"}, TypeError, ["val_fraction", "'0.1'"]),
     (X, Y, {"val_fraction": True}, TypeError, ["val_fraction", "True"]),
     (X, Y, {"feature_names": (1, 2)}, TypeError, ["feature_names", "(1, 2)"]),
+    (X, Y, {"target_name": 7}, TypeError, ["target_name", "str or None", "7"]),
+    # Truthy is not enough: a bool option given "no" would otherwise turn itself on.
+    (X, Y, {"standardize": "no"}, TypeError, ["standardize", "bool", "'no'"]),
+    (X, Y, {"standardize_target": 1}, TypeError, ["standardize_target", "bool", "1"]),
+    (X, Y, {"drop_last": "no"}, TypeError, ["drop_last", "bool", "'no'"]),
     (X, Y, {"save": ""}, ValueError, ["save", "''"]),
     (X, Y, {"logdir": ""}, ValueError, ["logdir", "''"]),
     # Finite, but lr / batch_size does not fit the float32 step.

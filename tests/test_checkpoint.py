@@ -270,8 +270,9 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 
 class Payload:
+    # Unpickled with code allowed, this makes a folder in the working directory (tmp_path).
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (os.mkdir, ("pwned",))
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "pickle-code", "plain-dict",
@@ -313,6 +314,7 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, kind, capsys):
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and "bad.pt" in err[0]
     assert not out.exists()
+    assert not (tmp_path / "pwned").exists()  # read with weights_only: the pickle's code never ran
 
 
 @pytest.mark.parametrize("impl,kind", [("scratch", ScratchModel), ("concise", ConciseModel)])

@@ -137,6 +137,8 @@ def test_progress_bar_fills():
     bar = _ProgressBar(stream, "scratch", width=10)
     bar(Progress(epoch=2, num_epochs=2, step=50, steps_per_epoch=100))
     assert "[#######---]" in stream.getvalue()
+    bar(Progress(epoch=1, num_epochs=1, step=1, steps_per_epoch=1))  # a one-step fit, done
+    assert stream.getvalue().endswith("[##########] epoch 1/1 step 1/1")
 
 
 def test_console_exits_with_mains_status_and_leaves_torchrun_workers_at_once(monkeypatch):
@@ -183,9 +185,10 @@ def test_help_shows_defaults_but_not_unset_ones():
 
 
 def test_dist_timeout_takes_positive_seconds(capsys):
-    args = build_parser().parse_args(["train", "--dist-timeout", "2.5"])
-    assert args.dist_timeout == 2.5
-    for bad in ("0", "-1", "nan", "abc"):
+    for good in ("2.5", "0.5"):  # under a second is short, not wrong
+        args = build_parser().parse_args(["train", "--dist-timeout", good])
+        assert args.dist_timeout == float(good)
+    for bad in ("0", "-1", "nan", "inf", "abc"):
         with pytest.raises(SystemExit) as info:
             build_parser().parse_args(["train", "--dist-timeout", bad])
         assert info.value.code == 2

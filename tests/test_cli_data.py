@@ -332,6 +332,16 @@ def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
     val = [float(m.group(3)) for m in epochs]
     assert len(epochs) == stopped == kept + 2 < 60 and val[kept - 1] == min(val)
 
+    # A patience longer than the run: every epoch runs, and the line says so.
+    argv[argv.index("--epochs") + 1] = "3"
+    argv[argv.index("--early-stopping") + 1] = "50"
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    val = [float(m.group(3)) for m in map(EPOCH.match, out) if m]
+    kept = val.index(min(val)) + 1
+    assert len(val) == 3 and (f"early stopping: ran all 3 epochs; kept epoch {kept} (lowest "
+                              f"validation loss)") in out
+
 
 def test_predict_quotes_names_keeps_them_distinct_and_echoes_an_unknown_target(tmp_path,
                                                                                capsys):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from conftest import TRUE_B, TRUE_W
@@ -124,6 +126,7 @@ def test_in_order_batches_never_include_an_empty_one():
     assert list(data_iter(10, X, y, shuffle=False, drop_last=True)) == []
     assert list(data_iter(3, X[:0], y[:0], shuffle=False)) == []
     assert [len(b) for b, _ in data_iter(3, X, y, shuffle=False)] == [3, 3, 1]
+    assert [len(b) for b, _ in data_iter(3, X[:1], y[:1], shuffle=False)] == [1]
 
 
 def test_data_iter_and_synthetic_data_refuse_what_they_cannot_use():
@@ -131,6 +134,12 @@ def test_data_iter_and_synthetic_data_refuse_what_they_cannot_use():
         list(data_iter(2, torch.randn(4, 2).numpy(), torch.randn(4, 1)))
     with pytest.raises(ValueError, match="w must be finite"):
         synthetic_data([float("nan"), 1.0], 4.2, 5)
+    for noise in (-0.01, math.inf, math.nan):  # a finite noise below 0, or any non-finite
+        with pytest.raises(ValueError, match=f"noise must be finite and >= 0, got {noise!r}"):
+            synthetic_data([2.0, -3.4], 4.2, 5, noise=noise)
+    for b in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match=f"b must be finite, got {b!r}"):
+            synthetic_data([2.0, -3.4], b, 5)
 
 
 def test_data_drawn_without_a_generator_differs_run_to_run():

@@ -71,7 +71,13 @@ def test_drop_last_and_column_selection(table):
     bx, by = batches[0]
     full = torch.cat([X, y[:, None]], 1)
     idx = torch.cdist(bx, full[:, 2:]).argmin(1)
-    assert torch.equal(by[:, 0], full[idx, 0])
+    assert torch.equal(by, full[idx, :1])  # the first column alone, as a (k, 1) target
+
+
+def test_a_table_of_one_row_streams(tmp_path):
+    np.save(tmp_path / "row.npy", np.array([[2.0, 5.0]]))
+    (bx, by), = BlockStream(tmp_path / "row.npy").batches(4, torch.Generator().manual_seed(0))
+    assert torch.equal(bx, torch.tensor([[2.0]])) and torch.equal(by, torch.tensor([[5.0]]))
 
 
 def test_stream_evaluate_and_fit_agree_with_memory(table):
@@ -100,6 +106,9 @@ def test_stream_refuses_bad_files(tmp_path):
     np.save(tmp_path / "one.npy", np.ones(5))
     with pytest.raises(ValueError, match="streaming needs a 2-D table"):
         BlockStream(tmp_path / "one.npy")
+    np.save(tmp_path / "empty.npy", np.ones((0, 3)))
+    with pytest.raises(ValueError, match=r"shape \(0, 3\); streaming needs a 2-D table"):
+        BlockStream(tmp_path / "empty.npy")
     with pytest.raises(ValueError, match="reads a 2-D .npy file"):
         BlockStream(tmp_path / "t.csv")
     with pytest.raises(ValueError, match="No such file"):
@@ -227,3 +236,9 @@ def test_fit_scaling_scales_the_features_and_not_the_target_by_default(tmp_path)
     torch.testing.assert_close(scaling.x_mean, expected.mean(0).float())
     torch.testing.assert_close(scaling.x_scale, expected.std(0, correction=0).float())
     assert scaling.y_mean == 0.0 and scaling.y_scale == 1.0
+    # Statistics come from the file, never from rows an earlier scaling already changed.
+    stream = BlockStream(tmp_path / "t.npy", block_rows=16)
+    stream.scaling = stream.fit_scaling(target=True)
+    again = stream.fit_scaling()
+    torch.testing.assert_close(again.x_mean, scaling.x_mean, rtol=0, atol=0)
+    torch.testing.assert_close(again.x_scale, scaling.x_scale, rtol=0, atol=0)

@@ -213,6 +213,33 @@ def test_the_fit_image_keeps_at_most_figure_points(monkeypatch):
     X, y = chapter_data(num_examples=2 * tensorboard.FIGURE_POINTS - 1)
     tensorboard.fit_figure(X, y, torch.zeros(2), 0.0)
     assert kept == [tensorboard.FIGURE_POINTS]  # a stride of 1 kept all 3999
+    for n in (10, tensorboard.FIGURE_POINTS):  # up to FIGURE_POINTS rows, every one is drawn
+        tensorboard.fit_figure(*chapter_data(num_examples=n), torch.zeros(2), 0.0)
+    assert kept[1:] == [10, tensorboard.FIGURE_POINTS]
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_the_fit_image_draws_the_fitted_line_in_the_units_of_its_data(tmp_path, monkeypatch,
+                                                                      standardize):
+    # With standardize the figure shows the data as the model saw it, so its line must be the
+    # model's own scaled parameters; without, the result's w and b over the data given.
+    import numpy as np
+
+    from torchlr import tensorboard
+
+    drawn = []
+    monkeypatch.setattr(tensorboard, "fit_figure", lambda *args: drawn.append(args)
+                        or np.zeros((8, 8, 3), np.uint8))
+    X, y = chapter_data(num_examples=200)
+    result = torchlr.fit(X, y, standardize=standardize, logdir=tmp_path)
+    (features, _, w, b), = drawn
+    if standardize:
+        assert not torch.equal(result.scaled_w, result.w)
+        assert torch.equal(w, result.scaled_w) and b == result.scaled_b
+        torch.testing.assert_close(features, result.scaling.features(X))
+    else:
+        assert torch.equal(w, result.w) and b == result.b
+        assert torch.equal(features, X)
 
 
 def plt_figure():
