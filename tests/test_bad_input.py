@@ -211,3 +211,7 @@ def test_cli_data_commands_name_what_is_missing(tmp_path, capsys):
         main(["predict", "--model", str(unnamed)])
     assert info.value.code == 2
     assert "the following arguments are required: --data" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--data", str(data)])
+    assert info.value.code == 2
+    assert "the following arguments are required: --model" in capsys.readouterr().err

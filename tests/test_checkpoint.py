@@ -124,14 +124,17 @@ def test_resume_with_other_threads_scales_as_the_saved_run(tmp_path):
     assert len(resumed.losses) == 2
 
 
-def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_units(tmp_path):
+@pytest.mark.parametrize("val_fraction", [0.2, 0.0])  # with a best epoch kept, and without
+def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_units(
+        tmp_path, val_fraction):
     # Checkpoints written before losses were reported in the target's units (no
     # "loss_units" mark) hold those of y / y_scale: a resumed run converts them, so its
     # history reads as one run's.
     X, y = dataset(n=300)
     y = 40.0 * y + 7.0
-    options = dict(lr=0.05, standardize=True, standardize_target=True, val_fraction=0.2,
-                   early_stopping=5, device="cpu", batch_size=16)
+    options = dict(lr=0.05, standardize=True, standardize_target=True,
+                   val_fraction=val_fraction, early_stopping=5 if val_fraction else 0,
+                   device="cpu", batch_size=16)
     straight = torchlr.fit(X, y, num_epochs=3, **options)
     path = tmp_path / "old.pt"
     torchlr.fit(X, y, num_epochs=2, save=str(path), **options)
@@ -143,7 +146,10 @@ def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_un
     history["losses"] = [v / factor for v in history["losses"]]
     history["val_losses"] = [v / factor for v in history["val_losses"]]
     history["train_losses"] = history["train_losses"] / factor
-    state["best"]["val_loss"] /= factor
+    if val_fraction:
+        state["best"]["val_loss"] /= factor
+    else:
+        assert state["best"] is None
     torch.save(state, path)
     resumed = torchlr.fit(X, y, num_epochs=3, resume=str(path), save=str(path), **options)
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)
@@ -151,7 +157,8 @@ def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_un
     torch.testing.assert_close(resumed.train_losses, straight.train_losses, rtol=1e-5, atol=0)
     saved = load_checkpoint(path)
     assert saved["history"]["loss_units"] == "target"
-    assert saved["best"]["val_loss"] == pytest.approx(min(straight.val_losses), rel=1e-5)
+    if val_fraction:
+        assert saved["best"]["val_loss"] == pytest.approx(min(straight.val_losses), rel=1e-5)
 
 
 def test_sampled_rows_stay_in_range_at_any_size():

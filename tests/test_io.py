@@ -128,6 +128,12 @@ ERRORS = [
     ("none.npz", npz(), [], ["none.npz is empty: it holds no columns"]),
     ("flags.pt", pt({"a": torch.ones(3, dtype=torch.bool), "y": torch.ones(3)}), [],
      ["flags.pt", "column 'a'", "dtype torch.bool does not hold real numbers"]),
+    ("text.pt", pt("a,y\n1,2\n"), [], ["text.pt holds a str; expected a tensor, a pair (X, y) "
+                                       "or a dict of named tensors"]),
+    ("triple.pt", pt((torch.ones(3, 2), torch.ones(3), torch.ones(3))), [],
+     ["triple.pt holds a tuple; expected"]),
+    ("listed.pt", pt({"x": torch.ones(3, 2), "y": [1.0, 2.0, 3.0]}), [],
+     ["listed.pt: entry 'y' is a list, not an array"]),
     ("latin1.csv", b"a,y\n1,2\n" + "caf\u00e9,3\n".encode("latin-1"), [],
      ["latin1.csv", "is not a readable CSV file", "utf-8"]),
     ("latin1-head.csv", "caf\u00e9,y\n1,2\n".encode("latin-1"), [],

@@ -112,7 +112,9 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
             assert event.histogram_value.min == pytest.approx(values.min().item(), rel=1e-4)
             assert event.histogram_value.max == pytest.approx(values.max().item(), rel=1e-4)
 
-    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    (event,) = acc.Tensors("config/text_summary")
+    assert event.step == 0  # written once, before the first epoch
+    text = event.tensor_proto.string_val[0].decode()
     for option in fields(FitConfig):
         assert f"| {option.name} |" in text
     assert f"| impl | `{impl}` |" in text and "| num_examples | `1000` |" in text
@@ -120,6 +122,7 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
     (image,) = acc.Images("plot/fit")
     assert image.step == 3 and image.width > 100 and image.height > 100
     assert image.encoded_image_string.startswith(b"\x89PNG")
+    assert image.encoded_image_string[25] == 2  # the IHDR's colour type: RGB, no alpha channel
 
     # The hyperparameters live in the run's own event file: no sibling or child run.
     assert [p.is_file() for p in run_dir.iterdir()] == [True]
@@ -174,7 +177,9 @@ def test_a_validation_run_counts_all_its_rows_and_its_training_rows(tmp_path):
     start = hparams_data(acc)["_hparams_/session_start_info"].session_start_info.hparams
     assert start["num_examples"].number_value == 1000
     assert start["train_examples"].number_value == 800
-    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    (event,) = acc.Tensors("config/text_summary")
+    assert event.step == 0  # written once, before the first epoch
+    text = event.tensor_proto.string_val[0].decode()
     assert "| num_examples | `1000` |" in text and "| train_examples | `800` |" in text
 
 
@@ -207,15 +212,19 @@ def test_the_fit_image_is_at_the_last_epoch_that_ran(tmp_path):
 def test_the_fit_image_keeps_at_most_figure_points(monkeypatch):
     from torchlr import tensorboard
 
-    kept = []
-    monkeypatch.setattr("torchlr.plots.scatter",
-                        lambda X, y, **kw: kept.append(len(X)) or plt_figure())
+    kept, columns = [], []
+    monkeypatch.setattr("torchlr.plots.scatter", lambda X, y, **kw: kept.append(len(X))
+                        or columns.append(kw["column"]) or plt_figure())
     X, y = chapter_data(num_examples=2 * tensorboard.FIGURE_POINTS - 1)
     tensorboard.fit_figure(X, y, torch.zeros(2), 0.0)
     assert kept == [tensorboard.FIGURE_POINTS]  # a stride of 1 kept all 3999
     for n in (10, tensorboard.FIGURE_POINTS):  # up to FIGURE_POINTS rows, every one is drawn
         tensorboard.fit_figure(*chapter_data(num_examples=n), torch.zeros(2), 0.0)
     assert kept[1:] == [10, tensorboard.FIGURE_POINTS]
+    # The chapter's figure: the second feature against the labels (the only one, if one).
+    for d in (1, 3):
+        tensorboard.fit_figure(torch.randn(5, d), torch.randn(5, 1), torch.zeros(d), 0.0)
+    assert columns == [1, 1, 1, 0, 1]
 
 
 @pytest.mark.parametrize("standardize", [False, True])

@@ -169,6 +169,7 @@ def test_zero_epochs_returns_the_initial_parameters():
     w0, b0 = init_params(2, generator=torch.Generator().manual_seed(0))
     assert result.losses == [] and torch.equal(result.w, w0.detach().reshape(-1))
     assert result.b == 0.0
+    assert result.train_losses.shape == (0,) and result.epoch_seconds == []  # no step ran
 
 
 def test_config_object_and_overrides():
