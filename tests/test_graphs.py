@@ -152,6 +152,9 @@ def test_chunk_length_prefers_a_divisor_of_the_epoch():
     assert graphs.chunk_length(976, 1024 * 400) == 16  # 1Mx100 at batch 1024
     assert graphs.chunk_length(1220, 8192 * 400) == 10  # 10Mx100 at batch 8192
     assert graphs.chunk_length(97, batch) == 16  # prime: chunks of 16 and one step left
+    # A divisor below half the cap (7 of 21) would make chunks too short: the cap instead.
+    assert graphs.chunk_length(21, batch) == 16 and graphs.chunk_length(24, batch) == 12
+    assert graphs.chunk_length(2, batch) == 2  # the shortest chunk
     assert graphs.chunk_length(5, batch) == 5  # fewer batches than the cap: one chunk
     assert graphs.chunk_length(1, batch) == 1 and graphs.chunk_length(0, batch) == 1
     assert graphs.chunk_length(100, 40 << 20) == 1  # two 40 MiB batches exceed 64 MiB
