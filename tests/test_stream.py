@@ -102,6 +102,19 @@ def test_stream_resume_equals_straight(table, tmp_path):
     assert torch.equal(resumed.w, straight.w) and resumed.losses == straight.losses
 
 
+def test_one_stream_object_saves_and_resumes_a_standardized_run(table, tmp_path):
+    # The first fit leaves its scaling on the stream; the resume must still recognize the
+    # file's own rows, and train on them scaled as the saved run did.
+    path, _, _ = table
+    kw = dict(lr=0.05, batch_size=7, standardize=True, standardize_target=True, device="cpu")
+    straight = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=3, **kw)
+    stream, ckpt = BlockStream(path, block_rows=10), tmp_path / "s.pt"
+    torchlr.fit(stream, None, num_epochs=1, save=str(ckpt), **kw)
+    assert stream.scaling is not None and not stream.scaling.is_identity
+    resumed = torchlr.fit(stream, None, num_epochs=3, resume=str(ckpt), **kw)
+    assert torch.equal(resumed.w, straight.w) and resumed.losses == straight.losses
+
+
 def test_stream_refuses_bad_files(tmp_path):
     np.save(tmp_path / "one.npy", np.ones(5))
     with pytest.raises(ValueError, match="streaming needs a 2-D table"):
