@@ -64,6 +64,8 @@ API_CASES = [
     (X, Y, {"standardize_target": 1}, TypeError, ["standardize_target", "bool", "1"]),
     (X, Y, {"drop_last": "no"}, TypeError, ["drop_last", "bool", "'no'"]),
     (X, Y, {"save": ""}, ValueError, ["save", "''"]),
+    (X, Y, {"save": 5}, TypeError, ["save", "path or None", "5"]),
+    (X, Y, {"resume": 2.5}, TypeError, ["resume", "path or None", "2.5"]),
     (X, Y, {"logdir": ""}, ValueError, ["logdir", "''"]),
     # Finite, but lr / batch_size does not fit the float32 step.
     (X, Y, {"lr": 4e39}, ValueError, ["lr", "4e+39", "float32"]),
@@ -118,8 +120,9 @@ CLI_CASES = [
     (["--device", "tpu"], "tpu"),
     (["--num-examples", "0"], "--num-examples must be"),
     (["--lr", "10"], "(--lr 10.0); try a smaller"),
-    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device, got device 'cpu'; "
-                                           "pass --device cuda"),
+    # The whole line: a switch's `=True` becomes the flag alone, never "no --cuda-graphs".
+    (["--cuda-graphs", "--device", "cpu"], "torchlr: error: --cuda-graphs needs a CUDA device, "
+     "got device 'cpu'; pass --device cuda or leave --cuda-graphs off\n"),
     (["--seed", "99999999999999999999999"], "--seed must be in"),
     (["--batch-size", "99999999999999999999"], "--batch-size must"),
     (["--num-examples", "99999999999999"], "ask for fewer examples"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TRUE_B, TRUE_W, chapter_data
 
-from torchlr import fit
+from torchlr import __version__, fit
 from torchlr.cli import _ProgressBar, build_parser, main
 
 EPOCH_LINE = re.compile(r"^epoch (\d+), loss (\d+\.\d{6})$")
@@ -182,6 +182,13 @@ def test_help_shows_defaults_but_not_unset_ones():
     text = " ".join(text.split())  # argparse wraps lines
     assert "(default: 0.03)" in text and "(default: 10)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_version_names_the_package(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"torchlr {__version__}\n"
 
 
 def test_dist_timeout_takes_positive_seconds(capsys):

@@ -198,6 +198,28 @@ def test_a_stream_resumes_only_in_the_blocks_it_was_read_in(tmp_path):
     assert torch.equal(resumed.w, straight.w) and resumed.b == straight.b
 
 
+def test_a_changed_row_of_a_streamed_file_is_other_data(tmp_path):
+    # A stream is recognized by the rows it samples: the first, the last and evenly between.
+    table = np.random.default_rng(3).normal(size=(600, 3))
+    np.save(tmp_path / "t.npy", table)
+    saved = tmp_path / "run.pt"
+    torchlr.fit(BlockStream(tmp_path / "t.npy", block_rows=10), None, num_epochs=1,
+                save=str(saved), device="cpu")
+    table[-1, 0] += 1.0  # the last row: sampled whatever the file's size
+    np.save(tmp_path / "t.npy", table)
+    with pytest.raises(ValueError, match="not the data it trained on"):
+        torchlr.fit(BlockStream(tmp_path / "t.npy", block_rows=10), None, num_epochs=2,
+                    resume=str(saved), device="cpu")
+
+
+def test_the_default_block_is_as_many_whole_rows_as_fit_in_16_mib(tmp_path):
+    from torchlr import stream
+
+    np.save(tmp_path / "t.npy", np.zeros((4, 3)))  # 24 bytes a row
+    rows = BlockStream(tmp_path / "t.npy").block_rows
+    assert rows * 24 <= stream.BLOCK_BYTES == 16 << 20 < (rows + 1) * 24
+
+
 def test_other_data_is_named_before_other_blocks(tmp_path):
     rng = np.random.default_rng(2)
     np.save(tmp_path / "a.npy", rng.normal(size=(200, 3)))

@@ -324,6 +324,15 @@ def test_interrupt_in_the_first_epoch_keeps_loss_train(tmp_path):
     assert "loss/epoch" not in acc.Tags()["scalars"]
 
 
+def test_every_minibatch_loss_is_a_point_with_log_every_1(tmp_path):
+    # Chunks of one loss each: none may be dropped, and each lands at its own step.
+    X, y = chapter_data(num_examples=35)  # 4 steps an epoch, the last of 5 rows
+    result = torchlr.fit(X, y, num_epochs=2, log_every=1, logdir=tmp_path)
+    steps, values = scalars(read_run(result.run_dir), "loss/train")
+    assert steps == list(range(1, 9))
+    assert values == pytest.approx(result.train_losses.tolist(), rel=1e-6)
+
+
 def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     X, y = chapter_data(num_examples=100)
@@ -337,6 +346,7 @@ def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     ({"true_w": (1.0, 2.0, 3.0)}, "true_w has 3 values but features has 2 columns"),
     ({"true_w": (1.0, float("nan"))}, "true_w must be a non-empty sequence of finite numbers"),
     ({"true_b": "x"}, "true_b must be a finite number or None, got str: 'x'"),
+    ({"true_b": float("inf")}, "true_b must be a finite number or None, got inf"),
     ({"logdir": 5}, "logdir must be a path or None, got int: 5"),
 ])
 def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, message):
