@@ -1,6 +1,7 @@
 """Loading tables: every format, and every file error named with file, line and column."""
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -229,3 +230,38 @@ def test_a_file_too_large_for_memory_points_to_stream(tmp_path, monkeypatch, cap
     assert "--stream" in capsys.readouterr().err
     monkeypatch.setattr("torchlr.io.available_memory", lambda: 10**6)
     assert load_data(path).features.shape == (100, 1)  # the same file fits with more memory
+
+
+class Payload:
+    # Unpickled with code allowed, this makes a folder in the working directory.
+    def __reduce__(self):
+        return (os.mkdir, ("pwned",))
+
+
+def test_data_files_never_run_the_code_a_pickle_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"x": torch.ones(3, 2), "y": Payload()}, tmp_path / "code.pt")
+    np.savez(tmp_path / "code.npz", x=np.array([Payload()] * 3, dtype=object), y=np.ones(3))
+    np.save(tmp_path / "code.npy", np.array([[Payload()] * 2] * 3, dtype=object))
+    for name in ("code.pt", "code.npz", "code.npy"):
+        with pytest.raises(ValueError, match=f"{name} is not a valid"):
+            load_data(tmp_path / name)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_models_columns_name_each_side_of_the_difference(tmp_path):
+    # predict reads a file by the model's feature names: a column short, or one too many.
+    from torchlr.io import feature_columns
+
+    (tmp_path / "t.csv").write_text("a,b,y\n1,2,3\n")
+    assert feature_columns(tmp_path / "t.csv", ["a", "b"], "y") == ["a", "b", "y"]
+    with pytest.raises(ValueError, match=r"features \('a', 'b', 'c'\): missing 'c'$"):
+        feature_columns(tmp_path / "t.csv", ["a", "b", "c"], "y")
+    with pytest.raises(ValueError, match=r"features \('a'\): unexpected 'b'$"):
+        feature_columns(tmp_path / "t.csv", ["a"], "y")
+
+
+def test_the_target_cannot_also_be_a_feature(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,y\n1,2,3\n2,1,5\n")
+    with pytest.raises(ValueError, match="Column 'y' is both the target and a feature"):
+        load_data(tmp_path / "t.csv", target="y", features=["a", "y"])
