@@ -182,6 +182,24 @@ def test_resume_refuses_other_options(houses, tmp_path, capsys):
     assert "--impl concise differs from the checkpoint's 'scratch'" in capsys.readouterr().err
 
 
+def test_resume_keeps_the_saved_target_and_features(houses, tmp_path, capsys):
+    # The target is not the last column: without --target the resumed run must not fall
+    # back to the file's default (price), nor to all the other columns as features.
+    options = ["--target", "rooms", "--features", "area,price", "--standardize", "--lr", "0.1",
+               "--device", "cpu", "--no-tensorboard"]
+    part = tmp_path / "part.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(part),
+                 *options]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(houses), "--epochs", "2", *options]) == 0
+    straight = capsys.readouterr().out.splitlines()
+    assert main(["train", "--data", str(houses), "--resume", str(part), "--epochs", "2",
+                 "--no-tensorboard"]) == 0
+    resumed = capsys.readouterr().out.splitlines()
+    assert straight[1:] == resumed[:len(straight) - 1]  # epoch 2 on, and the same weights
+    assert [line.split()[0] for line in resumed[1:3]] == ["w[area]", "w[price]"]
+
+
 def test_synthetic_run_saves_and_resumes(tmp_path, capsys):
     path = tmp_path / "chapter.pt"
     assert main(["train", "--device", "cpu", "--epochs", "1", "--save", str(path)]) == 0
