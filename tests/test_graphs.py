@@ -155,6 +155,7 @@ def test_chunk_length_prefers_a_divisor_of_the_epoch():
     # A divisor below half the cap (7 of 21) would make chunks too short: the cap instead.
     assert graphs.chunk_length(21, batch) == 16 and graphs.chunk_length(24, batch) == 12
     assert graphs.chunk_length(2, batch) == 2  # the shortest chunk
+    assert graphs.chunk_length(136, batch) == 8  # 8 * 17: a divisor of exactly half the cap
     assert graphs.chunk_length(5, batch) == 5  # fewer batches than the cap: one chunk
     assert graphs.chunk_length(1, batch) == 1 and graphs.chunk_length(0, batch) == 1
     assert graphs.chunk_length(100, 40 << 20) == 1  # two 40 MiB batches exceed 64 MiB

@@ -64,11 +64,13 @@ def test_binary_formats_agree_with_csv(tmp_path, table):
     torch.save({"X": X, "y": y}, tmp_path / "t.pt")
     torch.save((X, y), tmp_path / "pair.pt")
     torch.save((X, y[:, None]), tmp_path / "pair_2d.pt")  # y as synthetic_data gives it
+    torch.save(full, tmp_path / "bare.pt")  # one tensor: columns as in a .npy
     assert column_names(tmp_path / "t.npy") == ["x1", "x2", "x3", "x4"]
+    assert column_names(tmp_path / "bare.pt") == ["x1", "x2", "x3", "x4"]
     assert column_names(tmp_path / "t.npz") == ["X1", "X2", "X3", "y"]
     assert column_names(tmp_path / "pair.pt") == ["x1", "x2", "x3", "y"]
     assert column_names(tmp_path / "pair_2d.pt") == ["x1", "x2", "x3", "y"]
-    for name in ("t.npy", "t.npz", "t.pt", "pair.pt", "pair_2d.pt"):
+    for name in ("t.npy", "t.npz", "t.pt", "pair.pt", "pair_2d.pt", "bare.pt"):
         data = load_data(tmp_path / name)  # the target is the last column or the array y
         assert torch.equal(data.features, X), name
         assert torch.equal(data.target, y[:, None]), name
