@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -18,6 +19,14 @@ def chapter_data(seed: int = 0, num_examples: int = 1000):
     """The chapter's synthetic data set, drawn from its own seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return torchlr.synthetic_data(TRUE_W, TRUE_B, num_examples, generator=g)
+
+
+class Payload:
+    """Pickled code: unpickled where code may run, it makes the folder "pwned" in the
+    working directory. A reader that allows no code refuses it and leaves no folder."""
+
+    def __reduce__(self):
+        return (os.mkdir, ("pwned",))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import Payload
 
 import torchlr
 from torchlr.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -274,12 +275,6 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, {"format": "new"})
     assert path.read_bytes() == before  # the old file is intact, and no temporary remains
     assert os.listdir(tmp_path) == ["model.pt"]
-
-
-class Payload:
-    # Unpickled with code allowed, this makes a folder in the working directory (tmp_path).
-    def __reduce__(self):
-        return (os.mkdir, ("pwned",))
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "pickle-code", "plain-dict",

@@ -1,12 +1,12 @@
 """Loading tables: every format, and every file error named with file, line and column."""
 
 import io
-import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import Payload
 
 import torchlr
 from torchlr.cli import main
@@ -232,12 +232,6 @@ def test_a_file_too_large_for_memory_points_to_stream(tmp_path, monkeypatch, cap
     assert "--stream" in capsys.readouterr().err
     monkeypatch.setattr("torchlr.io.available_memory", lambda: 10**6)
     assert load_data(path).features.shape == (100, 1)  # the same file fits with more memory
-
-
-class Payload:
-    # Unpickled with code allowed, this makes a folder in the working directory.
-    def __reduce__(self):
-        return (os.mkdir, ("pwned",))
 
 
 def test_data_files_never_run_the_code_a_pickle_holds(tmp_path, monkeypatch):

@@ -55,6 +55,13 @@ def hparams_data(acc: EventAccumulator) -> dict[str, plugin_data_pb2.HParamsPlug
             for tag, content in acc.PluginTagToContent("hparams").items()}
 
 
+def config_text(acc: EventAccumulator) -> str:
+    """The run's one config table, checked to be written once, before the first epoch."""
+    (event,) = acc.Tensors("config/text_summary")
+    assert event.step == 0
+    return event.tensor_proto.string_val[0].decode()
+
+
 def f32(values) -> list[float]:
     """What a TensorBoard scalar holds: the value rounded to float32."""
     return torch.tensor(values, dtype=torch.float64).float().tolist()
@@ -112,9 +119,7 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
             assert event.histogram_value.min == pytest.approx(values.min().item(), rel=1e-4)
             assert event.histogram_value.max == pytest.approx(values.max().item(), rel=1e-4)
 
-    (event,) = acc.Tensors("config/text_summary")
-    assert event.step == 0  # written once, before the first epoch
-    text = event.tensor_proto.string_val[0].decode()
+    text = config_text(acc)
     for option in fields(FitConfig):
         assert f"| {option.name} |" in text
     assert f"| impl | `{impl}` |" in text and "| num_examples | `1000` |" in text
@@ -177,9 +182,7 @@ def test_a_validation_run_counts_all_its_rows_and_its_training_rows(tmp_path):
     start = hparams_data(acc)["_hparams_/session_start_info"].session_start_info.hparams
     assert start["num_examples"].number_value == 1000
     assert start["train_examples"].number_value == 800
-    (event,) = acc.Tensors("config/text_summary")
-    assert event.step == 0  # written once, before the first epoch
-    text = event.tensor_proto.string_val[0].decode()
+    text = config_text(acc)
     assert "| num_examples | `1000` |" in text and "| train_examples | `800` |" in text
 
 
