@@ -59,7 +59,7 @@ def test_quick_run_writes_json_naming_the_machine(bench, tmp_path, capsys):
     assert report["machine"]["torch"] == torch.__version__
     rows = report["sizes"]["chapter"]["results"]
     assert "sklearn" not in rows
-    assert not set(bench.GRAPHED) & set(rows)  # cuda_graphs fits run at the CUDA sizes only
+    assert not set(bench.CUDA_ONLY) & set(rows)  # cuda_graphs fits run at the CUDA sizes only
     for impl in bench.TORCHLR + bench.ANALYTIC:
         row = rows[impl]
         # Paired: the median over rounds of this round's time over the reference's.
@@ -108,10 +108,12 @@ def test_each_torchlr_job_fits_with_the_options_its_name_lists(bench, chapter):
     for name in bench.ALL_TORCHLR:
         call = bench.torchlr_fit(name, X, y, size)
         assert call.args[-1] == ("concise" if "concise" in name else "scratch")
-        assert call.keywords == {"cuda_graphs": name.endswith("_graphs"),
-                                 "gradient": "analytic" if "analytic" in name else "autograd"}
+        assert call.keywords == {"cuda_graphs": "_graphs" in name,
+                                 "gradient": "analytic" if "analytic" in name else "autograd",
+                                 "permutation": "hashed" if "hashed" in name else "randperm"}
     result = bench.torchlr_fit("torchlr_concise_analytic", X, y, size)()
     assert result.config.impl == "concise" and result.config.gradient == "analytic"
+    assert len(bench.HASHED) == 4 and set(bench.HASHED) <= set(bench.LABELS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")

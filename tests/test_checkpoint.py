@@ -142,7 +142,7 @@ def test_a_checkpoint_with_losses_of_the_scaled_target_resumes_in_the_targets_un
     state = torch.load(path, weights_only=True)
     history, factor = state["history"], state["scaling"]["y_scale"] ** 2
     assert factor > 100 and history.pop("loss_units") == "target"
-    assert state["version"] == 3  # version 3 marks the target's units; older files were 2
+    assert state["version"] == 4  # version 3 marked the target's units; older files were 2
     state["version"] = 2
     history["losses"] = [v / factor for v in history["losses"]]
     history["val_losses"] = [v / factor for v in history["val_losses"]]
@@ -306,7 +306,7 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, kind, capsys):
         load_checkpoint(path)
     assert "checkpoint" in str(info.value)
     if kind == "newer":
-        assert "version 4; this torchlr reads versions 1 to 3" in str(info.value)
+        assert "version 5; this torchlr reads versions 1 to 4" in str(info.value)
     data = tmp_path / "d.npy"
     np.save(data, torch.cat([X, y[:, None]], 1).numpy())
     out = tmp_path / "out.csv"

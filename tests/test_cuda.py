@@ -53,6 +53,34 @@ def test_batch_order_does_not_depend_on_device():
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
 
 
+@pytest.mark.parametrize("n", [1000, 100_003])
+def test_hashed_order_does_not_depend_on_device(n):
+    # 100,003 rows: computed on the GPU itself (from HASHED_ON_DEVICE_ROWS); 1000 on the CPU.
+    from torchlr.data import HASHED_ON_DEVICE_ROWS, hashed_order
+
+    assert (n >= HASHED_ON_DEVICE_ROWS) == (n > 1000)
+    gpu = hashed_order(n, torch.Generator().manual_seed(n), "cuda")
+    cpu = hashed_order(n, torch.Generator().manual_seed(n))
+    assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_hashed_fit_matches_cpu_with_and_without_graphs(impl, monkeypatch):
+    from torchlr import data
+
+    monkeypatch.setattr(data, "HASHED_ON_DEVICE_ROWS", 0)  # each order made on the GPU
+    X, y = chapter_data(num_examples=1003)
+    options = dict(impl=impl, num_epochs=3, permutation="hashed")
+    cpu = fit(X, y, device="cpu", **options)
+    gpu = fit(X, y, device="cuda", **options)
+    graphed = fit(X, y, device="cuda", cuda_graphs=True, **options)
+    for run in (gpu, graphed):
+        torch.testing.assert_close(run.w_history, cpu.w_history, rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(run.losses), torch.tensor(cpu.losses),
+                                   rtol=1e-3, atol=1e-8)
+    torch.testing.assert_close(graphed.train_losses, gpu.train_losses, rtol=1e-6, atol=1e-7)
+
+
 def test_init_params_same_on_every_device():
     w_cpu, _ = init_params(5, generator=torch.Generator().manual_seed(0))
     w_gpu, b_gpu = init_params(5, generator=torch.Generator().manual_seed(0), device="cuda")
@@ -93,6 +121,14 @@ def test_no_host_sync_per_step(gradient):
 @pytest.mark.parametrize("gradient", ["autograd", "analytic"])
 def test_no_host_sync_per_graphed_step(gradient):
     _assert_syncs_do_not_grow_with_steps(cuda_graphs=True, gradient=gradient)
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_no_host_sync_per_step_in_the_hashed_order(cuda_graphs, monkeypatch):
+    from torchlr import data
+
+    monkeypatch.setattr(data, "HASHED_ON_DEVICE_ROWS", 0)  # each order made on the GPU
+    _assert_syncs_do_not_grow_with_steps(cuda_graphs=cuda_graphs, permutation="hashed")
 
 
 @pytest.mark.parametrize("gradient", ["autograd", "analytic"])

@@ -193,13 +193,15 @@ def test_outside_a_group_nothing_changes():
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
 
 
+@pytest.mark.parametrize("permutation", ["randperm", "hashed"])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_fit_in_a_one_process_group_equals_plain_fit(single_process_group, impl):
+def test_fit_in_a_one_process_group_equals_plain_fit(single_process_group, impl, permutation):
     X, y = chapter_data(num_examples=203)
-    in_group = torchlr.fit(X, y, impl=impl, device="cpu", num_epochs=2)
+    options = dict(impl=impl, device="cpu", num_epochs=2, permutation=permutation)
+    in_group = torchlr.fit(X, y, **options)
     assert distributed.current() == DataParallel(0, 1)
     dist.destroy_process_group()
-    plain = torchlr.fit(X, y, impl=impl, device="cpu", num_epochs=2)
+    plain = torchlr.fit(X, y, **options)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     torch.testing.assert_close(in_group.w_history, plain.w_history, rtol=1e-6, atol=0)
     torch.testing.assert_close(in_group.train_losses, plain.train_losses, rtol=1e-5, atol=0)
@@ -542,6 +544,7 @@ def test_cli_names_everything_the_ranks_compare_in_its_own_words():
     assert "'" not in listed and "_" not in listed, listed
     assert "--resume, the epoch --resume continues from" in listed
     assert "--epochs" in listed and "--stream" in listed and "--val-fraction" in listed
+    assert listed.endswith("--early-stopping, --permutation")
 
 
 def test_a_ranks_empty_share_of_a_streamed_batch_is_float32_under_any_default_dtype():

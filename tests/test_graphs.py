@@ -118,6 +118,16 @@ def test_captured_analytic_steps_match_the_usual_loop(fake_capture, impl):
                             + [("replay", "_device_chunk")] * 19)
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_captured_epochs_in_the_hashed_order_match_the_usual_loop(fake_capture, impl):
+    X, y = chapter_data(num_examples=1003)
+    options = dict(impl=impl, permutation="hashed", num_epochs=2, log_every=9, device="cpu")
+    graphed = torchlr.fit(X, y, cuda_graphs=True, **options)
+    assert_same_run(graphed, torchlr.fit(X, y, **options))
+    plain = torchlr.fit(X, y, impl=impl, num_epochs=2, device="cpu")
+    assert not torch.equal(graphed.w_history, plain.w_history)  # not randperm's order
+
+
 @pytest.mark.parametrize("where", ["on_cpu", "fake_capture"])
 def test_each_step_sees_the_rows_of_its_batch(where, request):
     """The gather inside the step takes batch i's rows of the epoch's order, in order:
@@ -269,3 +279,61 @@ def test_params_hold_no_autograd_graph_and_follow_the_steps(impl, models):
     w1, b1 = model.params()
     assert torch.equal(w, w1) and torch.equal(b, b1)  # the views saw the update
     assert not torch.equal(w, w0) and not torch.equal(b, b0)
+
+
+def test_no_garbage_collection_runs_during_a_capture(monkeypatch):
+    """A collection mid-capture may free an earlier fit's graph, which CUDA refuses while a
+    stream captures: capture() keeps the collector off for the capture, and only then."""
+    import contextlib
+    import gc
+
+    seen = []
+
+    class FakeGraph:
+        def replay(self):
+            seen.append(("replay", gc.isenabled()))
+
+    @contextlib.contextmanager
+    def fake_graph(graph, stream):
+        seen.append(("enter", gc.isenabled()))
+        yield
+        seen.append(("exit", gc.isenabled()))
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    assert gc.isenabled()
+    replay = graphs.capture(lambda: seen.append(("fn", gc.isenabled())), stream=None)
+    assert seen == [("enter", False), ("fn", False), ("exit", False)] and gc.isenabled()
+    replay()
+    assert seen[-1] == ("replay", True)
+
+    def fails():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="capturing the training step failed"):
+        graphs.capture(fails, stream=None)
+    assert gc.isenabled()  # back on after a failed capture too
+    gc.disable()
+    try:
+        graphs.capture(lambda: None, stream=None)
+        assert not gc.isenabled()  # and left off where the caller had turned it off
+    finally:
+        gc.enable()
+
+
+def test_graphed_steps_go_without_a_garbage_collection(on_cpu):
+    # No reference cycle: the graphs, and the GPU memory they hold, go with the fit.
+    import gc
+    import weakref
+
+    X, y = chapter_data(num_examples=30)
+    graphed = graphs.GraphedSteps(lambda Xb, yb: Xb.sum(), [], X, y, 10, False)
+    for batch in graphed.batches(torch.Generator().manual_seed(0)):
+        graphed.step(*batch)
+    gone = weakref.ref(graphed)
+    gc.disable()
+    try:
+        del graphed
+        assert gone() is None
+    finally:
+        gc.enable()

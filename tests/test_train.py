@@ -329,14 +329,15 @@ def test_a_non_finite_epoch_loss_is_a_divergence_named_by_its_epoch(monkeypatch)
     # drop_last never trains on, say): the epoch's own check names it.
     import torchlr.train as train_module
 
-    real = train_module._epoch_loss
+    real = train_module._epoch_end
     calls = []
 
     def second_epoch_overflows(*args, **kwargs):
         calls.append(1)
-        return math.inf if len(calls) == 2 else real(*args, **kwargs)
+        loss, w, b = real(*args, **kwargs)
+        return (math.inf if len(calls) == 2 else loss), w, b
 
-    monkeypatch.setattr(train_module, "_epoch_loss", second_epoch_overflows)
+    monkeypatch.setattr(train_module, "_epoch_end", second_epoch_overflows)
     X, y = chapter_data(num_examples=100)
     with pytest.raises(torchlr.DivergenceError,
                        match=r"the epoch loss became inf at epoch 2, step 10 \(lr=0\.03\)"):

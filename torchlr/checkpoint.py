@@ -19,11 +19,15 @@ FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
 # 3: with standardize_target the losses are in the target's own units (history["loss_units"]);
 #    a torchlr that reads only versions 1 and 2 would take them for the standardized ones.
-VERSION = 3
-READS = (1, 2, VERSION)
+# 4: the config holds permutation; with "hashed", a torchlr that reads only up to version 3
+#    would resume in randperm's order, another run than the one saved.
+VERSION = 4
+READS = (1, 2, 3, VERSION)
 # FitConfig fields that define the run: a resumed run must keep them as they were.
 RUN_FIELDS = ("impl", "lr", "batch_size", "seed", "drop_last", "val_fraction", "standardize",
-              "standardize_target", "feature_names", "target_name")
+              "standardize_target", "feature_names", "target_name", "permutation")
+# RUN_FIELDS added after version 1, with the value every checkpoint written before had.
+ADDED_FIELDS = {"permutation": "randperm"}
 REQUIRED = {"format": str, "version": int, "impl": str, "epoch": int, "params": dict,
             "optimizer": dict, "generator": torch.Tensor, "scaling": dict, "config": dict,
             "history": dict, "num_examples": int}
@@ -101,6 +105,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad data fingerprint")
     if state["version"] == 1:
         _upgrade_from_1(state)
+    for name, value in ADDED_FIELDS.items():
+        state["config"].setdefault(name, value)
     if history.get("loss_units") != "target":
         _losses_to_target_units(path, state)
     return state

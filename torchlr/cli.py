@@ -23,7 +23,7 @@ from torchlr.cli_data import (
     training_inputs,
     write_lines,
 )
-from torchlr.data import synthetic_data
+from torchlr.data import PERMUTATIONS, synthetic_data
 from torchlr.io import check_fits_in_memory
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
 from torchlr.validation import IMPLS, check_seed
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
                             f"analytic: the same gradient derived by hand (X^T r), about 2-4 "
                             f"times faster per step for small batches, equal to float "
                             f"precision")
+    train.add_argument("--permutation", choices=PERMUTATIONS, default=None,
+                       help=f"how each epoch's order is drawn (default: "
+                            f"{defaults.permutation}, or a resumed run's own): randperm, on "
+                            f"the seeded CPU generator, as the chapter does; hashed: the rows "
+                            f"sorted by a seeded hash, computed on the GPU for large data "
+                            f"(another order, the same on every device; faster at millions "
+                            f"of rows on a GPU)")
     train.add_argument("--quiet", action="store_true",
                        help="print only the results (the final errors, or the weights with "
                             "--data): no per-epoch lines, no progress bar")

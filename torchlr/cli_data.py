@@ -25,7 +25,8 @@ SYNTHETIC_NAMES = (("x1", "x2"), "y")  # the chapter's columns, so its model can
 # One given with another value than the checkpoint's is refused, not silently ignored.
 RUN_OPTIONS = {"impl": "impl", "lr": "lr", "batch_size": "batch_size", "seed": "seed",
                "val_fraction": "val_fraction", "standardize": "standardize",
-               "standardize_target": "standardize_target", "early_stopping": "early_stopping"}
+               "standardize_target": "standardize_target", "early_stopping": "early_stopping",
+               "permutation": "permutation"}
 
 
 def add_train_options(train: argparse.ArgumentParser) -> None:
@@ -146,8 +147,9 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         data = load_data(args.data, target, features)
         X, y = data.features, data.target
         names = (tuple(data.feature_names), data.target_name)
-    if args.gradient is not None:  # else the default, or what a resumed run trained with
-        options["gradient"] = args.gradient
+    for name in ("gradient", "permutation"):  # else the default, or a resumed run's own
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     configs = [replace(defaults, impl=impl, feature_names=names[0], target_name=names[1],
                        **options, **logging) for impl in impls]
     return X, y, configs

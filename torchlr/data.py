@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from torchlr import threads
-from torchlr.validation import check_positive_int
+from torchlr.validation import check_choice, check_positive_int
 
 
 def fresh_generator() -> torch.Generator:
@@ -46,17 +46,76 @@ def synthetic_data(
     return X, y.reshape(-1, 1)
 
 
+# How an epoch's order is drawn. "randperm": torch.randperm on the seeded generator (a CPU
+# one in a fit), then moved to the device. "hashed": the row numbers sorted by a keyed hash
+# of each, the keys drawn from the generator; exact integer arithmetic, so the same order on
+# every device, and on a GPU it is computed there: no CPU permutation and no host-to-device
+# copy per epoch (at 10M rows randperm alone took 0.24-0.31 s beside a 4 GB read of 1.4 ms).
+PERMUTATIONS = ("randperm", "hashed")
+# A "hashed" order of fewer rows is computed on the CPU and copied: its few dozen kernels
+# cost more to launch on a GPU than they take on the CPU. The order is the same either way.
+HASHED_ON_DEVICE_ROWS = 1 << 16
+# The hash is a bijection of 32-bit numbers, so the keys of up to 2^32 rows never tie.
+HASHED_MAX_ROWS = 1 << 32
+_MASK32 = 0xFFFFFFFF
+# Odd, so multiplying by one is a bijection mod 2^32, and below 2^31, so a 32-bit number
+# times one fits in an int64: no overflow on any device.
+_MULTIPLIERS = (0x7FEB352D, 0x2C1B3C6D)
+_ROUNDS = 3
+
+
 def batch_order(
     num_examples: int, *, shuffle: bool = True, generator: Optional[torch.Generator] = None,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, permutation: str = "randperm",
 ) -> Optional[torch.Tensor]:
-    """One epoch's example order on `device`, drawn from `generator` (None when not shuffling)."""
+    """One epoch's example order on `device`, drawn from `generator` (None when not shuffling).
+
+    permutation is "randperm" or "hashed" (see PERMUTATIONS); either depends on the
+    generator's state, never on the device.
+    """
     if not shuffle:
         return None
+    check_choice("permutation", permutation, PERMUTATIONS)
     gen = generator if generator is not None else fresh_generator()
+    if permutation == "hashed":
+        return hashed_order(num_examples, gen, device)
     # Drawn where the generator lives, then moved: the order depends on the seed, not the device.
     order = torch.randperm(num_examples, generator=gen, device=gen.device)
     return order.to(device) if device is not None else order
+
+
+def hashed_order(num_examples: int, generator: torch.Generator,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """A permutation of range(num_examples): the row numbers sorted by keyed-hash keys.
+
+    The keys are _ROUNDS rounds of (xor a 32-bit seed drawn from generator, then _mix) on
+    each row number: a bijection of 32-bit numbers, so no two rows share a key and the
+    sort has one answer. Integer ops that never overflow, so every device computes the same
+    order; on CUDA, from HASHED_ON_DEVICE_ROWS rows, it is computed there.
+    """
+    if num_examples > HASHED_MAX_ROWS:
+        raise ValueError(f"permutation='hashed' orders at most 2^32 rows, got {num_examples}; "
+                         f"use permutation='randperm'")
+    seeds = torch.randint(0, _MASK32 + 1, (_ROUNDS,), generator=generator,
+                          device=generator.device).tolist()
+    target = torch.device(device) if device is not None else generator.device
+    here = target if target.type == "cuda" and num_examples >= HASHED_ON_DEVICE_ROWS \
+        else torch.device("cpu")
+    keys = torch.arange(num_examples, dtype=torch.int64, device=here)
+    for seed in seeds:
+        keys = _mix(keys.bitwise_xor_(seed))
+    # Shifted into int32, the sort's keys are half as wide: a faster radix sort on a GPU.
+    order = torch.argsort(keys.sub_(1 << 31).to(torch.int32), stable=True)
+    return order.to(target)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A bijection of 32-bit numbers held in int64 (xor-shifts and odd multiplies mod 2^32),
+    in place: each output bit depends on every input bit."""
+    for multiplier in _MULTIPLIERS:
+        x.bitwise_xor_(x >> 16)
+        x.mul_(multiplier).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 16)
 
 
 def data_iter(
@@ -69,8 +128,11 @@ def data_iter(
     drop_last: bool = False,
     reuse_buffer: bool = False,
     prefetch: bool = False,
+    permutation: str = "randperm",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (X, y) minibatches covering each example once, in a fresh random order per call.
+
+    permutation says how the order is drawn: "randperm" or "hashed" (see PERMUTATIONS).
 
     Features are gathered a block of rows at a time; the labels, a small part of each row,
     once per call in the epoch's order, and each batch takes a view of them. With
@@ -95,7 +157,7 @@ def data_iter(
         )
     # Checked here, not lazily: a generator function would defer errors to the first batch.
     order = batch_order(len(features), shuffle=shuffle, generator=generator,
-                        device=features.device)
+                        device=features.device, permutation=permutation)
     prefetch = prefetch and order is not None and threads.spare_core(features.device)
     return _batches(batch_size, features, labels, order, drop_last, reuse_buffer, prefetch)
 

@@ -283,16 +283,19 @@ class DataParallel:
         generator: torch.Generator,
         drop_last: bool = False,
         device: torch.device | str | None = None,
+        permutation: str = "randperm",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """Yield (X, y, global batch length): this rank's slice of each global batch.
 
         `features` is a tensor (then `labels` too) or a BlockStream, read row by row.
+        permutation is data_iter's, for a tensor (a stream's blocks set its order).
         """
         if isinstance(features, BlockStream):
             return self._stream_slices(features, batch_size, generator, drop_last, device)
         n = len(features)
         # The same draw as data_iter's, so every rank and a single process see one order.
-        order = batch_order(n, generator=generator, device=features.device)
+        order = batch_order(n, generator=generator, device=features.device,
+                            permutation=permutation)
         assert order is not None
         stop = n - n % batch_size if drop_last else n
         return self._slices(batch_size, features, labels, order, stop)

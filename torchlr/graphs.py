@@ -15,6 +15,8 @@ only the model's own kernels, and the host pays one launch per chunk.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
@@ -79,12 +81,20 @@ def warm_up(fn: Callable[[], None], stream: Any) -> None:
 def capture(fn: Callable[[], None], stream: Any) -> Callable[[], None]:
     """Record fn's kernels on stream as a CUDA graph, without running them; return its replay."""
     graph = torch.cuda.CUDAGraph()
+    # No garbage collection while capturing: one may free an earlier fit's graph, and CUDA
+    # refuses to destroy a graph while a stream captures, which ends the capture in an error
+    # (seen on an H200, torch 2.11, whose torch.cuda.graph no longer collects beforehand).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         with torch.cuda.graph(graph, stream=stream):
             fn()
     except RuntimeError as err:
         raise RuntimeError(f"cuda_graphs: capturing the training step failed ({err}); "
                            f"train without cuda_graphs") from err
+    finally:
+        if collecting:
+            gc.enable()
     return graph.replay  # the bound method keeps the graph, and its memory, alive
 
 
@@ -93,9 +103,19 @@ class _Captured:
 
     def __init__(self, fn: Callable[[], None], stream: Any, warmups: int,
                  params: Sequence[torch.Tensor]) -> None:
-        self.fn, self.stream, self.warmups, self.params = fn, stream, warmups, params
+        # fn is a GraphedSteps method: held weakly, so the steps and their graphs form no
+        # reference cycle, and go (the graphs' GPU memory with them) when the fit drops them.
+        self._fn = weakref.WeakMethod(fn)  # type: ignore[arg-type]
+        self.stream, self.warmups, self.params = stream, warmups, params
         self.warmed = 0
         self.replay: Optional[Callable[[], None]] = None
+
+    @property
+    def fn(self) -> Callable[[], None]:
+        """The step function this graph holds."""
+        fn = self._fn()
+        assert fn is not None, "the GraphedSteps of this graph is gone"
+        return fn
 
     def __call__(self) -> None:
         if self.replay is not None:
@@ -126,8 +146,9 @@ class GraphedSteps:
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  params: Sequence[torch.Tensor], features: torch.Tensor, labels: torch.Tensor,
-                 batch_size: int, drop_last: bool) -> None:
+                 batch_size: int, drop_last: bool, permutation: str = "randperm") -> None:
         self.model_step = step
+        self.permutation = permutation  # how batches() draws each epoch's order
         self.params = list(params)  # the leaves the step updates
         self.X, self.y = features, labels
         self.batch_size = batch_size
@@ -152,7 +173,9 @@ class GraphedSteps:
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[Any, ...]]:
         """One epoch: (i,) for each full batch, then (X, y) for a short last batch."""
-        order = batch_order(len(self.X), generator=generator)  # on the CPU: as every fit draws it
+        # As every fit draws it: on the device only where "hashed" computes it there.
+        order = batch_order(len(self.X), generator=generator, permutation=self.permutation,
+                            device=None if self.permutation == "randperm" else self.X.device)
         cut = len(self.order)
         # Queued behind the last epoch's steps, which read the old order until they finish.
         self.order.copy_(order[:cut])

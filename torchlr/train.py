@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from torchlr import analytic, distributed, graphs, threads
 from torchlr.checkpoint import predict
 from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_step
-from torchlr.data import data_iter
+from torchlr.data import PERMUTATIONS, data_iter
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
@@ -89,6 +90,12 @@ class FitConfig:
     # times faster per step when steps are small; agrees with autograd to float precision.
     # Not supported in a process group.
     gradient: str = "autograd"
+    # How each epoch's order is drawn (torchlr.data.PERMUTATIONS). "randperm" (the chapter's
+    # way): torch.randperm on the seeded CPU generator, copied to the device. "hashed": the
+    # row numbers sorted by a seeded hash, computed on a GPU where the data is large: another
+    # order, the same on every device, without a CPU permutation and copy per epoch (most of
+    # a 10M-row GPU epoch otherwise). Not with a stream, which draws its own block order.
+    permutation: str = "randperm"
 
     def __post_init__(self) -> None:
         self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
@@ -101,6 +108,7 @@ class FitConfig:
         """
         check_choice("impl", self.impl, IMPLS)
         check_choice("gradient", self.gradient, analytic.GRADIENTS)
+        check_choice("permutation", self.permutation, PERMUTATIONS)
         self.lr = check_positive_float("lr", self.lr)
         if self.lr > FLOAT32_MAX:  # the step lr / batch_size is a float32 scalar
             raise ValueError(f"lr must be at most float32's largest value, about 3.4e38, "
@@ -368,22 +376,34 @@ def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStre
         return graphed.batches(generator)
     if group is not None:  # X is the data set or the stream
         return group.batches(config.batch_size, X, y, generator=generator,
-                             drop_last=config.drop_last, device=device)
+                             drop_last=config.drop_last, device=device,
+                             permutation=config.permutation)
     if stream is not None:
         return stream.batches(config.batch_size, generator, config.drop_last, device)
     # Each batch is done with (backward run, loss detached) before the next is drawn.
     return data_iter(config.batch_size, X, y, generator=generator, drop_last=config.drop_last,
-                     reuse_buffer=True, prefetch=config.worker_thread)
+                     reuse_buffer=True, prefetch=config.worker_thread,
+                     permutation=config.permutation)
 
 
-def _epoch_loss(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
-                stream: Optional[BlockStream], group: Any, worker_thread: bool) -> float:
-    """The chapter's number: mean squared_loss over the whole training set."""
-    if group is not None:  # each rank sums the loss over its share of the rows
-        return float(group.mean_loss(X, y, w, b))
-    if stream is not None:
-        return float(stream.evaluate(w, b))
-    return float(evaluate(X, y, w, b, worker_thread=worker_thread))
+def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
+               stream: Optional[BlockStream], group: Any, worker_thread: bool,
+               last_read: Callable[[], None]) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """After last_read() (the epoch's last host read of minibatch losses, which raises on a
+    non-finite one): the chapter's number, the mean squared_loss over the whole training
+    set, and copies of w (d,) and b (0-d) on the host."""
+    if group is not None or stream is not None:
+        last_read()
+        # In a group each rank sums the loss over its share of the rows.
+        loss = group.mean_loss(X, y, w, b) if group is not None else stream.evaluate(w, b)
+        return float(loss), _snapshot(w, -1), _snapshot(b)
+    # Queued before the host read's sync, and brought over with w and b in one copy: on a
+    # GPU the loss's kernels run behind the last steps, and the host waits once, not thrice.
+    queued = evaluate(X, y, w, b, worker_thread=worker_thread)
+    last_read()
+    # A new tensor, on the CPU too: the next epoch's steps must not change these copies.
+    values = torch.cat([queued.reshape(1), w.detach().reshape(-1), b.detach().reshape(-1)]).cpu()
+    return float(values[0]), values[1:-1], values[-1]
 
 
 def group_agreement(config: FitConfig, n: int, d: int, first_epoch: int,
@@ -412,6 +432,7 @@ def group_agreement(config: FitConfig, n: int, d: int, first_epoch: int,
         "standardize": config.standardize, "standardize_target": config.standardize_target,
         # The split sets the rows trained on; early stopping, the epoch the ranks stop at.
         "val_fraction": config.val_fraction, "early_stopping": config.early_stopping,
+        "permutation": PERMUTATIONS.index(config.permutation),  # sets the batch order
     }
 
 
@@ -484,6 +505,10 @@ def _fit(
             X = y = stream
         if config.cuda_graphs:
             graphs.check_device(device, stream is not None, group is not None)
+        if stream is not None and config.permutation != "randperm":
+            raise ValueError(f"permutation={config.permutation!r} is not supported when "
+                             f"streaming from disk, where the blocks set the order; use "
+                             f"permutation='randperm'")
         cpu_threads.limit(config.threads, device)
         n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
         steps = steps_per_epoch(n, config.batch_size, config.drop_last)
@@ -522,7 +547,7 @@ def _fit(
     graphed = None
     if config.cuda_graphs:
         graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, config.batch_size,
-                                      config.drop_last)
+                                      config.drop_last, config.permutation)
         step = graphed.step
 
     def host_read(epoch: int, done: int, stop: Optional[int]) -> None:
@@ -549,10 +574,9 @@ def _fit(
                     done = i + 1
                     if on_progress is not None:
                         on_progress(Progress(epoch, config.num_epochs, done, steps))
-        host_read(epoch, done, None)  # the epoch's last interval
-
         w, b = model.params()
-        loss = _epoch_loss(X, y, w, b, stream, group, config.worker_thread)
+        loss, w_now, b_now = _epoch_end(X, y, w, b, stream, group, config.worker_thread,
+                                        partial(host_read, epoch, done, None))
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
@@ -561,8 +585,8 @@ def _fit(
         loss *= state.scaling.loss_scale  # in the target's units (see host_read)
         history.epoch_seconds.append(time.perf_counter() - start)
         history.losses.append(loss)
-        history.w.append(_snapshot(w, -1))
-        history.b.append(_snapshot(b))
+        history.w.append(w_now)
+        history.b.append(b_now)
         val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, history)
         run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])
         run.validation(epoch, val_loss, val_r2)
