@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 import pytest
 import torch
@@ -32,6 +33,62 @@ class Payload:
 @pytest.fixture
 def data():
     return chapter_data()
+
+
+# A printed number, integer or not, that is not part of a word or of a dotted version.
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\w|\.\d)")
+# The committed outputs were printed on one CPU; another (AVX-512 vs AVX2, other MKL
+# kernels) rounds float32 sums differently. Measured across two CPUs: 1.5e-6 relative at
+# most (losses after 3 to 5 epochs of SGD); 1e-4 leaves room for other kernels, while a
+# stale output (other seed, rate, data or epochs) moves its numbers by 1e-3 or more.
+PRINT_RTOL = 1e-4
+# Below this, a number is rounding residue: a gap between two float32 runs is an ulp or two
+# of the O(1) parameters (ulp(4.2) = 4.8e-7), and it printed as 0, 2.38e-07 and 4.77e-07.
+PRINT_ZERO = 1e-6
+
+
+def _is_integer(number: str) -> bool:
+    return number.lstrip("-").isdigit()
+
+
+def _half_unit(number: str) -> float:
+    """Half a unit in the last printed digit: how far printing may have moved the value."""
+    if _is_integer(number):
+        return 0.0  # "0" from f"{0.0:g}" is exact
+    mantissa, _, exponent = number.lower().partition("e")
+    return 0.5 * 10.0 ** (int(exponent or 0) - len(mantissa.partition(".")[2]))
+
+
+def _close(x: str, y: str, rtol: float) -> bool:
+    if _is_integer(x) and _is_integer(y):
+        return x == y  # counts: epochs, steps, sizes
+    fx, fy = float(x), float(y)
+    scale = max(abs(fx), abs(fy))
+    return scale <= PRINT_ZERO or abs(fx - fy) <= rtol * scale + _half_unit(x) + _half_unit(y)
+
+
+def _tokens(line: str) -> tuple[list[list[str]], list[str]]:
+    """The words between the numbers (spacing ignored: numpy pads arrays to the widest
+    element, which depends on the digits), and the numbers."""
+    parts = re.split(f"({NUMBER.pattern})", line)
+    return [text.split() for text in parts[::2]], parts[1::2]
+
+
+def same_but_rounding(a: str, b: str, rtol: float = PRINT_RTOL) -> bool:
+    """Same lines with the same words, and numbers equal but for float rounding.
+
+    Integers must match exactly. Other numbers may differ by rtol (relative), plus half a
+    unit in each one's last printed digit; two numbers both under PRINT_ZERO are equal.
+    """
+    lines_a, lines_b = a.splitlines(), b.splitlines()
+    if len(lines_a) != len(lines_b):
+        return False
+    for line_a, line_b in zip(lines_a, lines_b):
+        (words_a, numbers_a), (words_b, numbers_b) = _tokens(line_a), _tokens(line_b)
+        if words_a != words_b or not all(_close(x, y, rtol)
+                                         for x, y in zip(numbers_a, numbers_b)):
+            return False
+    return True
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import same_but_rounding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,4 +73,8 @@ def test_readme_console_transcripts_print_what_they_show(tmp_path):
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (command, done.stderr)
-        assert done.stdout.splitlines() == shown, command
+        # Same lines and words; the numbers are float32 results that another CPU's kernels
+        # round differently (val loss 135.094006 here, 135.093994 in the README: 1e-6 relative
+        # at most), far inside same_but_rounding's 1e-4 and far from a stale transcript's.
+        assert same_but_rounding(done.stdout, "\n".join(shown)), (
+            f"{command}\n--- README\n" + "\n".join(shown) + f"\n--- now\n{done.stdout}")

@@ -384,8 +384,14 @@ def test_cli_both_writes_two_sibling_runs_and_no_tensorboard_writes_none(tmp_pat
         assert scalars(acc, "error/w")[1][-1] == pytest.approx(math.hypot(*w_err), rel=1e-5)
         assert scalars(acc, "error/b")[1][-1] == pytest.approx(abs(float(b_line.split()[-1])),
                                                                rel=1e-5)
-    losses = [scalars(read_run(str(logdir / n)), "loss/epoch")[1] for n in names]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    concise, scratch = [scalars(read_run(str(logdir / n)), "loss/epoch")[1] for n in names]
+    # Both train in float32 from the same start and agree in w and b to ~1e-6, so each
+    # residual r differs by ~2e-6 (features of order 1) and a loss L = mean(r²/2) by at most
+    # sqrt(2L) * 2e-6 (Cauchy-Schwarz): 1.4e-5 relative at L = 0.04, 2.4e-4 at L = 1.4e-4,
+    # where an AVX-512 EPYC measured 1.4e-6 and 3.2e-5.
+    assert len(concise) == len(scratch) > 0
+    for a, b in zip(concise, scratch):
+        assert a == pytest.approx(b, abs=2e-6 * math.sqrt(2 * b))
 
     assert main(["train", "--epochs", "1", "--no-tensorboard", "--logdir",
                  str(tmp_path / "none")]) == 0
