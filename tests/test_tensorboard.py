@@ -137,7 +137,8 @@ def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
     start = data["_hparams_/session_start_info"].session_start_info.hparams
     assert {k: getattr(v, v.WhichOneof("kind")) for k, v in start.items()} == {
         "impl": impl, "lr": 0.03, "batch_size": 10, "num_epochs": 3, "seed": 0, "device": "cpu",
-        "num_examples": 1000, "train_examples": 1000, "gradient": "autograd"}
+        "num_examples": 1000, "train_examples": 1000, "gradient": "autograd",
+        "permutation": "randperm"}
     metrics = data["_hparams_/experiment"].experiment.metric_infos
     assert [m.name.tag for m in metrics] == METRICS
     end = data["_hparams_/session_end_info"].session_end_info

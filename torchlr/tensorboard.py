@@ -133,7 +133,8 @@ class RunWriter:
         hparam_dict = {"impl": config.impl, "lr": config.lr, "batch_size": config.batch_size,
                        "num_epochs": config.num_epochs, "seed": config.seed,
                        "device": str(device), "num_examples": n + val_examples,
-                       "train_examples": n, "gradient": config.gradient}
+                       "train_examples": n, "gradient": config.gradient,
+                       "permutation": config.permutation}
         # The same metrics in every run, whether it writes them or not: TensorBoard's HParams
         # dashboard takes the list of one run (the first it finds) for the whole log folder.
         metrics = [LOSS_TAG, "loss/val", "r2/val", *ERROR_TAGS]
