@@ -112,6 +112,7 @@ def test_fit_follows_the_hashed_order(impl):
                          device="cpu", seed=3)
     gen = torch.Generator().manual_seed(3)
     w, b = init_params(2, generator=gen)
+    history = [torch.cat([w.detach().reshape(-1), b.detach()])]
     for _ in range(2):
         order = hashed_order(len(X), gen)
         for start in range(0, len(X), 8):
@@ -121,7 +122,10 @@ def test_fit_follows_the_hashed_order(impl):
                 for p in (w, b):
                     p -= 0.03 * p.grad / len(idx)
                     p.grad = None
-    torch.testing.assert_close(result.w, w.detach().reshape(-1), rtol=0, atol=1e-6)
+        history.append(torch.cat([w.detach().reshape(-1), b.detach()]))
+    # Every epoch's parameters, not three copies of the last: the history holds snapshots.
+    got = torch.cat([result.w_history, result.b_history.reshape(-1, 1)], 1)
+    torch.testing.assert_close(got, torch.stack(history), rtol=0, atol=1e-6)
     assert result.b == pytest.approx(float(b.detach()), abs=1e-6)
     plain = torchlr.fit(X, y, impl=impl, batch_size=8, num_epochs=2, device="cpu", seed=3)
     assert not torch.equal(result.w_history, plain.w_history)  # another order: another run
