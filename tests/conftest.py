@@ -22,6 +22,29 @@ def chapter_data(seed: int = 0, num_examples: int = 1000):
     return torchlr.synthetic_data(TRUE_W, TRUE_B, num_examples, generator=g)
 
 
+def hand_loop(X, y, *, seed, batch_size, num_epochs, permutation="randperm", lr=0.03):
+    """The chapter's loop written out: fit's generator use (init_params, then each epoch's
+    batch_order), one gather per batch, autograd and the sgd formula. Returns the final w
+    (d, 1) and b (1,), and (num_epochs + 1, d + 1): [w, b] at the start and after each epoch."""
+    from torchlr.data import batch_order
+    from torchlr.scratch import init_params, linreg, squared_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    w, b = init_params(X.shape[1], generator=gen)
+    history = [torch.cat([w.detach().reshape(-1), b.detach()])]
+    for _ in range(num_epochs):
+        order = batch_order(len(X), generator=gen, permutation=permutation)
+        for start in range(0, len(X), batch_size):
+            idx = order[start:start + batch_size]
+            squared_loss(linreg(X[idx], w, b), y[idx]).sum().backward()
+            with torch.no_grad():
+                for p in (w, b):
+                    p -= lr * p.grad / len(idx)
+                    p.grad = None
+        history.append(torch.cat([w.detach().reshape(-1), b.detach()]))
+    return w.detach(), b.detach(), torch.stack(history)
+
+
 class Payload:
     """Pickled code: unpickled where code may run, it makes the folder "pwned" in the
     working directory. A reader that allows no code refuses it and leaves no folder."""

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 import torch
+from conftest import hand_loop
 
 import torchlr
 from torchlr import data, threads, train
@@ -220,17 +221,7 @@ def test_fit_matches_a_hand_loop_over_the_reference_batches():
     X, y = torchlr.synthetic_data([1.5, -0.5], 0.3, 57, generator=gen)
     result = torchlr.fit(X, y, impl="scratch", batch_size=8, num_epochs=2, device="cpu", seed=2)
 
-    order_gen = torch.Generator().manual_seed(2)
-    w, b = init_params(2, generator=order_gen)
-    for _ in range(2):
-        order = batch_order(len(X), generator=order_gen)
-        for s in range(0, len(X), 8):
-            idx = order[s:s + 8]
-            squared_loss(linreg(X[idx], w, b), y[idx]).sum().backward()
-            with torch.no_grad():
-                for p in (w, b):
-                    p -= 0.03 * p.grad / len(idx)
-                    p.grad = None
+    w, b, _ = hand_loop(X, y, seed=2, batch_size=8, num_epochs=2)
     torch.testing.assert_close(result.w, w.detach().reshape(-1), rtol=0, atol=1e-6)
     assert abs(result.b - float(b.detach())) < 1e-6
 

@@ -7,13 +7,12 @@ computes the same order is tests/test_cuda.py's.
 
 import pytest
 import torch
-from conftest import chapter_data
+from conftest import chapter_data, hand_loop
 
 import torchlr
 from torchlr import data
 from torchlr.cli import main
 from torchlr.data import batch_order, data_iter, hashed_order
-from torchlr.scratch import init_params, linreg, squared_loss
 
 
 def python_hashed_order(n, generator):
@@ -106,26 +105,14 @@ def test_data_iter_gathers_the_hashed_order(monkeypatch, block_bytes, prefetch):
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
 def test_fit_follows_the_hashed_order(impl):
-    # The chapter's loop by hand, drawing each epoch's order with hashed_order.
+    # The chapter's loop by hand, drawing each epoch's order with permutation="hashed".
     X, y = chapter_data(num_examples=203)
     result = torchlr.fit(X, y, impl=impl, permutation="hashed", batch_size=8, num_epochs=2,
                          device="cpu", seed=3)
-    gen = torch.Generator().manual_seed(3)
-    w, b = init_params(2, generator=gen)
-    history = [torch.cat([w.detach().reshape(-1), b.detach()])]
-    for _ in range(2):
-        order = hashed_order(len(X), gen)
-        for start in range(0, len(X), 8):
-            idx = order[start:start + 8]
-            squared_loss(linreg(X[idx], w, b), y[idx]).sum().backward()
-            with torch.no_grad():
-                for p in (w, b):
-                    p -= 0.03 * p.grad / len(idx)
-                    p.grad = None
-        history.append(torch.cat([w.detach().reshape(-1), b.detach()]))
+    _, b, history = hand_loop(X, y, seed=3, batch_size=8, num_epochs=2, permutation="hashed")
     # Every epoch's parameters, not three copies of the last: the history holds snapshots.
     got = torch.cat([result.w_history, result.b_history.reshape(-1, 1)], 1)
-    torch.testing.assert_close(got, torch.stack(history), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, history, rtol=0, atol=1e-6)
     assert result.b == pytest.approx(float(b.detach()), abs=1e-6)
     plain = torchlr.fit(X, y, impl=impl, batch_size=8, num_epochs=2, device="cpu", seed=3)
     assert not torch.equal(result.w_history, plain.w_history)  # another order: another run

@@ -173,9 +173,8 @@ class GraphedSteps:
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[Any, ...]]:
         """One epoch: (i,) for each full batch, then (X, y) for a short last batch."""
-        # As every fit draws it: on the device only where "hashed" computes it there.
         order = batch_order(len(self.X), generator=generator, permutation=self.permutation,
-                            device=None if self.permutation == "randperm" else self.X.device)
+                            device=self.X.device)  # as every fit draws it
         cut = len(self.order)
         # Queued behind the last epoch's steps, which read the old order until they finish.
         self.order.copy_(order[:cut])
@@ -184,7 +183,7 @@ class GraphedSteps:
         for i in range(self.full):
             yield (i,)
         if self.tail:
-            idx = order[cut:].to(self.X.device)
+            idx = order[cut:]
             yield self.X.index_select(0, idx), self.y.index_select(0, idx)
 
     def step(self, *batch: Any) -> torch.Tensor:
