@@ -585,7 +585,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         epilog="A partial run (--quick, --sizes, --skip, --no-rss, --threads, or fewer "
                f"--repeats or --slow-repeats than {DEFAULT_REPEATS} and "
                f"{DEFAULT_SLOW_REPEATS}) writes a results file only with --out or --out-dir: "
-               "the default file is the machine's full run, which the README shows.")
+               "the default file is the machine's full run, which docs/performance.md shows.")
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated, from {', '.join(SIZES)}; not with --quick "
                              "(default: the CPU sizes, plus the CUDA sizes when CUDA is present)")
@@ -615,7 +615,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         help="folder for the JSON under its default name "
                              "(default: benchmarks/results)")
     parser.add_argument("--markdown", metavar="JSON",
-                        help="print a results file as the README's markdown tables and exit")
+                        help="print a results file as markdown tables (those of "
+                             "docs/performance.md) and exit")
     parser.add_argument("--rss-child", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child or args.markdown is not None:
@@ -645,8 +646,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def partial_because(args: argparse.Namespace) -> list[str]:
-    """The options that make this run other than the default full run, whose file the README
-    shows (empty for that run): such a run writes a file only where --out or --out-dir says."""
+    """The options that make this run other than the default full run, whose file
+    docs/performance.md shows (empty for that run): such a run writes a file only where --out
+    or --out-dir says."""
     why = [option for option, given in (
         ("--quick", args.quick), ("--sizes", args.sizes is not None), ("--skip", args.skip),
         ("--no-rss", args.no_rss), ("--repeats", args.repeats < DEFAULT_REPEATS),
@@ -838,7 +840,8 @@ def _spread(target: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README's tables for one results file, each labelled with its machine and date."""
+    """The markdown tables for one results file (docs/performance.md, the README), each
+    labelled with its machine and date."""
     m = report["machine"]
     fit_threads = report["settings"].get("torchlr_fit_threads")
     load = m.get("load_avg_at_start")

@@ -15,6 +15,8 @@ import torchlr
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 GPU_CHECK = BENCH.parent / "gpu_check.sh"
+# Where the results are shown: the README's summary, and the whole record.
+PERFORMANCE_DOCS = (BENCH.parents[1] / "README.md", BENCH.parents[1] / "docs" / "performance.md")
 
 
 @pytest.fixture(scope="module")
@@ -253,23 +255,29 @@ def test_a_partial_run_leaves_the_machines_results_file_alone(bench, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_readme_tables_are_the_committed_results(bench):
-    readme = (BENCH.parents[1] / "README.md").read_text()
+def test_performance_tables_are_the_committed_results(bench):
+    # docs/performance.md shows every results file; the README the latest CPU run's, and
+    # names every file it quotes at a glance.
+    readme, doc = (PERFORMANCE_DOCS[0].read_text(), PERFORMANCE_DOCS[1].read_text())
     files = sorted((BENCH.parent / "results").glob("*t.json"))
     assert len(files) >= 3
     for path in files:
-        assert bench.markdown(json.loads(path.read_text())) in readme, path.name
+        assert bench.markdown(json.loads(path.read_text())) in doc, path.name
+    assert any(bench.markdown(json.loads(path.read_text())) in readme for path in files)
+    for name in re.findall(r"`([\w.-]+t\.json)`", readme):
+        assert (BENCH.parent / "results" / name).is_file(), name
 
 
-def test_readme_calls_no_target_met_that_its_file_gives_no_verdict(bench):
+def test_performance_prose_calls_no_target_met_that_its_file_gives_no_verdict(bench):
     # The prose beside the tables quotes their ratios: a ratio the file judges not like for
     # like (met: null) must not be quoted as met.
-    readme = (BENCH.parents[1] / "README.md").read_text()
     unjudged = [t for path in (BENCH.parent / "results").glob("*t.json")
                 for t in json.loads(path.read_text())["targets"] if t["met"] is None]
     assert unjudged  # the one-thread file's read-pass rows
-    for t in unjudged:
-        assert f"{t['ratio']:.1f} (met)" not in readme, t
+    for doc in PERFORMANCE_DOCS:
+        text = doc.read_text()
+        for t in unjudged:
+            assert f"{t['ratio']:.1f} (met)" not in text, (doc.name, t)
 
 
 def test_marginal_step_is_the_extra_time_per_extra_step(bench, monkeypatch):
