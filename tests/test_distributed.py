@@ -131,12 +131,15 @@ def test_shard_bounds_split_like_tensor_split(world):
         assert [list(range(lo, hi)) for lo, hi in bounds] == [t.tolist() for t in expected]
 
 
-def test_each_global_batch_is_the_ranks_slices_in_order():
+@pytest.mark.parametrize("drop_last, last_slices", [(False, [1, 0, 0]), (True, [4, 3, 3])])
+def test_each_global_batch_is_the_ranks_slices_in_order(drop_last, last_slices):
     X, y = chapter_data(num_examples=1001)
     world = 3
-    reference = list(data_iter(10, X, y, generator=torch.Generator().manual_seed(5)))
+    reference = list(data_iter(10, X, y, generator=torch.Generator().manual_seed(5),
+                               drop_last=drop_last))
     per_rank = [
-        list(DataParallel(r, world).batches(10, X, y, generator=torch.Generator().manual_seed(5)))
+        list(DataParallel(r, world).batches(10, X, y, generator=torch.Generator().manual_seed(5),
+                                            drop_last=drop_last))
         for r in range(world)
     ]
     assert all(len(batches) == len(reference) for batches in per_rank)
@@ -145,7 +148,7 @@ def test_each_global_batch_is_the_ranks_slices_in_order():
         assert all(length == len(X_ref) for _, _, length in slices)
         torch.testing.assert_close(torch.cat([s[0] for s in slices]), X_ref, rtol=0, atol=0)
         torch.testing.assert_close(torch.cat([s[1] for s in slices]), y_ref, rtol=0, atol=0)
-    assert [len(per_rank[r][-1][0]) for r in range(world)] == [1, 0, 0]
+    assert [len(per_rank[r][-1][0]) for r in range(world)] == last_slices
 
 
 @pytest.mark.parametrize("batch_size, drop_last", [(10, False), (10, True), (64, False)])
@@ -531,6 +534,22 @@ def test_each_error_line_is_one_write(monkeypatch):
     assert main(["train", "--device", "cpu", "--epochs", "-1"]) == 2
     assert len(stderr.writes) == 1 and stderr.writes[0].startswith("torchlr: error: ")
     assert stderr.writes[0].endswith("\n") and stderr.writes[0].count("\n") == 1
+
+
+def test_exit_now_keeps_the_output_and_status_and_skips_the_shutdown():
+    # A finished worker leaves without the interpreter's shutdown (atexit handlers, where
+    # gloo can abort a finished run), yet what it wrote to its buffered pipes still arrives.
+    code = ("import atexit, sys\n"
+            "from torchlr.distributed import exit_now\n"
+            "atexit.register(print, 'atexit ran')\n"
+            "print('printed', end='')\n"
+            "sys.stderr.write('warned')\n"
+            "exit_now(3)\n"
+            "print('after')\n")
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO_ROOT, env=buffered)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed", "warned")
 
 
 def test_cli_names_everything_the_ranks_compare_in_its_own_words():
