@@ -185,10 +185,32 @@ def test_torchrun_env_and_backend_choice(monkeypatch):
         distributed.setup("cpu", backend="nccl")
     with pytest.raises(ValueError, match="Unknown backend 'mpi'"):
         distributed.setup("cpu", backend="mpi")
+    for timeout in (0, -1.0, "60", None):
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            distributed.setup("cpu", timeout=timeout)
     monkeypatch.delenv("LOCAL_RANK")
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         distributed.setup("cpu")
     assert not distributed.is_distributed()  # nothing was joined on the way
+
+
+def test_setup_joins_a_group_and_teardown_leaves_it(monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        assert distributed.setup("cpu", store=dist.HashStore()) == torch.device("cpu")
+        assert distributed.current() == DataParallel(0, 1)
+        assert dist.get_backend() == "gloo"
+    finally:
+        distributed.teardown()
+    assert not distributed.is_distributed()
+    distributed.teardown()  # outside a group: nothing to leave, no error
+
+
+@pytest.mark.parametrize("nprocs", [0, -2, True, 2.0, "2", None])
+def test_launch_refuses_a_bad_process_count_before_starting_any(nprocs):
+    with pytest.raises(ValueError, match=r"nprocs must be a positive int, got "):
+        launch(_fit_all, nprocs)
 
 
 def test_outside_a_group_nothing_changes():
