@@ -525,6 +525,24 @@ def test_runtime_errors_of_collectives_are_one_line_only_in_a_group(monkeypatch,
                         lambda args, out: _raise_from(__file__, "Could not run 'aten::ne'"))
     with pytest.raises(RuntimeError, match="aten::ne"):
         main(TRAIN)
+    # torch's own DistError (a store that timed out, a closed socket) is the group's failure
+    # whatever frames it passed through.
+    def closed(args, out):
+        raise dist.DistNetworkError("Connection closed by peer")
+
+    monkeypatch.setattr(cli, "_train_data_parallel", closed)
+    assert main(TRAIN) == 2
+    assert capsys.readouterr().err == ("torchlr: error: [rank 1] the process group failed: "
+                                       "Connection closed by peer\n")
+
+
+def test_a_workers_stage_is_starting_until_it_marks_one(tmp_path):
+    # What a WorkerError says of a worker killed by a signal: where it had got to.
+    folder = str(tmp_path)
+    assert distributed._stage(folder, 1) == "starting"
+    distributed._mark(folder, 1, "running")
+    assert (distributed._stage(folder, 1), distributed._stage(folder, 0)) == ("running",
+                                                                              "starting")
 
 
 def test_a_run_with_stderr_closed_keeps_its_exit_status(monkeypatch, capsys, tmp_path):
