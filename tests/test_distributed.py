@@ -198,7 +198,8 @@ def test_setup_joins_a_group_and_teardown_leaves_it(monkeypatch):
     for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
     try:
-        assert distributed.setup("cpu", store=dist.HashStore()) == torch.device("cpu")
+        # Any positive timeout, under a second too.
+        assert distributed.setup("cpu", store=dist.HashStore(), timeout=0.5) == torch.device("cpu")
         assert distributed.current() == DataParallel(0, 1)
         assert dist.get_backend() == "gloo"
     finally:
@@ -534,6 +535,14 @@ def test_runtime_errors_of_collectives_are_one_line_only_in_a_group(monkeypatch,
     assert main(TRAIN) == 2
     assert capsys.readouterr().err == ("torchlr: error: [rank 1] the process group failed: "
                                        "Connection closed by peer\n")
+
+
+def test_exact_number_is_an_integer_that_float64_holds_exactly():
+    # The ranks compare these as float64 in one collective: each must be exact (an integer
+    # below 2**53), and different texts must give different numbers.
+    numbers = [distributed.exact_number(repr(("column", i))) for i in range(500)]
+    assert all(x.is_integer() and 0 <= x < 2**53 for x in numbers)
+    assert len(set(numbers)) == len(numbers)
 
 
 def test_a_workers_stage_is_starting_until_it_marks_one(tmp_path):
