@@ -268,6 +268,25 @@ def test_performance_tables_are_the_committed_results(bench):
         assert (BENCH.parent / "results" / name).is_file(), name
 
 
+def test_the_readmes_targets_at_a_glance_quote_their_files(bench):
+    # The summary table is written by hand: each figure labelled with a one-run file's
+    # machine must be one of that file's target ratios, to the digits shown.
+    glance = PERFORMANCE_DOCS[0].read_text().split("### The targets at a glance")[1]
+    rows = "\n".join(line for line in glance.split("\n###")[0].splitlines()
+                     if line.startswith("| ") and not line.startswith("| target"))
+    files = {"AMD": "amd-epyc-2t.json", "H200": "nvidia-h200-16t.json",
+             "H100": "nvidia-h100-80gb-hbm3-16t.json"}
+    quoted = 0
+    for label, name in files.items():
+        ratios = [t["ratio"] for t in
+                  json.loads((BENCH.parent / "results" / name).read_text())["targets"]]
+        for figure in re.findall(rf"\b{label} (\d+(?:\.\d+)?)\b", rows):
+            digits = len(figure.partition(".")[2])
+            assert any(round(r, digits) == float(figure) for r in ratios), (label, figure)
+            quoted += 1
+    assert quoted >= 20
+
+
 def test_performance_prose_calls_no_target_met_that_its_file_gives_no_verdict(bench):
     # The prose beside the tables quotes their ratios: a ratio the file judges not like for
     # like (met: null) must not be quoted as met.
