@@ -598,7 +598,9 @@ def test_exit_now_keeps_the_output_and_status_and_skips_the_shutdown():
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO_ROOT, env=buffered)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "printed", "warned")
+    # (stderr may hold a warning from importing torch on some machines: only its end counts)
+    assert (proc.returncode, proc.stdout) == (3, "printed")
+    assert proc.stderr.endswith("warned"), proc.stderr
 
 
 def test_cli_names_everything_the_ranks_compare_in_its_own_words():
