@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import torchlr
+from torchlr.data import batch_order
+from torchlr.scratch import init_params, linreg, squared_loss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRUE_W = torch.tensor([2.0, -3.4])
@@ -26,9 +28,6 @@ def hand_loop(X, y, *, seed, batch_size, num_epochs, permutation="randperm", lr=
     """The chapter's loop written out: fit's generator use (init_params, then each epoch's
     batch_order), one gather per batch, autograd and the sgd formula. Returns the final w
     (d, 1) and b (1,), and (num_epochs + 1, d + 1): [w, b] at the start and after each epoch."""
-    from torchlr.data import batch_order
-    from torchlr.scratch import init_params, linreg, squared_loss
-
     gen = torch.Generator().manual_seed(seed)
     w, b = init_params(X.shape[1], generator=gen)
     history = [torch.cat([w.detach().reshape(-1), b.detach()])]

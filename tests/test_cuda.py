@@ -7,11 +7,17 @@ import pytest
 import torch
 from conftest import chapter_data, requires_cuda
 
-from torchlr import fit
-from torchlr.data import data_iter
+from torchlr import data, fit
+from torchlr.data import HASHED_ON_DEVICE_ROWS, data_iter, hashed_order
 from torchlr.scratch import init_params
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
+
+
+@pytest.fixture
+def hashed_on_gpu(monkeypatch):
+    """Every permutation="hashed" order computed on the GPU, whatever the rows."""
+    monkeypatch.setattr(data, "HASHED_ON_DEVICE_ROWS", 0)
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
@@ -56,8 +62,6 @@ def test_batch_order_does_not_depend_on_device():
 @pytest.mark.parametrize("n", [1000, 100_003])
 def test_hashed_order_does_not_depend_on_device(n):
     # 100,003 rows: computed on the GPU itself (from HASHED_ON_DEVICE_ROWS); 1000 on the CPU.
-    from torchlr.data import HASHED_ON_DEVICE_ROWS, hashed_order
-
     assert (n >= HASHED_ON_DEVICE_ROWS) == (n > 1000)
     gpu = hashed_order(n, torch.Generator().manual_seed(n), "cuda")
     cpu = hashed_order(n, torch.Generator().manual_seed(n))
@@ -65,10 +69,7 @@ def test_hashed_order_does_not_depend_on_device(n):
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
-def test_hashed_fit_matches_cpu_with_and_without_graphs(impl, monkeypatch):
-    from torchlr import data
-
-    monkeypatch.setattr(data, "HASHED_ON_DEVICE_ROWS", 0)  # each order made on the GPU
+def test_hashed_fit_matches_cpu_with_and_without_graphs(impl, hashed_on_gpu):
     X, y = chapter_data(num_examples=1003)
     options = dict(impl=impl, num_epochs=3, permutation="hashed")
     cpu = fit(X, y, device="cpu", **options)
@@ -124,10 +125,7 @@ def test_no_host_sync_per_graphed_step(gradient):
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_no_host_sync_per_step_in_the_hashed_order(cuda_graphs, monkeypatch):
-    from torchlr import data
-
-    monkeypatch.setattr(data, "HASHED_ON_DEVICE_ROWS", 0)  # each order made on the GPU
+def test_no_host_sync_per_step_in_the_hashed_order(cuda_graphs, hashed_on_gpu):
     _assert_syncs_do_not_grow_with_steps(cuda_graphs=cuda_graphs, permutation="hashed")
 
 

@@ -5,6 +5,10 @@ eagerly or under a stand-in capture that, like a real one, records the step with
 running it; so everything but the CUDA calls themselves is checked on every machine.
 """
 
+import contextlib
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import chapter_data
@@ -284,9 +288,6 @@ def test_params_hold_no_autograd_graph_and_follow_the_steps(impl, models):
 def test_no_garbage_collection_runs_during_a_capture(monkeypatch):
     """A collection mid-capture may free an earlier fit's graph, which CUDA refuses while a
     stream captures: capture() keeps the collector off for the capture, and only then."""
-    import contextlib
-    import gc
-
     seen = []
 
     class FakeGraph:
@@ -323,9 +324,6 @@ def test_no_garbage_collection_runs_during_a_capture(monkeypatch):
 
 def test_graphed_steps_go_without_a_garbage_collection(on_cpu):
     # No reference cycle: the graphs, and the GPU memory they hold, go with the fit.
-    import gc
-    import weakref
-
     X, y = chapter_data(num_examples=30)
     graphed = graphs.GraphedSteps(lambda Xb, yb: Xb.sum(), [], X, y, 10, False)
     for batch in graphed.batches(torch.Generator().manual_seed(0)):
