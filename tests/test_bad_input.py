@@ -4,6 +4,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,13 @@ from torchlr.cli import main
 
 X = torch.randn(20, 2)
 Y = torch.randn(20, 1)
+
+
+def _quantized(t):
+    with warnings.catch_warnings():  # torch deprecates making them, not holding them
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(t, 0.1, 0, torch.qint8)
+
 
 API_CASES = [
     # (features, labels, options, exception, words the message must contain)
@@ -73,6 +81,14 @@ API_CASES = [
     (X, Y, {"threads": 2**31}, ValueError, ["threads", str(2**31)]),
     (X, Y, {"on_progress": 5}, TypeError, ["on_progress", "callable", "5"]),
     (X, Y, {"config": {"lr": 1}}, TypeError, ["config", "FitConfig", "dict"]),
+    # Tensors that hold no dense values to train on: refused by name, not deep in torch.
+    (X.to_sparse(), Y, {}, TypeError, ["features", "dense", "sparse_coo", "to_dense"]),
+    (X, Y.to_sparse(), {}, TypeError, ["labels", "dense"]),
+    (X.to("meta"), Y, {}, TypeError, ["features", "'meta'"]),
+    (_quantized(X), Y, {}, TypeError,
+     ["features", "quantized", "dequantize"]),
+    # A checkpoint finds its columns by name: a repeated one would feed one column twice.
+    (X, Y, {"feature_names": ("a", "a")}, ValueError, ["feature_names", "'a'", "2 times"]),
 ]
 
 

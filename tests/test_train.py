@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TRUE_B, TRUE_W, chapter_data
@@ -223,6 +224,44 @@ def test_numpy_and_integer_inputs_are_converted():
     yi = Xi @ torch.tensor([2, -1]) + 3
     result = fit(Xi, yi, num_epochs=20, lr=0.02, device="cpu")
     assert (result.w - torch.tensor([2.0, -1.0])).abs().max() < 1e-2
+
+
+def test_big_endian_and_long_double_arrays_train_as_native_float64_does():
+    # FITS files and network formats hold big-endian arrays; numpy's longdouble has no torch
+    # type. Both are the same numbers, and train as their native float64 copies do.
+    X, y = chapter_data(num_examples=100)
+    X64, y64 = X.double().numpy(), y.double().numpy()
+    native = fit(X64, y64, num_epochs=1, device="cpu")
+    for dtype in (">f8", np.longdouble):
+        other = fit(X64.astype(dtype), y64.astype(dtype), num_epochs=1, device="cpu")
+        assert other.losses == native.losses and torch.equal(other.w, native.w)
+        w, b = torchlr.least_squares(X64.astype(dtype), y64.astype(dtype))
+        assert torch.equal(w, torchlr.least_squares(X64, y64)[0])
+
+
+def test_evaluate_checks_and_converts_its_inputs_as_fit_does():
+    X, y = chapter_data(num_examples=100)
+    Xi = torch.randint(-3, 4, (100, 2), generator=torch.Generator().manual_seed(0))
+    w, b = torch.tensor([2.0, -3.4]), 4.2
+    # Integer features are numbers like any others: the weights are not cut to integers.
+    exact = ((Xi.double() @ w.double() + b - y.double().reshape(-1)) ** 2 / 2).mean()
+    torch.testing.assert_close(torchlr.evaluate(Xi, y, w, b).double(), exact, rtol=1e-6,
+                               atol=0)
+    assert torch.equal(torchlr.evaluate(X.numpy(), y.numpy(), w.numpy(), [b]),
+                       torchlr.evaluate(X, y, w.reshape(-1, 1), torch.tensor([b])))
+    for args, error, words in [
+        ((X, y, torch.ones(3), b), ValueError, ["w", "2 value(s)", "(3,)"]),
+        ((X, y, w, torch.ones(2)), ValueError, ["b", "1 value(s)", "(2,)"]),
+        ((X, y[:50], w, b), ValueError, ["inconsistent", "100", "50"]),
+        ((X[:0], y[:0], w, b), ValueError, ["features", "empty"]),
+        ((X, y, "w", b), TypeError, ["w", "'w'"]),
+        ((X, y, w, None), TypeError, ["b", "None"]),
+    ]:
+        with pytest.raises(error) as info:
+            torchlr.evaluate(*args)
+        assert all(word in str(info.value) for word in words), (words, str(info.value))
+    with pytest.raises(TypeError, match="worker_thread must be a bool"):
+        torchlr.evaluate(X, y, w, b, worker_thread="yes")
 
 
 def test_first_nonfinite_finds_the_first_bad_value_even_when_the_sum_overflows():

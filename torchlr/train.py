@@ -34,6 +34,7 @@ from torchlr.validation import (
     check_positive_int,
     check_run_options,
     check_seed,
+    parameter_values,
 )
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
@@ -290,14 +291,27 @@ EVAL_ROWS = 1 << 16
 
 
 @torch.no_grad()
-def evaluate(features: torch.Tensor, labels: torch.Tensor, w: Any, b: Any, *,
+def evaluate(features: Any, labels: Any, w: Any, b: Any, *,
              worker_thread: bool = False) -> torch.Tensor:
-    """Mean squared_loss over a whole data set: the chapter's printed number (0-d tensor).
+    """Mean squared_loss of parameters (w, b) over a data set, as fit computes it (0-d).
 
-    w is (d, 1) or (d,) and b (1,) or a number (a FitResult's w and b do); labels (n, 1) or
-    (n,). On the CPU, over EVAL_ROWS rows, it adds float64 sums of EVAL_ROWS-row pieces;
-    with worker_thread=True and two cores or more, a second thread sums every other piece.
+    features (n, d) and labels (n,) or (n, 1) are checked and converted to float32 as fit
+    does them, so a result's own data gives its last epoch loss; w holds d numbers, (d, 1)
+    or (d,), and b one (a FitResult's w and b do). On the CPU, over EVAL_ROWS rows, it adds
+    float64 sums of EVAL_ROWS-row pieces; with worker_thread=True and two cores or more, a
+    second thread sums every other piece.
     """
+    X, y = check_data(features, labels)
+    check_bool("worker_thread", worker_thread)
+    w = parameter_values("w", w, X.shape[1])
+    b = parameter_values("b", b, 1)
+    return mean_loss(X, y, w, b, worker_thread=worker_thread)
+
+
+@torch.no_grad()
+def mean_loss(features: torch.Tensor, labels: torch.Tensor, w: Any, b: Any, *,
+              worker_thread: bool = False) -> torch.Tensor:
+    """evaluate() without its checks, for the fit's own float32 tensors and parameters."""
     # Views or no-ops for the (d, 1), (1,) and (n, 1) the fit passes.
     w = torch.as_tensor(w, dtype=features.dtype, device=features.device).reshape(-1, 1)
     b = torch.as_tensor(b, dtype=features.dtype, device=features.device).reshape(1)
@@ -399,7 +413,7 @@ def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
         return float(loss), _snapshot(w, -1), _snapshot(b)
     # Queued before the host read's sync, and brought over with w and b in one copy: on a
     # GPU the loss's kernels run behind the last steps, and the host waits once, not thrice.
-    queued = evaluate(X, y, w, b, worker_thread=worker_thread)
+    queued = mean_loss(X, y, w, b, worker_thread=worker_thread)
     last_read()
     # A new tensor, on the CPU too: the next epoch's steps must not change these copies.
     values = torch.cat([queued.reshape(1), w.detach().reshape(-1), b.detach().reshape(-1)]).cpu()

@@ -30,6 +30,10 @@ def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -
     if isinstance(value, np.ndarray):
         if not is_real_dtype(value.dtype):
             raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
+        if value.dtype.itemsize > 8:  # long double: torch has no such type
+            value = value.astype(np.float64)
+        elif not value.dtype.isnative:  # big-endian data (FITS, network order): torch refuses it
+            value = value.astype(value.dtype.newbyteorder("="))
         with warnings.catch_warnings():
             # A read-only array (np.load with mmap_mode="r"): torch warns that writing to the
             # tensor is undefined. Nothing here writes to its input.
@@ -41,6 +45,15 @@ def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -
         )
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    # Kinds of tensor whose values cannot be read or trained on as a dense float32 array.
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {value.layout}; "
+                        f"convert it with .to_dense()")
+    if value.is_quantized:
+        raise TypeError(f"{name} must not be quantized, got dtype {value.dtype}; "
+                        f"convert it with .dequantize()")
+    if value.is_meta:
+        raise TypeError(f"{name} is on the 'meta' device, which holds no values")
     # Integer and float64 inputs are converted on purpose: both implementations train in float32.
     return value.detach().to(dtype)
 
@@ -83,6 +96,21 @@ def check_data(features: Any, labels: Any,
                                  f"(about ±3.4e38), which training in float32 cannot hold")
             raise ValueError(f"{name} contains inf ({count} value(s))")
     return X, y
+
+
+def parameter_values(name: str, value: Any, size: int) -> torch.Tensor:
+    """Return a weight or bias (a tensor, array, sequence or number of size values) as a
+    flat float32 tensor, or raise naming it."""
+    if not isinstance(value, (torch.Tensor, np.ndarray)):
+        try:
+            value = torch.as_tensor(value, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got "
+                            f"{type(value).__name__}: {value!r}") from None
+    flat = as_float_tensor(name, value).reshape(-1)
+    if flat.numel() != size:
+        raise ValueError(f"{name} must hold {size} value(s), got shape {tuple(value.shape)}")
+    return flat
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -185,3 +213,8 @@ def check_run_options(config: Any) -> None:
     if names is not None and not (isinstance(names, (tuple, list))
                                   and all(isinstance(n, str) for n in names)):
         raise TypeError(f"feature_names must be a tuple of str or None, got {names!r}")
+    if names is not None and len(set(names)) != len(names):
+        # A checkpoint finds its columns by name: a repeated one would feed one column twice.
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"feature_names must not repeat a name, got {repeated[0]!r} "
+                         f"{names.count(repeated[0])} times in {tuple(names)!r}")
