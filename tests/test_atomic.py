@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -85,6 +86,40 @@ def test_dev_stdout_goes_where_the_shell_sent_it(tmp_path):
     piped = subprocess.run([sys.executable, "-c", WRITE_STDOUT], capture_output=True,
                            text=True, check=True, cwd=REPO_ROOT, timeout=60)
     assert piped.stdout == "new\n"
+
+
+def test_dev_stdout_redirected_with_gt_keeps_its_place_among_other_writes(tmp_path):
+    # A new open of /dev/stdout on a `>` file has an offset of its own: the shell's next
+    # line, written at the old offset, overwrote the start of what was written.
+    out = tmp_path / "out.txt"
+    script = (f"{{ echo l1; echo l2; {shlex.quote(sys.executable)} -c "
+              f"{shlex.quote(WRITE_STDOUT)}; echo after; }} > {shlex.quote(str(out))}")
+    subprocess.run(["bash", "-c", script], check=True, cwd=REPO_ROOT, timeout=60)
+    assert out.read_text() == "l1\nl2\nnew\nafter\n"
+    # And after what Python itself printed but still buffered, before what it prints next.
+    code = f"print('before'); {WRITE_STDOUT}; print('after')"
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, cwd=REPO_ROOT,
+                       timeout=60)
+    assert out.read_text() == "before\nnew\nafter\n"
+
+
+def test_own_descriptors_are_written_through_and_others_opened(tmp_path):
+    from torchlr.atomic import own_descriptor
+
+    with open(tmp_path / "a.txt", "w") as f:
+        fd = f.fileno()
+        f.write("x")
+        f.flush()
+        for name in (f"/dev/fd/{fd}", f"/proc/self/fd/{fd}", f"/proc/{os.getpid()}/fd/{fd}"):
+            assert own_descriptor(name) == fd
+        write_atomic(f"/dev/fd/{fd}", lambda g: g.write(b"yz"))
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 3  # our descriptor moved past what was written
+    assert (tmp_path / "a.txt").read_text() == "xyz"
+    assert own_descriptor("/dev/stdout") == 1 and own_descriptor("/dev/stderr") == 2
+    assert own_descriptor(f"/proc/{os.getpid() + 1}/fd/1") is None  # another process's
+    assert own_descriptor("/dev/fd/999") is None  # not open here
+    assert own_descriptor(str(tmp_path / "a.txt")) is None
 
 
 def test_a_regular_file_under_dev_is_replaced_not_appended(tmp_path):

@@ -7,11 +7,15 @@ import os
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from typing import IO, Any
 
 # Names of an open file descriptor: written into, never replaced (see writes_in_place).
 DESCRIPTOR_PATH = re.compile(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|thread-self|\d+)/fd/\d+")
+# The same names, when they are this process's own: group "fd" is the descriptor's number.
+OWN_DESCRIPTOR = re.compile(r"/dev/(?:fd/(?P<fd>\d+)|(?P<std>stdout|stderr))"
+                            r"|/proc/(?P<proc>self|thread-self|\d+)/fd/(?P<pfd>\d+)")
 # Errors of writing to a file (a full disk, a quota): named with the target when raised.
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
@@ -28,6 +32,15 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
     given = os.fspath(path)
     options: dict[str, Any] = {"newline": ""} if text else {}
     if writes_in_place(given):
+        fd = own_descriptor(given)
+        if fd is not None:
+            # Through the open descriptor itself, at its offset: a new open of a file that
+            # the shell redirected with `>` would get an offset of its own, and whatever the
+            # shell wrote next would overwrite what is written here.
+            _flush_std(fd)
+            with os.fdopen(os.dup(fd), "w" if text else "wb", **options) as f:
+                fill(f)
+            return
         # Appending: what the shell's redirection set up (`>` emptied the file, `>>` keeps
         # it) decides, and a pipe or terminal takes it either way.
         with open(given, "a" if text else "ab", **options) as f:
@@ -64,6 +77,31 @@ def writes_in_place(path: str) -> bool:
     if DESCRIPTOR_PATH.fullmatch(os.path.abspath(path)):
         return True
     return os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)
+
+
+def own_descriptor(path: str) -> int | None:
+    """The number of the open descriptor of this process that path names (/dev/stdout is 1,
+    /dev/fd/N and /proc/self/fd/N are N), or None: another name, or the descriptor is closed."""
+    match = OWN_DESCRIPTOR.fullmatch(os.path.abspath(path))
+    if match is None or match["proc"] not in (None, "self", "thread-self", str(os.getpid())):
+        return None
+    fd = {"stdout": 1, "stderr": 2}[match["std"]] if match["std"] else int(
+        match["fd"] or match["pfd"])
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None  # closed: opening the name fails with its own error
+    return fd
+
+
+def _flush_std(fd: int) -> None:
+    """Write out what Python still buffers for descriptor fd, so that it comes first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass  # replaced by an object with no descriptor (a test's capture), or closed
 
 
 def _create_beside(path: str) -> tuple[int, str]:
