@@ -78,3 +78,22 @@ def test_readme_console_transcripts_print_what_they_show(tmp_path):
         # at most), far inside same_but_rounding's 1e-4 and far from a stale transcript's.
         assert same_but_rounding(done.stdout, "\n".join(shown)), (
             f"{command}\n--- README\n" + "\n".join(shown) + f"\n--- now\n{done.stdout}")
+
+
+def test_readme_quickstart_shows_what_make_run_prints(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    shown = re.search(r"^`make run` prints.*?^```\n(.*?)^```", text, re.S | re.M)[1].splitlines()
+    assert shown[0] == "== scratch ==" and shown[-1] == "..."  # scratch whole, concise begun
+    # What Makefile's run does, on the CPU, where the README's digits come from.
+    done = subprocess.run([sys.executable, "-m", "torchlr", "train", "--impl", "both",
+                           "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    folder = re.compile(r"TensorBoard run: runs/\d{8}-\d{6}-(scratch|concise)")
+    on_stderr = [line for line in shown if line.startswith("TensorBoard run: ")]
+    assert [folder.fullmatch(line)[1] for line in on_stderr] == ["scratch"]
+    assert [folder.fullmatch(line)[1] for line in done.stderr.splitlines()] == ["scratch",
+                                                                                "concise"]
+    printed = [line for line in shown[:-1] if line not in on_stderr]
+    assert same_but_rounding("\n".join(done.stdout.splitlines()[:len(printed)]),
+                             "\n".join(printed)), done.stdout
