@@ -1,8 +1,10 @@
 """Checkpoints: resume equals an uninterrupted run bit for bit; bad files are refused."""
 
+import math
 import os
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -256,9 +258,44 @@ def test_a_folder_or_garbage_is_named_as_such(tmp_path):
     with pytest.raises(ValueError, match="is a folder, not a checkpoint file"):
         load_checkpoint(tmp_path)
     (tmp_path / "notes.txt").write_text("hello\n")
-    with pytest.raises(ValueError, match=r"notes.txt is not a readable torchlr checkpoint "
-                                         r"\(\w+(Error|Exception)"):
+    with pytest.raises(ValueError, match=r"notes.txt is not a torchlr checkpoint: not the zip "
+                                         r"archive torch.save writes$"):
         load_checkpoint(tmp_path / "notes.txt")
+
+
+def test_a_changed_byte_anywhere_in_the_stored_tensors_is_refused(tmp_path):
+    # torch.load reads a damaged entry without checking its CRC-32: a flipped bit in w was
+    # taken, predicted with and resumed from.
+    X, y = dataset(n=60)
+    good = tmp_path / "good.pt"
+    torchlr.fit(X, y, num_epochs=1, save=str(good), device="cpu")
+    data = good.read_bytes()
+    with zipfile.ZipFile(good) as archive:
+        entries = [(info.filename, info.header_offset, info.file_size)
+                   for info in archive.infolist() if "/data/" in info.filename]
+    assert entries
+    for name, header, size in entries:
+        start = header + 30 + len(name) + int.from_bytes(data[header + 28:header + 30],
+                                                         "little")  # past the local header
+        for offset in {start, start + size // 2, start + size - 1}:
+            bad = bytearray(data)
+            bad[offset] ^= 0x10
+            path = tmp_path / "bad.pt"
+            path.write_bytes(bytes(bad))
+            with pytest.raises(ValueError, match=f"bad.pt is a damaged torchlr checkpoint: "
+                                                 f"the bytes of its entry '{name}' do not match"):
+                load_model(path)
+
+
+def test_a_pickle_with_code_is_refused_without_torchs_advice_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(Payload(), "code.pt")  # the zip archive torch.save writes, holding code
+    with pytest.raises(ValueError) as info:
+        load_checkpoint("code.pt")
+    assert str(info.value) == ("code.pt is not a readable torchlr checkpoint (UnpicklingError: "
+                               "it holds Python objects other than tensors and plain values, "
+                               "which are not loaded: loading them could run code)")
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -453,6 +490,10 @@ DAMAGES = {
     "w not a tensor": (lambda s: s["params"].update(w=[1.0, 2.0, 3.0]), "bad parameters"),
     "w one-dimensional": (lambda s: s["params"].update(w=torch.zeros(3)), "bad parameters"),
     "b of two values": (lambda s: s["params"].update(b=torch.zeros(2)), "bad parameters"),
+    # A fit saves only after an epoch that stayed finite, and always in float32.
+    "w NaN": (lambda s: s["params"]["w"].view(-1)[1].fill_(math.nan), "not finite float32"),
+    "b inf": (lambda s: s["params"]["b"].fill_(math.inf), "not finite float32"),
+    "w float64": (lambda s: s["params"].update(w=s["params"]["w"].double()), "not finite float32"),
     "losses not a list": (lambda s: s["history"].update(losses=torch.zeros(2)), "bad history"),
     "w history a list": (lambda s: s["history"].update(w=[]), "bad history"),
     "train_losses a list": (lambda s: s["history"].update(train_losses=[0.1]), "bad history"),

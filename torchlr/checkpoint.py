@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -62,13 +63,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise ValueError(f"No such checkpoint file: {path}")
+    _check_archive(path)
     try:
         with warnings.catch_warnings():  # a foreign file's pickle protocol, say
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt zip, a pickle with code, a truncated file...
+    except Exception as exc:  # a pickle with code, a zip torch cannot read...
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.load's bold and colour
         first = text.splitlines()[0] if text else ""
+        if first.startswith("Weights only load failed"):  # not torch's advice to lift the guard
+            first = ("it holds Python objects other than tensors and plain values, which are "
+                     "not loaded: loading them could run code")
         # The type says what went wrong where the text alone ("101") does not.
         raise ValueError(f"{path} is not a readable torchlr checkpoint "
                          f"({type(exc).__name__}{': ' + first if first else ''})") from None
@@ -85,6 +90,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not (isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.dim() == 2
             and w.shape[1] == 1 and b.shape == (1,)):
         raise ValueError(f"{path} is a damaged torchlr checkpoint: bad parameters")
+    if not (w.dtype == b.dtype == torch.float32 and torch.isfinite(w).all()
+            and torch.isfinite(b).all()):  # a fit saves only after an epoch that stayed finite
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: parameters that are not "
+                         f"finite float32 numbers")
     history, best = state["history"], state.get("best")
     if not (all(isinstance(history.get(k), list) for k in ("losses", "val_losses", "val_r2"))
             and all(isinstance(history.get(k), torch.Tensor) for k in ("w", "b"))):
@@ -110,6 +119,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if history.get("loss_units") != "target":
         _losses_to_target_units(path, state)
     return state
+
+
+def _check_archive(path: str) -> None:
+    """Refuse a file that is not the zip archive torch.save writes, or one whose stored
+    bytes fail their CRC-32 checksums: torch.load reads a damaged entry without checking."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every entry: a checkpoint is small
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError,
+            ValueError) as exc:
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is not a torchlr checkpoint: not the zip archive "
+                             f"torch.save writes") from None
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: its archive cannot be "
+                         f"read ({type(exc).__name__}: {exc})") from None
+    if bad is not None:
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: the bytes of its entry "
+                         f"{bad!r} do not match their checksum")
 
 
 def _losses_to_target_units(path: str, state: dict[str, Any]) -> None:
