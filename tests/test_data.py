@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TRUE_B, TRUE_W
@@ -140,6 +141,36 @@ def test_data_iter_and_synthetic_data_refuse_what_they_cannot_use():
     for b in (math.inf, -math.inf, math.nan):
         with pytest.raises(ValueError, match=f"b must be finite, got {b!r}"):
             synthetic_data([2.0, -3.4], b, 5)
+    # Each named, not left to torch or Python to fail on (or, for w, to flatten or accept).
+    for args, kwargs, error, message in [
+        (([2.0], "x", 5), {}, TypeError, "b must be a real number, got str: 'x'"),
+        (([2.0], torch.tensor([1.0, 2.0]), 5), {}, ValueError,
+         r"b must be one number, got shape \(2,\)"),
+        (([2.0], True, 5), {}, TypeError, "b must be a real number, got bool"),
+        (([2.0], 4.2, 5, "0.1"), {}, TypeError, "noise must be a real number, got str"),
+        (([2.0], 4.2, 5), {"generator": 5}, TypeError, "generator must be a torch.Generator"),
+        (([[1.0, 2.0], [3.0, 4.0]], 4.2, 5), {}, ValueError,
+         r"w must hold one weight per feature.*\(2, 2\)"),
+        (([], 4.2, 5), {}, ValueError, r"w must hold one weight per feature.*\(0,\)"),
+        (("ab", 4.2, 5), {}, TypeError,
+         "w must be a sequence, array or tensor of numbers, got str"),
+    ]:
+        with pytest.raises(error, match=message):
+            synthetic_data(*args, **kwargs)
+    with pytest.raises(ValueError, match="features must have one row per example, got a 0-d"):
+        data_iter(2, torch.tensor(1.0), torch.tensor(1.0))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        data_iter(2, torch.randn(4, 2), torch.randn(4, 1), generator=5)
+
+
+def test_synthetic_data_takes_w_and_b_in_the_forms_users_write():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    X, y = synthetic_data([2.0, -3.4], 4.2, 20, generator=g())
+    for w, b in [(torch.tensor([[2.0], [-3.4]]), torch.tensor(4.2)), (np.array([2.0, -3.4]),
+                                                                     np.float64(4.2)),
+                 (torch.tensor([2.0, -3.4], requires_grad=True), torch.tensor([4.2]))]:
+        X2, y2 = synthetic_data(w, b, 20, generator=g())
+        assert torch.equal(X2, X) and torch.equal(y2, y)
 
 
 def test_data_drawn_without_a_generator_differs_run_to_run():

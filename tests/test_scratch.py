@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -95,3 +97,18 @@ def test_sgd_without_a_gradient_or_with_a_zero_batch_says_what_is_missing():
     sgd([w, b], 0.03, 3)
     with pytest.raises(RuntimeError, match=r"shape \(2, 1\) has no gradient: call backward"):
         sgd([w, b], 0.03, 3)
+
+
+def test_init_params_refuses_what_it_cannot_draw():
+    for args, error, message in [
+        ((-1,), ValueError, "num_inputs must be a positive int.*got -1"),
+        ((0,), ValueError, "num_inputs must be a positive int.*got 0"),
+        ((2.0,), TypeError, "num_inputs must be a positive int, got float: 2.0"),
+        ((2, math.nan), ValueError, "sigma must be finite and >= 0, got nan"),
+        ((2, -0.1), ValueError, "sigma must be finite and >= 0, got -0.1"),
+        ((2, "0.01"), TypeError, "sigma must be a real number, got str"),
+    ]:
+        with pytest.raises(error, match=message):
+            init_params(*args)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        init_params(2, generator=0)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from torchlr import threads
-from torchlr.validation import check_choice, check_positive_int
+from torchlr.validation import (
+    as_float_tensor,
+    check_choice,
+    check_finite_number,
+    check_generator,
+    check_positive_int,
+)
 
 
 def fresh_generator() -> torch.Generator:
@@ -30,13 +36,12 @@ def synthetic_data(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1)."""
     num_examples = check_positive_int("num_examples", num_examples)
-    w = torch.as_tensor(w, dtype=torch.float32).detach().reshape(-1).cpu()
+    w = weights("w", w).cpu()
     if not bool(torch.isfinite(w).all()):
         raise ValueError(f"w must be finite, got {w.tolist()}")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
-    if not math.isfinite(b):
-        raise ValueError(f"b must be finite, got {b!r}")
+    noise = check_finite_number("noise", noise, minimum=0)
+    b = check_finite_number("b", b)
+    check_generator(generator)
     gen = generator if generator is not None else fresh_generator()
     # float32 whatever torch's default dtype: the data both implementations train on.
     X = torch.randn(num_examples, len(w), generator=gen, device=gen.device,
@@ -44,6 +49,22 @@ def synthetic_data(
     y = X @ w + b  # (n,)
     y += noise * torch.randn(y.shape, generator=gen, device=gen.device, dtype=torch.float32).cpu()
     return X, y.reshape(-1, 1)
+
+
+def weights(name: str, w: Any) -> torch.Tensor:
+    """w, one weight per feature, as float32 (d,): from a sequence, array or tensor of shape
+    (d,) or (d, 1); anything else is refused naming it."""
+    if not isinstance(w, (torch.Tensor, np.ndarray)):
+        try:
+            w = torch.as_tensor(w, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a sequence, array or tensor of numbers, got "
+                            f"{type(w).__name__}: {w!r}") from None
+    w = as_float_tensor(name, w)
+    if not (w.dim() == 1 or (w.dim() == 2 and w.shape[1] == 1)) or w.numel() == 0:
+        raise ValueError(f"{name} must hold one weight per feature, shape (d,) or (d, 1) with "
+                         f"d >= 1, got shape {tuple(w.shape)}")
+    return w.reshape(-1)
 
 
 # How an epoch's order is drawn. "randperm": torch.randperm on the seeded generator (a CPU
@@ -150,6 +171,9 @@ def data_iter(
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; "
                             f"torch.as_tensor converts a numpy array")
+        if value.dim() == 0:
+            raise ValueError(f"{name} must have one row per example, got a 0-d tensor")
+    check_generator(generator)
     if len(features) != len(labels):
         raise ValueError(
             "Found input variables with inconsistent numbers of samples: "

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from torchlr.data import fresh_generator
+from torchlr.validation import check_finite_number, check_generator, check_positive_int
 
 
 def init_params(
@@ -18,6 +19,9 @@ def init_params(
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return w ~ N(0, sigma^2) of shape (d, 1) and b = 0 of shape (1,), both requiring grad."""
+    num_inputs = check_positive_int("num_inputs", num_inputs)
+    sigma = check_finite_number("sigma", sigma, minimum=0)
+    check_generator(generator)
     gen = generator if generator is not None else fresh_generator()
     # Drawn on the generator's device and then moved, so every device starts from the same w.
     # float32 whatever torch's default dtype, like the data.

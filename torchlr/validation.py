@@ -142,6 +142,29 @@ def check_positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_finite_number(name: str, value: Any, *, minimum: float = -math.inf) -> float:
+    """Return value as a float if it is a finite real number >= minimum (a one-element tensor
+    or array counts as its number)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = as_float_tensor(name, value, torch.float64)  # refuses bool, complex, ...
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be one number, got shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
+    if not (math.isfinite(value) and value >= minimum):
+        bound = "" if minimum == -math.inf else f" and >= {minimum:g}"
+        raise ValueError(f"{name} must be finite{bound}, got {value!r}")
+    return float(value)
+
+
+def check_generator(generator: Any) -> None:
+    """Refuse a generator that is not a torch.Generator (or None)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}: {generator!r}")
+
+
 def check_seed(seed: Any) -> int:
     """Return seed if it is an int that torch.Generator.manual_seed takes."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
