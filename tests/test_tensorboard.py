@@ -345,7 +345,10 @@ def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"run_name": "a/b"}, "run_name must be a non-empty folder name without '/', got 'a/b'"),
+    ({"run_name": "a/b"}, "run_name must be a non-empty folder name without '/' or NUL, "
+                          "got 'a/b'"),
+    ({"run_name": "a\0b"}, "without '/' or NUL, got 'a\\x00b'"),
+    ({"run_name": "é" * 101}, "run_name must be at most 200 bytes, got 202"),
     ({"run_name": 3}, "run_name must be a str or None, got int: 3"),
     ({"true_w": (1.0, 2.0, 3.0)}, "true_w has 3 values but features has 2 columns"),
     ({"true_w": (1.0, float("nan"))}, "true_w must be a non-empty sequence of finite numbers"),
@@ -359,6 +362,20 @@ def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, mes
     with pytest.raises((TypeError, ValueError), match=re.escape(message)):
         torchlr.fit(X, y, **options)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_logdir_that_cannot_be_made_is_refused_before_training(tmp_path):
+    X, y = chapter_data(num_examples=100)
+    (tmp_path / "a_file").write_text("keep")
+    for logdir, message in [(tmp_path / "a_file", "is a file, not a folder"),
+                            (tmp_path / "a_file" / "runs", "cannot be written: "
+                             f"'{tmp_path / 'a_file'}' is a file, not a folder")]:
+        epochs = []
+        with pytest.raises(ValueError, match=re.escape(f"logdir='{logdir}' {message}")):
+            torchlr.fit(X, y, logdir=logdir, on_progress=epochs.append)
+        assert epochs == []
+    assert torchlr.fit(X, y, num_epochs=1, logdir=tmp_path / "new" / "runs",
+                       run_name="x" * 200).run_dir.endswith("x" * 200)
 
 
 def test_cli_both_writes_two_sibling_runs_and_no_tensorboard_writes_none(tmp_path, capsys):

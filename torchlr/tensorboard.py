@@ -15,6 +15,7 @@ import torch
 
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
+from torchlr.validation import check_writable_folder
 
 if TYPE_CHECKING:
     from torchlr.train import FitConfig, FitResult
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 # Metrics the HParams dashboard shows for each run: the last value of these scalar tags.
 LOSS_TAG = "loss/epoch"
 ERROR_TAGS = ("error/w", "error/b")
+# A folder name is at most 255 bytes on common file systems; the run folder's adds about 30
+# (`20261127-150954-concise-` and a `-2` for a second run in the same second).
+RUN_NAME_MAX_BYTES = 200
 FIGURE_POINTS = 2000  # at most this many points in the scatter, so huge data sets stay cheap
 
 
@@ -59,17 +63,20 @@ def check_options(config: FitConfig) -> None:
                         f"{config.logdir!r}")
     if config.logdir is not None and not os.fspath(config.logdir):
         raise ValueError("logdir must be a folder path or None, got ''")
-    if config.logdir is not None and os.path.exists(config.logdir) \
-            and not os.path.isdir(config.logdir):
-        raise ValueError(f"logdir={os.fspath(config.logdir)!r} is a file, not a folder")
+    if config.logdir is not None:
+        check_writable_folder("logdir", config.logdir)
     name = config.run_name
     if name is not None:
         if not isinstance(name, str):
             raise TypeError(f"run_name must be a str or None, got {type(name).__name__}: "
                             f"{name!r}")
-        if not name or name in (".", "..") or "/" in name or os.sep in name:
-            raise ValueError(f"run_name must be a non-empty folder name without '/', "
+        if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+            raise ValueError(f"run_name must be a non-empty folder name without '/' or NUL, "
                              f"got {name!r}")
+        if len(os.fsencode(name)) > RUN_NAME_MAX_BYTES:
+            raise ValueError(f"run_name must be at most {RUN_NAME_MAX_BYTES} bytes, got "
+                             f"{len(os.fsencode(name))}: the run folder's name, which adds "
+                             f"the date and the implementation, must fit a file system's 255")
     true_w = config.true_w
     if true_w is not None and not (
         isinstance(true_w, tuple) and true_w and all(math.isfinite(v) for v in true_w)

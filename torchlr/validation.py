@@ -203,14 +203,27 @@ def check_writable_file(name: str, path: Any) -> str:
         if not os.access(path, os.W_OK):
             raise ValueError(f"{name}={path!r} cannot be written: no permission")
         return path  # /dev/stdout, a FIFO: written in place, its folder does not matter
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):  # the nearest folder that exists must take new files
+    _check_can_make(name, path, os.path.dirname(os.path.abspath(path)))
+    return path
+
+
+def check_writable_folder(name: str, path: Any) -> str:
+    """Refuse, before any work, a folder that cannot take new files or be made."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name}={path!r} is a file, not a folder")
+    _check_can_make(name, path, os.path.abspath(path))
+    return path
+
+
+def _check_can_make(name: str, path: str, folder: str) -> None:
+    """Refuse path unless folder, or the nearest folder above it that exists, takes new files."""
+    while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"{name}={path!r} cannot be written: {folder!r} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{name}={path!r} cannot be written: no permission in {folder!r}")
-    return path
 
 
 def check_run_options(config: Any) -> None:
