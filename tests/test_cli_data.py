@@ -433,3 +433,76 @@ def test_logdir_on_a_file_and_a_closed_stdout_are_one_line(tmp_path, capsys, mon
     assert main(["predict", "--model", str(model), "--data", str(data), "--output",
                  str(out)]) == 0
     assert len(out.read_text().splitlines()) == 21
+
+
+@pytest.fixture
+def ab_model(tmp_path):
+    """A checkpoint over features a, b with weights near 5 and -5, and target y."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data(torch.tensor([5.0, -5.0]), 1.0, 200, generator=g)
+    path = tmp_path / "ab.pt"
+    torchlr.fit(X, y, num_epochs=5, save=str(path), device="cpu", feature_names=("a", "b"),
+                target_name="y")
+    return path
+
+
+def test_predict_writes_one_row_per_row_and_refuses_a_row_of_empty_cells(ab_model, tmp_path,
+                                                                          capsys):
+    # A blank line is no row; a line of separators is a row of missing features, refused as
+    # one missing cell is (it was skipped, so later predictions moved up a row).
+    data = tmp_path / "new.csv"
+    data.write_text("a,b,y\n1,1,2\n\n2,2,\n \n3,3,NA\n")
+    assert main(["predict", "--model", str(ab_model), "--data", str(data)]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert [row[:3] for row in rows] == [["a", "b", "y"], ["1.0", "1.0", "2.0"],
+                                         ["2.0", "2.0", ""], ["3.0", "3.0", ""]]
+    out = tmp_path / "out.csv"
+    for empty in (",,", " , , "):
+        data.write_text(f"a,b,y\n1,1,2\n\n{empty}\n3,3,5\n")
+        assert main(["predict", "--model", str(ab_model), "--data", str(data), "--output",
+                     str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"torchlr: error: {data}, line 4, column 'a': missing value "
+                       f"{empty.split(',')[0]!r}"]
+        assert not out.exists()
+
+
+def test_predict_refuses_a_prediction_that_is_not_finite(ab_model, tmp_path, capsys):
+    # Finite float32 features whose products overflow: 3e38 * 5 is inf, and 1e38 * 5 minus
+    # 1e38 * 5 is inf - inf = nan, which was written as an empty cell (an unknown target).
+    out = tmp_path / "out.csv"
+    out.write_text("earlier results\n")
+    data = tmp_path / "big.csv"
+    for rows, line, value in (("1,2\n\n3e38,0\n1e38,1e38\n", 4, "inf"),
+                              ("1,2\n1e38,1e38\n3e38,0\n", 3, "nan")):
+        data.write_text("a,b\n" + rows)
+        for output in ([], ["--output", str(out)]):
+            assert main(["predict", "--model", str(ab_model), "--data", str(data),
+                         *output]) == 2
+            captured = capsys.readouterr()
+            assert captured.out == "" and captured.err == (
+                f"torchlr: error: {data}, line {line}: the prediction is {value}, not a finite "
+                f"number: the row's values are too large for float32 arithmetic with this "
+                f"model\n")
+            assert out.read_text() == "earlier results\n"  # left as it was, not half-written
+    np.save(tmp_path / "big.npy", np.array([[1.0, 2.0], [3e38, 0.0]], dtype=np.float32))
+    state = torch.load(ab_model, weights_only=True)
+    state["feature_names"] = ["x1", "x2"]  # the columns of a bare array
+    torch.save(state, tmp_path / "x.pt")
+    assert main(["predict", "--model", str(tmp_path / "x.pt"), "--data",
+                 str(tmp_path / "big.npy")]) == 2
+    assert f"{tmp_path / 'big.npy'}, row 2: the prediction is inf" in capsys.readouterr().err
+
+
+def test_predict_help_describes_the_columns_it_writes(ab_model, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("Writes CSV, one row per input row: the model's feature columns in its order, the "
+            "target if the file has it, then `prediction` (`_prediction` if a column has that "
+            "name).") in text
+    # ... as it does: the file's own order (y first, b before a) is not the output's.
+    data = tmp_path / "new.csv"
+    data.write_text("y,b,a\n1,2,3\n")
+    assert main(["predict", "--model", str(ab_model), "--data", str(data)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "a,b,y,prediction"

@@ -51,9 +51,18 @@ def test_csv_feature_selection_and_default_target(tmp_path):
 
 
 def test_csv_skips_blank_lines_and_reads_quoted_cells(tmp_path):
-    path = write(tmp_path / "t.csv", '\n"a","y"\n\n"1",2\n3,"4"\n\n')
+    path = write(tmp_path / "t.csv", '\n"a","y"\n\n"1",2\n \t\n3,"4"\n\n')
     data = load_data(path)
     assert torch.equal(data.features, torch.tensor([[1.0], [3.0]]))
+
+
+@pytest.mark.parametrize("empty_row", [",,", " , ,\t", '"","",""'])
+def test_a_row_of_empty_cells_is_a_row_of_missing_values(tmp_path, empty_row):
+    # Only a line without separators is blank: a row of empty cells, skipped, would drop a
+    # row unseen (and shift every later prediction of `torchlr predict` up by one).
+    path = write(tmp_path / "t.csv", f"a,b,y\n1,2,3\n\n{empty_row}\n2,3,5\n")
+    with pytest.raises(ValueError, match=r"t.csv, line 4, column 'a': missing value"):
+        load_data(path)
 
 
 def test_binary_formats_agree_with_csv(tmp_path, table):
@@ -100,6 +109,12 @@ def pt(content):
     return out.getvalue()
 
 
+def quantized(values):
+    with warnings.catch_warnings():  # torch deprecates making them; files may still hold them
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(values, 0.1, 0, torch.quint8)
+
+
 FOLDER = object()
 ERRORS = [
     # (file name, content or None for a missing file, CLI extra args, pieces of the message)
@@ -126,6 +141,20 @@ ERRORS = [
     ("alone.csv", "y\n1\n2\n", [], ["alone.csv has no feature column besides the target 'y'"]),
     ("unnamed.csv", "\na,,y\n1,2,3\n", [], ["unnamed.csv, line 2: column 2 of the header "
                                               "has no name"]),
+    ("cells.csv", "a,b,y\n1,2,3\n , , \n2,3,5\n", [], ["cells.csv", "line 3", "column 'a'",
+                                                      "missing value"]),
+    ("collide.npz", npz(X=np.ones((3, 2)), X1=np.arange(3.0), y=np.arange(3.0)), [],
+     ["collide.npz", "repeat column 'X1'", "both 'X' and 'X1'"]),
+    ("collide.pt", pt({"a": torch.ones(3, 1), "a1": torch.ones(3), "y": torch.arange(3.0)}), [],
+     ["collide.pt", "repeat column 'a1'", "both 'a' and 'a1'"]),
+    ("sparse.pt", pt({"a": torch.arange(3.0).to_sparse(), "y": torch.arange(3.0)}), [],
+     ["sparse.pt", "array 'a' is a sparse tensor", ".to_dense()"]),
+    ("sparse2d.pt", pt(torch.ones(3, 2).to_sparse()), [],
+     ["sparse2d.pt", "array 'x' is a sparse tensor"]),
+    ("meta.pt", pt({"a": torch.ones(3, device="meta"), "y": torch.arange(3.0)}), [],
+     ["meta.pt", "array 'a' is on the 'meta' device"]),
+    ("quant.pt", pt({"a": quantized(torch.rand(3)), "y": torch.arange(3.0)}), [],
+     ["quant.pt", "array 'a' is quantized"]),
     ("cube.npz", npz(X=np.zeros((4, 2, 2))), [], ["cube.npz", "array 'X' has shape (4, 2, 2)",
                                                    "expected 1-D columns or a 2-D table"]),
     ("none.npz", npz(), [], ["none.npz is empty: it holds no columns"]),

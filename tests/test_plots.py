@@ -213,6 +213,19 @@ def test_check_image_path_refuses_unknown_formats_and_missing_folders(tmp_path):
         plots.check_image_path(tmp_path / "missing" / "a.png")
 
 
+def test_a_folder_named_like_an_image_is_refused_before_training(tmp_path, capsys):
+    folder = tmp_path / "loss.png"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="loss.png': it is a folder; give a file path"):
+        plots.check_image_path(folder)
+    argv = ["train", "--epochs", "1", "--plot", str(folder), "--no-tensorboard"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # refused up front: no epoch ran
+    assert err == f"torchlr: error: Cannot save a plot to {str(folder)!r}: it is a folder; " \
+                  f"give a file path\n"
+
+
 def test_cli_plot_saves_both_runs_on_one_figure(tmp_path, monkeypatch, capsys):
     drawn = []
     real = plots.loss_curves

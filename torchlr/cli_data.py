@@ -15,7 +15,7 @@ import torch
 
 from torchlr.atomic import write_atomic
 from torchlr.checkpoint import TrainedModel, load_checkpoint, load_model
-from torchlr.io import feature_columns, load_columns, load_data
+from torchlr.io import feature_columns, load_columns, load_data, row_location
 from torchlr.stream import BlockStream
 from torchlr.train import FitConfig
 from torchlr.validation import check_writable_file
@@ -65,7 +65,9 @@ def add_predict_command(sub: Any, formatter: Any) -> None:
         "predict", help="predict with a saved model", formatter_class=formatter,
         description="Predict with a checkpoint written by `torchlr train --save`. The file must "
                     "hold the model's feature columns (its target column may be there too). "
-                    "Writes CSV: the columns read, then `prediction`.")
+                    "Writes CSV, one row per input row: the model's feature columns in its "
+                    "order, the target if the file has it, then `prediction` (`_prediction` "
+                    "if a column has that name).")
     predict.add_argument("--model", required=True, metavar="PATH", help="a checkpoint")
     predict.add_argument("--data", required=True, metavar="FILE",
                          help=".csv with a header, .npy, .npz or .pt")
@@ -169,6 +171,19 @@ def _cell(value: np.float32) -> str:
     return str(value)  # numpy's shortest text that reads back as the same float32
 
 
+def _check_finite(args: argparse.Namespace, predictions: torch.Tensor) -> None:
+    """Refuse a NaN or inf prediction: written out it would read as an unknown (empty) cell
+    or as a number. The features were checked finite, and so were the model's parameters
+    when it was loaded: the arithmetic overflowed."""
+    bad = (~torch.isfinite(predictions[:, 0])).nonzero()
+    if not len(bad):
+        return
+    row = int(bad[0, 0])
+    raise ValueError(f"{row_location(args.data, row)}: the prediction is "
+                     f"{float(predictions[row, 0])}, not a finite number: the row's values are "
+                     f"too large for float32 arithmetic with this model")
+
+
 def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]:
     """Load the model and data (every check done first); return the CSV lines to write."""
     if args.output is not None:
@@ -187,6 +202,7 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
     values = load_columns(args.data, wanted, missing_ok=[model.target_name])  # (n, k) float32
     d = len(model.feature_names)
     predictions = model.predict(values[:, :d]).cpu()  # (n, 1)
+    _check_finite(args, predictions)
     column = "prediction"
     while column in wanted:  # a feature named prediction: the header keeps distinct names
         column = "_" + column

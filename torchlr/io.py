@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import array
 import csv
+import itertools
 import math
 import os
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -195,13 +196,24 @@ def _open_csv(path: str):  # noqa: ANN202
         raise ValueError(f"Cannot read {path}: {exc.strerror}") from None
 
 
+def _is_blank(row: list[str]) -> bool:
+    """Whether a parsed line is blank: nothing but whitespace, and no separator.
+
+    A line with separators (",," or " , ") is a row whose cells are all empty: missing
+    values, refused or kept as any missing cell is. Skipping it would drop a row unseen, and
+    predict's output would no longer line up with its input. (In a one-column file a
+    missing value must be written as NA: an empty line there cannot be told from a blank.)
+    """
+    return len(row) <= 1 and not "".join(row).strip()
+
+
 def _csv_header(path: str) -> tuple[list[str], int]:
     """The header's names and its line number (1 unless blank lines come first)."""
     with _open_csv(path) as f:
         reader = csv.reader(f)
         try:
             for row in reader:
-                if any(cell.strip() for cell in row):
+                if not _is_blank(row):
                     names = [cell.strip() for cell in row]
                     break
             else:
@@ -220,6 +232,18 @@ def _csv_header(path: str) -> tuple[list[str], int]:
     return names, line
 
 
+def _csv_rows(path: str, header_line: int) -> Iterator[tuple[int, list[str]]]:
+    """Each data row of a CSV file with its line number: past the header, blanks skipped."""
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        try:
+            for row in reader:
+                if reader.line_num > header_line and not _is_blank(row):
+                    yield reader.line_num, row
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
+
+
 def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:
     names, header_line = _csv_header(path)
     index = [names.index(name) for name in wanted]
@@ -227,28 +251,19 @@ def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) 
     values = array.array("d")  # flat, compact: 8 bytes a cell while reading
     lines = array.array("q")  # each row's line in the file, to name one float32 cannot hold
     rows = 0
-    with _open_csv(path) as f:
-        reader = csv.reader(f)
+    for line, row in _csv_rows(path, header_line):
+        if len(row) != len(names):
+            raise ValueError(f"{path}, line {line}: expected {len(names)} fields as in the "
+                             f"header, found {len(row)}")
         try:
-            for row in reader:
-                if reader.line_num <= header_line or not any(cell.strip() for cell in row):
-                    continue  # the header, and blank lines
-                if len(row) != len(names):
-                    raise ValueError(
-                        f"{path}, line {reader.line_num}: expected {len(names)} fields as in "
-                        f"the header, found {len(row)}"
-                    )
-                try:
-                    parsed = [float(row[i]) for i in index]
-                except ValueError:
-                    parsed = []
-                if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
-                    parsed = _parse_cells(path, reader.line_num, row, index, names, optional)
-                values.extend(parsed)
-                lines.append(reader.line_num)
-                rows += 1
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
+            parsed = [float(row[i]) for i in index]
+        except ValueError:
+            parsed = []
+        if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
+            parsed = _parse_cells(path, line, row, index, names, optional)
+        values.extend(parsed)
+        lines.append(line)
+        rows += 1
     if rows == 0:
         raise ValueError(f"{path} has a header but no data rows")
     table = np.frombuffer(values, dtype=np.float64).reshape(rows, len(index))
@@ -260,6 +275,16 @@ def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) 
         raise ValueError(f"{path}, line {lines[row]}, column {names[index[col]]!r}: "
                          f"{beyond_float32(float(table[row, col]))}")
     return torch.from_numpy(single)
+
+
+def row_location(path: str | os.PathLike[str], row: int) -> str:
+    """Where data row `row` (from 0) of a file is, as the loading errors name it: the line of
+    a CSV file (blank lines and the header counted), the row (from 1) of an array file."""
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() == ".csv":
+        found = itertools.islice(_csv_rows(path, _csv_header(path)[1]), row, None)
+        return f"{path}, line {next(found)[0]}"
+    return f"{path}, row {row + 1}"
 
 
 def beyond_float32(value: float) -> str:
@@ -334,16 +359,27 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
 def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     """(name, 1-D column) pairs: a 1-D array is one column, a 2-D array K gives K1, K2, ..."""
     columns: list[tuple[str, Any]] = []
+    source: dict[str, str] = {}  # column name -> the array it came from
     for key, value in _load_arrays(path, suffix):
         if not isinstance(value, (np.ndarray, torch.Tensor)):
             raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
+        if isinstance(value, torch.Tensor):
+            _check_readable_tensor(path, key, value)
         if value.ndim == 1:
-            columns.append((key, value))
+            named = [(key, value)]
         elif value.ndim == 2:
-            columns.extend((f"{key}{j + 1}", value[:, j]) for j in range(value.shape[1]))
+            named = [(f"{key}{j + 1}", value[:, j]) for j in range(value.shape[1])]
         else:
             raise ValueError(f"{path}: array {key!r} has shape {tuple(value.shape)}; "
                              f"expected 1-D columns or a 2-D table")
+        for name, _ in named:
+            # An array X1 beside a 2-D X: one of the two columns X1 would be lost silently.
+            if name in source:
+                raise ValueError(f"{path}: the arrays repeat column {name!r}: both "
+                                 f"{source[name]!r} and {key!r} give it (a 2-D array K gives "
+                                 f"columns K1, K2, ...); rename one of them")
+            source[name] = key
+        columns.extend(named)
     if not columns:
         raise ValueError(f"{path} is empty: it holds no columns")
     lengths = {name: len(col) for name, col in columns}
@@ -353,6 +389,18 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     if next(iter(lengths.values())) == 0:
         raise ValueError(f"{path} has columns but no rows")
     return columns
+
+
+def _check_readable_tensor(path: str, key: str, value: torch.Tensor) -> None:
+    """Refuse kinds of tensor whose values cannot be read as a dense float32 table."""
+    if value.layout != torch.strided:
+        raise ValueError(f"{path}: array {key!r} is a sparse tensor (layout {value.layout}); "
+                         f"save it dense, with .to_dense()")
+    if value.is_quantized:
+        raise ValueError(f"{path}: array {key!r} is quantized (dtype {value.dtype}); save it "
+                         f"with .dequantize()")
+    if value.is_meta:
+        raise ValueError(f"{path}: array {key!r} is on the 'meta' device, which holds no values")
 
 
 def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:

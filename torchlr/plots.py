@@ -232,7 +232,8 @@ def lr_sweep(
 
 
 def check_image_path(path: Union[str, Path]) -> Path:
-    """Refuse, before any work, a path whose folder is missing or whose format is unknown."""
+    """Refuse, before any work, a path that is a folder, whose folder is missing or whose
+    format is unknown."""
     if not str(path):
         raise ValueError("Cannot save a plot to '': give a file path such as loss.png")
     path = Path(path)
@@ -243,6 +244,8 @@ def check_image_path(path: Union[str, Path]) -> Path:
             f"Cannot save a plot to {str(path)!r}: unknown image format {suffix!r}; "
             f"expected one of {', '.join(sorted(formats))}"
         )
+    if path.is_dir():  # a folder named like an image, loss.png/: savefig would fail at the end
+        raise ValueError(f"Cannot save a plot to {str(path)!r}: it is a folder; give a file path")
     if not path.parent.is_dir():
         raise ValueError(f"Cannot save a plot to {str(path)!r}: folder {str(path.parent)!r} "
                          "does not exist")
