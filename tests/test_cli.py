@@ -168,10 +168,12 @@ def test_installed_command_is_the_console_entry_point():
 
 @pytest.mark.parametrize("value, text", [
     (0.0, "0.000000"), (1e-5, "0.000010"), (9.99e-6, "9.99e-06"), (0.039271, "0.039271"),
-    (999999.5, "999999.500000"), (1e6, "1000000"), (12345678.9, "1.234568e+07"),
-    (math.inf, "inf"), (math.nan, "nan"),
+    (2.701253e-11, "2.70e-11"), (-3e-7, "-3.00e-07"), (9.621980, "9.621980"),
+    (153.300753, "153.3008"), (-153.300753, "-153.3008"), (255707.390625, "255707.4"),
+    (999999.5, "999999.5"), (1e6, "1000000"), (2159870.4, "2159870"),
+    (12345678.9, "1.234568e+07"), (math.inf, "inf"), (math.nan, "nan"),
 ])
-def test_loss_text_keeps_six_decimals_where_they_show_the_digits(value, text):
+def test_loss_text_keeps_six_decimals_and_at_most_seven_digits(value, text):
     from torchlr.cli import _loss_text
 
     assert _loss_text(value) == text

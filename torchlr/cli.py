@@ -200,13 +200,19 @@ def _true_b() -> float:
 
 
 def _loss_text(value: float) -> str:
-    """A loss as the chapter prints it (6 decimals), unless that would hide its digits."""
-    # "0.000000" says nothing of a loss of 8e-9 (say, a target known to float precision):
-    # below 1e-5, where 6 decimals show fewer than 2 digits, and from 1e6 up, at most 7
-    # significant digits (about what a float32 mean holds; exponent form from 1e7).
-    if value == 0 or not math.isfinite(value) or 1e-5 <= abs(value) < 1e6:
+    """A loss as the chapter prints it (6 decimals), but with no more digits than it holds."""
+    if value == 0 or not math.isfinite(value):
         return f"{value:f}"
-    return f"{value:.7g}"
+    if abs(value) < 1e-5:
+        # "0.000000" would say nothing of a loss of 8e-9 (a target known to float precision),
+        # and seven digits would say too much: so far below the target's square, the float32
+        # residuals (y_hat - y) hold few digits (2.701253e-11 where float64 gives 2.7037e-11).
+        return f"{value:.2e}"
+    if abs(value) >= 1e7:
+        return f"{value:.6e}"
+    # Seven significant digits at most, about what float32 holds: 153.300753 would show the
+    # binary value's noise. So six decimals below 10, as the chapter's losses, fewer above.
+    return f"{value:.{min(6, 6 - math.floor(math.log10(abs(value))))}f}"
 
 
 def _train(args: argparse.Namespace, out: TextIO) -> int:
