@@ -213,3 +213,22 @@ def test_r2_of_a_target_with_a_small_spread():
     expected = 1 - 0.000125 / ss_tot
     assert ss_tot < 1e-3
     assert float(r2_score(y_hat, y)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_scaling_whose_weights_would_pass_float32_is_refused_before_training():
+    # Features around 1e-20 and a target around 1e20 train fine once scaled, but w in original
+    # units is about 1e40: the fit returned w = [inf, -inf], and evaluate() on it gave nan.
+    g = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 200, generator=g)
+    epochs = []
+    with pytest.raises(ValueError, match=r"feature column 1 varies so much less than the "
+                                         r"target .* would pass float32's largest value"):
+        torchlr.fit(X * 1e-20, y * 1e20, standardize=True, standardize_target=True,
+                    on_progress=epochs.append)
+    assert epochs == []
+    # At the edge of the range the weights are large but finite, and predict as they should.
+    # Scaled, it is the same problem as the data at its own size, with weights 1e35 times.
+    result = torchlr.fit(X * 1e-15, y * 1e20, standardize=True, standardize_target=True)
+    same = torchlr.fit(X, y, standardize=True, standardize_target=True)
+    assert torch.isfinite(result.w).all()
+    torch.testing.assert_close(result.w.double() * 1e-35, same.w.double(), rtol=1e-5, atol=0)

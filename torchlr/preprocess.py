@@ -57,6 +57,15 @@ class Scaling:
             x_mean, x_std = torch.zeros_like(x_mean), torch.ones_like(x_std)
         if not target:
             y_mean, y_std = 0.0, 1.0
+        # w in original units is y_std * w_scaled / x_std: where that ratio passes float32's
+        # range, a fit's w and every prediction made from it would be inf.
+        ratio = (y_std if y_std > 0 else 1.0) / x_std.double()
+        if bool((ratio > torch.finfo(torch.float32).max).any()):
+            j = int(ratio.argmax())
+            raise ValueError(
+                f"feature column {j + 1} varies so much less than the target (std "
+                f"{float(x_std[j]):.3g} against {y_std:.3g}) that its weight in original units "
+                f"would pass float32's largest value (about 3.4e38); rescale the data")
         # Kept on the CPU, as a checkpoint holds them, whatever device the data was on:
         # original_params mixes them with CPU copies of w; features() moves them to X's device.
         return cls(x_mean.float().cpu(), x_std.float().cpu(), y_mean,
