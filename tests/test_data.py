@@ -153,7 +153,7 @@ def test_data_iter_and_synthetic_data_refuse_what_they_cannot_use():
          r"w must hold one weight per feature.*\(2, 2\)"),
         (([], 4.2, 5), {}, ValueError, r"w must hold one weight per feature.*\(0,\)"),
         (("ab", 4.2, 5), {}, TypeError,
-         "w must be a sequence, array or tensor of numbers, got str"),
+         "w must be a tensor, array or sequence of numbers, got str"),
     ]:
         with pytest.raises(error, match=message):
             synthetic_data(*args, **kwargs)

@@ -342,6 +342,20 @@ def test_evaluate_and_predict_take_a_results_own_parameters():
             result.predict(wrong)
 
 
+def test_predict_takes_what_fit_takes_and_lists_too_and_refuses_the_rest(tmp_path):
+    X, y = chapter_data(num_examples=100)
+    result = fit(X, y, num_epochs=1, device="cpu", save=tmp_path / "m.pt")
+    loaded = torchlr.load_model(tmp_path / "m.pt")
+    for model in (result, loaded):
+        expected = model.predict(X[:3])
+        for same in (X[:3].double(), X[:3].numpy(), X[:3].tolist()):
+            assert torch.equal(model.predict(same), expected)
+        for bad, words in [(X[:3] > 0, "bool"), (X[:3].to(torch.complex64), "complex64"),
+                           (X[:3].to_sparse(), "dense"), ("abc", "str")]:
+            with pytest.raises(TypeError, match=f"features .*{words}"):
+                model.predict(bad)
+
+
 def test_a_stream_brings_its_own_labels(tmp_path):
     np = pytest.importorskip("numpy")
     from torchlr.stream import BlockStream

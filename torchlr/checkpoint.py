@@ -14,7 +14,7 @@ import torch
 from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
-from torchlr.validation import check_writable_file
+from torchlr.validation import check_writable_file, numbers_tensor
 
 FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
@@ -252,7 +252,7 @@ class TrainedModel:
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predictions (n, 1) float32 for features (n, d) in original units."""
         w, b = self.model.params()
-        X = torch.as_tensor(features, dtype=torch.float32)  # float64, ints, numpy: as fit() takes
+        X = numbers_tensor("features", features)  # float64, ints, numpy, lists: as float32
         return predict(X.to(w.device), w, b, self.scaling)
 
 

@@ -6,16 +6,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from torchlr import threads
 from torchlr.validation import (
-    as_float_tensor,
     check_choice,
     check_finite_number,
     check_generator,
     check_positive_int,
+    numbers_tensor,
 )
 
 
@@ -54,13 +53,7 @@ def synthetic_data(
 def weights(name: str, w: Any) -> torch.Tensor:
     """w, one weight per feature, as float32 (d,): from a sequence, array or tensor of shape
     (d,) or (d, 1); anything else is refused naming it."""
-    if not isinstance(w, (torch.Tensor, np.ndarray)):
-        try:
-            w = torch.as_tensor(w, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a sequence, array or tensor of numbers, got "
-                            f"{type(w).__name__}: {w!r}") from None
-    w = as_float_tensor(name, w)
+    w = numbers_tensor(name, w)
     if not (w.dim() == 1 or (w.dim() == 2 and w.shape[1] == 1)) or w.numel() == 0:
         raise ValueError(f"{name} must hold one weight per feature, shape (d,) or (d, 1) with "
                          f"d >= 1, got shape {tuple(w.shape)}")

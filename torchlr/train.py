@@ -34,6 +34,7 @@ from torchlr.validation import (
     check_positive_int,
     check_run_options,
     check_seed,
+    numbers_tensor,
     parameter_values,
 )
 
@@ -174,7 +175,7 @@ class FitResult:
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predictions (n, 1) in original units, computed exactly as a loaded checkpoint does."""
-        X = torch.as_tensor(features, dtype=torch.float32)
+        X = numbers_tensor("features", features)  # float64, ints, numpy, lists: as float32
         scaling = self.scaling or Scaling.identity(X.shape[1])
         w = self.w if self.scaled_w is None else self.scaled_w
         b = self.b if self.scaled_b is None else self.scaled_b
