@@ -87,6 +87,8 @@ API_CASES = [
     (X.to("meta"), Y, {}, TypeError, ["features", "'meta'"]),
     (_quantized(X), Y, {}, TypeError,
      ["features", "quantized", "dequantize"]),
+    (np.ma.array(X.numpy(), mask=np.arange(40).reshape(20, 2) % 7 == 0), Y.numpy(), {},
+     ValueError, ["features", "masked array with 6 masked value(s)", ".filled()"]),
     # A checkpoint finds its columns by name: a repeated one would feed one column twice.
     (X, Y, {"feature_names": ("a", "a")}, ValueError, ["feature_names", "'a'", "2 times"]),
 ]

@@ -28,6 +28,9 @@ def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -
     """Convert a tensor or numpy array of real numbers to float32 (or dtype); refuse anything
     else."""
     if isinstance(value, np.ndarray):
+        if np.ma.is_masked(value):  # its hidden values are not data: as_tensor would read them
+            raise ValueError(f"{name} is a masked array with {int(np.ma.count_masked(value))} "
+                             f"masked value(s); fill them (.filled()) or drop their rows")
         if not is_real_dtype(value.dtype):
             raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
         if value.dtype.itemsize > 8:  # long double: torch has no such type
