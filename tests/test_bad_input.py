@@ -1,6 +1,7 @@
 """Every bad input is refused before training, through the API and through the CLI."""
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -202,6 +203,32 @@ def test_unwritable_save_paths_are_refused_before_training(tmp_path, monkeypatch
         with pytest.raises(ValueError, match=words):
             fit(X, Y, device="cpu", save=str(save))
     assert built == []
+
+
+def test_a_read_only_file_is_not_replaced(tmp_path, monkeypatch, capsys):
+    # Renaming over it needs only the folder's permission: it was replaced, mode and all.
+    keep = tmp_path / "keep.pt"
+    fit(X, Y, device="cpu", num_epochs=1, save=str(keep))
+    before = keep.read_bytes()
+    out = tmp_path / "out.csv"
+    out.write_text("earlier predictions\n")
+    for path in (keep, out):
+        path.chmod(0o444)
+    if os.access(keep, os.W_OK):  # root may write anything: make access() say what it would
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if (
+            os.fspath(path) in (str(keep), str(out)) and mode & os.W_OK)
+            else real(path, mode, **kw))
+    with pytest.raises(ValueError, match=re.escape(f"save='{keep}' cannot be written: the "
+                                                   f"file is read-only")):
+        fit(X, Y, device="cpu", num_epochs=1, save=str(keep), seed=1)
+    data = tmp_path / "d.csv"
+    data.write_text("x1,x2\n1,2\n4,5\n")
+    assert main(["predict", "--model", str(keep), "--data", str(data), "--output",
+                 str(out)]) == 2
+    assert capsys.readouterr().err == (f"torchlr: error: --output='{out}' cannot be written: "
+                                       f"the file is read-only\n")
+    assert keep.read_bytes() == before and out.read_text() == "earlier predictions\n"
 
 
 def test_cli_subprocess_has_no_traceback():

@@ -540,7 +540,8 @@ def test_a_short_write_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
                            "failed writing file data/0: file write failed\nmore")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match=r"Cannot write .*c\.pt: \[enforce fail .*file write "
-                                      r"failed$"):
+    with pytest.raises(OSError, match=r"Cannot write .*c\.pt: the write stopped short; is the "
+                                      r"disk or a quota full\? \(\[enforce fail .*file write "
+                                      r"failed\)$"):
         save_checkpoint(path, {"format": "x"})
     assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["c.pt"]

@@ -202,6 +202,10 @@ def test_scaled_target_losses_are_logged_in_the_targets_units(tmp_path):
     assert scalars(acc, "loss/val")[1][-1] == pytest.approx(float(on_val), rel=1e-3)
     # The minibatch losses of the last interval are of the last epoch's size, not 1/2500 of it.
     assert 0.2 < scalars(acc, "loss/train")[1][-1] / float(on_train) < 5
+    # And TensorBoard's float32 holds the very numbers the fit returns (and the CLI prints):
+    # scaled back in float64, they were 4e-8 apart, a last printed digit apart.
+    assert scalars(acc, "loss/epoch")[1] == result.losses
+    assert scalars(acc, "loss/val")[1] == result.val_losses
 
 
 def test_the_fit_image_is_at_the_last_epoch_that_ran(tmp_path):
@@ -421,7 +425,12 @@ def event_files(logdir: Path) -> list[Path]:
     return sorted(logdir.glob("*/events.out.tfevents.*"))
 
 
-def test_sigint_mid_epoch_exits_130_with_one_line_and_readable_events(tmp_path):
+@pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_mid_epoch_exits_with_one_line_and_readable_events(tmp_path, signum, status,
+                                                                    word):
+    # SIGTERM (a scheduler's or `kill`'s) ends the run as Ctrl-C does; it killed it outright,
+    # with no line, the session never ended and a temporary file sometimes left behind.
     logdir = tmp_path / "runs"
     # 5 million examples: the first epoch lasts seconds, far longer than the wait below.
     proc = subprocess.Popen(
@@ -440,15 +449,15 @@ def test_sigint_mid_epoch_exits_130_with_one_line_and_readable_events(tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no loss/train event in 45 s"
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     run_dir = files[0].parent
-    assert proc.returncode == 130
-    assert err == f"torchlr: interrupted; the TensorBoard run so far is in {run_dir}\n"
+    assert proc.returncode == status
+    assert err == f"torchlr: {word}; the TensorBoard run so far is in {run_dir}\n"
     assert "Traceback" not in out
     acc = read_run(str(run_dir))
     steps, values = scalars(acc, "loss/train")
@@ -456,6 +465,21 @@ def test_sigint_mid_epoch_exits_130_with_one_line_and_readable_events(tmp_path):
     assert "loss/epoch" not in acc.Tags()["scalars"]  # interrupted inside the first epoch
     end = hparams_data(acc)["_hparams_/session_end_info"].session_end_info
     assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
+
+
+def test_a_full_disk_under_the_event_file_is_one_line_naming_the_run(tmp_path):
+    # Simulated with a file size limit (Python ignores SIGXFSZ: writes fail with EFBIG). The
+    # writer thread printed its traceback, and the line named no file.
+    resource = pytest.importorskip("resource")
+    logdir = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "torchlr", "train", "--num-examples", "20000", "--epochs", "20",
+         "--logdir", str(logdir)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)))
+    (run_dir,) = os.listdir(logdir)
+    assert done.returncode == 2
+    assert re.fullmatch(rf"torchlr: error: (\[Errno \d+\] )?Cannot write the TensorBoard run "
+                        rf"{re.escape(str(logdir / run_dir))}: File too large\n", done.stderr)
 
 
 def free_port() -> int:

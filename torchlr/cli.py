@@ -6,7 +6,9 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Optional, TextIO
@@ -24,6 +26,7 @@ from torchlr.cli_data import (
     write_lines,
 )
 from torchlr.data import PERMUTATIONS, synthetic_data
+from torchlr.interrupts import Terminated, raise_terminated
 from torchlr.io import check_fits_in_memory
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
 from torchlr.validation import IMPLS, check_seed
@@ -33,6 +36,7 @@ TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a command the pipe's reader stopped
 
 
@@ -416,7 +420,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
         # An OSError's text is the system's, about a path: left as it is.
         text = str(exc) if isinstance(exc, OSError) else in_cli_terms(str(exc), build_parser())
-        _say(f"torchlr: error: {rank}{text}" + (f" (TensorBoard run: {where})" if where else ""))
+        _say(f"torchlr: error: {rank}{text}"
+             + (f" (TensorBoard run: {where})" if where and where not in text else ""))
         return EXIT_USAGE
     except RuntimeError as exc:
         if not (distributed.in_torchrun() and distributed.from_collective(exc)):
@@ -430,11 +435,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         _say(f"torchlr: error: [rank {os.environ['RANK']}] the process group failed: "
              f"{cause or type(exc).__name__}")
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:
-        where = getattr(exc, "run_dir", None)
-        _say("torchlr: interrupted" + (f"; the TensorBoard run so far is in {where}"
-                                       if where else ""))
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        where, saved = getattr(exc, "run_dir", None), getattr(exc, "saved_to", None)
+        _say(f"torchlr: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
+             + (f"; {saved} holds epoch {exc.saved_epoch}" if saved else "")  # type: ignore
+             + (f"; the TensorBoard run so far is in {where}" if where else ""))
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USAGE
 
 
@@ -451,8 +457,20 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook, less the traceback of TensorBoard's writer thread: the error
+    that stopped it (a full disk) reaches the fit, and the CLI says it in one line."""
+    if type(args.thread).__name__ != "_AsyncWriterThread":
+        threading.__excepthook__(args)
+
+
 def console() -> None:
     """The `torchlr` command and `python -m torchlr`: main(), then the right way out."""
+    threading.excepthook = _quiet_writer_thread
+    if not distributed.in_torchrun():
+        # SIGTERM ends a run as Ctrl-C does: what was logged is closed and the line says
+        # where. Not under torchrun, which stops its workers with it, even mid-collective.
+        signal.signal(signal.SIGTERM, raise_terminated)
     code = main()
     if distributed.in_torchrun():
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown

@@ -76,6 +76,12 @@ class Scaling:
         """Squared losses of the scaled target times this are the target's own (y_scale²)."""
         return self.y_scale ** 2
 
+    def reported_loss(self, loss: float) -> float:
+        """A whole-set loss of the scaled target in the target's units, rounded to float32:
+        the number TensorBoard stores (its scalars are float32), the CLI prints and FitResult
+        holds alike."""
+        return float(torch.tensor(loss * self.loss_scale, dtype=torch.float32))
+
     @property
     def is_identity(self) -> bool:
         """True when nothing is scaled."""

@@ -20,6 +20,7 @@ from torchlr.checkpoint import (
     save_checkpoint,
 )
 from torchlr.holdout import EarlyStopping, Holdout
+from torchlr.interrupts import held
 from torchlr.preprocess import Scaling, train_val_split
 
 
@@ -177,6 +178,7 @@ class RunState:
             if self.val is not None else None
         self.checkpoint: Optional[dict[str, Any]] = None  # the last one saved or resumed
         self.saved_to: Optional[str] = None  # set once this fit has written a checkpoint
+        self.saved_epoch: Optional[int] = None  # the epoch that checkpoint holds
 
     @classmethod
     def streaming(cls, stream: Any, config: Any) -> RunState:
@@ -264,18 +266,21 @@ class RunState:
                 return self.config.num_epochs + 1  # the uninterrupted run stopped here too
         return state["epoch"] + 1
 
-    def end_epoch(self, epoch: int, model: Any, generator: torch.Generator,
-                  history: History) -> tuple[Optional[float], Optional[float], bool]:
-        """Validate, save a checkpoint; return (val loss, val R², whether to stop early)."""
-        val_loss = val_r2 = None
-        stop = False
+    def validate(self, epoch: int,
+                 model: Any) -> tuple[Optional[float], Optional[float], bool]:
+        """After an epoch: (val loss, val R², whether to stop early); Nones without a split."""
+        if self.val is None:
+            return None, None, False
         w, b = model.params()
-        if self.val is not None:
-            val_loss, val_r2 = self.val.metrics(w, b)
-            val_loss *= self.scaling.loss_scale  # in the target's units, like the training's
-            self.val_losses.append(val_loss)
-            self.val_r2.append(val_r2)
-            stop = self.stopper.update(epoch, w, b)
+        val_loss, val_r2 = self.val.metrics(w, b)
+        val_loss = self.scaling.reported_loss(val_loss)  # in the target's units, as training's
+        self.val_losses.append(val_loss)
+        self.val_r2.append(val_r2)
+        return val_loss, val_r2, self.stopper.update(epoch, w, b)
+
+    def save(self, epoch: int, model: Any, generator: torch.Generator,
+             history: History) -> None:
+        """Write the checkpoint of the run so far, when the config names one."""
         if self.config.save is not None:
             self.checkpoint = run_state(
                 model=model, generator=generator, epoch=epoch, config=self.config,
@@ -283,9 +288,10 @@ class RunState:
                 history=history.state(self.val_losses, self.val_r2),
                 best=self.stopper.best if self.stopper is not None else None,
                 data=self._fingerprint)
-            save_checkpoint(self.config.save, self.checkpoint)
-            self.saved_to = os.fspath(self.config.save)
-        return val_loss, val_r2, stop
+            with held():  # Ctrl-C after the write, not before the record of it
+                save_checkpoint(self.config.save, self.checkpoint)
+                self.saved_to = os.fspath(self.config.save)
+                self.saved_epoch = epoch
 
     def finish(self, model: Any) -> Optional[int]:
         """With early stopping, put the best epoch's parameters back; return that epoch."""

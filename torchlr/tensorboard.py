@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import os
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import numpy as np
 import torch
 
+from torchlr.interrupts import held
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
 from torchlr.validation import check_writable_folder
@@ -26,7 +29,8 @@ ERROR_TAGS = ("error/w", "error/b")
 # A folder name is at most 255 bytes on common file systems; the run folder's adds about 30
 # (`20261127-150954-concise-` and a `-2` for a second run in the same second).
 RUN_NAME_MAX_BYTES = 200
-FIGURE_POINTS = 2000  # at most this many points in the scatter, so huge data sets stay cheap
+FIGURE_POINTS = 2000
+T = TypeVar("T")  # at most this many points in the scatter, so huge data sets stay cheap
 
 
 def new_run_dir(logdir: str | os.PathLike[str], impl: str, suffix: Optional[str] = None,
@@ -91,6 +95,22 @@ def check_options(config: FitConfig) -> None:
         raise ValueError(f"true_b must be a finite number or None, got {true_b!r}")
 
 
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """A RunWriter method run with Ctrl-C held back until it is done (torchlr.interrupts),
+    and a failure to write (a full disk) named with the run folder."""
+    @functools.wraps(method)
+    def guarded(self: RunWriter, *args: Any, **kwargs: Any) -> T:
+        with held():
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as exc:
+                if self.run_dir is None:  # making the folder: the error names it already
+                    raise
+                message = f"Cannot write the TensorBoard run {self.run_dir}: {exc.strerror or exc}"
+                raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
+    return guarded
+
+
 class RunWriter:
     """One fit's TensorBoard run; every method does nothing until open() is given a logdir.
 
@@ -103,6 +123,7 @@ class RunWriter:
         self.run_dir: Optional[str] = None
         self._writer: Any = None  # a SummaryWriter once open
 
+    @_guarded
     def open(self, config: FitConfig, X: torch.Tensor, y: torch.Tensor, device: torch.device,
              steps: int, scaling: Optional[Scaling] = None, val_examples: int = 0) -> None:
         """Create the run folder and write the configuration and hyperparameters.
@@ -153,6 +174,7 @@ class RunWriter:
         self._writer.file_writer.add_summary(session_start)
         self._writer.flush()
 
+    @_guarded
     def train_losses(self, epoch: int, first_step: int, chunk: torch.Tensor) -> None:
         """Write one loss/train point: the mean of a host-read chunk of minibatch losses."""
         if self._writer is None or len(chunk) == 0:
@@ -161,6 +183,7 @@ class RunWriter:
         self._writer.add_scalar("loss/train", float(chunk.double().mean()), step)
         self._writer.flush()  # an interrupted run keeps everything read so far
 
+    @_guarded
     @torch.no_grad()
     def epoch(self, epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor,
               seconds: float) -> None:
@@ -196,6 +219,7 @@ class RunWriter:
             self._writer.add_histogram("grad/w", grad_w, epoch)
         self._writer.flush()
 
+    @_guarded
     def validation(self, epoch: int, loss: Optional[float], r2: Optional[float]) -> None:
         """Write loss/val and r2/val for the epoch, when the fit holds out rows."""
         if self._writer is None or loss is None:
@@ -204,6 +228,7 @@ class RunWriter:
         self._writer.add_scalar("r2/val", r2, epoch)
         self._writer.flush()
 
+    @_guarded
     def finish(self, result: FitResult) -> None:
         """Write the scatter of the data with the fitted line."""
         if self._writer is None or not isinstance(self._X, torch.Tensor):
@@ -222,13 +247,24 @@ class RunWriter:
                  tb: Optional[TracebackType]) -> None:
         if self._writer is None:
             return
+        if exc is not None:
+            exc.run_dir = self.run_dir  # type: ignore[union-attr]
         try:
+            self._end(success=exc is None)
+        except (OSError, KeyboardInterrupt) as late:  # a full disk, or Ctrl-C while closing
             if exc is not None:
-                exc.run_dir = self.run_dir  # type: ignore[union-attr]
-            self._writer.file_writer.add_summary(_with_status(self._session_end, exc is None))
+                return  # the fit's own error (or interrupt) is what the caller hears
+            late.run_dir = self.run_dir  # type: ignore[attr-defined]
+            raise
+
+    @_guarded
+    def _end(self, success: bool) -> None:
+        """Record how the session ended, then flush and close the event file."""
+        writer, self._writer = self._writer, None
+        try:
+            writer.file_writer.add_summary(_with_status(self._session_end, success))
         finally:
-            self._writer.close()  # flushes
-            self._writer = None
+            writer.close()  # flushes
 
 
 def _with_status(session_end: Any, success: bool) -> Any:

@@ -576,39 +576,48 @@ def _fit(
         _check_finite(chunk, epoch, done + 1, config.lr)
         history.train_losses.append(reported)
 
-    for epoch in range(first_epoch, config.num_epochs + 1):
-        start = time.perf_counter()
-        done = 0
-        # Closed on the way out, so a gather thread ends with the epoch that raised.
-        with closing(_epoch_batches(config, X, y, stream, group, generator, device,
-                                    graphed)) as batches:
-            for i, batch in enumerate(batches):
-                step_losses.append(step(*batch))  # (X, y), or (X, y, global length) in a group
-                if (i + 1) % read_every == 0 and i + 1 < steps:  # once per log interval
-                    host_read(epoch, done, i + 1)
-                    done = i + 1
-                    if on_progress is not None:
-                        on_progress(Progress(epoch, config.num_epochs, done, steps))
-        w, b = model.params()
-        loss, w_now, b_now = _epoch_end(X, y, w, b, stream, group, config.worker_thread,
-                                        partial(host_read, epoch, done, None))
-        if not math.isfinite(loss):
-            raise DivergenceError(
-                f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
-                f"step {steps} (lr={config.lr}); try a smaller learning rate."
-            )
-        loss *= state.scaling.loss_scale  # in the target's units (see host_read)
-        history.epoch_seconds.append(time.perf_counter() - start)
-        history.losses.append(loss)
-        history.w.append(w_now)
-        history.b.append(b_now)
-        val_loss, val_r2, stop = state.end_epoch(epoch, model, generator, history)
-        run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])
-        run.validation(epoch, val_loss, val_r2)
-        if on_progress is not None:
-            on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss, val_r2))
-        if stop:
-            break
+    try:
+        for epoch in range(first_epoch, config.num_epochs + 1):
+            start = time.perf_counter()
+            done = 0
+            # Closed on the way out, so a gather thread ends with the epoch that raised.
+            with closing(_epoch_batches(config, X, y, stream, group, generator, device,
+                                        graphed)) as batches:
+                for i, batch in enumerate(batches):
+                    step_losses.append(step(*batch))  # (X, y), or (X, y, global length) in a group
+                    if (i + 1) % read_every == 0 and i + 1 < steps:  # once per log interval
+                        host_read(epoch, done, i + 1)
+                        done = i + 1
+                        if on_progress is not None:
+                            on_progress(Progress(epoch, config.num_epochs, done, steps))
+            w, b = model.params()
+            loss, w_now, b_now = _epoch_end(X, y, w, b, stream, group, config.worker_thread,
+                                            partial(host_read, epoch, done, None))
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
+                    f"step {steps} (lr={config.lr}); try a smaller learning rate."
+                )
+            loss = state.scaling.reported_loss(loss)  # in the target's units (see host_read)
+            history.epoch_seconds.append(time.perf_counter() - start)
+            history.losses.append(loss)
+            history.w.append(w_now)
+            history.b.append(b_now)
+            val_loss, val_r2, stop = state.validate(epoch, model)
+            # Logged, then saved, then told: a checkpoint never holds an epoch TensorBoard lacks
+            # (its resumed run would start after it), whenever Ctrl-C comes.
+            run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])
+            run.validation(epoch, val_loss, val_r2)
+            state.save(epoch, model, generator, history)
+            if on_progress is not None:
+                on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss,
+                                     val_r2))
+            if stop:
+                break
+    except BaseException as exc:
+        if state.saved_to is not None:  # what the caller can resume from, however it ended
+            exc.saved_to, exc.saved_epoch = state.saved_to, state.saved_epoch  # type: ignore
+        raise
 
     best_epoch = state.finish(model)
     return FitResult(

@@ -211,6 +211,10 @@ def check_writable_file(name: str, path: Any) -> str:
         if not os.access(path, os.W_OK):
             raise ValueError(f"{name}={path!r} cannot be written: no permission")
         return path  # /dev/stdout, a FIFO: written in place, its folder does not matter
+    if os.path.isfile(path) and not os.access(path, os.W_OK):
+        # Renaming a new file over it needs only the folder's permission: the user's own
+        # protection would be passed over, where `>` or torch.save would be refused.
+        raise ValueError(f"{name}={path!r} cannot be written: the file is read-only")
     _check_can_make(name, path, os.path.dirname(os.path.abspath(path)))
     return path
 

@@ -1,0 +1,139 @@
+"""Ctrl-C and SIGTERM land between writes, never inside one: nothing logged or saved is lost."""
+
+import os
+import queue
+import signal
+import threading
+
+import pytest
+import torch
+from conftest import chapter_data
+from tensorboard.plugins.hparams import api_pb2
+from test_tensorboard import hparams_data, read_run, scalars
+
+import torchlr
+import torchlr.run
+from torchlr.cli import main
+from torchlr.interrupts import Terminated, held, raise_terminated
+
+
+@pytest.fixture(autouse=True)
+def _python_handles_sigint():
+    # A suite started in the background may ignore SIGINT; these tests need Python's handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_inside_held_is_raised_after_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("rest of the block")
+    assert done == ["rest of the block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_with_the_clis_handler_is_held_too_and_nested_blocks_wait_for_the_outer():
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        done = []
+        with pytest.raises(Terminated):
+            with held():
+                with held():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    done.append("inner")
+                done.append("outer")
+        assert done == ["inner", "outer"]
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_held_in_another_thread_runs_the_block_as_it_is():
+    ran = []
+    thread = threading.Thread(target=lambda: ran.append(held().__enter__() is None))
+    thread.start()
+    thread.join()
+    assert ran == [True]
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_tensorboard_queues_an_event_keeps_it_and_ends_the_run(tmp_path,
+                                                                           monkeypatch):
+    # Raised inside the writer's queue.put, Ctrl-C lost the event; raised after put took its
+    # lock, it left the lock taken and closing the run waited forever.
+    real_put, puts = queue.Queue.put, []
+
+    def put(self, item, *args, **kwargs):
+        puts.append(item)
+        if len(puts) == 8:  # mid-epoch: a loss/train point
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_put(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(queue.Queue, "put", put)
+    X, y = chapter_data()
+    with pytest.raises(KeyboardInterrupt) as info:
+        torchlr.fit(X, y, device="cpu", logdir=tmp_path)
+    monkeypatch.undo()
+    run_dir = info.value.run_dir
+    (events,) = [os.path.join(run_dir, name) for name in os.listdir(run_dir)]
+    with open(events, "rb") as f:
+        assert puts[7] in f.read()  # the event being queued when Ctrl-C came was written
+    acc = read_run(run_dir)
+    steps, _ = scalars(acc, "loss/train")
+    assert steps and steps == list(range(50, 50 * len(steps) + 1, 50))
+    end = hparams_data(acc)["_hparams_/session_end_info"].session_end_info
+    assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
+
+
+def test_an_interrupt_right_after_a_save_leaves_nothing_unlogged(tmp_path, monkeypatch):
+    # The checkpoint was written before the epoch was logged: Ctrl-C between the two, and
+    # the resumed run (from the epoch after) never logged that epoch anywhere.
+    real_save = torchlr.run.save_checkpoint
+
+    def save_then_ctrl_c(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(torchlr.run, "save_checkpoint", save_then_ctrl_c)
+    X, y = chapter_data()
+    options = dict(num_epochs=4, device="cpu", logdir=tmp_path / "tb", save=tmp_path / "c.pt",
+                   true_w=(2.0, -3.4), true_b=4.2)
+    with pytest.raises(KeyboardInterrupt) as info:
+        torchlr.fit(X, y, **options)
+    assert (info.value.saved_to, info.value.saved_epoch) == (str(tmp_path / "c.pt"), 2)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 2
+    resumed = torchlr.fit(X, y, resume=tmp_path / "c.pt", **options)
+    straight = torchlr.fit(X, y, **{**options, "logdir": None, "save": None})
+    logged = {}
+    for run_dir in (info.value.run_dir, resumed.run_dir):
+        for tag in ("loss/epoch", "error/w"):
+            steps, values = scalars(read_run(run_dir), tag)
+            logged.setdefault(tag, []).extend(zip(steps, values))
+    assert [step for step, _ in logged["loss/epoch"]] == [1, 2, 3, 4]
+    assert [step for step, _ in logged["error/w"]] == [1, 2, 3, 4]
+    assert [value for _, value in logged["loss/epoch"]] == straight.losses
+
+
+def test_the_cli_says_which_epoch_the_checkpoint_holds(tmp_path, monkeypatch, capsys):
+    real_save = torchlr.run.save_checkpoint
+
+    def save_then_ctrl_c(path, state):
+        real_save(path, state)
+        if state["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(torchlr.run, "save_checkpoint", save_then_ctrl_c)
+    save = tmp_path / "c.pt"
+    assert main(["train", "--epochs", "4", "--save", str(save), "--logdir",
+                 str(tmp_path / "tb")]) == 130
+    out, err = capsys.readouterr()
+    (run_dir,) = os.listdir(tmp_path / "tb")
+    assert err.splitlines()[-1] == (f"torchlr: interrupted; {save} holds epoch 2; the "
+                                    f"TensorBoard run so far is in {tmp_path / 'tb' / run_dir}")
+    # Logged and saved before it was printed: the second epoch's line never came.
+    assert [line.split(",")[0] for line in out.splitlines()] == ["epoch 1"]
