@@ -88,17 +88,22 @@ def test_ctrl_c_while_tensorboard_queues_an_event_keeps_it_and_ends_the_run(tmp_
     assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
 
 
-def test_an_interrupt_right_after_a_save_leaves_nothing_unlogged(tmp_path, monkeypatch):
-    # The checkpoint was written before the epoch was logged: Ctrl-C between the two, and
-    # the resumed run (from the epoch after) never logged that epoch anywhere.
+def ctrl_c_after_saving(monkeypatch, epoch):
+    """Make the user press Ctrl-C the moment the checkpoint of `epoch` is written."""
     real_save = torchlr.run.save_checkpoint
 
     def save_then_ctrl_c(path, state):
         real_save(path, state)
-        if state["epoch"] == 2:
+        if state["epoch"] == epoch:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(torchlr.run, "save_checkpoint", save_then_ctrl_c)
+
+
+def test_an_interrupt_right_after_a_save_leaves_nothing_unlogged(tmp_path, monkeypatch):
+    # The checkpoint was written before the epoch was logged: Ctrl-C between the two, and
+    # the resumed run (from the epoch after) never logged that epoch anywhere.
+    ctrl_c_after_saving(monkeypatch, epoch=2)
     X, y = chapter_data()
     options = dict(num_epochs=4, device="cpu", logdir=tmp_path / "tb", save=tmp_path / "c.pt",
                    true_w=(2.0, -3.4), true_b=4.2)
@@ -120,14 +125,7 @@ def test_an_interrupt_right_after_a_save_leaves_nothing_unlogged(tmp_path, monke
 
 
 def test_the_cli_says_which_epoch_the_checkpoint_holds(tmp_path, monkeypatch, capsys):
-    real_save = torchlr.run.save_checkpoint
-
-    def save_then_ctrl_c(path, state):
-        real_save(path, state)
-        if state["epoch"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(torchlr.run, "save_checkpoint", save_then_ctrl_c)
+    ctrl_c_after_saving(monkeypatch, epoch=2)
     save = tmp_path / "c.pt"
     assert main(["train", "--epochs", "4", "--save", str(save), "--logdir",
                  str(tmp_path / "tb")]) == 130

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from torchlr.validation import is_real_dtype
+from torchlr.validation import is_real_dtype, unreadable
 
 FORMATS = (".csv", ".npy", ".npz", ".pt")
 MISSING = {"", "na", "n/a", "nan", "null", "none"}  # cells read as a missing value, any case
@@ -393,14 +393,9 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
 
 def _check_readable_tensor(path: str, key: str, value: torch.Tensor) -> None:
     """Refuse kinds of tensor whose values cannot be read as a dense float32 table."""
-    if value.layout != torch.strided:
-        raise ValueError(f"{path}: array {key!r} is a sparse tensor (layout {value.layout}); "
-                         f"save it dense, with .to_dense()")
-    if value.is_quantized:
-        raise ValueError(f"{path}: array {key!r} is quantized (dtype {value.dtype}); save it "
-                         f"with .dequantize()")
-    if value.is_meta:
-        raise ValueError(f"{path}: array {key!r} is on the 'meta' device, which holds no values")
+    reason = unreadable(value)
+    if reason:
+        raise ValueError(f"{path}: array {key!r} is {reason}")
 
 
 def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:

@@ -48,17 +48,23 @@ def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -
         )
     if value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
-    # Kinds of tensor whose values cannot be read or trained on as a dense float32 array.
-    if value.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense tensor, got layout {value.layout}; "
-                        f"convert it with .to_dense()")
-    if value.is_quantized:
-        raise TypeError(f"{name} must not be quantized, got dtype {value.dtype}; "
-                        f"convert it with .dequantize()")
-    if value.is_meta:
-        raise TypeError(f"{name} is on the 'meta' device, which holds no values")
+    reason = unreadable(value)
+    if reason:
+        raise TypeError(f"{name} is {reason}")
     # Integer and float64 inputs are converted on purpose: both implementations train in float32.
     return value.detach().to(dtype)
+
+
+def unreadable(value: torch.Tensor) -> str:
+    """Why a tensor's values cannot be read as a dense float32 array, or '' if they can."""
+    if value.layout != torch.strided:
+        return (f"a sparse tensor (layout {value.layout}), not a dense one; convert it with "
+                f".to_dense()")
+    if value.is_quantized:
+        return f"quantized (dtype {value.dtype}); convert it with .dequantize()"
+    if value.is_meta:
+        return "on the 'meta' device, which holds no values"
+    return ""
 
 
 def check_data(features: Any, labels: Any,
