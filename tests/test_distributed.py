@@ -20,7 +20,7 @@ import torchlr
 from torchlr import cli, distributed
 from torchlr.cli import build_parser, in_cli_terms, main
 from torchlr.data import data_iter
-from torchlr.distributed import DataParallel, WorkerError, launch, shard_bounds
+from torchlr.distributed import DataParallel, WorkerError, launch, launch_fit, shard_bounds
 from torchlr.stream import BlockStream
 from torchlr.train import ConciseModel, FitConfig, ScratchModel, group_agreement
 
@@ -212,6 +212,26 @@ def test_setup_joins_a_group_and_teardown_leaves_it(monkeypatch):
 def test_launch_refuses_a_bad_process_count_before_starting_any(nprocs):
     with pytest.raises(ValueError, match=r"nprocs must be a positive int, got "):
         launch(_fit_all, nprocs)
+
+
+@pytest.mark.parametrize("timeout", [0, -5, True, float("inf"), "60"])
+def test_launch_refuses_a_bad_timeout_before_starting_any(timeout):
+    # It went to the rendezvous store, whose C++ error named no argument.
+    with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds"):
+        launch(_fit_all, 2, timeout=timeout)
+
+
+def test_launch_fit_says_how_to_train_a_stream(tmp_path):
+    np.save(tmp_path / "t.npy", np.ones((10, 2)))
+    with pytest.raises(TypeError, match=r"launch_fit takes tensors .* call launch\(fn\)"):
+        launch_fit(BlockStream(tmp_path / "t.npy"), None)
+
+
+def test_the_ranks_compare_seeds_exactly():
+    # As float64 numbers 2**53 and 2**53 + 1 were one seed, and the ranks trained apart.
+    agreed = [group_agreement(FitConfig(seed=seed), n=10, d=2, first_epoch=1, stream=None,
+                              data_digest="0" * 64)["seed"] for seed in (2**53, 2**53 + 1, 0)]
+    assert len(set(agreed)) == 3
 
 
 def test_outside_a_group_nothing_changes():

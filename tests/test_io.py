@@ -259,6 +259,16 @@ def test_a_file_too_large_for_memory_points_to_stream(tmp_path, monkeypatch, cap
             load_data(tmp_path / name)
     assert main(["train", "--data", str(path), "--device", "cpu"]) == 2
     assert "--stream" in capsys.readouterr().err
+    # predict has no --stream: it is told to split the file instead.
+    model = tmp_path / "m.pt"
+    monkeypatch.setattr("torchlr.io.available_memory", lambda: 10**6)
+    assert main(["train", "--data", str(path), "--device", "cpu", "--save", str(model),
+                 "--no-tensorboard"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("torchlr.io.available_memory", lambda: 1000)
+    assert main(["predict", "--model", str(model), "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "predict on it in parts" in err and "--stream" not in err
     monkeypatch.setattr("torchlr.io.available_memory", lambda: 10**6)
     assert load_data(path).features.shape == (100, 1)  # the same file fits with more memory
 

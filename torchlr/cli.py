@@ -437,7 +437,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         where, saved = getattr(exc, "run_dir", None), getattr(exc, "saved_to", None)
-        _say(f"torchlr: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
+        rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
+        _say(f"torchlr: {rank}{'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
              + (f"; {saved} holds epoch {exc.saved_epoch}" if saved else "")  # type: ignore
              + (f"; the TensorBoard run so far is in {where}" if where else ""))
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED

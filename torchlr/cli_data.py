@@ -199,7 +199,8 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
     # The target, when the file has it, is echoed so predictions sit next to the truth.
     wanted = feature_columns(args.data, model.feature_names, model.target_name)
     # A target cell may be empty (unknown yet): echoed empty.
-    values = load_columns(args.data, wanted, missing_ok=[model.target_name])  # (n, k) float32
+    values = load_columns(args.data, wanted, missing_ok=[model.target_name],  # (n, k) float32
+                          too_large="predict on it in parts, each a file of some of its rows")
     d = len(model.feature_names)
     predictions = model.predict(values[:, :d]).cpu()  # (n, 1)
     _check_finite(args, predictions)

@@ -88,8 +88,7 @@ def setup(device: str | torch.device = "auto", *, backend: Optional[str] = None,
             f"Cannot join a process group: environment variables {missing} are not set; "
             "start the processes with torchrun or torchlr.distributed.launch."
         )
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    _check_timeout(timeout)
     local_rank = int(os.environ["LOCAL_RANK"])
     resolved = resolve_device(device)
     if resolved.type == "cuda":
@@ -201,6 +200,12 @@ def from_collective(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+def _check_timeout(timeout: Any) -> None:
+    if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0
+                                         and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
 
 def exact_number(text: str) -> float:
@@ -463,6 +468,7 @@ def launch(fn: Callable[..., Any], nprocs: int = 2, *, args: tuple = (), device:
     """
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"nprocs must be a positive int, got {nprocs!r}")
+    _check_timeout(timeout)  # here, before the store takes it: its error named no argument
     with tempfile.TemporaryDirectory(prefix="torchlr-launch-") as folder:
         # Results and errors go through files, not a queue: a large result in a pipe would
         # block rank 0 before it exits.
@@ -512,6 +518,11 @@ def launch_fit(features: torch.Tensor, labels: torch.Tensor, nprocs: int = 2, *,
                backend: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
                **options: Any) -> Any:
     """torchlr.fit on `nprocs` local processes (options as fit's); returns rank 0's FitResult."""
+    from torchlr.stream import BlockStream  # here: stream imports torch, io and this stays lean
+
+    if isinstance(features, BlockStream):  # its memory map cannot be sent to a process
+        raise TypeError("launch_fit takes tensors or arrays; to train on a BlockStream, call "
+                        "launch(fn) with a top-level fn that opens the stream in each process")
     device = options.get("device", "auto")
     return launch(_fit_worker, nprocs, args=(features, labels, options), device=device,
                   backend=backend, timeout=timeout)

@@ -35,6 +35,10 @@ class Dataset:
     path: str
 
 
+# What to do about a file too large for memory, when training on it.
+TRAIN_FROM_DISK = "train from disk with --stream (a 2-D .npy file)"
+
+
 def load_data(
     path: str | os.PathLike[str],
     target: Optional[str] = None,
@@ -124,7 +128,8 @@ def column_names(path: str | os.PathLike[str]) -> list[str]:
 
 
 def load_columns(path: str | os.PathLike[str], names: Sequence[str],
-                 missing_ok: Sequence[str] = ()) -> torch.Tensor:
+                 missing_ok: Sequence[str] = (), *,
+                 too_large: str = TRAIN_FROM_DISK) -> torch.Tensor:
     """The named columns of a file as one float32 tensor (n, len(names)), fully checked.
 
     In a CSV file, a missing cell (empty, NA, ...) of a column in missing_ok reads as NaN
@@ -132,7 +137,7 @@ def load_columns(path: str | os.PathLike[str], names: Sequence[str],
     """
     path = os.fspath(path)
     suffix = _check_path(path)
-    check_fits_in_memory(path, estimate_bytes(path, len(names)))
+    check_fits_in_memory(path, estimate_bytes(path, len(names)), too_large)
     if suffix == ".csv":
         return _read_csv(path, names, missing_ok)
     columns = dict(_array_columns(path, suffix))
@@ -175,8 +180,7 @@ def estimate_bytes(path: str, num_columns: int) -> int:
     return size * COPIES_NEEDED
 
 
-def check_fits_in_memory(what: str, needed: int,
-                         advice: str = "train from disk with --stream (a 2-D .npy file)") -> None:
+def check_fits_in_memory(what: str, needed: int, advice: str = TRAIN_FROM_DISK) -> None:
     """Refuse data (a file, or what is asked for) that would not fit in the memory free now."""
     free = available_memory()
     if free is not None and needed > free:

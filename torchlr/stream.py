@@ -30,6 +30,11 @@ def block_order(num_rows: int, block_rows: int,
         yield start, torch.randperm(length, generator=generator)
 
 
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file from its rewritten or replaced self: device, inode, size, mtime."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class BlockStream:
     """A 2-D .npy table on disk; features and target are columns named x1, x2, ... as in io."""
 
@@ -52,14 +57,17 @@ class BlockStream:
         names = [f"x{j + 1}" for j in range(shape[1])]
         features, target = choose_columns(self.path, names, target, features)
         self.feature_names, self.target_name = features, target
-        self._feature_idx = torch.tensor([names.index(n) for n in features])
-        self._target_idx = names.index(target)
+        # The columns read, features then target: a NaN in a column the run does not use is
+        # no concern of it, as in memory.
+        self._used = [names.index(n) for n in features] + [names.index(target)]
+        self._all_used = self._used == list(range(shape[1]))
         self.shape = (shape[0], len(features))  # (n, d) as fit() sees it
         row_bytes = shape[1] * dtype.itemsize
         self.block_rows = check_positive_int("block_rows", block_rows) \
             if block_rows is not None else max(1, BLOCK_BYTES // row_bytes)
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._stat = _identity(os.fstat(f.fileno()))
         needed = offset + shape[0] * row_bytes
         if len(self._map) < needed:  # cut short: a copy or a download that stopped
             raise ValueError(f"{self.path} is truncated: its header promises {needed} bytes, "
@@ -88,38 +96,54 @@ class BlockStream:
         return Scaling.from_moments(mean[:-1], std[:-1], float(mean[-1]), float(std[-1]),
                                     features=features, target=target)
 
+    def check_unchanged(self) -> None:
+        """Refuse to read on from a file that was rewritten, cut or replaced since it was
+        opened: its rows would not be the ones the run began on."""
+        try:
+            now = _identity(os.stat(self.path))
+        except OSError:
+            now = None
+        if now != self._stat:
+            raise ValueError(f"{self.path} changed while it was being read (rewritten, cut "
+                             f"short or replaced): train on a file that stays as it is")
+
     def _block(self, start: int, stop: int,
                scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [start, stop) as float32 (X (k, d), y (k, 1)), then let their pages go."""
+        self.check_unchanged()  # a file cut short would end the process at the read (SIGBUS)
+        rows = self._array[start:stop]
         with np.errstate(over="ignore"):  # a value float32 cannot hold: refused in _columns
-            table = torch.from_numpy(np.array(self._array[start:stop], dtype=np.float32))
+            table = np.array(rows if self._all_used else rows[:, self._used], dtype=np.float32)
         self._release(start, stop)
-        return self._columns(table, lambda i: start + i, scaled)
+        return self._columns(torch.from_numpy(table), lambda i: start + i, scaled)
 
     def rows(self, index: torch.Tensor,
              scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows at `index` (int64, any order) as float32 X (k, d) and y (k, 1)."""
+        self.check_unchanged()
         idx = index.numpy()
         order = np.argsort(idx, kind="stable")
-        table = np.empty((len(idx), self._array.shape[1]), dtype=np.float32)
+        table = np.empty((len(idx), len(self._used)), dtype=np.float32)
         with np.errstate(over="ignore"):  # read in file order, placed in index order
-            table[order] = self._array[idx[order]]
+            rows = self._array[idx[order]]
+            table[order] = rows if self._all_used else rows[:, self._used]
         if len(idx):
             self._release(int(idx.min()), int(idx.max()) + 1)
         return self._columns(torch.from_numpy(table), lambda i: int(idx[i]), scaled)
 
     def _columns(self, table: torch.Tensor, row_of: Callable[[int], int],
                  scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split a float32 table into (X, y), refusing NaN and inf; row_of(i): its file row."""
+        """Split a float32 table of the used columns into (X, y), refusing NaN and inf;
+        row_of(i): its file row."""
         if not torch.isfinite(table).all():
-            i, col = (int(v) for v in (~torch.isfinite(table)).nonzero()[0])
-            row = row_of(i)
+            i, j = (int(v) for v in (~torch.isfinite(table)).nonzero()[0])
+            row, col = row_of(i), self._used[j]
             value = float(self._array[row, col])
+            where = f"{self.path}, row {row + 1}, column 'x{col + 1}'"
             if math.isfinite(value):  # finite in the file, beyond float32 once converted
-                raise ValueError(f"{self.path}, row {row + 1}, column 'x{col + 1}': "
-                                 f"{beyond_float32(value)}")
-            raise ValueError(f"{self.path}, row {row + 1}: a value is NaN or infinite")
-        X, y = table[:, self._feature_idx], table[:, self._target_idx:self._target_idx + 1]
+                raise ValueError(f"{where}: {beyond_float32(value)}")
+            raise ValueError(f"{where}: the value is {value}")
+        X, y = table[:, :-1], table[:, -1:]
         if scaled and self.scaling is not None:
             X, y = self.scaling.features(X), self.scaling.target(y)
         return X, y

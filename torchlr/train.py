@@ -440,7 +440,9 @@ def group_agreement(config: FitConfig, n: int, d: int, first_epoch: int,
         # A stream's epoch loss is reduced as float64, a tensor's as float32; its blocks set
         # its batch order. 0 for tensors, else the rows per block (at least 1).
         "stream": 0 if stream is None else stream.block_rows,
-        "seed": config.seed, "lr": config.lr, "batch_size": config.batch_size,
+        # Exactly: as a float64, seeds 2**53 and 2**53 + 1 passed for the same number.
+        "seed": distributed.exact_number(repr(config.seed)), "lr": config.lr,
+        "batch_size": config.batch_size,
         "num_epochs": config.num_epochs, "resume": config.resume is not None,
         "first_epoch": first_epoch, "impl": IMPLS.index(config.impl),
         "drop_last": config.drop_last, "log_every": config.log_every,
