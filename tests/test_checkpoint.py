@@ -287,6 +287,20 @@ def test_a_changed_byte_anywhere_in_the_stored_tensors_is_refused(tmp_path):
                 load_model(path)
 
 
+def test_a_checkpoint_that_cannot_be_read_is_not_called_a_foreign_file(tmp_path,
+                                                                        monkeypatch):
+    X, y = dataset(n=60)
+    good = tmp_path / "good.pt"
+    torchlr.fit(X, y, num_epochs=1, save=str(good), device="cpu")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(zipfile, "ZipFile", denied)  # as root, a mode of 000 would not do
+    with pytest.raises(ValueError, match=r"^Cannot read .*good.pt: Permission denied$"):
+        load_checkpoint(good)
+
+
 def test_a_pickle_with_code_is_refused_without_torchs_advice_to_run_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save(Payload(), "code.pt")  # the zip archive torch.save writes, holding code

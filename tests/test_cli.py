@@ -172,6 +172,8 @@ def test_installed_command_is_the_console_entry_point():
     (153.300753, "153.3008"), (-153.300753, "-153.3008"), (255707.390625, "255707.4"),
     (999999.5, "999999.5"), (1e6, "1000000"), (2159870.4, "2159870"),
     (12345678.9, "1.234568e+07"), (math.inf, "inf"), (math.nan, "nan"),
+    # Rounded to seven digits first: no eighth digit where a value rounds up a decade.
+    (9.9999996, "10.00000"), (99.999996, "100.0000"), (9999999.6, "1.000000e+07"),
 ])
 def test_loss_text_keeps_six_decimals_and_at_most_seven_digits(value, text):
     from torchlr.cli import _loss_text

@@ -135,3 +135,23 @@ def test_the_cli_says_which_epoch_the_checkpoint_holds(tmp_path, monkeypatch, ca
                                     f"TensorBoard run so far is in {tmp_path / 'tb' / run_dir}")
     # Logged and saved before it was printed: the second epoch's line never came.
     assert [line.split(",")[0] for line in out.splitlines()] == ["epoch 1"]
+
+
+def test_a_second_ctrl_c_inside_held_acts_at_once_and_handlers_come_back():
+    # A write that hangs (a FIFO nobody reads, a stalled network file system) must still
+    # stop: the first Ctrl-C waits for the block, the second does not.
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the first")
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the second")
+    assert reached == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # A block that raises does not drop the interrupt that came during it.
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise OSError("disk full")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

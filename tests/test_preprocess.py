@@ -216,19 +216,23 @@ def test_r2_of_a_target_with_a_small_spread():
 
 
 def test_a_scaling_whose_weights_would_pass_float32_is_refused_before_training():
-    # Features around 1e-20 and a target around 1e20 train fine once scaled, but w in original
+    # Features around 1e-30 and a target around 1e10 train fine once scaled, but w in original
     # units is about 1e40: the fit returned w = [inf, -inf], and evaluate() on it gave nan.
     g = torch.Generator().manual_seed(0)
     X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 200, generator=g)
     epochs = []
     with pytest.raises(ValueError, match=r"feature column 1 varies so much less than the "
                                          r"target .* would pass float32's largest value"):
-        torchlr.fit(X * 1e-20, y * 1e20, standardize=True, standardize_target=True,
+        torchlr.fit(X * 1e-30, y * 1e10, standardize=True, standardize_target=True,
                     on_progress=epochs.append)
     assert epochs == []
     # At the edge of the range the weights are large but finite, and predict as they should.
-    # Scaled, it is the same problem as the data at its own size, with weights 1e35 times.
-    result = torchlr.fit(X * 1e-15, y * 1e20, standardize=True, standardize_target=True)
+    # Scaled, it is the same problem as the data at its own size, with weights 1e28 times.
+    result = torchlr.fit(X * 1e-15, y * 1e13, standardize=True, standardize_target=True)
     same = torchlr.fit(X, y, standardize=True, standardize_target=True)
-    assert torch.isfinite(result.w).all()
-    torch.testing.assert_close(result.w.double() * 1e-35, same.w.double(), rtol=1e-5, atol=0)
+    assert torch.isfinite(result.w).all() and all(map(math.isfinite, result.losses))
+    torch.testing.assert_close(result.w.double() * 1e-28, same.w.double(), rtol=1e-5, atol=0)
+    # A target whose squared losses float32 cannot report is refused too (they were inf).
+    with pytest.raises(ValueError, match=r"the target's standard deviation .* too large to "
+                                         r"report its squared losses in float32"):
+        torchlr.fit(X, y * 1e20, standardize=True, standardize_target=True)

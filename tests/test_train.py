@@ -251,6 +251,8 @@ def test_evaluate_checks_and_converts_its_inputs_as_fit_does():
                        torchlr.evaluate(X, y, w.reshape(-1, 1), torch.tensor([b])))
     for args, error, words in [
         ((X, y, torch.ones(3), b), ValueError, ["w", "2 value(s)", "(3,)"]),
+        ((X, y, [1.0, 2.0, 3.0], b), ValueError, ["w", "2 value(s)", "(3,)"]),
+        ((X, y, [True, False], b), TypeError, ["w", "real numbers", "bool"]),
         ((X, y, w, torch.ones(2)), ValueError, ["b", "1 value(s)", "(2,)"]),
         ((X, y[:50], w, b), ValueError, ["inconsistent", "100", "50"]),
         ((X[:0], y[:0], w, b), ValueError, ["features", "empty"]),
@@ -351,7 +353,8 @@ def test_predict_takes_what_fit_takes_and_lists_too_and_refuses_the_rest(tmp_pat
         for same in (X[:3].double(), X[:3].numpy(), X[:3].tolist()):
             assert torch.equal(model.predict(same), expected)
         for bad, words in [(X[:3] > 0, "bool"), (X[:3].to(torch.complex64), "complex64"),
-                           (X[:3].to_sparse(), "dense"), ("abc", "str")]:
+                           (X[:3].to_sparse(), "dense"), ("abc", "str"),
+                           ((X[:3] > 0).tolist(), "bool")]:
             with pytest.raises(TypeError, match=f"features .*{words}"):
                 model.predict(bad)
 

@@ -132,7 +132,9 @@ def _check_archive(path: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()  # reads every entry: a checkpoint is small
-    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError,
+    except OSError as exc:  # no permission, a failing disk: not a matter of its format
+        raise ValueError(f"Cannot read {path}: {exc.strerror or exc}") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError,
             ValueError) as exc:
         if not zipfile.is_zipfile(path):
             raise ValueError(f"{path} is not a torchlr checkpoint: not the zip archive "

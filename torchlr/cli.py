@@ -207,6 +207,8 @@ def _loss_text(value: float) -> str:
     """A loss as the chapter prints it (6 decimals), but with no more digits than it holds."""
     if value == 0 or not math.isfinite(value):
         return f"{value:f}"
+    if abs(value) >= 1:  # seven digits first: 9.9999996 is 10.00000, not 10.000000
+        value = float(f"{value:.7g}")
     if abs(value) < 1e-5:
         # "0.000000" would say nothing of a loss of 8e-9 (a target known to float precision),
         # and seven digits would say too much: so far below the target's square, the float32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from types import FrameType
 from typing import Any, Optional
 
@@ -27,8 +27,10 @@ def held() -> Iterator[None]:
 
     A KeyboardInterrupt raised inside TensorBoard's writer, after its queue took a lock and
     before it let go, left the lock taken: closing the run then waited forever, and its end
-    was never written. Only handlers written in Python are held back (Python's own for
-    Ctrl-C, the CLI's for SIGTERM), and only in the main thread, where Python runs them.
+    was never written. A second signal of a kind acts at once, as it would have: a write
+    that hangs (a stalled network file system) can still be stopped. Only handlers written
+    in Python are held back (Python's own for Ctrl-C, the CLI's for SIGTERM), and only in
+    the main thread, where Python runs them.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -37,18 +39,24 @@ def held() -> Iterator[None]:
     replaced: dict[int, Any] = {}
 
     def note(signum: int, frame: Optional[FrameType]) -> None:
+        if any(seen == signum for seen, _ in came):  # pressed again: the user means it
+            came.clear()
+            signal.signal(signum, replaced[signum])
+            replaced[signum](signum, frame)
         came.append((signum, frame))
 
-    for signum in HELD:
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            replaced[signum] = handler
-            signal.signal(signum, note)
     try:
-        yield
+        with ExitStack() as restore:
+            # Each handler is put back by a callback of its own, registered before it is
+            # replaced: a signal between two of these steps cannot leave `note` installed.
+            for signum in HELD:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    replaced[signum] = handler
+                    restore.callback(signal.signal, signum, handler)
+                    signal.signal(signum, note)
+            yield
     finally:
-        for signum, handler in replaced.items():
-            signal.signal(signum, handler)
-        if came:
+        if came:  # also when the block raised: the user's interrupt is not dropped
             signum, frame = came[0]
             replaced[signum](signum, frame)  # raises as it would have, now that it is safe

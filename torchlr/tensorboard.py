@@ -30,8 +30,8 @@ ERROR_TAGS = ("error/w", "error/b")
 # A folder name is at most 255 bytes on common file systems; the run folder's adds about 30
 # (`20261127-150954-concise-` and a `-2` for a second run in the same second).
 RUN_NAME_MAX_BYTES = 200
-FIGURE_POINTS = 2000
-T = TypeVar("T")  # at most this many points in the scatter, so huge data sets stay cheap
+FIGURE_POINTS = 2000  # at most this many points in the scatter, so huge data sets stay cheap
+T = TypeVar("T")
 
 
 def new_run_dir(logdir: str | os.PathLike[str], impl: str, suffix: Optional[str] = None,

@@ -111,20 +111,23 @@ def numbers_tensor(name: str, value: Any) -> torch.Tensor:
     """as_float_tensor, taking numbers and (nested) sequences of numbers too."""
     if not isinstance(value, (torch.Tensor, np.ndarray)):
         try:
-            value = torch.as_tensor(value, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
+            array = np.asarray(value)  # its dtype says what the items are: bools stay bool
+        except (TypeError, ValueError):  # ragged
+            array = None
+        if array is None or array.dtype == object or array.dtype.kind in "USV":
             raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got "
-                            f"{type(value).__name__}: {value!r}") from None
+                            f"{type(value).__name__}: {value!r}")
+        value = array
     return as_float_tensor(name, value)
 
 
 def parameter_values(name: str, value: Any, size: int) -> torch.Tensor:
     """Return a weight or bias (a tensor, array, sequence or number of size values) as a
     flat float32 tensor, or raise naming it."""
-    flat = numbers_tensor(name, value).reshape(-1)
-    if flat.numel() != size:
-        raise ValueError(f"{name} must hold {size} value(s), got shape {tuple(value.shape)}")
-    return flat
+    given = numbers_tensor(name, value)
+    if given.numel() != size:
+        raise ValueError(f"{name} must hold {size} value(s), got shape {tuple(given.shape)}")
+    return given.reshape(-1)
 
 
 def check_positive_int(name: str, value: Any) -> int:
