@@ -149,6 +149,15 @@ def test_a_second_ctrl_c_inside_held_acts_at_once_and_handlers_come_back():
             reached.append("after the second")
     assert reached == ["after the first"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    reached.clear()
+    with pytest.raises(KeyboardInterrupt):  # the same inside nested blocks (a save's two)
+        with held(), held():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the first")
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the second")
+    assert reached == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # A block that raises does not drop the interrupt that came during it.
     with pytest.raises(KeyboardInterrupt):
         with held():

@@ -32,8 +32,9 @@ def held() -> Iterator[None]:
     in Python are held back (Python's own for Ctrl-C, the CLI's for SIGTERM), and only in
     the main thread, where Python runs them.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or any(
+            getattr(signal.getsignal(signum), "holding", False) for signum in HELD):
+        yield  # another thread, or inside an outer held(), which holds them already
         return
     came: list[tuple[int, Optional[FrameType]]] = []
     replaced: dict[int, Any] = {}
@@ -45,6 +46,7 @@ def held() -> Iterator[None]:
             replaced[signum](signum, frame)
         came.append((signum, frame))
 
+    note.holding = True  # type: ignore[attr-defined]
     try:
         with ExitStack() as restore:
             # Each handler is put back by a callback of its own, registered before it is
