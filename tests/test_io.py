@@ -65,6 +65,18 @@ def test_a_row_of_empty_cells_is_a_row_of_missing_values(tmp_path, empty_row):
         load_data(path)
 
 
+def test_rows_of_empty_cells_after_the_last_row_are_a_spreadsheets_unused_rows(tmp_path):
+    # Spreadsheets export a table's unused rows as ",,": after the data they are no rows;
+    # refusing them as missing values would refuse most exported files.
+    path = write(tmp_path / "t.csv", "a,b,y\n1,2,3\n2,3,5\n,,\n , ,\n\n,,\n")
+    data = load_data(path)
+    assert data.features.tolist() == [[1.0, 2.0], [2.0, 3.0]]
+    assert data.target.reshape(-1).tolist() == [3.0, 5.0]
+    middle = write(tmp_path / "m.csv", "a,b,y\n1,2,3\n,,\n2,3,5\n,,\n")
+    with pytest.raises(ValueError, match=r"m.csv, line 3, column 'a': missing value"):
+        load_data(middle)
+
+
 def test_binary_formats_agree_with_csv(tmp_path, table):
     X, y = table
     full = torch.cat([X, y[:, None]], 1)

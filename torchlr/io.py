@@ -237,13 +237,24 @@ def _csv_header(path: str) -> tuple[list[str], int]:
 
 
 def _csv_rows(path: str, header_line: int) -> Iterator[tuple[int, list[str]]]:
-    """Each data row of a CSV file with its line number: past the header, blanks skipped."""
+    """Each data row of a CSV file with its line number: past the header, blanks skipped.
+
+    Rows of empty cells after the last row that holds anything are not rows: spreadsheets
+    export a table's unused rows as ",,,". Before it they are rows of missing values.
+    """
+    empty: list[tuple[int, list[str]]] = []  # rows of empty cells, until a row with values
     with _open_csv(path) as f:
         reader = csv.reader(f)
         try:
             for row in reader:
-                if reader.line_num > header_line and not _is_blank(row):
-                    yield reader.line_num, row
+                if reader.line_num <= header_line or _is_blank(row):
+                    continue
+                if not "".join(row).strip():
+                    empty.append((reader.line_num, row))
+                    continue
+                yield from empty
+                empty.clear()
+                yield reader.line_num, row
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
 
