@@ -138,7 +138,7 @@ def test_the_cli_says_which_epoch_the_checkpoint_holds(tmp_path, monkeypatch, ca
     assert [line.split(",")[0] for line in out.splitlines()] == ["epoch 1"]
 
 
-@pytest.mark.parametrize("depth", [1, 2])  # 2: a checkpoint's save inside a run's save
+@pytest.mark.parametrize("depth", [1, 2])  # 2: a held() block inside another
 def test_a_second_ctrl_c_inside_held_acts_at_once_and_handlers_come_back(depth):
     # A write that hangs (a FIFO nobody reads, a stalled network file system) must still
     # stop: the first Ctrl-C waits for the block, the second does not.

@@ -61,9 +61,14 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in WRITE_ERRORS):
-            message = f"Cannot write {path}: {exc.strerror or exc}"
-            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
+            raise cannot_write(path, exc) from None
         raise
+
+
+def cannot_write(what: str, exc: OSError) -> OSError:
+    """exc, a failure to write (a full disk, a quota), as an OSError naming what was written."""
+    message = f"Cannot write {what}: {exc.strerror or exc}"
+    return OSError(exc.errno, message) if exc.errno else OSError(message)
 
 
 def writes_in_place(path: str) -> bool:

@@ -12,7 +12,6 @@ from typing import Any, Optional
 import torch
 
 from torchlr.atomic import write_atomic
-from torchlr.interrupts import held
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
 from torchlr.validation import check_writable_file, numbers_tensor
@@ -36,12 +35,9 @@ REQUIRED = {"format": str, "version": int, "impl": str, "epoch": int, "params": 
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Write state to path atomically: a temporary file in the same folder, then a rename.
-
-    Ctrl-C during the write takes effect once it is done (torchlr.interrupts)."""
+    """Write state to path atomically: a temporary file in the same folder, then a rename."""
     try:
-        with held():
-            write_atomic(path, lambda f: torch.save(state, f))
+        write_atomic(path, lambda f: torch.save(state, f))
     except RuntimeError as exc:  # torch's zip writer reports a short write (a full disk) so
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(f"Cannot write {os.fspath(path)}: the write stopped short; is the disk "

@@ -418,11 +418,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_BROKEN_PIPE
     except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
-        # Under torchrun every rank that fails says so, tagged: one rank's failure must show.
-        rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
         # An OSError's text is the system's, about a path: left as it is.
         text = str(exc) if isinstance(exc, OSError) else in_cli_terms(str(exc), build_parser())
-        _say(f"torchlr: error: {rank}{text}"
+        _say(f"torchlr: error: {_rank_tag()}{text}"
              + (f" (TensorBoard run: {where})" if where and where not in text else ""))
         return EXIT_USAGE
     except RuntimeError as exc:
@@ -434,17 +432,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         lines = str(exc).strip().splitlines()
         # Less gloo's "[.../gloo/transport/tcp/pair.cc:534] " source location.
         cause = re.sub(r"^\[[^\]\s]+:\d+\]\s*", "", lines[0]) if lines else ""
-        _say(f"torchlr: error: [rank {os.environ['RANK']}] the process group failed: "
+        _say(f"torchlr: error: {_rank_tag()}the process group failed: "
              f"{cause or type(exc).__name__}")
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         where, saved = getattr(exc, "run_dir", None), getattr(exc, "saved_to", None)
-        rank = f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
-        _say(f"torchlr: {rank}{'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        _say(f"torchlr: {_rank_tag()}{what}"
              + (f"; {saved} holds epoch {exc.saved_epoch}" if saved else "")  # type: ignore
              + (f"; the TensorBoard run so far is in {where}" if where else ""))
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+def _rank_tag() -> str:
+    """'[rank N] ' under torchrun, where every rank that fails says so: one rank's line must
+    show which it is; '' in a single process."""
+    return f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
 
 
 def _say(line: str) -> None:

@@ -518,8 +518,6 @@ def launch_fit(features: torch.Tensor, labels: torch.Tensor, nprocs: int = 2, *,
                backend: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
                **options: Any) -> Any:
     """torchlr.fit on `nprocs` local processes (options as fit's); returns rank 0's FitResult."""
-    from torchlr.stream import BlockStream  # here: stream imports torch, io and this stays lean
-
     if isinstance(features, BlockStream):  # its memory map cannot be sent to a process
         raise TypeError("launch_fit takes tensors or arrays; to train on a BlockStream, call "
                         "launch(fn) with a top-level fn that opens the stream in each process")

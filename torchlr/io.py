@@ -378,8 +378,9 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     for key, value in _load_arrays(path, suffix):
         if not isinstance(value, (np.ndarray, torch.Tensor)):
             raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
-        if isinstance(value, torch.Tensor):
-            _check_readable_tensor(path, key, value)
+        reason = unreadable(value) if isinstance(value, torch.Tensor) else ""
+        if reason:
+            raise ValueError(f"{path}: array {key!r} is {reason}")
         if value.ndim == 1:
             named = [(key, value)]
         elif value.ndim == 2:
@@ -404,13 +405,6 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     if next(iter(lengths.values())) == 0:
         raise ValueError(f"{path} has columns but no rows")
     return columns
-
-
-def _check_readable_tensor(path: str, key: str, value: torch.Tensor) -> None:
-    """Refuse kinds of tensor whose values cannot be read as a dense float32 table."""
-    reason = unreadable(value)
-    if reason:
-        raise ValueError(f"{path}: array {key!r} is {reason}")
 
 
 def _numeric_columns(path: str, columns: list[tuple[str, Any]]) -> torch.Tensor:

@@ -288,7 +288,9 @@ class RunState:
                 history=history.state(self.val_losses, self.val_r2),
                 best=self.stopper.best if self.stopper is not None else None,
                 data=self._fingerprint)
-            with held():  # Ctrl-C after the write, not before the record of it
+            # Ctrl-C once the file is written and recorded: not inside torch.save, and not
+            # between the write and the record of it, which the interrupt's line reports.
+            with held():
                 save_checkpoint(self.config.save, self.checkpoint)
                 self.saved_to = os.fspath(self.config.save)
                 self.saved_epoch = epoch

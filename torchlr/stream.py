@@ -113,7 +113,7 @@ class BlockStream:
         self.check_unchanged()  # a file cut short would end the process at the read (SIGBUS)
         rows = self._array[start:stop]
         with np.errstate(over="ignore"):  # a value float32 cannot hold: refused in _columns
-            table = np.array(rows if self._all_used else rows[:, self._used], dtype=np.float32)
+            table = np.array(self._used_columns(rows), dtype=np.float32)
         self._release(start, stop)
         return self._columns(torch.from_numpy(table), lambda i: start + i, scaled)
 
@@ -125,11 +125,14 @@ class BlockStream:
         order = np.argsort(idx, kind="stable")
         table = np.empty((len(idx), len(self._used)), dtype=np.float32)
         with np.errstate(over="ignore"):  # read in file order, placed in index order
-            rows = self._array[idx[order]]
-            table[order] = rows if self._all_used else rows[:, self._used]
+            table[order] = self._used_columns(self._array[idx[order]])
         if len(idx):
             self._release(int(idx.min()), int(idx.max()) + 1)
         return self._columns(torch.from_numpy(table), lambda i: int(idx[i]), scaled)
+
+    def _used_columns(self, rows: np.ndarray) -> np.ndarray:
+        """The columns the run uses of rows read from the file (all of them: no copy)."""
+        return rows if self._all_used else rows[:, self._used]
 
     def _columns(self, table: torch.Tensor, row_of: Callable[[int], int],
                  scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:

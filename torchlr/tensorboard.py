@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar
 import numpy as np
 import torch
 
+from torchlr.atomic import cannot_write
 from torchlr.interrupts import held
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
@@ -106,8 +107,7 @@ def _writing(run: RunWriter) -> Iterator[None]:
         except OSError as exc:
             if run.run_dir is None:  # making the folder: the error names it already
                 raise
-            message = f"Cannot write the TensorBoard run {run.run_dir}: {exc.strerror or exc}"
-            raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
+            raise cannot_write(f"the TensorBoard run {run.run_dir}", exc) from None
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T]:
