@@ -311,6 +311,35 @@ def test_stream_trains_from_npy(tmp_path, capsys):
     assert "not supported when streaming" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["sampled", "unsampled"])
+def test_a_streamed_constant_target_is_refused_as_in_memory(tmp_path, capsys, where):
+    from torchlr.run import sampled_rows
+
+    n = 5000
+    table = np.column_stack([np.linspace(0, 1, n, dtype=np.float32), np.full(n, 2.0, np.float32)])
+    if where == "unsampled":  # one target differs, in a row the quick sample skips
+        row = next(i for i in range(n) if i not in set(sampled_rows(n).tolist()))
+        table[row, 1] = 3.0
+    path = tmp_path / "t.npy"
+    np.save(path, table)
+    np.savetxt(tmp_path / "t.csv", table, delimiter=",", header="x1,x2", comments="")
+    argv = ["train", "--epochs", "1", "--device", "cpu", "--quiet"]
+    code = 0 if where == "unsampled" else 2
+    assert main([*argv, "--data", str(tmp_path / "t.csv")]) == code
+    in_memory = capsys.readouterr().err
+    assert main([*argv, "--data", str(path), "--stream"]) == code
+    streamed = capsys.readouterr().err
+    if code:
+        assert "Target column 'x2'" in streamed and "is constant (every value is 2.0)" in streamed
+        assert streamed.replace("t.npy", "t.csv") == in_memory
+
+
+def test_a_one_row_file_is_refused_streamed_or_not(tmp_path, capsys):
+    np.save(tmp_path / "row.npy", np.array([[1.0, 5.0]], np.float32))
+    assert main(["train", "--data", str(tmp_path / "row.npy"), "--stream"]) == 2
+    assert "is constant (every value is 5.0)" in capsys.readouterr().err
+
+
 def test_validation_goes_to_tensorboard(houses, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -143,6 +143,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         logging.update(true_w=truth[0], true_b=truth[1])
     elif args.stream:
         X = BlockStream(args.data, target, features)
+        X.check_target_varies()  # as load_data, in memory
         y = None
         names = (tuple(X.feature_names), X.target_name)
     else:

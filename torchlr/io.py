@@ -49,10 +49,20 @@ def load_data(
     features, target = choose_columns(path, column_names(path), target, features)
     values = load_columns(path, [*features, target])  # (n, d + 1)
     y = values[:, -1:]
-    if bool((y == y[0]).all()):
-        raise ValueError(f"Target column {target!r} in {path} is constant "
-                         f"(every value is {float(y[0, 0])!r}); there is nothing to fit")
+    if is_constant(y):
+        raise constant_target(path, target, y)
     return Dataset(values[:, :-1], y, features, target, path)
+
+
+def is_constant(y: torch.Tensor) -> bool:
+    """Whether every value of y (at least one) is the same."""
+    return bool((y == y.reshape(-1)[0]).all())
+
+
+def constant_target(path: str, target: str, y: torch.Tensor) -> ValueError:
+    """The error for a target column with one value throughout (a one-row file included)."""
+    return ValueError(f"Target column {target!r} in {path} is constant "
+                      f"(every value is {float(y.reshape(-1)[0])!r}); there is nothing to fit")
 
 
 def choose_columns(path: str, names: Sequence[str], target: Optional[str],

@@ -11,8 +11,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from torchlr.io import beyond_float32, choose_columns, npy_header
+from torchlr.io import beyond_float32, choose_columns, constant_target, is_constant, npy_header
 from torchlr.preprocess import Scaling
+from torchlr.run import sampled_rows
 from torchlr.scratch import loss_sum
 from torchlr.validation import check_positive_int, is_real_dtype
 
@@ -95,6 +96,22 @@ class BlockStream:
         std = (m2 / count).sqrt()
         return Scaling.from_moments(mean[:-1], std[:-1], float(mean[-1]), float(std[-1]),
                                     features=features, target=target)
+
+    def check_target_varies(self) -> None:
+        """Refuse a constant target (a one-row file among them), as load_data does in memory.
+
+        A sample of rows settles it at once unless the sample's targets are all the same;
+        only then is the file read through, block by block.
+        """
+        _, y = self.rows(sampled_rows(self.shape[0]), scaled=False)
+        if not is_constant(y):
+            return
+        first = y[:1]
+        for start in range(0, self.shape[0], self.block_rows):
+            _, y = self._block(start, min(start + self.block_rows, self.shape[0]), scaled=False)
+            if not is_constant(torch.cat([first, y])):
+                return
+        raise constant_target(self.path, self.target_name, first)
 
     def check_unchanged(self) -> None:
         """Refuse to read on from a file that was rewritten, cut or replaced since it was
