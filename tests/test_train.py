@@ -9,6 +9,7 @@ import torchlr
 from torchlr import FitConfig, fit, least_squares
 from torchlr.data import data_iter
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
+from torchlr.train import SQUARE_LIMIT
 
 NOISE_FLOOR = 0.01**2 / 2  # sigma^2 / 2
 
@@ -213,6 +214,26 @@ def test_a_loss_too_large_for_float32_before_any_update_points_to_scaling(impl):
     with pytest.raises(torchlr.DivergenceError, match=r"before any update.*standardize") as info:
         fit(X, y, impl=impl, device="cpu")
     assert "learning rate" not in str(info.value)  # no rate could help
+
+
+@pytest.mark.parametrize("column", ["target", "feature"])
+def test_an_outlier_too_large_to_square_is_named_not_blamed_on_the_rate(column):
+    X, y = chapter_data()
+    # Row 500 is not in the first batch (the first loss is the case above), and 1e20's square
+    # is beyond float32 at any rate: the plain SGD loop overflows on it too.
+    if column == "target":
+        y[500] = 1e20
+    else:
+        X[500, 0] = 1e20
+    assert SQUARE_LIMIT < 1e20
+    with pytest.raises(torchlr.DivergenceError) as info:
+        fit(X, y, impl="scratch", lr=1e-6, device="cpu")
+    message = str(info.value)
+    assert f"a {column} value of 1e+20" in message and "standardize" in message
+    assert "learning rate" not in message and "before any update" not in message
+    # An ordinary divergence still names the rate.
+    with pytest.raises(torchlr.DivergenceError, match="try a smaller learning rate"):
+        fit(*chapter_data(), lr=5.0, device="cpu")
 
 
 def test_numpy_and_integer_inputs_are_converted():

@@ -367,20 +367,43 @@ def first_nonfinite(values: torch.Tensor) -> Optional[int]:
     return int(bad[0, 0]) if len(bad) else None
 
 
-def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float) -> None:
+# Beyond this size a value's square is beyond float32 (3.4e38): the squared loss, or the
+# gradient x * (y_hat - y), overflows at any learning rate.
+SQUARE_LIMIT = math.sqrt(torch.finfo(torch.float32).max)
+
+
+def _largest_value(X: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
+    """The largest |value| of the training data as it trains (scaled), and where: on the
+    divergence path only, so it costs a fit nothing."""
+    # aminmax, not abs().max(): no copy of the data set (4 GB at 10Mx100).
+    x_max, y_max = (max(-float(low), float(high)) for low, high in map(torch.aminmax, (X, y)))
+    return (y_max, "target") if y_max >= x_max else (x_max, "feature")
+
+
+def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float,
+                  largest: Optional[Callable[[], tuple[float, str]]] = None) -> None:
     i = first_nonfinite(values)
-    if i is not None and epoch == 1 and first_step + i == 1:
+    if i is None:
+        return
+    if epoch == 1 and first_step + i == 1:
         # The first loss is taken before any update: no learning rate can be the cause.
         raise DivergenceError(
             f"The first minibatch loss is already {float(values[i])}, before any update: the "
             f"data's values are too large for float32's squares; scale them "
             f"(standardize=True, standardize_target=True)."
         )
-    if i is not None:
+    value, where = largest() if largest is not None else (0.0, "")
+    if value >= SQUARE_LIMIT:  # an outlier met later in the epoch: no rate can help either
         raise DivergenceError(
-            f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
-            f"step {first_step + i} (lr={lr}); try a smaller learning rate."
+            f"The minibatch loss became {float(values[i])} at epoch {epoch}, step "
+            f"{first_step + i}: the data hold a {where} value of {value:.3g} (as trained on), "
+            f"whose square is beyond float32's range; remove it or scale the data "
+            f"(standardize=True, standardize_target=True)."
         )
+    raise DivergenceError(
+        f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
+        f"step {first_step + i} (lr={lr}); try a smaller learning rate."
+    )
 
 
 def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStream],
@@ -567,6 +590,9 @@ def _fit(
                                       config.drop_last, config.permutation)
         step = graphed.step
 
+    # Data in memory can be searched for an oversized value when the loss overflows.
+    largest = partial(_largest_value, X, y) if stream is None else None
+
     def host_read(epoch: int, done: int, stop: Optional[int]) -> None:
         """The host sync: the losses of steps done..stop, logged, checked and kept."""
         chunk = batch_means(read(step_losses), lengths[done:stop])
@@ -575,7 +601,7 @@ def _fit(
         scale = state.scaling.loss_scale
         reported = chunk * scale if scale != 1.0 else chunk
         run.train_losses(epoch, done, reported)
-        _check_finite(chunk, epoch, done + 1, config.lr)
+        _check_finite(chunk, epoch, done + 1, config.lr, largest)
         history.train_losses.append(reported)
 
     try:
