@@ -50,6 +50,15 @@ def test_csv_feature_selection_and_default_target(tmp_path):
     assert torch.equal(data.target, torch.tensor([[1.0], [5.0]]))
 
 
+def test_text_in_columns_the_run_does_not_use_is_left_alone(tmp_path):
+    # Cells a CSV number never holds (1_000, other scripts' digits) are refused in the
+    # columns read; a column of names beside them is not read at all.
+    path = write(tmp_path / "t.csv", "city,a,y\nZürich,1,2\nmy_town,3,5\n")
+    data = load_data(path, target="y", features=["a"])
+    assert torch.equal(data.features, torch.tensor([[1.0], [3.0]]))
+    assert torch.equal(data.target, torch.tensor([[2.0], [5.0]]))
+
+
 def test_csv_skips_blank_lines_and_reads_quoted_cells(tmp_path):
     path = write(tmp_path / "t.csv", '\n"a","y"\n\n"1",2\n \t\n3,"4"\n\n')
     data = load_data(path)
@@ -147,6 +156,8 @@ ERRORS = [
     ("feature.csv", "a,b,y\n1,2,3\n", ["--features", "a,q"], ["Unknown feature column",
                                                               "'q'", "feature.csv"]),
     ("const.csv", "a,y\n1,2\n3,2\n", [], ["const.csv", "'y'", "constant", "2.0"]),
+    ("under.csv", "a,y\n1,2\n1_000,3\n", [], ["under.csv", "line 3", "'1_000' is not a number"]),
+    ("script.csv", "a,y\n\u0661\u0662,2\n", [], ["script.csv", "line 2", "is not a number"]),
     ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
     ("folder.csv", FOLDER, [], ["Not a file", "folder.csv"]),

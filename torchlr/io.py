@@ -284,6 +284,9 @@ def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) 
             parsed = [float(row[i]) for i in index]
         except ValueError:
             parsed = []
+        text = "".join(row)
+        if "_" in text or not text.isascii():  # maybe a cell only float() reads: look closer
+            parsed = []
         if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
             parsed = _parse_cells(path, line, row, index, names, optional)
         values.extend(parsed)
@@ -330,6 +333,10 @@ def _parse_cells(path: str, line: int, row: list[str], index: list[int], names: 
             parsed.append(math.nan)
             continue
         try:
+            # float() also takes Python's 1_000 and other scripts' digits, which a CSV
+            # number never holds (and other tools read as text).
+            if "_" in cell or not cell.isascii():
+                raise ValueError
             value = float(cell)
         except ValueError:
             raise ValueError(f"{where}: {row[i]!r} is not a number") from None
