@@ -298,6 +298,25 @@ def test_a_refused_resume_leaves_no_run(tmp_path):
     assert not logdir.exists()
 
 
+def test_a_resume_with_no_epoch_left_starts_no_run(tmp_path, capsys):
+    X, y = chapter_data(num_examples=200)
+    path = tmp_path / "run.pt"
+    saved = torchlr.fit(X, y, num_epochs=2, save=str(path))
+    logdir = tmp_path / "runs"
+    again = torchlr.fit(X, y, num_epochs=2, resume=str(path), logdir=logdir)
+    assert again.run_dir is None and not logdir.exists()
+    assert again.losses == saved.losses and torch.equal(again.w, saved.w)  # the saved run's
+    cli_path = str(tmp_path / "cli.pt")
+    assert main(["train", "--epochs", "2", "--save", cli_path, "--logdir", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--epochs", "2", "--resume", cli_path, "--logdir", str(logdir)]) == 0
+    assert "TensorBoard run" not in capsys.readouterr().err and not logdir.exists()
+    # One epoch left: a run of that epoch.
+    more = torchlr.fit(X, y, num_epochs=3, resume=str(path), logdir=logdir)
+    assert more.run_dir is not None and os.listdir(logdir) == [os.path.basename(more.run_dir)]
+
+
 def test_divergence_closes_the_run_and_says_where_it_is(tmp_path):
     X, y = chapter_data(num_examples=200)
     with pytest.raises(torchlr.DivergenceError) as info:

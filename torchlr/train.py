@@ -578,9 +578,11 @@ def _fit(
     # kernel, and one stack per host read gathers them.
     step_losses: list[torch.Tensor] = []
     read_every = config.log_every or steps
-    # After the resume's checks: a refused checkpoint leaves no TensorBoard run behind.
-    run.open(config, X, y, device, steps, state.scaling,
-             0 if state.val is None else len(state.val.labels))
+    # After the resume's checks: a refused checkpoint leaves no TensorBoard run behind, and
+    # a resume with no epoch left to train (or one that had stopped early) starts none.
+    if first_epoch <= config.num_epochs:
+        run.open(config, X, y, device, steps, state.scaling,
+                 0 if state.val is None else len(state.val.labels))
     # In a group each rank steps on its slice of every batch; the model itself is unchanged.
     stepper = model if group is None else group.wrap(model, device)
     step, batch_means = stepper.step, stepper.batch_means
