@@ -31,6 +31,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -278,8 +279,12 @@ def torchlr_fit(name: str, X: torch.Tensor, y: torch.Tensor, size: Size) -> Call
 def timed(fn: Callable[[], Any], device: str) -> float:
     """Wall seconds of one call, the GPU's queued work included."""
     start = time.perf_counter()
-    fn()
-    sync(device)
+    try:
+        fn()
+    finally:
+        # Also when fn raised: the GPU work it queued before that (a refused lstsq's) is
+        # its own, and would otherwise be timed as the next job's.
+        sync(device)
     return time.perf_counter() - start
 
 
@@ -672,6 +677,11 @@ def unwritable(path: Path) -> Optional[str]:
         return f"cannot write {path}: {folder} is not a directory"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"cannot write {path}: {folder} is not writable"
+    try:  # os.access says yes to root everywhere, /proc included: try a file there
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"cannot write {path}: {folder}: {err.strerror or err}"
     return None
 
 

@@ -189,7 +189,8 @@ def fixed_work_10m() -> dict[str, float]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30, help="epochs per timing (default 30)")
+    parser.add_argument("--epochs", type=bench._positive_int, default=30,
+                        help="epochs per timing (default 30)")
     parser.add_argument("--out", default=None, help="JSON path (default: results/<card>-graph-"
                                                     "steps.json)")
     parser.add_argument("--out-dir", default=None,

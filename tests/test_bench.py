@@ -105,6 +105,26 @@ def test_a_reference_that_raises_is_left_out_and_torchlr_raising_stops_the_run(
         bench.main(args + ["--out", str(tmp_path / "s.json")])
 
 
+def test_a_failed_call_waits_for_its_own_queued_work(bench, monkeypatch):
+    # A refused lstsq on a GPU leaves kernels queued: timed without a wait, they were charged
+    # to the next job (a read pass 100x its usual time in both GPU files).
+    waits = []
+    monkeypatch.setattr(bench, "sync", lambda device: waits.append(device))
+
+    def refused():
+        raise RuntimeError("cusolver error")
+
+    with pytest.raises(RuntimeError):
+        bench.timed(refused, "cuda")
+    assert waits == ["cuda"]
+
+
+def test_an_out_path_that_cannot_be_written_is_found_before_the_run(bench, tmp_path):
+    assert bench.unwritable(tmp_path / "new" / "r.json") is None
+    # As root, os.access says yes to /proc; a file cannot be made there by anyone.
+    assert "cannot write /proc/x/y.json" in bench.unwritable(Path("/proc/x/y.json"))
+
+
 def test_each_torchlr_job_fits_with_the_options_its_name_lists(bench, chapter):
     size, X, y, _, _ = chapter
     for name in bench.ALL_TORCHLR:
