@@ -374,12 +374,16 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, kind, capsys):
 def test_load_model_gives_a_ready_model_of_its_implementation(tmp_path, impl, kind):
     X, y = dataset()
     path = tmp_path / "m.pt"
-    result = torchlr.fit(X, y, impl=impl, num_epochs=2, standardize=True, save=str(path),
-                         device="cpu")
+    result = torchlr.fit(X, y, impl=impl, num_epochs=2, standardize=True,
+                         standardize_target=True, save=str(path), device="cpu")
     model = load_model(path)
     assert model.impl == impl and isinstance(model.model, kind)
     assert torch.equal(model.predict(X), result.predict(X))
     assert torch.equal(model.predict(X.double()), result.predict(X))  # cast as fit() casts
+    # Both go through checkpoint.predict; the model in original units is the reference.
+    by_hand = X.double() @ result.w.double() + result.b
+    torch.testing.assert_close(model.predict(X).reshape(-1).double(), by_hand,
+                               rtol=1e-5, atol=1e-5)
     if impl == "concise":  # a real nn.Module with the trained weights
         assert torch.equal(model.model.module.weight.reshape(-1), result.scaled_w)
 

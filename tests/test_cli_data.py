@@ -115,6 +115,10 @@ def test_predict_on_the_training_file_reproduces_the_fit(houses, tmp_path, capsy
     expected = result.predict(data.features).reshape(-1)
     # The text reads back as exactly the float32 values the fit predicts.
     assert torch.equal(torch.from_numpy(table[:, -1].astype(np.float32)), expected)
+    # ... which are the fitted line's, in the target's units (FitResult.predict and the CLI
+    # share checkpoint.predict, so its own formula is no reference for it).
+    by_hand = data.features.double() @ result.w.double() + result.b
+    torch.testing.assert_close(torch.from_numpy(table[:, -1]), by_hand, rtol=1e-5, atol=1e-3)
     # ... and is short: a float32 never needs more than 9 significant digits.
     cells = [line.rsplit(",", 1)[1] for line in out.read_text().splitlines()[1:]]
     digits = [len(c.lstrip("-").replace(".", "").lstrip("0").split("e")[0]) for c in cells]

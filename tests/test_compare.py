@@ -52,6 +52,10 @@ def test_mean_loss_is_the_chapter_loss(data, runs):
     run = runs["scratch"]
     expected = float(evaluate(X, y, run.w.reshape(-1, 1), torch.tensor([run.b])))
     assert compare.mean_loss(X, y, run.w, run.b) == pytest.approx(expected, rel=1e-5)
+    # All three go through squared_loss: the chapter's formula in float64 is the reference.
+    r = X.double() @ run.w.double() + run.b - y.double().reshape(-1)
+    assert compare.mean_loss(X, y, run.w, run.b) == pytest.approx(float((r**2 / 2).mean()),
+                                                                  rel=1e-4)
     assert compare.mean_loss(X, y, run.w, run.b) == pytest.approx(run.losses[-1], rel=1e-5)
 
 

@@ -36,11 +36,30 @@ def test_readme_python_examples_run_in_order(tmp_path, monkeypatch):
         # The hand-written loops trained: w came close to the truth.
         1: lambda ns: torch.allclose(ns["w"].detach().reshape(-1), truth, atol=0.01),
         2: lambda ns: torch.allclose(ns["model"].w.detach().reshape(-1), truth, atol=0.3),
+        # The run is where the comment says, and holds the event file TensorBoard reads.
+        3: lambda ns: re.fullmatch(r"runs/\d{8}-\d{6}-scratch-demo", ns["result"].run_dir)
+        and any(f.startswith("events.out.tfevents") for f in os.listdir(ns["result"].run_dir)),
+        4: _houses_predictions_are_the_fitted_line,
+        # Two processes train the single-process model.
+        5: lambda ns: torch.allclose(ns["result"].w, ns["torchlr"].fit(
+            ns["X"], ns["y"], impl="concise", device="cpu").w, rtol=1e-5, atol=1e-6),
     }
     namespace: dict = {}
-    for i, block in enumerate(python_blocks()):
+    blocks = python_blocks()
+    assert len(blocks) == len(checks)  # a new example comes with its check
+    for i, block in enumerate(blocks):
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
-        assert checks.get(i, lambda ns: True)(namespace), f"README example {i + 1}"
+        assert checks[i](namespace), f"README example {i + 1}"
+
+
+def _houses_predictions_are_the_fitted_line(ns):
+    """The loaded model and the result predict the same, and what the weights in original
+    units say (the predictions share one function, so it is no reference for them)."""
+    X, result = ns["data"].features, ns["result"]
+    by_hand = X.double() @ result.w.double() + result.b
+    loaded = ns["model"].predict(X)
+    return (torch.equal(loaded, result.predict(X))
+            and torch.allclose(loaded.reshape(-1).double(), by_hand, rtol=1e-5, atol=1e-3))
 
 
 def console_blocks():
