@@ -2,7 +2,10 @@
 
 Each test runs on the CPU everywhere (which checks the test itself) and on CUDA where it is
 present: the CUDA-only suite (test_cuda.py) covers the default fit and the graphs, these the
-options around them (scaling, validation, checkpoints, streams, process groups).
+options around them (scaling, validation, checkpoints, streams, process groups). Where a test
+compares a fit on the device with the same fit on the CPU, the CPU case would compare a fit
+with itself: there the fit is checked against the least-squares line instead (on every
+device), and against the CPU only on another device.
 """
 
 import numpy as np
@@ -28,6 +31,32 @@ SCALED = dict(standardize=True, standardize_target=True, lr=0.1, batch_size=16,
               val_fraction=0.2, early_stopping=2, num_epochs=6)
 
 
+# offset_data's target is 10 y + 80, so its noise is 10 times the chapter's 0.01.
+NOISE = 0.1
+NOISE_FLOOR = NOISE**2 / 2
+
+
+def least_squares_line(X, y):
+    """The exact minimizer of sum (X w + b - y)^2: torch.linalg.lstsq on [X, 1] in float64.
+    Returns w (d,) and b, in the data's own units."""
+    A = torch.cat([X.double(), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    solution = torch.linalg.lstsq(A, y.double().reshape(-1, 1)).solution.reshape(-1)
+    return solution[:-1], solution[-1].item()
+
+
+def assert_near_least_squares(result, X, y, rtol=1e-3):
+    """A few scaled epochs of SGD end within minibatch noise of the least-squares line of
+    the same rows, in original units.
+
+    The line's w is (0.67, -68) and b about -347; the minibatch noise keeps SGD's from it by
+    1e-4 relative or so (3e-4 at most, measured over seeds 0-4 of both tests' fits), while an
+    unscaling that drops a column's mean or scale, or the target's, moves w or b by O(1).
+    """
+    w, b = least_squares_line(X, y)
+    torch.testing.assert_close(result.w.double(), w, rtol=rtol, atol=0)
+    assert result.b == pytest.approx(b, rel=rtol)
+
+
 def assert_same_fit(a, b, rtol=1e-4):
     torch.testing.assert_close(a.w_history, b.w_history, rtol=rtol, atol=1e-4)
     torch.testing.assert_close(a.b_history, b.b_history, rtol=rtol, atol=1e-4)
@@ -39,13 +68,25 @@ def test_inputs_on_the_device_with_scaling_and_validation(device, tmp_path):
     # Data already on the device, scaled, with held-out rows, early stopping and TensorBoard:
     # scaling statistics taken on the device once met CPU copies of w and failed.
     X, y = offset_data()
-    cpu = torchlr.fit(X, y, device="cpu", **SCALED)
     here = torchlr.fit(X.to(device), y.to(device), device=device, logdir=tmp_path, **SCALED)
+    # Against no fit: the line of all 600 rows (the fit trains on 480 of them, which the
+    # noise moves from it by about as much as SGD's jitter), and the data's noise floor.
+    assert_near_least_squares(here, X, y)
+    # Early stopping kept the epoch of the lowest validation loss.
+    assert here.best_epoch == 1 + here.val_losses.index(min(here.val_losses))
+    assert NOISE_FLOOR / 2 < min(here.val_losses) < NOISE_FLOOR * 1.6  # measured: 1.33
+    predicted = here.predict(X.to(device))
+    assert predicted.device == X.to(device).device
+    w, b = least_squares_line(X, y)
+    # Measured 0.021 at most: well inside the noise, while a wrong unscaling is off by tens.
+    torch.testing.assert_close(predicted.cpu().double(), X.double() @ w.reshape(-1, 1) + b,
+                               rtol=0, atol=NOISE / 2)
+    if device == "cpu":
+        return  # the same fit on the CPU would be this one
+    cpu = torchlr.fit(X, y, device="cpu", **SCALED)
     assert_same_fit(here, cpu)
     assert here.best_epoch == cpu.best_epoch
     assert here.val_losses == pytest.approx(cpu.val_losses, rel=1e-3)
-    predicted = here.predict(X.to(device))
-    assert predicted.device == X.to(device).device
     torch.testing.assert_close(predicted.cpu(), cpu.predict(X), rtol=1e-4, atol=1e-3)
 
 
@@ -73,8 +114,17 @@ def test_a_stream_trains_on_the_device_as_on_the_cpu(device, tmp_path):
     np.save(path, torch.cat([X, y], 1).numpy())
     options = dict(standardize=True, standardize_target=True, lr=0.1, batch_size=16,
                    num_epochs=3)
-    cpu = torchlr.fit(BlockStream(path, block_rows=97), None, device="cpu", **options)
     here = torchlr.fit(BlockStream(path, block_rows=97), None, device=device, **options)
+    # Against no fit: the least-squares line of the rows streamed, and its loss, the least
+    # any line has on them (the fit's may be lower only by float32 rounding of the sum).
+    assert_near_least_squares(here, X, y)
+    w, b = least_squares_line(X, y)
+    least = ((X.double() @ w.reshape(-1, 1) + b - y.double()) ** 2 / 2).mean().item()
+    # Measured: 1.004 times the least (1.033 at most over seeds 0-4).
+    assert least * (1 - 1e-5) <= here.losses[-1] < least * 1.05
+    if device == "cpu":
+        return  # the same fit on the CPU would be this one
+    cpu = torchlr.fit(BlockStream(path, block_rows=97), None, device="cpu", **options)
     assert_same_fit(here, cpu)
 
 

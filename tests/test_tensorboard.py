@@ -360,6 +360,19 @@ def test_every_minibatch_loss_is_a_point_with_log_every_1(tmp_path):
     assert values == pytest.approx(result.train_losses.tolist(), rel=1e-6)
 
 
+def test_samples_per_sec_counts_only_the_rows_trained_with_drop_last(tmp_path):
+    # 95 rows in batches of 10 with drop_last: 9 steps of 10 rows each epoch, so 90 samples;
+    # the 5 rows of the dropped tail are never trained on and must not count.
+    X, y = chapter_data(num_examples=95)
+    result = torchlr.fit(X, y, num_epochs=3, batch_size=10, drop_last=True, logdir=tmp_path,
+                         device="cpu")
+    assert result.train_losses.shape == (27,)
+    speeds = [90 / s for s in result.epoch_seconds]
+    steps, values = scalars(read_run(result.run_dir), "perf/samples_per_sec")
+    assert steps == [1, 2, 3]
+    assert values == pytest.approx(f32(speeds), rel=1e-6)  # 95 rows would be 5.6% more
+
+
 def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     X, y = chapter_data(num_examples=100)
