@@ -269,8 +269,29 @@ def test_binary_file_errors(tmp_path):
     with pytest.raises(ValueError, match="junk.npy is not a valid .npy file"):
         load_data(tmp_path / "junk.npy")
     (tmp_path / "junk.pt").write_bytes(b"\x80\x04not torch")
-    with pytest.raises(ValueError, match="junk.pt is not a valid .pt data file"):
+    with pytest.raises(ValueError, match="junk.pt is not a valid .pt data file: not the zip"):
         load_data(tmp_path / "junk.pt")
+
+
+def test_pt_files_torch_cannot_make_a_table_of_get_one_line(tmp_path):
+    # Each raised torch's own error (a traceback in the CLI) or its several-line advice to
+    # lift weights_only.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors are a prototype
+        nested = torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    torch.save({"a": nested, "y": torch.zeros(2)}, tmp_path / "nested.pt")
+    torch.save(torch.zeros(4, 3, dtype=torch.uint8).view(torch.bits8), tmp_path / "bits.pt")
+    torch.save(torch.nn.Linear(2, 1), tmp_path / "module.pt")
+    cases = {"nested.pt": "array 'a' is a nested tensor",
+             "bits.pt": "array 'x' is of dtype torch.bits8, which does not hold numbers",
+             "module.pt": "is not a valid .pt data file: UnpicklingError: it holds Python "
+                          "objects other than tensors"}
+    for name, message in cases.items():
+        with pytest.raises(ValueError) as info:
+            load_data(tmp_path / name)
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(TypeError, match="features is of dtype torch.bits8"):
+        torchlr.fit(torch.zeros(4, 3, dtype=torch.uint8).view(torch.bits8), torch.zeros(4))
 
 
 def test_a_file_too_large_for_memory_points_to_stream(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch
 from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
-from torchlr.validation import check_writable_file, numbers_tensor
+from torchlr.validation import check_writable_file, numbers_tensor, torch_load_failure
 
 FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
@@ -70,14 +69,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code, a zip torch cannot read...
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.load's bold and colour
-        first = text.splitlines()[0] if text else ""
-        if first.startswith("Weights only load failed"):  # not torch's advice to lift the guard
-            first = ("it holds Python objects other than tensors and plain values, which are "
-                     "not loaded: loading them could run code")
-        # The type says what went wrong where the text alone ("101") does not.
         raise ValueError(f"{path} is not a readable torchlr checkpoint "
-                         f"({type(exc).__name__}{': ' + first if first else ''})") from None
+                         f"({torch_load_failure(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a torchlr checkpoint (no {FORMAT!r} marker)")
     if state.get("version") not in READS:

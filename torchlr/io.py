@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from torchlr.validation import is_real_dtype, unreadable
+from torchlr.validation import is_real_dtype, torch_load_failure, unreadable
 
 FORMATS = (".csv", ".npy", ".npz", ".pt")
 MISSING = {"", "na", "n/a", "nan", "null", "none"}  # cells read as a missing value, any case
@@ -370,11 +370,16 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return [(key, z[key]) for key in z.files]
+    except Exception as exc:  # numpy raises many types for a bad file
+        raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
+    try:
         with warnings.catch_warnings():  # a foreign file's pickle protocol, say
             warnings.simplefilter("ignore")
             content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # numpy and torch raise many types for a bad file
-        raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
+    except Exception as exc:
+        why = ("not the zip archive torch.save writes" if not zipfile.is_zipfile(path)
+               else torch_load_failure(exc))
+        raise ValueError(f"{path} is not a valid .pt data file: {why}") from None
     if isinstance(content, (torch.Tensor, np.ndarray)):
         return [("x", content)]
     if isinstance(content, (tuple, list)) and len(content) == 2:

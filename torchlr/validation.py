@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import warnings
 from typing import Any
 
@@ -64,7 +65,25 @@ def unreadable(value: torch.Tensor) -> str:
         return f"quantized (dtype {value.dtype}); convert it with .dequantize()"
     if value.is_meta:
         return "on the 'meta' device, which holds no values"
+    if value.is_nested:
+        return "a nested tensor, not a table whose rows are one length"
+    try:  # bits8, int4, uint3...: no conversion to float32 exists
+        torch.zeros(1, dtype=value.dtype).to(torch.float32)
+    except (RuntimeError, NotImplementedError):
+        return f"of dtype {value.dtype}, which does not hold numbers torch converts to float32"
     return ""
+
+
+def torch_load_failure(exc: Exception) -> str:
+    """torch.load's error in one line: the type, and the first line of its text without
+    colour codes, or in place of its advice to lift the weights_only guard, what that means."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch.load's bold and colour
+    first = text.splitlines()[0] if text else ""
+    if first.startswith("Weights only load failed"):
+        first = ("it holds Python objects other than tensors and plain values, which are "
+                 "not loaded: loading them could run code")
+    # The type says what went wrong where the text alone ("101") does not.
+    return f"{type(exc).__name__}{': ' + first if first else ''}"
 
 
 def check_data(features: Any, labels: Any,
