@@ -1,6 +1,7 @@
 """The command line on files: train, predict, resume, and the column checks of predict."""
 
 import csv
+import math
 import os
 import re
 import stat
@@ -342,6 +343,18 @@ def test_a_one_row_file_is_refused_streamed_or_not(tmp_path, capsys):
     np.save(tmp_path / "row.npy", np.array([[1.0, 5.0]], np.float32))
     assert main(["train", "--data", str(tmp_path / "row.npy"), "--stream"]) == 2
     assert "is constant (every value is 5.0)" in capsys.readouterr().err
+
+
+def test_an_undefined_validation_r2_is_said_to_be_so(tmp_path, capsys):
+    # One validation row: SS_tot is 0 and R² = 1 - SS_res / SS_tot has no value ("nan" was
+    # printed as if it were a number).
+    path = tmp_path / "two.csv"
+    path.write_text("a,y\n1,3\n4,7\n")
+    assert main(["train", "--data", str(path), "--epochs", "2", "--val-fraction", "0.5",
+                 "--no-tensorboard"]) == 0
+    lines = [EPOCH.match(line) for line in capsys.readouterr().out.splitlines()[:2]]
+    assert [m[4] for m in lines] == ["undefined", "undefined"]
+    assert all(math.isfinite(float(m[3])) for m in lines)  # the loss of that row is defined
 
 
 def test_validation_goes_to_tensorboard(houses, tmp_path):

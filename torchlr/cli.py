@@ -183,7 +183,7 @@ class _Printer:
             if self.bar is not None:
                 self.bar.clear()
             val = ("" if p.val_loss is None
-                   else f", val loss {_loss_text(p.val_loss)}, val R2 {p.val_r2:f}")
+                   else f", val loss {_loss_text(p.val_loss)}, val R2 {_r2_text(p.val_r2)}")
             print(f"epoch {p.epoch}, loss {_loss_text(p.epoch_loss)}{val}", file=self.out,
                   flush=True)
 
@@ -201,6 +201,12 @@ def _true_b() -> float:
     # The b that drew the data: synthetic_data adds it to float32 values, so it is 4.2
     # rounded to float32 (4.19999981), as true_w's -3.4 is.
     return float(torch.tensor(TRUE_B, dtype=torch.float32))
+
+
+def _r2_text(r2: Optional[float]) -> str:
+    """R² as the chapter prints numbers; 'undefined' where the validation targets are all one
+    value (one row, say): 1 - SS_res / SS_tot has SS_tot = 0 there."""
+    return "undefined" if r2 is None or math.isnan(r2) else f"{r2:f}"
 
 
 def _loss_text(value: float) -> str:
