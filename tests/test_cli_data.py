@@ -200,6 +200,26 @@ def test_resume_refuses_other_options(houses, tmp_path, capsys):
     assert "--impl concise differs from the checkpoint's 'scratch'" in capsys.readouterr().err
 
 
+def test_empty_checkpoint_paths_are_refused_and_nothing_is_overwritten(tmp_path, capsys):
+    part = tmp_path / "part.pt"
+    base = ["train", "--no-tensorboard", "--quiet"]
+    assert main([*base, "--epochs", "1", "--save", str(part)]) == 0
+    before = part.read_bytes()
+    capsys.readouterr()
+    # An empty --save beside --resume was read as no --save: the run wrote back to part.pt.
+    assert main([*base, "--epochs", "2", "--resume", str(part), "--save", ""]) == 2
+    assert "--save must be a file path, got ''" in capsys.readouterr().err
+    assert part.read_bytes() == before
+    assert main([*base, "--epochs", "2", "--resume", ""]) == 2
+    assert "--resume must be a checkpoint's path, got ''" in capsys.readouterr().err
+    # Refused before either implementation trains (it printed "== scratch ==" first).
+    assert main([*base, "--impl", "both", "--save", ""]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "need one implementation" in err
+    with pytest.raises(ValueError, match="resume must be a checkpoint's path"):
+        torchlr.fit(torch.zeros(4, 1), torch.arange(4.0), resume="")
+
+
 def test_resume_keeps_the_saved_target_and_features(houses, tmp_path, capsys):
     # The target is not the last column: without --target the resumed run must not fall
     # back to the file's default (price), nor to all the other columns as features.

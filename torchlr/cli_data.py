@@ -92,7 +92,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         raise ValueError("--num-examples sizes the chapter's synthetic data; with --data the "
                          "file's rows are used")
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
-    if args.impl == "both" and (args.save or args.resume):
+    if args.impl == "both" and (args.save is not None or args.resume is not None):
         raise ValueError("--save and --resume need one implementation: "
                          "--impl scratch or --impl concise")
     options = dict(lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
@@ -104,6 +104,8 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     target, features = args.target, _features_arg(args)
     data_seed = args.seed  # --seed draws the chapter's data too
     num_examples = args.num_examples
+    if args.resume == "":  # "No such checkpoint file: " would not say what is wrong
+        raise ValueError("--resume must be a checkpoint's path, got ''")
     if args.resume is not None:
         state = load_checkpoint(args.resume)
         saved = state["config"]
@@ -127,7 +129,8 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
             num_examples = saved_rows
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
-                       save=args.save or args.resume, cuda_graphs=args.cuda_graphs)
+                       save=args.resume if args.save is None else args.save,
+                       cuda_graphs=args.cuda_graphs)
         defaults = replace(base, feature_names=None, target_name=None)
         if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
             target = base.target_name if target is None else target

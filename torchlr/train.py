@@ -130,6 +130,8 @@ class FitConfig:
         for name in ("save", "resume", "logdir"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.fspath(getattr(self, name)))
+        if self.resume == "":  # "No such checkpoint file: " would not say what is wrong
+            raise ValueError("resume must be a checkpoint's path, got ''")
         self.val_fraction = float(self.val_fraction)
         self.early_stopping = int(self.early_stopping)
         if self.true_b is not None:
