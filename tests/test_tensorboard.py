@@ -317,6 +317,22 @@ def test_a_resume_with_no_epoch_left_starts_no_run(tmp_path, capsys):
     assert more.run_dir is not None and os.listdir(logdir) == [os.path.basename(more.run_dir)]
 
 
+def test_an_error_while_a_run_opens_is_the_error_raised(tmp_path, monkeypatch):
+    # Between the SummaryWriter and hparams() there is no session-end summary yet: closing
+    # the run then raised AttributeError in place of the error itself.
+    import torch.utils.tensorboard.summary as summary
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("hparams broke")
+
+    monkeypatch.setattr(summary, "hparams", broken)
+    X, y = chapter_data(num_examples=100)
+    with pytest.raises(RuntimeError, match="hparams broke") as info:
+        torchlr.fit(X, y, num_epochs=1, logdir=tmp_path)
+    # What was written is kept: the config table TensorBoard shows.
+    assert "config/text_summary" in read_run(info.value.run_dir).Tags()["tensors"]
+
+
 def test_divergence_closes_the_run_and_says_where_it_is(tmp_path):
     X, y = chapter_data(num_examples=200)
     with pytest.raises(torchlr.DivergenceError) as info:

@@ -132,6 +132,9 @@ class RunWriter:
     def __init__(self) -> None:
         self.run_dir: Optional[str] = None
         self._writer: Any = None  # a SummaryWriter once open
+        # hparams()' session-end summary; None while open() has not got that far (an error
+        # between the SummaryWriter and it must not turn into an AttributeError at close).
+        self._session_end: Any = None
 
     def open(self, config: FitConfig, X: torch.Tensor, y: torch.Tensor, device: torch.device,
              steps: int, scaling: Optional[Scaling] = None, val_examples: int = 0) -> None:
@@ -276,7 +279,8 @@ class RunWriter:
         """Record how the session ended, then flush and close the event file."""
         writer, self._writer = self._writer, None
         try:
-            writer.file_writer.add_summary(_with_status(self._session_end, success))
+            if self._session_end is not None:
+                writer.file_writer.add_summary(_with_status(self._session_end, success))
         finally:
             writer.close()  # flushes
 
