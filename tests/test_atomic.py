@@ -60,6 +60,25 @@ def test_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_device_written_in_place_names_the_target(tmp_path):
+    # /dev/full is written into, not replaced: its ENOSPC was a bare "[Errno 28] No space
+    # left on device", naming neither the flag nor the path.
+    with pytest.raises(OSError, match="Cannot write /dev/full: No space left") as info:
+        write_atomic("/dev/full", lambda f: f.write(b"x" * 65536))
+    assert info.value.errno == errno.ENOSPC
+    model = tmp_path / "m.pt"
+    run = [sys.executable, "-m", "torchlr"]
+    subprocess.run([*run, "train", "--epochs", "1", "--save", str(model), "--no-tensorboard",
+                    "--quiet"], check=True, capture_output=True, cwd=tmp_path)
+    (tmp_path / "d.csv").write_text("x1,x2\n1,2\n")
+    done = subprocess.run([*run, "predict", "--model", str(model), "--data", "d.csv",
+                           "--output", "/dev/full"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "torchlr: error: Cannot write /dev/full: No space left on device\n"
+
+
 def test_an_interrupt_while_filling_leaves_nothing(tmp_path):
     def interrupted(f):
         f.write(b"half")

@@ -32,19 +32,12 @@ def write_atomic(path: str | os.PathLike[str], fill: Callable[[IO[Any]], None], 
     given = os.fspath(path)
     options: dict[str, Any] = {"newline": ""} if text else {}
     if writes_in_place(given):
-        fd = own_descriptor(given)
-        if fd is not None:
-            # Through the open descriptor itself, at its offset: a new open of a file that
-            # the shell redirected with `>` would get an offset of its own, and whatever the
-            # shell wrote next would overwrite what is written here.
-            _flush_std(fd)
-            with os.fdopen(os.dup(fd), "w" if text else "wb", **options) as f:
-                fill(f)
-            return
-        # Appending: what the shell's redirection set up (`>` emptied the file, `>>` keeps
-        # it) decides, and a pipe or terminal takes it either way.
-        with open(given, "a" if text else "ab", **options) as f:
-            fill(f)
+        try:
+            _write_in_place(given, fill, text, options)
+        except OSError as exc:  # /dev/full, a full disk under a FIFO's reader...
+            if exc.errno in WRITE_ERRORS:
+                raise cannot_write(given, exc) from None
+            raise
         return
     mode = "w" if text else "wb"
     path = os.path.realpath(given)
@@ -82,6 +75,23 @@ def writes_in_place(path: str) -> bool:
     if DESCRIPTOR_PATH.fullmatch(os.path.abspath(path)):
         return True
     return os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode)
+
+
+def _write_in_place(given: str, fill: Callable[[IO[Any]], None], text: bool,
+                    options: dict[str, Any]) -> None:
+    fd = own_descriptor(given)
+    if fd is not None:
+        # Through the open descriptor itself, at its offset: a new open of a file that the
+        # shell redirected with `>` would get an offset of its own, and whatever the shell
+        # wrote next would overwrite what is written here.
+        _flush_std(fd)
+        with os.fdopen(os.dup(fd), "w" if text else "wb", **options) as f:
+            fill(f)
+        return
+    # Appending: what the shell's redirection set up (`>` emptied the file, `>>` keeps it)
+    # decides, and a pipe or terminal takes it either way.
+    with open(given, "a" if text else "ab", **options) as f:
+        fill(f)
 
 
 def own_descriptor(path: str) -> int | None:

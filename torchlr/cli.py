@@ -203,6 +203,13 @@ def _true_b() -> float:
     return float(torch.tensor(TRUE_B, dtype=torch.float32))
 
 
+def _os_error_text(exc: OSError) -> str:
+    """An OSError's message and path without Python's "[Errno N]" prefix."""
+    if not exc.strerror:
+        return str(exc)
+    return exc.strerror + (f": {exc.filename!r}" if exc.filename is not None else "")
+
+
 def _r2_text(r2: Optional[float]) -> str:
     """R² as the chapter prints numbers; 'undefined' where the validation targets are all one
     value (one row, say): 1 - SS_res / SS_tot has SS_tot = 0 there."""
@@ -424,8 +431,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_BROKEN_PIPE
     except (ValueError, TypeError, DivergenceError, OSError) as exc:  # OSError: unwritable paths
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
-        # An OSError's text is the system's, about a path: left as it is.
-        text = str(exc) if isinstance(exc, OSError) else in_cli_terms(str(exc), build_parser())
+        # An OSError's text is the system's, about a path: left as it is, less "[Errno 28]".
+        text = (_os_error_text(exc) if isinstance(exc, OSError)
+                else in_cli_terms(str(exc), build_parser()))
         _say(f"torchlr: error: {_rank_tag()}{text}"
              + (f" (TensorBoard run: {where})" if where and where not in text else ""))
         return EXIT_USAGE
