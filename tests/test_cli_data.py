@@ -236,6 +236,19 @@ def test_resume_keeps_the_saved_target_and_features(houses, tmp_path, capsys):
     resumed = capsys.readouterr().out.splitlines()
     assert straight[1:] == resumed[:len(straight) - 1]  # epoch 2 on, and the same weights
     assert [line.split()[0] for line in resumed[1:3]] == ["w[area]", "w[price]"]
+    # Columns or switches given again must be the run's, and the message says so in flags
+    # (a new target among the saved features was "both the target and a feature").
+    again = ["train", "--data", str(houses), "--resume", str(part), "--epochs", "3"]
+    for extra, message in [(["--target", "area"], "--target area differs from the "
+                                                   "checkpoint's 'rooms'"),
+                           (["--features", "price,area"], "--features price,area differs "
+                                                          "from the checkpoint's area,price"),
+                           (["--standardize-target"], "--standardize-target was not given to "
+                                                      "the checkpoint's run")]:
+        assert main([*again, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*again, "--target", "rooms", "--features", "area,price", "--standardize",
+                 "--no-tensorboard", "--quiet"]) == 0
 
 
 def test_synthetic_run_saves_and_resumes(tmp_path, capsys):

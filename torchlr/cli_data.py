@@ -115,8 +115,12 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
             # its default value is still an option given.
             if option in args.given and given != saved[name] \
                     and not (name == "impl" and given == "both"):
-                raise ValueError(f"--{option.replace('_', '-')} {given} differs from the "
-                                 f"checkpoint's {saved[name]!r}; a resumed run keeps its options")
+                flag = f"--{option.replace('_', '-')}"
+                if isinstance(given, bool):  # a switch: given means on
+                    raise ValueError(f"{flag} was not given to the checkpoint's run; a resumed "
+                                     f"run keeps its options")
+                raise ValueError(f"{flag} {given} differs from the checkpoint's "
+                                 f"{saved[name]!r}; a resumed run keeps its options")
         known = {f.name for f in fields(FitConfig)}
         base = FitConfig(**{k: v for k, v in saved.items() if k in known})
         data_seed = base.seed  # the data the checkpoint trained on, whether or not --seed is given
@@ -133,6 +137,15 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                        cuda_graphs=args.cuda_graphs)
         defaults = replace(base, feature_names=None, target_name=None)
         if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
+            # Columns given again must be the run's: checked here, before other columns can
+            # make another error (a new target that is one of the saved features, say).
+            if target is not None and target != base.target_name:
+                raise ValueError(f"--target {target} differs from the checkpoint's "
+                                 f"{base.target_name!r}; a resumed run keeps its columns")
+            if features is not None and tuple(features) != tuple(base.feature_names):
+                raise ValueError(f"--features {','.join(features)} differs from the "
+                                 f"checkpoint's {','.join(base.feature_names)}; a resumed run "
+                                 f"keeps its columns")
             target = base.target_name if target is None else target
             features = list(base.feature_names) if features is None else features
             if args.data is None:
