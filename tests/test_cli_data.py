@@ -128,7 +128,8 @@ def test_predict_on_the_training_file_reproduces_the_fit(houses, tmp_path, capsy
     assert len(table) == 120
 
 
-def test_predict_to_stdout_and_without_the_target_column(houses, tmp_path, capsys):
+def test_predict_to_stdout_and_without_the_target_column(houses, tmp_path, capsys,
+                                                         monkeypatch):
     model = tmp_path / "m.pt"
     assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
                  *TRAIN]) == 0
@@ -140,6 +141,11 @@ def test_predict_to_stdout_and_without_the_target_column(houses, tmp_path, capsy
     assert lines[0] == "area,rooms,slope,prediction"
     expected = torchlr.checkpoint.load_model(model).predict(torch.tensor([[120.0, 2.0, 0.1]]))
     assert np.float32(lines[1].split(",")[-1]) == expected.item()
+    # "-" names stdout, as it does for most tools (it wrote a file called "-").
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--model", str(model), "--data", str(features_only),
+                 "--output", "-"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines and not os.path.exists("-")
 
 
 def test_predict_lists_the_column_difference(houses, tmp_path, capsys):

@@ -124,6 +124,12 @@ def npz(**arrays):
     return out.getvalue()
 
 
+def npy(array):
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
 def pt(content):
     out = io.BytesIO()
     torch.save(content, out)
@@ -162,6 +168,10 @@ ERRORS = [
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
     ("folder.csv", FOLDER, [], ["Not a file", "folder.csv"]),
     ("alone.csv", "y\n1\n2\n", [], ["alone.csv has no feature column besides the target 'y'"]),
+    ("semi.csv", "a;b;y\n1;2;3\n", [], ["semi.csv has no feature column", "reads as one "
+                                          "column: torchlr reads comma-separated values"]),
+    ("record.npy", npy(np.zeros(3, dtype=[("a", "f8"), ("y", "f8")])), [],
+     ["record.npy: array 'x' is a structured array (fields 'a', 'y')"]),
     ("unnamed.csv", "\na,,y\n1,2,3\n", [], ["unnamed.csv, line 2: column 2 of the header "
                                               "has no name"]),
     ("cells.csv", "a,b,y\n1,2,3\n , , \n2,3,5\n", [], ["cells.csv", "line 3", "column 'a'",

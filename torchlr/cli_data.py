@@ -71,7 +71,8 @@ def add_predict_command(sub: Any, formatter: Any) -> None:
     predict.add_argument("--model", required=True, metavar="PATH", help="a checkpoint")
     predict.add_argument("--data", required=True, metavar="FILE",
                          help=".csv with a header, .npy, .npz or .pt")
-    predict.add_argument("--output", metavar="OUT.csv", help="where to write (default: stdout)")
+    predict.add_argument("--output", metavar="OUT.csv",
+                         help="where to write (default, or -: stdout)")
     predict.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
 
 
@@ -203,6 +204,8 @@ def _check_finite(args: argparse.Namespace, predictions: torch.Tensor) -> None:
 
 def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]:
     """Load the model and data (every check done first); return the CSV lines to write."""
+    if args.output == "-":  # the usual name for standard output
+        args.output = None
     if args.output is not None:
         check_writable_file("--output", args.output)
         for option, given in (("--data", args.data), ("--model", args.model)):

@@ -89,7 +89,11 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
         if len(set(features)) != len(features):
             raise ValueError(f"Feature columns repeat: {', '.join(map(repr, features))}")
     if not features:
-        raise ValueError(f"{path} has no feature column besides the target {target!r}")
+        hint = ""
+        if len(names) == 1 and (";" in names[0] or "\t" in names[0]):  # one column, "a;b;y"
+            hint = ("; its header reads as one column: torchlr reads comma-separated values "
+                    "(save the file with commas)")
+        raise ValueError(f"{path} has no feature column besides the target {target!r}{hint}")
     return features, target
 
 
@@ -401,6 +405,9 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
         if not isinstance(value, (np.ndarray, torch.Tensor)):
             raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
         reason = unreadable(value) if isinstance(value, torch.Tensor) else ""
+        if isinstance(value, np.ndarray) and value.dtype.names:  # a record array
+            reason = (f"a structured array (fields {', '.join(map(repr, value.dtype.names))}), "
+                      f"not a table of numbers; save each field as a column of an .npz")
         if reason:
             raise ValueError(f"{path}: array {key!r} is {reason}")
         if value.ndim == 1:
