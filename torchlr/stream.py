@@ -81,8 +81,7 @@ class BlockStream:
         """Standardization statistics from one pass over the file, block by block."""
         # Chan's pairwise update of count, mean and sum of squared deviations, in float64.
         count, mean, m2 = 0, None, None
-        for start in range(0, self.shape[0], self.block_rows):
-            X, y = self._block(start, min(start + self.block_rows, self.shape[0]), scaled=False)
+        for X, y in self._blocks(scaled=False):
             block = torch.cat([X, y], 1).double()  # (k, d + 1)
             k, b_mean = len(block), block.mean(0)
             b_m2 = ((block - b_mean) ** 2).sum(0)
@@ -106,10 +105,9 @@ class BlockStream:
         _, y = self.rows(sampled_rows(self.shape[0]), scaled=False)
         if not is_constant(y):
             return
-        first = y[:1]
-        for start in range(0, self.shape[0], self.block_rows):
-            _, y = self._block(start, min(start + self.block_rows, self.shape[0]), scaled=False)
-            if not is_constant(torch.cat([first, y])):
+        first = y[0, 0]
+        for _, y in self._blocks(scaled=False):
+            if not bool((y == first).all()):
                 return
         raise constant_target(self.path, self.target_name, first)
 
@@ -123,6 +121,13 @@ class BlockStream:
         if now != self._stat:
             raise ValueError(f"{self.path} changed while it was being read (rewritten, cut "
                              f"short or replaced): train on a file that stays as it is")
+
+    def _blocks(self, start: int = 0, stop: Optional[int] = None,
+                scaled: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Rows [start, stop) (stop None: to the end) read in file order, block_rows at a time."""
+        stop = self.shape[0] if stop is None else stop
+        for first in range(start, stop, self.block_rows):
+            yield self._block(first, min(first + self.block_rows, stop), scaled)
 
     def _block(self, start: int, stop: int,
                scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,10 +216,8 @@ class BlockStream:
     def loss_sum(self, w: torch.Tensor, b: torch.Tensor, start: int = 0,
                  stop: Optional[int] = None) -> torch.Tensor:
         """Summed squared_loss over rows [start, stop), block by block (0-d float64)."""
-        stop = self.shape[0] if stop is None else stop
         total = torch.zeros((), dtype=torch.float64, device=w.device)
-        for first in range(start, stop, self.block_rows):
-            X, y = self._block(first, min(first + self.block_rows, stop))
+        for X, y in self._blocks(start, stop):
             X, y = X.to(w.device), y.to(w.device)
             total += loss_sum(X, y, w, b)
         return total

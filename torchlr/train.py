@@ -371,7 +371,7 @@ def first_nonfinite(values: torch.Tensor) -> Optional[int]:
 
 # Beyond this size a value's square is beyond float32 (3.4e38): the squared loss, or the
 # gradient x * (y_hat - y), overflows at any learning rate.
-SQUARE_LIMIT = math.sqrt(torch.finfo(torch.float32).max)
+SQUARE_LIMIT = math.sqrt(FLOAT32_MAX)
 
 
 def _largest_value(X: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
@@ -395,7 +395,7 @@ def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float,
             f"(standardize=True, standardize_target=True)."
         )
     value, where = largest() if largest is not None else (0.0, "")
-    if value >= SQUARE_LIMIT:  # an outlier met later in the epoch: no rate can help either
+    if value >= SQUARE_LIMIT:  # an outlier met later in the epoch: no rate helps there either
         raise DivergenceError(
             f"The minibatch loss became {float(values[i])} at epoch {epoch}, step "
             f"{first_step + i}: the data hold a {where} value of {value:.3g} (as trained on), "
