@@ -31,7 +31,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -44,6 +43,7 @@ from torch import nn
 
 import torchlr
 from torchlr.train import MAX_THREADS
+from torchlr.validation import cannot_create_in
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LR = 0.03  # the chapter's learning rate, used by every SGD loop
@@ -677,12 +677,8 @@ def unwritable(path: Path) -> Optional[str]:
         return f"cannot write {path}: {folder} is not a directory"
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"cannot write {path}: {folder} is not writable"
-    try:  # os.access says yes to root everywhere, /proc included: try a file there
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        return f"cannot write {path}: {folder}: {err.strerror or err}"
-    return None
+    why = cannot_create_in(str(folder))  # os.access says yes to root everywhere
+    return f"cannot write {path}: {folder}: {why}" if why else None
 
 
 REPORT_KEYS = ("date", "machine", "settings", "sizes")

@@ -563,3 +563,14 @@ def test_a_short_write_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
                                       r"failed\)$"):
         save_checkpoint(path, {"format": "x"})
     assert path.read_bytes() == b"before" and os.listdir(tmp_path) == ["c.pt"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_a_save_path_no_file_can_be_made_in_is_refused_before_training(tmp_path):
+    # os.access says yes to root everywhere: /proc passed the check, and the run trained to
+    # its first save before the write failed.
+    X, y = dataset()
+    with pytest.raises(ValueError, match=r"save='/proc/x/m.pt' cannot be written: '/proc'"):
+        torchlr.fit(X, y, num_epochs=1, save="/proc/x/m.pt", device="cpu")
+    with pytest.raises(ValueError, match=r"logdir='/proc/x' cannot be written"):
+        torchlr.fit(X, y, num_epochs=1, logdir="/proc/x", device="cpu")

@@ -6,6 +6,7 @@ import math
 import numbers
 import os
 import re
+import tempfile
 import warnings
 from typing import Any
 
@@ -264,6 +265,19 @@ def _check_can_make(name: str, path: str, folder: str) -> None:
         raise ValueError(f"{name}={path!r} cannot be written: {folder!r} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{name}={path!r} cannot be written: no permission in {folder!r}")
+    why = cannot_create_in(folder)
+    if why:
+        raise ValueError(f"{name}={path!r} cannot be written: {folder!r}: {why}")
+
+
+def cannot_create_in(folder: str) -> str:
+    """Why no new file can be made in an existing folder, or ''. os.access says yes to root
+    everywhere, /proc and read-only mounts included: a file is tried and removed at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return ""
+    except OSError as exc:
+        return f"no file can be made there ({exc.strerror or exc})"
 
 
 def check_run_options(config: Any) -> None:
