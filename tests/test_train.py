@@ -86,6 +86,20 @@ def test_fit_reproduces_the_hand_written_chapter_loop():
     assert result.b == b.item()
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_a_step_seeds_backward_with_its_kept_one(impl):
+    # A plain backward() makes a tensor of ones for every step: on a GPU, one kernel of the
+    # fifteen a chapter-sized scratch step runs. The update is the same (the test above).
+    from torchlr.train import MODELS
+    X, y = chapter_data(num_examples=10)
+    model = MODELS[impl](2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu"))
+    with torch.profiler.profile() as prof:
+        model.step(X, y)
+    names = {event.name for event in prof.events()}
+    assert "aten::addmm" in names  # the profiler saw the step
+    assert "aten::ones_like" not in names
+
+
 @pytest.mark.parametrize("num_examples", [95, 1000])  # 95: a short last batch of 5
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
 def test_fit_matches_the_chapter_in_float64_raw_ops(impl, num_examples):

@@ -189,6 +189,16 @@ class FitResult:
         return self.config.impl
 
 
+def backward_seed(device: torch.device) -> torch.Tensor:
+    """The 1 that backward() on a 0-d float32 loss starts from, made once for every step.
+
+    A plain loss.backward() makes a new tensor of ones each time: on a GPU, a fill kernel
+    of the 15 in a chapter-sized scratch step, and a node of each captured CUDA graph.
+    The same value passed in leaves every gradient, and so every update, as it was.
+    """
+    return torch.ones((), dtype=torch.float32, device=device)
+
+
 class ScratchModel:
     """The chapter's training step: autograd on the summed squared_loss, then sgd."""
 
@@ -196,11 +206,12 @@ class ScratchModel:
                  device: torch.device) -> None:
         self.w, self.b = init_params(num_inputs, generator=generator, device=device)
         self.lr = lr
+        self.seed = backward_seed(device)
 
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns its summed loss, 0-d, not synced."""
         total = squared_loss(linreg(X, self.w, self.b), y).sum()
-        total.backward()
+        total.backward(self.seed)  # total.backward(), less a kernel: see backward_seed
         # The actual batch length, so a short last batch gets a true mean.
         sgd([self.w, self.b], self.lr, X.shape[0])
         return total.detach()
@@ -228,6 +239,7 @@ class ConciseModel:
         self.module = LinearRegression(num_inputs, generator=generator, device=device)
         self.optimizer = make_optimizer(self.module, lr)  # at lr / 2: mse has no 1/2
         self._params = list(self.module.parameters())
+        self.seed = backward_seed(device)
 
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns its MSELoss, 0-d, not synced."""
@@ -236,7 +248,7 @@ class ConciseModel:
         # (measured here: about 10 µs a step, some 8% of a chapter-sized step).
         for p in self._params:
             p.grad = None
-        loss.backward()
+        loss.backward(self.seed)  # loss.backward(), less a kernel: see backward_seed
         optimizer_step(self.optimizer)  # optimizer.step(), less an unseen profiler range
         return loss.detach()
 
