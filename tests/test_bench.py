@@ -152,7 +152,6 @@ def test_cuda_sizes_skip_cleanly_without_cuda(bench, tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the plumbing without CUDA")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_graph_steps_refuses_without_cuda(tmp_path):
     script = BENCH.parent / "graph_steps.py"
@@ -180,6 +179,7 @@ def test_graph_steps_own_code_runs_on_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "capture", lambda fn, stream: fn)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Stand-in Card")
+    monkeypatch.setattr(gs, "TIMELINE_EPOCHS", 3)
     out = tmp_path / "g.json"
     assert gs.main(["--epochs", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -192,6 +192,23 @@ def test_graph_steps_own_code_runs_on_the_cpu(tmp_path, monkeypatch):
             assert set(r[key]) == {"replay", "host", "gpu"}
             assert all(v > 0 for v in r[key].values())
         assert "fit_marginal" in r
+    for size in ("chapter", "10Mx100_batch"):
+        profiles = report["kernels"][size]
+        assert set(profiles) == set(report["us_per_step"])
+        for k in profiles.values():
+            assert k["kernels_per_step"] == sum(e["per_step"] for e in k["kernels"]) > 0
+            times = [e["us_per_step"] for e in k["kernels"]]
+            assert times == sorted(times, reverse=True) and k["gpu_us_per_step"] > 0
+        # The autograd step's backward multiplies by X^T (addmm's backward, an mm); the
+        # analytic step's forward is the same addmm, its gradient no mm of autograd's.
+        names = {e["name"] for e in profiles["scratch"]["kernels"]}
+        assert {"aten::addmm", "aten::mm"} <= names
+    assert set(report["chunk_gpu_us_per_step_10Mx100_batch"]) == set(report["us_per_step"])
+    assert all(v > 0 for v in report["chunk_gpu_us_per_step_10Mx100_batch"].values())
+    for t in report["fit_timeline"].values():
+        assert t["steps"] == (gs.TIMELINE_EPOCHS - 2) * 100 and t["gpu_busy_us_per_step"] > 0
+        idle = [g["us"] for g in t["longest_idle"]]
+        assert len(idle) == gs.LONGEST_IDLE and idle == sorted(idle, reverse=True)
     assert report["fixed_work_10Mx100"]["randperm_10M_s"] > 0
 
     # A capture that fails costs its own figure, not the model's others.
@@ -506,6 +523,16 @@ def test_bench_stream_refuses_bad_values_before_generating(bench_stream, monkeyp
     err = capsys.readouterr().err
     assert err.startswith("bench_stream.py: error: ") and err.count("\n") == 1, err
     assert said in err
+
+
+def test_bench_stream_peak_is_its_training_process_alone(bench_stream, capsys):
+    # A larger child waited for before (here 1.3 GiB): RUSAGE_CHILDREN, the largest of all
+    # children, would have put the small training run over the 1 GiB limit.
+    subprocess.run([sys.executable, "-c", "b = b'x' * (1300 << 20)"], check=True)
+    assert bench_stream.main(["--gib", "0.0002"]) == 0
+    out = capsys.readouterr().out
+    peak = int(re.search(r"peak RSS of the training process: (\d+) MiB", out).group(1))
+    assert 100 < peak < 1024  # torch alone is more than 100 MiB
 
 
 def test_bench_stream_says_what_its_threads_reach(bench_stream, capsys):
