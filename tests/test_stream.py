@@ -92,6 +92,23 @@ def test_stream_evaluate_and_fit_agree_with_memory(table):
     assert len(result.train_losses) == 20 * 11
 
 
+def test_a_streamed_divergence_names_the_outlier_case_it_cannot_search_for(tmp_path):
+    # In memory the data are searched and a value too large to square is named; a stream
+    # is not (a pass over the file), so its message names that case beside the rate.
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((300, 3)).astype(np.float32)
+    table[200, -1] = 1e20  # a target no rate can square in float32
+    np.save(tmp_path / "t.npy", table)
+    with pytest.raises(torchlr.DivergenceError) as info:
+        torchlr.fit(BlockStream(tmp_path / "t.npy"), None, lr=1e-6, device="cpu")
+    message = str(info.value)
+    assert "smaller learning rate" in message
+    assert "a value of 1.84e+19 or more" in message and "scale the data" in message
+    X, y = torch.from_numpy(table[:, :-1]), torch.from_numpy(table[:, -1])
+    with pytest.raises(torchlr.DivergenceError, match="a target value of 1e\\+20"):
+        torchlr.fit(X, y, lr=1e-6, device="cpu")  # in memory: searched, and named
+
+
 def test_stream_resume_equals_straight(table, tmp_path):
     path, _, _ = table
     kw = dict(lr=0.05, batch_size=7, device="cpu")

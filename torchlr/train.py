@@ -414,9 +414,13 @@ def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float,
             f"whose square is beyond float32's range; remove it or scale the data "
             f"(standardize=True, standardize_target=True)."
         )
+    # A stream is not searched (a pass over the file): the outlier case is named as a maybe.
+    unsearched = (f", or, if the data hold a value of {SQUARE_LIMIT:.3g} or more (whose square "
+                  f"is beyond float32's range), remove it or scale the data"
+                  if largest is None else "")
     raise DivergenceError(
         f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
-        f"step {first_step + i} (lr={lr}); try a smaller learning rate."
+        f"step {first_step + i} (lr={lr}); try a smaller learning rate{unsearched}."
     )
 
 
