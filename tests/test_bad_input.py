@@ -132,6 +132,10 @@ CLI_CASES = [
     (["--batch-size", "0"], "--batch-size must be a positive int"),
     (["--batch-size", "x"], "--batch-size"),
     (["--lr", "-1"], "--lr must be positive"),
+    # Read as the option's value, not as an option: argparse alone reads only "-1", "-0.5".
+    (["--lr", "-1e-3"], "--lr must be positive and finite, got -0.001"),
+    (["--lr", "-inf"], "--lr must be positive and finite, got -inf"),
+    (["--seed", "-1E2"], "--seed"),
     (["--lr", "nan"], "--lr must be positive"),
     (["--lr", "abc"], "--lr"),
     (["--epochs", "-2"], "--epochs must be an int"),
