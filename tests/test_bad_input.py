@@ -157,6 +157,7 @@ CLI_CASES = [
     (["--data", "t.csv", "--num-examples", "5"], "--num-examples sizes the chapter's"),
     (["--impl", "both", "--save", "s.pt"], "--save and --resume need one implementation"),
     (["--stream"], "--stream, --target and --features need --data FILE"),
+    (["--data", "no\nsuch.csv"], "No such file: no\\nsuch.csv"),  # one line, escaped
     (["--target", "y"], "--stream, --target and --features need --data FILE"),
     (["--features", "a"], "--stream, --target and --features need --data FILE"),
 ]

@@ -485,6 +485,8 @@ def _say(line: str) -> None:
     """
     if sys.stderr is None:  # closed (`2>&-`): nowhere to say it; the exit status still does
         return
+    # One line whatever it quotes: a file name with a line break in it is shown escaped.
+    line = line.replace("\r", "\\r").replace("\n", "\\n")
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
