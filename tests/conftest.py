@@ -57,6 +57,25 @@ def data():
     return chapter_data()
 
 
+@pytest.fixture
+def orders_ahead_on_cpu(monkeypatch):
+    """Fits on the CPU draw their orders an epoch ahead, as on a GPU; returns a list that
+    gets one entry per order drawn."""
+    import torchlr.data as data_module
+
+    monkeypatch.setattr(data_module, "AHEAD_DEVICES", ("cpu",))
+    monkeypatch.setattr(data_module, "AHEAD_MIN_ROWS", 1)
+    draws = []
+    draw_next = data_module.OrdersAhead.draw_next
+
+    def counted(self):
+        draws.append(self.num_examples)
+        draw_next(self)
+
+    monkeypatch.setattr(data_module.OrdersAhead, "draw_next", counted)
+    return draws
+
+
 # A printed number, integer or not, that is not part of a word or of a dotted version.
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\w|\.\d)")
 # The committed outputs were printed on one CPU; another (AVX-512 vs AVX2, other MKL

@@ -41,7 +41,10 @@ OPTIONS = [
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
 @pytest.mark.parametrize("options", OPTIONS, ids=["plain", "scaled+val"])
-def test_resume_equals_straight_bit_for_bit(tmp_path, impl, options):
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "orders-ahead"])
+def test_resume_equals_straight_bit_for_bit(tmp_path, impl, options, ahead, request):
+    if ahead:  # each epoch's order drawn while the one before trains, as on a GPU
+        request.getfixturevalue("orders_ahead_on_cpu")
     X, y = dataset()
     kw = dict(impl=impl, lr=0.01, device="cpu", **options)
     straight = torchlr.fit(X, y, num_epochs=5, **kw)
@@ -58,6 +61,29 @@ def test_resume_equals_straight_bit_for_bit(tmp_path, impl, options):
     assert torch.equal(resumed.train_losses, straight.train_losses)
     assert len(resumed.epoch_seconds) == 5
     assert resumed.epoch_seconds[:2] == first.epoch_seconds
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["", "orders-ahead"])
+def test_a_run_stopped_mid_way_resumes_as_if_never_stopped(tmp_path, ahead, request):
+    # The checkpoint of an epoch that was not the run's last: with orders drawn ahead, the
+    # next epoch's draw was under way when it was saved, and must not be in its generator.
+    if ahead:
+        request.getfixturevalue("orders_ahead_on_cpu")
+    X, y = dataset()
+    kw = dict(lr=0.01, device="cpu", num_epochs=5)
+    straight = torchlr.fit(X, y, **kw)
+    path = tmp_path / "run.pt"
+
+    def stop_after_epoch_2(progress):
+        if progress.epoch == 2 and progress.epoch_loss is not None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        torchlr.fit(X, y, save=str(path), on_progress=stop_after_epoch_2, **kw)
+    assert load_checkpoint(path)["epoch"] == 2
+    resumed = torchlr.fit(X, y, resume=str(path), **kw)
+    assert torch.equal(resumed.w_history, straight.w_history) and resumed.b == straight.b
+    assert resumed.losses == straight.losses
 
 
 def test_resume_refuses_a_changed_run(tmp_path):

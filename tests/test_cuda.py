@@ -166,3 +166,20 @@ def test_cuda_graphs_replay_the_eager_steps(impl, gradient, monkeypatch):
     # captured graph's replays, the capture's own included.
     assert graphs.chunk_length(100, 10 * 2 * 4) == 10
     assert calls == [("warm_up", "_device_chunk")] + [("replay", "_device_chunk")] * 29
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_orders_drawn_ahead_on_cuda_leave_the_run_as_it_was(monkeypatch, cuda_graphs):
+    # From AHEAD_MIN_ROWS rows a CUDA fit draws each epoch's order while the last trains.
+    X, y = chapter_data(num_examples=data.AHEAD_MIN_ROWS + 3)  # and a short last batch
+    options = dict(device="cuda", num_epochs=3, batch_size=4096, cuda_graphs=cuda_graphs)
+    draws = []
+    draw_next = data.OrdersAhead.draw_next
+    monkeypatch.setattr(data.OrdersAhead, "draw_next",
+                        lambda self: (draws.append(1), draw_next(self)))
+    ahead = fit(X, y, **options)
+    assert len(draws) == 3
+    monkeypatch.setattr(data, "AHEAD_DEVICES", ())
+    in_turn = fit(X, y, **options)
+    assert len(draws) == 3  # none drawn ahead
+    assert torch.equal(ahead.w_history, in_turn.w_history) and ahead.losses == in_turn.losses

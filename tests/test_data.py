@@ -183,3 +183,34 @@ def test_data_drawn_without_a_generator_differs_run_to_run():
     X1, _ = torchlr.synthetic_data(torch.tensor([2.0, -3.4]), 4.2, 50)
     X2, _ = torchlr.synthetic_data(torch.tensor([2.0, -3.4]), 4.2, 50)
     assert not torch.equal(X1, X2)
+
+
+def test_orders_drawn_ahead_are_those_drawn_in_turn_and_so_are_the_generator_states():
+    from torchlr.data import OrdersAhead, batch_order
+
+    in_turn, ahead_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    ahead = OrdersAhead(1000, ahead_gen)
+    try:
+        for epoch in range(4):
+            order = ahead.take()
+            if epoch < 3:
+                ahead.draw_next()  # drawn while this epoch would train
+            assert torch.equal(order, batch_order(1000, generator=in_turn))
+            # What a checkpoint saves after this epoch: the state before the next draw.
+            assert torch.equal(ahead_gen.get_state(), in_turn.get_state())
+        ahead.draw_next()  # drawn, never taken: the generator stays where it was
+        assert torch.equal(ahead_gen.get_state(), in_turn.get_state())
+    finally:
+        ahead.close()
+
+
+def test_orders_are_drawn_ahead_only_for_large_data_on_a_gpu():
+    from torchlr.data import AHEAD_MIN_ROWS, OrdersAhead, orders_ahead
+
+    gen, cuda = torch.Generator(), torch.device("cuda")
+    made = orders_ahead(AHEAD_MIN_ROWS, gen, cuda, "randperm")
+    assert isinstance(made, OrdersAhead)
+    made.close()
+    assert orders_ahead(AHEAD_MIN_ROWS - 1, gen, cuda, "randperm") is None
+    assert orders_ahead(AHEAD_MIN_ROWS, gen, cuda, "hashed") is None  # drawn on the GPU
+    assert orders_ahead(10 ** 7, gen, torch.device("cpu"), "randperm") is None

@@ -85,6 +85,15 @@ def test_eager_device_step_matches_the_usual_loop(on_cpu, impl, n, batch_size, d
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_captured_epochs_take_orders_drawn_ahead(fake_capture, orders_ahead_on_cpu, impl):
+    X, y = chapter_data(num_examples=1003)  # and a short last batch, run eagerly
+    options = dict(impl=impl, num_epochs=3, log_every=4, device="cpu")
+    graphed = torchlr.fit(X, y, cuda_graphs=True, **options)
+    assert orders_ahead_on_cpu == [1003] * 3
+    assert_same_run(graphed, torchlr.fit(X, y, **options))
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
 @pytest.mark.parametrize(("n", "batch_size", "drop_last"), CASES)
 def test_captured_epochs_match_the_usual_loop(fake_capture, impl, n, batch_size, drop_last):
     X, y = chapter_data(num_examples=n)

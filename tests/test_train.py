@@ -100,6 +100,19 @@ def test_a_step_seeds_backward_with_its_kept_one(impl):
     assert "aten::ones_like" not in names
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_orders_drawn_ahead_leave_the_run_as_it_was(impl, request):
+    X, y = chapter_data(num_examples=1003)  # a short last batch too
+    options = dict(impl=impl, num_epochs=4, device="cpu", log_every=7)
+    plain = fit(X, y, **options)
+    draws = request.getfixturevalue("orders_ahead_on_cpu")
+    ahead = fit(X, y, **options)
+    assert draws == [1003] * 4  # one order an epoch, none drawn after the last
+    assert torch.equal(ahead.w_history, plain.w_history) and ahead.b == plain.b
+    assert ahead.losses == plain.losses
+    assert torch.equal(ahead.train_losses, plain.train_losses)
+
+
 @pytest.mark.parametrize("num_examples", [95, 1000])  # 95: a short last batch of 5
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
 def test_fit_matches_the_chapter_in_float64_raw_ops(impl, num_examples):

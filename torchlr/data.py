@@ -132,6 +132,63 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(x >> 16)
 
 
+# Data on these devices, of at least AHEAD_MIN_ROWS rows, get their "randperm" orders drawn
+# an epoch ahead (OrdersAhead). On the CPU the fit's own threads use the cores; on a GPU the
+# host mostly waits, and a 10M-row randperm (0.2-0.3 s) outlasts a graphed epoch's steps.
+AHEAD_DEVICES = ("cuda",)
+AHEAD_MIN_ROWS = 1 << 16
+
+
+class OrdersAhead:
+    """batch_order's "randperm" orders, each drawn on a thread while the epoch before it
+    trains.
+
+    The thread draws from a copy of the generator; take() hands the order over and moves
+    the generator to the state that draw left. So each order, and the generator's state
+    between epochs (what a checkpoint keeps), are those of drawing every order in turn.
+    """
+
+    def __init__(self, num_examples: int, generator: torch.Generator) -> None:
+        self.num_examples, self.generator = num_examples, generator
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchlr-order")
+        self._next: Optional[Any] = None  # a Future of (order, generator state after it)
+
+    def take(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """This epoch's order on device: the one drawn ahead, else drawn now."""
+        if self._next is None:
+            self.draw_next()
+        assert self._next is not None
+        order, state = self._next.result()
+        self._next = None
+        self.generator.set_state(state)
+        return order.to(device) if device is not None else order
+
+    def draw_next(self) -> None:
+        """Start drawing the order that take() hands over next."""
+        copy = torch.Generator(device=self.generator.device)
+        copy.set_state(self.generator.get_state())
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            # As batch_order draws it; randperm runs without the GIL, beside the steps.
+            order = torch.randperm(self.num_examples, generator=copy, device=copy.device)
+            return order, copy.get_state()
+
+        self._next = self._pool.submit(draw)
+
+    def close(self) -> None:
+        """Let the thread go once a draw in flight ends (one left unused is dropped)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def orders_ahead(num_examples: int, generator: torch.Generator, device: torch.device,
+                 permutation: str) -> Optional[OrdersAhead]:
+    """An OrdersAhead where drawing ahead pays (see AHEAD_DEVICES), else None."""
+    if (permutation != "randperm" or device.type not in AHEAD_DEVICES
+            or num_examples < AHEAD_MIN_ROWS):
+        return None
+    return OrdersAhead(num_examples, generator)
+
+
 def data_iter(
     batch_size: int,
     features: torch.Tensor,
@@ -175,8 +232,8 @@ def data_iter(
     # Checked here, not lazily: a generator function would defer errors to the first batch.
     order = batch_order(len(features), shuffle=shuffle, generator=generator,
                         device=features.device, permutation=permutation)
-    prefetch = prefetch and order is not None and threads.spare_core(features.device)
-    return _batches(batch_size, features, labels, order, drop_last, reuse_buffer, prefetch)
+    return batches_in_order(batch_size, features, labels, order, drop_last, reuse_buffer,
+                            prefetch)
 
 
 # Rows gathered at once: small batches come out as views of one gather (fewer kernel calls
@@ -190,7 +247,7 @@ BLOCK_BYTES = 1 << 20
 PREFETCH_BLOCK_BYTES = 4 << 20
 
 
-def _batches(
+def batches_in_order(
     batch_size: int,
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -198,6 +255,21 @@ def _batches(
     drop_last: bool,
     reuse_buffer: bool = False,
     prefetch: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """data_iter's batches once the epoch's order (None: unshuffled) is drawn, unchecked:
+    for a fit that checked its data and drew the order itself."""
+    prefetch = prefetch and order is not None and threads.spare_core(features.device)
+    return _batches(batch_size, features, labels, order, drop_last, reuse_buffer, prefetch)
+
+
+def _batches(
+    batch_size: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    order: Optional[torch.Tensor],
+    drop_last: bool,
+    reuse_buffer: bool,
+    prefetch: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = len(features)
     stop = n - n % batch_size if drop_last else n
@@ -243,7 +315,7 @@ def _gathered_blocks(
         return torch.index_select(features, 0, idx, out=X_buf[:len(idx)])
 
     if not prefetch:
-        y_ordered = _gather_labels(labels, order)
+        y_ordered = gather_labels(labels, order)
         for k, start in enumerate(starts):
             yield gather(k), y_ordered[start:start + block]
         return
@@ -251,7 +323,7 @@ def _gathered_blocks(
     # early (an error in a step), the with block waits for the one gather in flight.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchlr-gather") as pool:
         ahead = pool.submit(gather, 0)
-        y_ordered = _gather_labels(labels, order)  # meanwhile, here
+        y_ordered = gather_labels(labels, order)  # meanwhile, here
         for k, start in enumerate(starts):
             current = ahead.result()
             if k + 1 < len(starts):
@@ -261,7 +333,7 @@ def _gathered_blocks(
             yield current, y_ordered[start:start + block]
 
 
-def _gather_labels(labels: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def gather_labels(labels: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """All of the epoch's labels in order, in one gather (n x 4 bytes at one label a row).
 
     Gathered block by block beside the features, each label is a read from main memory,

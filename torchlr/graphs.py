@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 
-from torchlr.data import batch_order
+from torchlr.data import batch_order, gather_labels
 
 # Eager steps, on the capture stream, before the capture: lazily created state (cuBLAS
 # handles and workspaces, the autograd engine's streams) must exist before a capture
@@ -171,10 +171,13 @@ class GraphedSteps:
                               self.params)
         self.queued = 0  # this epoch's full batches whose steps are queued
 
-    def batches(self, generator: torch.Generator) -> Iterator[tuple[Any, ...]]:
-        """One epoch: (i,) for each full batch, then (X, y) for a short last batch."""
-        order = batch_order(len(self.X), generator=generator, permutation=self.permutation,
-                            device=self.X.device)  # as every fit draws it
+    def batches(self, generator: torch.Generator,
+                order: Optional[torch.Tensor] = None) -> Iterator[tuple[Any, ...]]:
+        """One epoch: (i,) for each full batch, then (X, y) for a short last batch; in the
+        order given (drawn already, on the data's device), else one drawn from generator."""
+        if order is None:
+            order = batch_order(len(self.X), generator=generator, permutation=self.permutation,
+                                device=self.X.device)  # as every fit draws it
         cut = len(self.order)
         # Queued behind the last epoch's steps, which read the old order until they finish.
         self.order.copy_(order[:cut])
@@ -207,7 +210,7 @@ class GraphedSteps:
     def _gather(self, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows of the numbered batches, in order, in one gather each of X and y."""
         rows = self.batch_rows.index_select(0, batches).view(-1)  # (len(batches) * batch_size,)
-        return self.X.index_select(0, rows), self.y.index_select(0, rows)
+        return self.X.index_select(0, rows), gather_labels(self.y, rows)
 
     def _device_step(self) -> None:
         """The step the one-step graph holds: gather batch `counter`, step, keep its loss."""

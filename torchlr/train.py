@@ -16,7 +16,7 @@ import torch
 from torchlr import analytic, distributed, graphs, threads
 from torchlr.checkpoint import predict
 from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_step
-from torchlr.data import PERMUTATIONS, data_iter
+from torchlr.data import PERMUTATIONS, OrdersAhead, batches_in_order, data_iter, orders_ahead
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
@@ -426,8 +426,17 @@ def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float,
 
 def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStream],
                    group: Any, generator: torch.Generator, device: torch.device,
-                   graphed: Optional[graphs.GraphedSteps]) -> Any:
+                   graphed: Optional[graphs.GraphedSteps], ahead: Optional[OrdersAhead],
+                   last_epoch: bool) -> Any:
     """One epoch's minibatches: from tensors, from a stream, or this rank's slices of them."""
+    if ahead is not None:  # X and y in memory, not in a group: their order drawn ahead
+        order = ahead.take(device)
+        if not last_epoch:
+            ahead.draw_next()  # while this epoch trains
+        if graphed is not None:
+            return graphed.batches(generator, order)
+        return batches_in_order(config.batch_size, X, y, order, config.drop_last,
+                                reuse_buffer=True, prefetch=config.worker_thread)
     if graphed is not None:  # what graphed.step takes: mostly batch numbers
         return graphed.batches(generator)
     if group is not None:  # X is the data set or the stream
@@ -624,13 +633,16 @@ def _fit(
         _check_finite(chunk, epoch, done + 1, config.lr, largest)
         history.train_losses.append(reported)
 
+    # Data in memory on a GPU: each epoch's order drawn while the epoch before it trains.
+    ahead = (orders_ahead(n, generator, device, config.permutation)
+             if stream is None and group is None else None)
     try:
         for epoch in range(first_epoch, config.num_epochs + 1):
             start = time.perf_counter()
             done = 0
             # Closed on the way out, so a gather thread ends with the epoch that raised.
             with closing(_epoch_batches(config, X, y, stream, group, generator, device,
-                                        graphed)) as batches:
+                                        graphed, ahead, epoch == config.num_epochs)) as batches:
                 for i, batch in enumerate(batches):
                     step_losses.append(step(*batch))  # (X, y), or (X, y, global length) in a group
                     if (i + 1) % read_every == 0 and i + 1 < steps:  # once per log interval
@@ -666,6 +678,9 @@ def _fit(
         if state.saved_to is not None:  # what the caller can resume from, however it ended
             exc.saved_to, exc.saved_epoch = state.saved_to, state.saved_epoch  # type: ignore
         raise
+    finally:
+        if ahead is not None:
+            ahead.close()
 
     best_epoch = state.finish(model)
     return FitResult(
