@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run for a machine with a CUDA GPU: the CUDA tests, then the benchmark's
 # CUDA sizes, written to benchmarks/results/<card>-<torch threads>t.json ($RESULTS_DIR if set),
-# then graph_steps.py's breakdown of a graphed step, to <card>-graph-steps.json.
+# then graph_steps.py's breakdown of a graphed step, to <card>-graph-steps.json, and
+# orders_ahead.py's multi-epoch fits with and without orders drawn ahead.
 #
 # It needs a Python whose torch sees CUDA: $PY if set, else .venv/bin/python when that one
 # sees CUDA (see the README's "CUDA" section), else python3 (a machine image with torch
@@ -67,6 +68,8 @@ sys.exit(0 if ok else 3)"
   local bench=$?
   if (( cuda == 0 )); then  # where a graphed step's time goes: GPU or host (no targets)
     "$PY" benchmarks/graph_steps.py --out-dir "$results_dir" || bench=1
+    # What drawing each epoch's order ahead saves a multi-epoch fit (no targets either).
+    "$PY" benchmarks/orders_ahead.py --out-dir "$results_dir" || bench=1
   fi
   if [[ -n $log_dir ]]; then
     find "$results_dir" -name '*.json' -newer "$stamp" -exec cp {} "$log_dir"/ \;

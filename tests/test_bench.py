@@ -225,6 +225,34 @@ def test_graph_steps_own_code_runs_on_the_cpu(tmp_path, monkeypatch):
     assert set(kept["one_step"]) == {"replay", "host"} and "fit_marginal" in kept
 
 
+def test_orders_ahead_own_code_runs_on_the_cpu(tmp_path, monkeypatch, orders_ahead_on_cpu):
+    """orders_ahead.py on the CPU at a small size, with graphs' capture a stand-in."""
+    from torchlr import graphs
+
+    spec = importlib.util.spec_from_file_location("orders_ahead",
+                                                  BENCH.parent / "orders_ahead.py")
+    oa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oa)
+    monkeypatch.setattr(oa, "DEVICE", "cpu")
+    monkeypatch.setattr(oa, "SIZES", {"3000x5": (3000, 5, 100)})
+    monkeypatch.setattr(graphs, "check_device", lambda *args: None)
+    monkeypatch.setattr(graphs, "capturable", lambda device: True)
+    monkeypatch.setattr(graphs, "side_stream", lambda device: None)
+    monkeypatch.setattr(graphs, "warm_up", lambda fn, stream: fn())
+    monkeypatch.setattr(graphs, "capture", lambda fn, stream: fn)
+    out = tmp_path / "o.json"
+    assert oa.main(["--epochs", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["seconds_per_later_epoch"]) == {"3000x5", "3000x5, graphs"}
+    for row in report["seconds_per_later_epoch"].values():
+        assert row["off"] > 0 and row["on"] > 0
+        assert row["on_over_off"] == pytest.approx(row["on"] / row["off"])
+    # Drawn ahead in the "on" fits only: the warm-up's 2 epochs, then 2 rounds of 2 fits.
+    assert len(orders_ahead_on_cpu) == 2 + 2 * 2 * 2
+    with pytest.raises(SystemExit):
+        oa.main(["--epochs", "1"])  # no epoch after the first to time
+
+
 def test_gpu_check_runs_the_cuda_tests_then_the_bench_and_keeps_its_files(bench, tmp_path):
     # A GPU session has minutes of device time for this one script: its steps are checked
     # here, with every CUDA test skipping and the bench at the chapter size instead.
