@@ -146,6 +146,8 @@ class OrdersAhead:
     The thread draws from a copy of the generator; take() hands the order over and moves
     the generator to the state that draw left. So each order, and the generator's state
     between epochs (what a checkpoint keeps), are those of drawing every order in turn.
+    Nothing else may draw from the generator between a draw_next() and its take(): a fit
+    uses it only for the orders once training starts.
     """
 
     def __init__(self, num_examples: int, generator: torch.Generator) -> None:
