@@ -79,6 +79,19 @@ def wall_us(fn: Callable[[], Any], steps: int) -> float:
     return bench.timed(fn, str(DEVICE)) / steps * 1e6
 
 
+def error_line(err: Exception) -> str:
+    """An error as the report keeps it: its type and the first line of its text."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0]}"
+
+
+def profiled() -> Any:
+    """torch.profiler over the host's calls, and the GPU's work where DEVICE is a GPU."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if DEVICE.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
+
+
 def big_batch_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """BIG_CHUNKS batches of 10Mx100's shape, drawn as synthetic_data draws them."""
     gen = torch.Generator().manual_seed(0)
@@ -87,14 +100,21 @@ def big_batch_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return X.to(device), y.to(device)
 
 
-def graphed_steps(model_class: Any, chunked: bool, big: bool = False) -> graphs.GraphedSteps:
-    """A model's GraphedSteps on the chapter's data (big: 10Mx100's batches), after two
-    epochs: warmed and captured."""
+def model_on_data(model_class: Any, big: bool) -> tuple[Any, torch.Tensor, torch.Tensor, int,
+                                                       torch.Generator]:
+    """A model on DEVICE with its data, batch size and seeded generator: the chapter's, or
+    (big) 10Mx100's batches."""
     X, y = big_batch_data(DEVICE) if big else chapter_data(DEVICE)
     gen = torch.Generator().manual_seed(0)
     model = model_class(X.shape[1], BIG_LR if big else LR, gen, DEVICE)
-    graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y,
-                                  BIG_BATCH if big else BATCH, drop_last=True)
+    return model, X, y, BIG_BATCH if big else BATCH, gen
+
+
+def graphed_steps(model_class: Any, chunked: bool, big: bool = False) -> graphs.GraphedSteps:
+    """A model's GraphedSteps on the chapter's data (big: 10Mx100's batches), after two
+    epochs: warmed and captured."""
+    model, X, y, batch, gen = model_on_data(model_class, big)
+    graphed = graphs.GraphedSteps(model.step, model.leaves(), X, y, batch, drop_last=True)
     if not chunked:
         graphed.chunk = 1  # every full batch a one-step graph
     for _ in range(2):
@@ -162,7 +182,7 @@ def profile_model(name: str, model_class: Any, epochs: int,
         try:
             out[key] = fn()
         except Exception as err:  # noqa: BLE001  (the report names it)
-            errors[f"{name}: {key}"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            errors[f"{name}: {key}"] = error_line(err)
 
     one = graphed_steps(model_class, chunked=False)
     chunked = graphed_steps(model_class, chunked=True)
@@ -207,10 +227,7 @@ def is_kernel(event: Any) -> bool:
 def kernel_profile(model_class: Any, big: bool) -> dict[str, Any]:
     """The kernels of one eager step on a gathered batch, per step: how many, each one's
     launches and GPU µs (longest first), and their sums."""
-    X, y = big_batch_data(DEVICE) if big else chapter_data(DEVICE)
-    batch = BIG_BATCH if big else BATCH
-    gen = torch.Generator().manual_seed(0)
-    model = model_class(X.shape[1], BIG_LR if big else LR, gen, DEVICE)
+    model, X, y, batch, gen = model_on_data(model_class, big)
     rows = torch.randperm(len(X), generator=gen)[:batch].to(DEVICE)
 
     def step() -> None:  # a graph gathers a chunk's batches at once; here each step its own
@@ -219,10 +236,7 @@ def kernel_profile(model_class: Any, big: bool) -> dict[str, Any]:
     for _ in range(3):  # cuBLAS's handles and the autograd engine's state exist before
         step()
     sync()
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if DEVICE.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with profiled() as prof:
         for _ in range(PROFILED_STEPS):
             step()
         sync()
@@ -257,10 +271,7 @@ def fit_timeline(impl: str) -> dict[str, Any]:
 
     fit()  # warm: the first fit of a process also loads kernels
     sync()
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if DEVICE.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with profiled() as prof:
         fit()
         sync()
     events = list(prof.events())
@@ -342,7 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             r = profile_model(name, model_class, args.epochs, report["errors"])
         except Exception as err:  # the fits themselves failed: the other models still run
-            report["errors"][name] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            report["errors"][name] = error_line(err)
             print(f"{name:<18}failed: {report['errors'][name]}")
             continue
         report["us_per_step"][name] = r
@@ -365,8 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             try:
                 k = report["kernels"][size][name] = kernel_profile(model_class, big)
             except Exception as err:  # noqa: BLE001  (the report names it)
-                report["errors"][f"{name}: kernels at {size}"] = (
-                    f"{type(err).__name__}: {str(err).splitlines()[0]}")
+                report["errors"][f"{name}: kernels at {size}"] = error_line(err)
                 line += f"  {size}: failed"
                 continue
             line += f"  {size}: {k['kernels_per_step']:4.1f} {k['gpu_us_per_step']:6.1f}"
@@ -376,8 +386,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             report["chunk_gpu_us_per_step_10Mx100_batch"][name] = per_step
             line += f"  chunk gpu {per_step:6.1f}"
         except Exception as err:  # noqa: BLE001
-            report["errors"][f"{name}: 10Mx100 chunk gpu"] = (
-                f"{type(err).__name__}: {str(err).splitlines()[0]}")
+            report["errors"][f"{name}: 10Mx100 chunk gpu"] = error_line(err)
             line += "  chunk gpu failed"
         longest = report["kernels"]["10Mx100_batch"].get(name, {}).get("kernels")
         if longest:
@@ -388,8 +397,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             t = report["fit_timeline"][impl] = fit_timeline(impl)
         except Exception as err:  # noqa: BLE001
-            report["errors"][f"{impl}: fit timeline"] = (
-                f"{type(err).__name__}: {str(err).splitlines()[0]}")
+            report["errors"][f"{impl}: fit timeline"] = error_line(err)
             continue
         print(f"graphed {impl} fit, epochs 3-{TIMELINE_EPOCHS}: GPU busy "
               f"{t['gpu_busy_us_per_step']:.1f} µs/step, idle {t['gpu_idle_us_per_step']:.1f}; "

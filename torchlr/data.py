@@ -155,14 +155,18 @@ class OrdersAhead:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchlr-order")
         self._next: Optional[Any] = None  # a Future of (order, generator state after it)
 
-    def take(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """This epoch's order on device: the one drawn ahead, else drawn now."""
+    def take(self, device: torch.device | str | None = None,
+             then_draw: bool = False) -> torch.Tensor:
+        """This epoch's order on device: the one drawn ahead, else drawn now. With
+        then_draw, the next one's draw starts, to run while this epoch trains."""
         if self._next is None:
             self.draw_next()
         assert self._next is not None
         order, state = self._next.result()
         self._next = None
         self.generator.set_state(state)
+        if then_draw:
+            self.draw_next()
         return order.to(device) if device is not None else order
 
     def draw_next(self) -> None:

@@ -429,16 +429,13 @@ def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStre
                    graphed: Optional[graphs.GraphedSteps], ahead: Optional[OrdersAhead],
                    last_epoch: bool) -> Any:
     """One epoch's minibatches: from tensors, from a stream, or this rank's slices of them."""
-    if ahead is not None:  # X and y in memory, not in a group: their order drawn ahead
-        order = ahead.take(device)
-        if not last_epoch:
-            ahead.draw_next()  # while this epoch trains
-        if graphed is not None:
-            return graphed.batches(generator, order)
+    # X and y in memory, not in a group, on a GPU: the order drawn while the last epoch trained.
+    order = None if ahead is None else ahead.take(device, then_draw=not last_epoch)
+    if graphed is not None:  # what graphed.step takes: mostly batch numbers
+        return graphed.batches(generator, order)
+    if order is not None:
         return batches_in_order(config.batch_size, X, y, order, config.drop_last,
                                 reuse_buffer=True, prefetch=config.worker_thread)
-    if graphed is not None:  # what graphed.step takes: mostly batch numbers
-        return graphed.batches(generator)
     if group is not None:  # X is the data set or the stream
         return group.batches(config.batch_size, X, y, generator=generator,
                              drop_last=config.drop_last, device=device,
