@@ -40,6 +40,17 @@ def test_optimizer_runs_at_half_the_learning_rate():
     assert make_optimizer(model, 0.03).param_groups[0]["lr"] == 0.015
 
 
+def test_bad_sizes_and_rates_are_named_as_given():
+    # Not as nn.Linear's empty() or as SGD's halved rate ("Invalid learning rate: -0.5").
+    with pytest.raises(TypeError, match="num_inputs must be a positive int, got str: '2'"):
+        LinearRegression("2")
+    with pytest.raises(ValueError, match="num_inputs .* got 0"):
+        LinearRegression(0)
+    model = LinearRegression(2)
+    with pytest.raises(ValueError, match="lr must be positive and finite, got -1"):
+        make_optimizer(model, -1)
+
+
 def test_one_concise_step_equals_one_scratch_step_to_the_bit():
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(7, 3, generator=g), torch.randn(7, 1, generator=g)

@@ -115,6 +115,10 @@ def test_data_iter_validates_eagerly():
         data_iter(0, X, X[:, :1])
     with pytest.raises(TypeError, match="batch_size"):
         data_iter(2.0, X, X[:, :1])
+    # A flag given "no" would otherwise count as set: drop the short batch, or shuffle.
+    for flag in ("shuffle", "drop_last", "reuse_buffer", "prefetch"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool, got 'no'"):
+            data_iter(3, X, X[:, :1], **{flag: "no"})
 
 
 def test_public_names():

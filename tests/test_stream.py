@@ -92,6 +92,22 @@ def test_stream_evaluate_and_fit_agree_with_memory(table):
     assert len(result.train_losses) == 20 * 11
 
 
+def test_a_standardized_fit_leaves_the_callers_stream_unscaled(table):
+    # The fit scales a copy: afterwards the stream still reads the file's values, and a
+    # result's w and b (in the data's units, w of shape (d,), b a float) evaluate on it as on
+    # the same rows in memory.
+    path, X, y = table
+    stream = BlockStream(path, block_rows=9)
+    result = torchlr.fit(stream, None, lr=0.1, num_epochs=5, standardize=True,
+                         standardize_target=True, device="cpu")
+    assert not result.scaling.is_identity
+    assert torch.equal(stream.rows(torch.arange(len(X)))[0], X)
+    torch.testing.assert_close(stream.evaluate(result.w, result.b),
+                               torchlr.evaluate(X, y, result.w, result.b))
+    with pytest.raises(ValueError, match="w must hold 3 value"):
+        stream.evaluate(torch.zeros(2), 0.0)
+
+
 def test_a_streamed_divergence_names_the_outlier_case_it_cannot_search_for(tmp_path):
     # In memory the data are searched and a value too large to square is named; a stream
     # is not (a pass over the file), so its message names that case beside the rate.
@@ -121,14 +137,19 @@ def test_stream_resume_equals_straight(table, tmp_path):
 
 
 def test_one_stream_object_saves_and_resumes_a_standardized_run(table, tmp_path):
-    # The first fit leaves its scaling on the stream; the resume must still recognize the
-    # file's own rows, and train on them scaled as the saved run did.
-    path, _, _ = table
+    # A fit scales its own copy of the stream: the caller's keeps giving the file's rows as
+    # they are, and the resume recognizes them and trains on them scaled as the saved run did.
+    path, X, y = table
     kw = dict(lr=0.05, batch_size=7, standardize=True, standardize_target=True, device="cpu")
     straight = torchlr.fit(BlockStream(path, block_rows=10), None, num_epochs=3, **kw)
     stream, ckpt = BlockStream(path, block_rows=10), tmp_path / "s.pt"
+    rows = torch.tensor([0, 5, len(X) - 1])
+    before = stream.rows(rows)
     torchlr.fit(stream, None, num_epochs=1, save=str(ckpt), **kw)
-    assert stream.scaling is not None and not stream.scaling.is_identity
+    assert stream.scaling is None
+    after = stream.rows(rows)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+    assert torch.equal(after[0], X[rows])  # the file's own values
     resumed = torchlr.fit(stream, None, num_epochs=3, resume=str(ckpt), **kw)
     assert torch.equal(resumed.w, straight.w) and resumed.losses == straight.losses
 

@@ -71,11 +71,13 @@ def f32(values) -> list[float]:
 def test_run_holds_every_tag_with_the_fit_history(tmp_path, impl):
     X, y = chapter_data()
     result = torchlr.fit(X, y, impl=impl, num_epochs=3, log_every=30, logdir=tmp_path,
-                         true_w=torch.tensor(TRUE_W, dtype=torch.float64), true_b=TRUE_B)
+                         true_w=torch.tensor(TRUE_W, dtype=torch.float64),
+                         true_b=torch.tensor(TRUE_B, dtype=torch.float64))
     run_dir = Path(result.run_dir)
     assert run_dir.parent == tmp_path and os.listdir(tmp_path) == [run_dir.name]
     assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{impl}", run_dir.name)
-    assert result.config.true_w == TRUE_W  # the tensor is kept as plain floats
+    # The tensors are kept as plain floats.
+    assert result.config.true_w == TRUE_W and result.config.true_b == TRUE_B
     acc = read_run(str(run_dir))
     assert set(acc.Tags()["scalars"]) == SCALARS
 
@@ -406,6 +408,8 @@ def test_without_logdir_nothing_is_written(tmp_path, monkeypatch):
     ({"true_w": (1.0, float("nan"))}, "true_w must be a non-empty sequence of finite numbers"),
     ({"true_b": "x"}, "true_b must be a finite number or None, got str: 'x'"),
     ({"true_b": float("inf")}, "true_b must be a finite number or None, got inf"),
+    ({"true_b": torch.tensor([1.0, 2.0])}, "true_b must be a finite number or None, got Tensor"),
+    ({"true_b": torch.tensor(True)}, "true_b must be a finite number or None, got Tensor"),
     ({"logdir": 5}, "logdir must be a path or None, got int: 5"),
 ])
 def test_bad_options_are_refused_before_any_folder_exists(tmp_path, options, message):

@@ -340,6 +340,15 @@ def test_big_endian_and_long_double_arrays_train_as_native_float64_does():
         assert other.losses == native.losses and torch.equal(other.w, native.w)
         w, b = torchlr.least_squares(X64.astype(dtype), y64.astype(dtype))
         assert torch.equal(w, torchlr.least_squares(X64, y64)[0])
+        # A value float32 cannot hold is named as for a native array (the check reads the
+        # caller's own array, which torch.as_tensor refuses in these two layouts).
+        for value, words in ((1e300, "beyond the range of float32"), (np.inf, "contains inf")):
+            bad = X64.copy()
+            bad[3, 1] = value
+            with pytest.raises(ValueError, match=f"^features .*{words}"):
+                fit(bad.astype(dtype), y64, device="cpu")
+            with pytest.raises(ValueError, match=f"^labels .*{words}"):
+                torchlr.evaluate(X64.astype(dtype), bad[:, 1:].astype(dtype), [1.0, 1.0], 0.0)
 
 
 def test_evaluate_checks_and_converts_its_inputs_as_fit_does():
@@ -407,17 +416,24 @@ def test_trains_under_a_callers_no_grad_or_inference_mode(mode, impl):
     assert result.losses == expected.losses
 
 
-def test_float64_default_dtype_trains_the_same_float32_model():
+@pytest.mark.parametrize("default", [torch.float64, torch.float16, torch.bfloat16])
+def test_any_default_dtype_trains_the_same_float32_model(default):
     X, y = chapter_data()
-    expected = {impl: fit(X, y, impl=impl, device="cpu").losses for impl in ("scratch", "concise")}
+    # 257 is not a bfloat16 (8 significant bits): the per-batch losses divide by it exactly.
+    config = dict(batch_size=257, device="cpu")
+    expected = {impl: fit(X, y, impl=impl, **config) for impl in ("scratch", "concise")}
     before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(default)
     try:
         X64, y64 = torchlr.synthetic_data(TRUE_W, TRUE_B, 1000,
                                           generator=torch.Generator().manual_seed(0))
         assert X64.dtype == torch.float32
-        for impl, losses in expected.items():
-            assert fit(X, y, impl=impl, device="cpu").losses == losses
+        for impl, want in expected.items():
+            got = fit(X, y, impl=impl, **config)
+            assert got.losses == want.losses
+            assert got.train_losses.dtype == torch.float32
+            assert torch.equal(got.train_losses, want.train_losses)
+            assert torch.equal(got.w, want.w) and got.b == want.b
     finally:
         torch.set_default_dtype(before)
 

@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim import optimizer as optim_base
 
 from torchlr.scratch import init_params
+from torchlr.validation import check_positive_float, check_positive_int
 
 
 class LinearRegression(nn.Linear):
@@ -25,6 +26,8 @@ class LinearRegression(nn.Linear):
         generator: Optional[torch.Generator] = None,
         device: torch.device | str | None = None,
     ) -> None:
+        # Checked before nn.Linear sees it, whose own error is about empty()'s arguments.
+        check_positive_int("num_inputs", num_inputs)
         # Parameters left uninitialized; float32 whatever torch's default dtype.
         super().__init__(num_inputs, 1, device=device, dtype=torch.float32)
         self.sigma = sigma
@@ -68,6 +71,7 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
     by 2 is exact in binary floating point, so the update is the same to the last bit, and
     the step needs no extra op to halve the loss.
     """
+    lr = check_positive_float("lr", lr)  # named as given, not as SGD's halved rate
     params = list(model.parameters())
     # On the CPU, foreach=False skips the per-step check for the multi-tensor kernels,
     # which torch.optim uses only for CUDA parameters anyway.

@@ -10,6 +10,7 @@ import torch
 
 from torchlr import threads
 from torchlr.validation import (
+    check_bool,
     check_choice,
     check_finite_number,
     check_generator,
@@ -230,6 +231,10 @@ def data_iter(
         if value.dim() == 0:
             raise ValueError(f"{name} must have one row per example, got a 0-d tensor")
     check_generator(generator)
+    # Truthy is not enough: drop_last="no" would drop, shuffle="no" would shuffle.
+    for name, flag in (("shuffle", shuffle), ("drop_last", drop_last),
+                       ("reuse_buffer", reuse_buffer), ("prefetch", prefetch)):
+        check_bool(name, flag)
     if len(features) != len(labels):
         raise ValueError(
             "Found input variables with inconsistent numbers of samples: "

@@ -35,7 +35,8 @@ class Scaling:
     @classmethod
     def identity(cls, num_features: int) -> Scaling:
         """No scaling at all."""
-        return cls(torch.zeros(num_features), torch.ones(num_features))
+        return cls(torch.zeros(num_features, dtype=torch.float32),
+                   torch.ones(num_features, dtype=torch.float32))
 
     @classmethod
     def fit(cls, X: torch.Tensor, y: torch.Tensor, *, target: bool,

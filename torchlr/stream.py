@@ -6,7 +6,7 @@ import math
 import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torchlr.io import beyond_float32, choose_columns, constant_target, is_const
 from torchlr.preprocess import Scaling
 from torchlr.run import sampled_rows
 from torchlr.scratch import loss_sum
-from torchlr.validation import check_positive_int, is_real_dtype
+from torchlr.validation import check_positive_int, is_real_dtype, parameter_values
 
 BLOCK_BYTES = 16 * 2**20  # rows read together: large enough for fast reads, small for RSS
 
@@ -208,9 +208,13 @@ class BlockStream:
             yield carry
 
     @torch.no_grad()
-    def evaluate(self, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Mean squared_loss over every row, read block by block in file order (0-d)."""
-        return (self.loss_sum(w, b) / self.shape[0]).float()
+    def evaluate(self, w: Any, b: Any) -> torch.Tensor:
+        """Mean squared_loss over every row, read block by block in file order (0-d).
+
+        w holds d numbers ((d, 1) or (d,)) and b one, as for torchlr.evaluate: a FitResult's
+        w and b do."""
+        w = parameter_values("w", w, self.shape[1]).reshape(-1, 1)
+        return (self.loss_sum(w, parameter_values("b", b, 1)) / self.shape[0]).float()
 
     @torch.no_grad()
     def loss_sum(self, w: torch.Tensor, b: torch.Tensor, start: int = 0,

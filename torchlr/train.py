@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -101,6 +102,12 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         self.true_w = as_float_tuple(self.true_w)  # a tensor or list is kept as plain floats
+        # And true_b as a tensor of one number, as torch.tensor(4.2) holds it; a bool tensor,
+        # or one of several numbers, is left for validate() to refuse.
+        if hasattr(self.true_b, "dtype") and "bool" not in str(self.true_b.dtype):
+            values = as_float_tuple(self.true_b)
+            if isinstance(values, tuple) and len(values) == 1:
+                self.true_b = values[0]
 
     def validate(self) -> None:
         """Raise ValueError or TypeError naming the first bad option.
@@ -361,7 +368,8 @@ def _read(step_losses: list[torch.Tensor]) -> torch.Tensor:
 
 def batch_lengths(num_examples: int, batch_size: int, steps: int) -> torch.Tensor:
     """Each minibatch's length in one epoch, as floats: all batch_size but maybe the last."""
-    lengths = torch.full((steps,), float(batch_size))
+    # float32 whatever the default dtype: a bfloat16 257 is 256, a float16 70000 is refused.
+    lengths = torch.full((steps,), float(batch_size), dtype=torch.float32)
     lengths[-1] = min(batch_size, num_examples - (steps - 1) * batch_size)
     return lengths
 
@@ -541,7 +549,9 @@ def _fit(
     group = distributed.current()  # None outside an initialized process group
     if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
         config = replace(config, save=None, logdir=None)
-    stream = features if isinstance(features, BlockStream) else None
+    # The fit scales its own shallow copy (the same open file): the caller's stream keeps
+    # returning the rows as they are on disk.
+    stream = copy.copy(features) if isinstance(features, BlockStream) else None
     device = resolve_device(config.device)
     if group is not None:
         # Rank 0 may still be writing the checkpoint the others are about to read. Every rank

@@ -120,11 +120,18 @@ def check_data(features: Any, labels: Any,
         if torch.isinf(t).any():
             count = int(torch.isinf(t).sum())
             given = features if name == "features" else labels
-            if not torch.isinf(torch.as_tensor(given)).any():  # finite, but not as float32
+            if not _holds_inf(given):  # finite, but not as float32
                 raise ValueError(f"{name} holds {count} value(s) beyond the range of float32 "
                                  f"(about ±3.4e38), which training in float32 cannot hold")
             raise ValueError(f"{name} contains inf ({count} value(s))")
     return X, y
+
+
+def _holds_inf(given: Any) -> bool:
+    """Whether the caller's own array or tensor holds an inf, before any conversion."""
+    if isinstance(given, np.ndarray):  # numpy's own test: torch refuses big-endian and
+        return bool(np.isinf(given).any())  # long-double arrays, which it reads
+    return bool(torch.isinf(given).any())
 
 
 def numbers_tensor(name: str, value: Any) -> torch.Tensor:
