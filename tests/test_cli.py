@@ -158,14 +158,6 @@ def test_console_exits_with_mains_status_and_leaves_torchrun_workers_at_once(mon
     assert exits == [2]
 
 
-def test_installed_command_is_the_console_entry_point():
-    from pathlib import Path
-
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["torchlr"] == "torchlr.cli:console"
-
-
 @pytest.mark.parametrize("value, text", [
     (0.0, "0.000000"), (1e-5, "0.000010"), (9.99e-6, "9.99e-06"), (0.039271, "0.039271"),
     (2.701253e-11, "2.70e-11"), (-3e-7, "-3.00e-07"), (9.621980, "9.621980"),

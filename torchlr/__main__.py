@@ -1,6 +1,6 @@
 """python -m torchlr: the same as the torchlr command."""
 
-from torchlr.cli import console
+from torchlr.launch import console
 
 if __name__ == "__main__":
     console()

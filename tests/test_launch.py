@@ -1,0 +1,195 @@
+"""The command's entry point, torchlr.launch: a Ctrl-C while torch is imported ends in one line.
+
+`import torch` takes about a second, before torchlr.cli's handler exists: a Ctrl-C in that
+second printed a page of traceback. The children below are interrupted inside that import
+on purpose: a sitecustomize module puts a finder ahead of the others that acts when `torch`
+is first looked up.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+import torchlr
+
+TRAIN = ["train", "--epochs", "1", "--no-tensorboard"]
+SCRIPT = Path(sys.executable).parent / "torchlr"  # the installed console script
+
+# Each finder's find_spec acts on the first look-up of "torch", then lets the import go on.
+INTERRUPTIONS = {
+    # KeyboardInterrupt raised inside the import.
+    "raised": "raise KeyboardInterrupt",
+    # A real SIGINT, handled by whatever handler the process has then.
+    "signal": "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)  # raised here at the latest",
+    # Caught on the way, as torch's C code clears the one raised inside numpy's import: torch
+    # goes on loading, and the command must still stop.
+    "swallowed": """\
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    pass""",
+    # Raised in a weakref callback, where Python only prints it ("Exception ignored in").
+    "unraisable": """\
+class Thing:
+    pass
+
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+
+thing = Thing()
+self.refs.append(weakref.ref(thing, callback))
+del thing""",
+    # Not an interrupt: the import's own error, which keeps its traceback.
+    "failed": "raise ImportError('no torch here')",
+}
+
+SITECUSTOMIZE = """\
+import os
+import signal
+import sys
+import time
+import weakref
+
+# A suite started in the background may ignore SIGINT, and its children with it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class AtTorch:
+    def __init__(self):
+        self.done, self.refs = False, []
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not self.done:
+            self.done = True
+{body}
+        return None
+
+
+sys.meta_path.insert(0, AtTorch())
+"""
+
+
+def _child_env(tmp_path: Path, interruption: str) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir()
+    body = textwrap.indent(INTERRUPTIONS[interruption], " " * 12)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(body=body))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO_ROOT)])
+    return env
+
+
+def _run(args: list[str], tmp_path: Path, env: dict[str, str] | None = None):
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_entry_point_imports_no_torch(tmp_path):
+    done = _run([sys.executable, "-c",
+                 "import torchlr.launch, sys; print('torch' in sys.modules)"], tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "False\n", "")
+
+
+@pytest.mark.parametrize("entry", ["python -m torchlr", "console script"])
+@pytest.mark.parametrize("interruption", ["raised", "signal", "swallowed", "unraisable"])
+def test_ctrl_c_while_torch_is_imported_ends_in_one_line(tmp_path, entry, interruption):
+    if entry == "console script":
+        if not SCRIPT.exists():
+            pytest.skip(f"no installed console script at {SCRIPT}")
+        assert "torchlr.launch" in SCRIPT.read_text(), \
+            f"{SCRIPT} predates torchlr.launch: run `pip install -e .` again"
+    args = [sys.executable, "-m", "torchlr"] if entry == "python -m torchlr" else [str(SCRIPT)]
+    done = _run(args + TRAIN, tmp_path, _child_env(tmp_path, interruption))
+    assert (done.returncode, done.stderr, done.stdout) == (130, "torchlr: interrupted\n", "")
+
+
+def test_ctrl_c_while_torch_is_imported_with_stderr_closed_says_nothing(tmp_path):
+    code = ("import sys; sys.stderr = None; sys.argv = ['torchlr', *sys.argv[1:]]\n"
+            "import torchlr.launch\ntorchlr.launch.console()")
+    done = _run([sys.executable, "-c", code, *TRAIN], tmp_path, _child_env(tmp_path, "raised"))
+    assert (done.returncode, done.stderr, done.stdout) == (130, "", "")
+
+
+def test_an_import_that_fails_by_itself_keeps_its_traceback(tmp_path):
+    done = _run([sys.executable, "-m", "torchlr", *TRAIN], tmp_path,
+                _child_env(tmp_path, "failed"))
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr
+    assert done.stderr.rstrip().endswith("ImportError: no torch here")
+
+
+def test_python_m_torchlr_help_still_works(tmp_path):
+    done = _run([sys.executable, "-m", "torchlr", "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: torchlr")
+
+
+def test_the_console_script_is_the_launchers():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["torchlr"] == "torchlr.launch:console"
+
+
+def test_public_names_are_loaded_on_first_use(tmp_path):
+    code = textwrap.dedent("""\
+        import sys, types
+        import torchlr
+        assert not any(m == "torch" or m.startswith("torchlr.") for m in sys.modules)
+        assert torchlr.__version__ == "0.1.0"
+        from torchlr import fit, scratch, concise, analytic
+        assert fit is torchlr.fit is torchlr.train.fit
+        assert torchlr.data_iter is torchlr.data.data_iter
+        assert all(isinstance(m, types.ModuleType) for m in (scratch, concise, analytic))
+        assert torchlr.scratch is sys.modules["torchlr.scratch"]
+        for name in torchlr.__all__:
+            getattr(torchlr, name)
+        star = {}
+        exec("from torchlr import *", star)
+        assert set(torchlr.__all__) <= set(star) and set(torchlr.__all__) <= set(dir(torchlr))
+        torchlr.validation, torchlr.preprocess, torchlr.run  # any submodule, as before
+        try:
+            torchlr.no_such_name
+        except AttributeError as exc:
+            assert str(exc) == "module 'torchlr' has no attribute 'no_such_name'"
+        else:
+            raise AssertionError("torchlr.no_such_name resolved")
+        assert not hasattr(torchlr, "__wrapped__")
+        print("ok")
+        """)
+    done = _run([sys.executable, "-c", code], tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+
+
+def test_public_names_resolve_here_too():
+    from torchlr import analytic, concise, data_iter, fit, scratch  # noqa: F401
+    assert torchlr.data_iter is torchlr.data.data_iter
+    assert isinstance(torchlr.scratch, types.ModuleType)
+    assert all(hasattr(torchlr, name) for name in torchlr.__all__)
+
+
+def test_type_checkers_see_each_public_name_where_it_is_loaded_from():
+    # The `if TYPE_CHECKING:` imports are what editors read; __getattr__'s table is what
+    # runs: each name in __all__ is in both, from the same module.
+    tree = ast.parse((REPO_ROOT / "torchlr" / "__init__.py").read_text())
+    block = next(node for node in tree.body
+                 if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    static = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        for alias in node.names:
+            module = node.module.removeprefix("torchlr").lstrip(".")
+            static[alias.asname or alias.name] = module or alias.name
+    assert set(static) == set(torchlr.__all__) - {"__version__"}
+    assert {name: module for name, module in static.items() if module != name} \
+        == torchlr._DEFINED_IN
