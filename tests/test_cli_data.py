@@ -159,8 +159,28 @@ def test_predict_lists_the_column_difference(houses, tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--data", str(other), "--output",
                  str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "missing 'slope'" in err and "unexpected 'colour'" in err
+    assert "missing 'slope'" in err and "colour" not in err
     assert "\n" not in err and not out.exists()
+
+
+def test_a_model_of_some_columns_predicts_on_its_own_training_file(houses, tmp_path, capsys):
+    # Trained with --features, the model uses two of the file's columns: the others are not
+    # read, and its predictions are those of the same rows with only its columns.
+    model = tmp_path / "sub.pt"
+    assert main(["train", "--data", str(houses), "--features", "rooms,area", "--epochs", "2",
+                 "--save", str(model), *TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", str(houses)]) == 0
+    whole = capsys.readouterr().out.splitlines()
+    assert whole[0] == "rooms,area,price,prediction"
+    only = tmp_path / "only.csv"
+    with open(houses, newline="") as f, open(only, "w", newline="") as g:
+        csv.writer(g).writerows([row[0], row[1]] for row in csv.reader(f))  # area, rooms
+    assert main(["predict", "--model", str(model), "--data", str(only)]) == 0
+    alone = capsys.readouterr().out.splitlines()
+    assert alone[0] == "rooms,area,prediction" and len(alone) == len(whole)
+    assert [line.split(",")[-1] for line in alone][1:] == \
+        [line.split(",")[-1] for line in whole][1:]
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
@@ -290,10 +310,38 @@ def test_saved_is_said_only_when_a_checkpoint_was_written(tmp_path, capsys):
     assert "saved" not in capsys.readouterr().out and not path.exists()
 
 
+def test_train_never_writes_its_plot_over_a_checkpoint(houses, tmp_path, capsys):
+    # The checkpoint is written each epoch and the plot at the end: at one path the plot
+    # would replace the checkpoint after "saved" was printed. Refused before training,
+    # through another spelling of the path or a hard link too.
+    same = tmp_path / "same.png"
+    for save, plot in ((str(same), str(same)), (str(same), f"{tmp_path}/./same.png")):
+        assert main(["train", "--data", str(houses), "--epochs", "1", "--save", save,
+                     "--plot", plot, "--no-tensorboard", *TRAIN]) == 2
+        assert f"--save {save} is the --plot file; not overwriting it" in \
+            capsys.readouterr().err
+        assert not same.exists()
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 "--no-tensorboard", *TRAIN]) == 0
+    saved = model.read_bytes()
+    link = tmp_path / "link.png"
+    os.link(model, link)
+    capsys.readouterr()
+    # A resumed run writes back to --resume; with --save elsewhere, --resume is still read.
+    for extra in ([], ["--save", str(tmp_path / "other.pt")]):
+        assert main(["train", "--data", str(houses), "--epochs", "2", "--resume", str(model),
+                     "--plot", str(link), "--no-tensorboard", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "not overwriting it" in err and "--plot" in err and "--resume" in err
+        assert model.read_bytes() == saved and not (tmp_path / "other.pt").exists()
+
+
 def test_outputs_never_overwrite_the_data(houses, tmp_path, capsys):
     before = houses.read_bytes()
     assert main(["train", "--data", str(houses), "--save", str(houses), *TRAIN]) == 2
-    assert "cannot read as its checkpoint, so it is not overwritten" in capsys.readouterr().err
+    assert "--save " + str(houses) + " is the --data file; not overwriting it" in \
+        capsys.readouterr().err
     model = tmp_path / "m.pt"
     assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
                  *TRAIN]) == 0
@@ -604,3 +652,16 @@ def test_predict_help_describes_the_columns_it_writes(ab_model, tmp_path, capsys
     data.write_text("y,b,a\n1,2,3\n")
     assert main(["predict", "--model", str(ab_model), "--data", str(data)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "a,b,y,prediction"
+
+
+def test_paths_in_messages_are_quoted_as_given(tmp_path, capsys):
+    # A message names the file as the user wrote it, even one that reads like a library
+    # option (`lr=5`), which the rewriting into flags would otherwise make `--lr 5`.
+    assert main(["train", "--data", "lr=5", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "torchlr: error: No such file: lr=5\n"
+    assert main(["train", "--data", "batch_size=3.csv", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "torchlr: error: No such file: batch_size=3.csv\n"
+    assert main(["train", "--lr", "0", "--device", "cpu"]) == 2  # still in the CLI's terms
+    assert capsys.readouterr().err == "torchlr: error: --lr must be positive and finite, " \
+                                      "got 0.0\n"
+

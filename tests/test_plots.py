@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.image
 import pytest
 import torch
 
@@ -205,12 +206,20 @@ def test_lr_sweep_plot_takes_a_mapping_with_none_nan_and_inf_as_diverged():
     assert [line.get_label() for line in only_bad.axes[0].lines] == ["diverged"]
 
 
-def test_check_image_path_refuses_unknown_formats_and_missing_folders(tmp_path):
+def test_check_image_path_refuses_unknown_formats_and_unwritable_paths(tmp_path):
     assert plots.check_image_path(tmp_path / "a.png") == tmp_path / "a.png"
+    # Folders that can be made are made when the figure is saved, as for a checkpoint.
+    assert plots.check_image_path(tmp_path / "new" / "a.png") == tmp_path / "new" / "a.png"
     with pytest.raises(ValueError, match="unknown image format 'txt'"):
         plots.check_image_path(tmp_path / "a.txt")
-    with pytest.raises(ValueError, match="does not exist"):
-        plots.check_image_path(tmp_path / "missing" / "a.png")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="file' is a file, not a folder"):
+        plots.check_image_path(tmp_path / "file" / "a.png")
+    read_only = tmp_path / "old.png"
+    read_only.write_bytes(b"kept")
+    read_only.chmod(0o444)  # refused even for root, whom os.access lets write anything
+    with pytest.raises(ValueError, match="old.png': the file is read-only"):
+        plots.check_image_path(read_only)
 
 
 def test_a_folder_named_like_an_image_is_refused_before_training(tmp_path, capsys):
@@ -255,12 +264,22 @@ def test_cli_plot_saves_both_runs_on_one_figure(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_plot_refuses_a_bad_path_before_training(tmp_path, capsys):
-    argv = ["train", "--plot", str(tmp_path / "nowhere" / "x.png"), "--logdir", str(tmp_path)]
+    (tmp_path / "file").write_text("")
+    argv = ["train", "--plot", str(tmp_path / "file" / "x.png"), "--logdir", str(tmp_path)]
     assert cli.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("torchlr: error: Cannot save a plot to") and err.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []  # refused before any run folder was made
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # no run folder was made
+
+
+def test_cli_plot_makes_its_folder_and_writes_a_whole_png(tmp_path, capsys):
+    target = tmp_path / "new" / "deeper" / "loss.png"
+    argv = ["train", "--epochs", "1", "--plot", str(target), "--no-tensorboard", "--quiet"]
+    assert cli.main(argv) == 0
+    height, width, _ = matplotlib.image.imread(str(target)).shape  # a whole, readable PNG
+    assert height > 100 and width > 100
+    assert sorted(p.name for p in target.parent.iterdir()) == ["loss.png"]  # no temporary left
 
 
 def test_cli_plot_with_no_epoch_is_refused_before_training(tmp_path, capsys):

@@ -8,6 +8,7 @@ from conftest import TRUE_B, TRUE_W, chapter_data
 import torchlr
 from torchlr import FitConfig, fit, least_squares
 from torchlr.data import data_iter
+from torchlr.preprocess import train_val_split
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.train import SQUARE_LIMIT
 
@@ -296,6 +297,41 @@ def test_a_loss_too_large_for_float32_before_any_update_points_to_scaling(impl):
     with pytest.raises(torchlr.DivergenceError, match=r"before any update.*standardize") as info:
         fit(X, y, impl=impl, device="cpu")
     assert "learning rate" not in str(info.value)  # no rate could help
+
+
+def test_an_outlier_is_named_whichever_loss_it_first_makes_inf():
+    # One batch of all rows: 1e25 makes the first minibatch loss inf, before any update;
+    # 1e20 leaves that loss finite (w is small at the start) and the epoch loss, after the
+    # step, inf. Either way the value is named, not the rate.
+    for value, words in ((1e25, "The first minibatch loss is already inf, before any update"),
+                         (1e20, "The epoch loss became inf at epoch 1, step 1")):
+        X, y = chapter_data()
+        X[500, 1] = value
+        with pytest.raises(torchlr.DivergenceError) as info:
+            fit(X, y, batch_size=len(X), device="cpu")
+        message = str(info.value)
+        assert message.startswith(words + ": the data hold a feature value of "
+                                  f"{value:.3g} (as trained on)"), message
+        assert "learning rate" not in message
+
+
+@pytest.mark.parametrize("column", ["target", "feature"])
+def test_an_outlier_in_the_held_out_rows_is_named_not_printed_as_an_inf_loss(column):
+    # The held-out rows are never trained on, so training's checks never met the value: the
+    # validation loss was inf, printed as such, and early stopping compared infs.
+    X, y = chapter_data()
+    _, val = train_val_split(len(X), 0.2, seed=0)
+    row = int(val[3])
+    if column == "target":
+        y[row] = 1e25
+    else:
+        X[row, 0] = 1e25
+    with pytest.raises(torchlr.DivergenceError) as info:
+        fit(X, y, val_fraction=0.2, early_stopping=1, device="cpu")
+    assert str(info.value) == (
+        f"The validation loss became inf at epoch 1: the held-out rows hold a {column} value "
+        f"of 1e+25 (as trained on), whose square is beyond float32's range; remove such rows "
+        f"or scale the data (standardize=True, standardize_target=True).")
 
 
 @pytest.mark.parametrize("column", ["target", "feature"])

@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, TextIO
@@ -311,7 +312,7 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
             print(f"saved {result.saved_to}", file=out)
         results.append(result)
     if args.plot is not None:
-        plots.loss_curves(results).savefig(args.plot)
+        plots.save_figure(plots.loss_curves(results), args.plot)
         if not args.quiet:
             _say(f"Saved the loss curves to {args.plot}")
     return 0
@@ -359,15 +360,29 @@ _AGREEMENT_TERMS = {
 _DATA_WORDS = {"data", "target", "features", "model", "output", "stream", "plot", "command"}
 
 
-def in_cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
+def in_cli_terms(message: str, parser: argparse.ArgumentParser,
+                 keep: Iterable[Optional[str]] = ()) -> str:
     """A library error in the words of the command line: `num_epochs=5` -> `--epochs 5`.
 
     The library names its arguments (`batch_size must be ...`, `cuda_graphs=True needs ...`);
     a CLI user knows only the flags. Rewritten: a name followed by `=` (into the flag and
     its value; a switch's `=True` into the flag alone), a name that opens the message
     before "must", and one after "set " or "leave ". Names elsewhere may be the user's
-    column names or paths, and stay as they are.
+    column names or paths, and stay as they are; so do the texts in keep (the paths and
+    names given on the command line) that hold a `=`, which alone the rewriting would
+    change: a file named lr=5.csv.
     """
+    kept = sorted({text for text in keep if isinstance(text, str) and "=" in text}, key=len,
+                  reverse=True)
+    for i, text in enumerate(kept):  # set aside as \0i\0, which no name or value matches
+        message = message.replace(text, f"\0{i}\0")
+    message = _rewritten(message, parser)
+    for i, text in enumerate(kept):
+        message = message.replace(f"\0{i}\0", text)
+    return message
+
+
+def _rewritten(message: str, parser: argparse.ArgumentParser) -> str:
     flags: dict[str, tuple[str, bool]] = {}  # library name -> (flag, takes no value)
     for command in parser._subparsers._group_actions[0].choices.values():  # type: ignore
         for action in command._actions:
@@ -444,7 +459,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         where = getattr(exc, "run_dir", None)  # set when a TensorBoard run was started
         # An OSError's text is the system's, about a path: left as it is, less "[Errno 28]".
         text = (_os_error_text(exc) if isinstance(exc, OSError)
-                else in_cli_terms(str(exc), build_parser()))
+                else in_cli_terms(str(exc), build_parser(), keep=_users_words(args)))
         _say(f"torchlr: error: {_rank_tag()}{text}"
              + (f" (TensorBoard run: {where})" if where and where not in text else ""))
         return EXIT_USAGE
@@ -468,6 +483,13 @@ def main(argv: Optional[list[str]] = None) -> int:
              + (f"; the TensorBoard run so far is in {where}" if where else ""))
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+def _users_words(args: argparse.Namespace) -> list[Optional[str]]:
+    """The paths and names given on the command line, which messages quote as they are."""
+    return [getattr(args, name, None) for name in ("data", "model", "output", "save",
+                                                  "resume", "plot", "logdir", "run_name",
+                                                  "target", "features")]
 
 
 def _rank_tag() -> str:

@@ -64,10 +64,11 @@ def add_predict_command(sub: Any, formatter: Any) -> None:
     predict = sub.add_parser(
         "predict", help="predict with a saved model", formatter_class=formatter,
         description="Predict with a checkpoint written by `torchlr train --save`. The file must "
-                    "hold the model's feature columns (its target column may be there too). "
-                    "Writes CSV, one row per input row: the model's feature columns in its "
-                    "order, the target if the file has it, then `prediction` (`_prediction` "
-                    "if a column has that name).")
+                    "hold the model's feature columns, found by name in any order; its target "
+                    "column may be there too, and other columns are not read. Writes CSV, one "
+                    "row per input row: the model's feature columns in its order, the target "
+                    "if the file has it, then `prediction` (`_prediction` if a column has that "
+                    "name).")
     predict.add_argument("--model", required=True, metavar="PATH", help="a checkpoint")
     predict.add_argument("--data", required=True, metavar="FILE",
                          help=".csv with a header, .npy, .npz or .pt")
@@ -85,6 +86,39 @@ def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
     return names
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: the same path once resolved, or two links to it."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def check_files_apart(written: dict[str, Optional[str]], read: dict[str, Optional[str]]) -> None:
+    """Refuse, before any work, a file a command would write over another it writes or reads.
+
+    written and read map each option to its path (None or '': not given). A checkpoint
+    written back to the --resume it was read from is the one overlap meant: leave it out.
+    """
+    given = [(option, path, True) for option, path in written.items() if path] + \
+            [(option, path, False) for option, path in read.items() if path]
+    for i, (option, path, writes) in enumerate(given):
+        for other, other_path, other_writes in given[i + 1:]:
+            if (writes or other_writes) and same_file(path, other_path):
+                raise ValueError(f"{option} {path} is the {other} file; not overwriting it")
+
+
+def check_train_files(args: argparse.Namespace) -> None:
+    """The files train writes (the checkpoint, the plot) apart from each other and its data."""
+    # Without --save, a resumed run writes its checkpoint back to --resume: that is meant.
+    checkpoint = ("--save", args.save) if args.save else ("--resume", args.resume)
+    check_files_apart({checkpoint[0]: checkpoint[1], "--plot": args.plot},
+                      {"--data": args.data,
+                       **({"--resume": args.resume} if args.save else {})})
+
+
 def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: Any,
                     truth: tuple[Any, float]) -> tuple[Any, Any, list[FitConfig]]:
     """(features, labels, configs) for train; synthetic(seed, n) gives the chapter's data,
@@ -92,6 +126,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     if args.data is not None and "num_examples" in args.given:
         raise ValueError("--num-examples sizes the chapter's synthetic data; with --data the "
                          "file's rows are used")
+    check_train_files(args)
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
     if args.impl == "both" and (args.save is not None or args.resume is not None):
         raise ValueError("--save and --resume need one implementation: "
@@ -208,11 +243,8 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
         args.output = None
     if args.output is not None:
         check_writable_file("--output", args.output)
-        for option, given in (("--data", args.data), ("--model", args.model)):
-            if os.path.exists(given) and os.path.exists(args.output) \
-                    and os.path.samefile(args.output, given):
-                raise ValueError(f"--output {args.output} is the {option} file; "
-                                 f"not overwriting it")
+        check_files_apart({"--output": args.output}, {"--data": args.data,
+                                                      "--model": args.model})
     model = load_model(args.model, device=args.device)
     if model.feature_names is None:
         raise ValueError(f"{args.model} has no feature names; it cannot match columns")

@@ -99,16 +99,17 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
 
 def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
                     target_name: Optional[str] = None) -> list[str]:
-    """The columns to read for a model: its features, then its target if the file has it."""
+    """The columns to read for a model: its features, then its target if the file has it.
+
+    Other columns are left alone, as train leaves those --features does not name: a model
+    of some of a file's columns predicts on that file, ids and notes beside them."""
     path = os.fspath(path)
     names = column_names(path)
     missing = [name for name in feature_names if name not in names]
-    extra = [name for name in names if name not in feature_names and name != target_name]
-    if missing or extra:
-        parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
-                ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
+    if missing:
         raise ValueError(f"The columns of {path} do not match the model's features "
-                         f"({', '.join(map(repr, feature_names))}): {'; '.join(parts)}")
+                         f"({', '.join(map(repr, feature_names))}): missing "
+                         f"{', '.join(map(repr, missing))}")
     return [*feature_names, *([target_name] if target_name in names else [])]
 
 
@@ -225,20 +226,54 @@ def _is_blank(row: list[str]) -> bool:
     return len(row) <= 1 and not "".join(row).strip()
 
 
+def _runs_on(path: str, line: int) -> ValueError:
+    """The error for a row that the csv module read on past the end of its line."""
+    return ValueError(f"{path}, line {line}: a quoted field runs on past the end of its line "
+                      f"(a quote never closed?)")
+
+
+def _unreadable_csv(path: str, exc: Exception, reader: Any, line: int) -> ValueError:
+    """The error for what stopped the csv reader, which has read rows up to line `line`."""
+    if isinstance(exc, UnicodeDecodeError):
+        return _not_utf8(path, exc)
+    if reader.line_num > line + 1:  # the field limit, met by a quote that swallows the file
+        return _runs_on(path, line + 1)
+    return ValueError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})")
+
+
+def _not_utf8(path: str, exc: UnicodeDecodeError) -> ValueError:
+    """The error for a file that is not UTF-8, naming the line of its first such byte.
+
+    The decoder reads the file in chunks, so the reader's line is not where the byte is:
+    the file is read again (on this error only) with each such byte kept as a surrogate.
+    """
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        for line, text in enumerate(f, start=1):
+            try:
+                text.encode("utf-8")  # fails on the first surrogate: the first byte not UTF-8
+            except UnicodeEncodeError as bad:
+                byte = ord(text[bad.start]) - 0xDC00
+                return ValueError(f"{path}, line {line}: byte 0x{byte:02x} is not UTF-8 text; "
+                                  f"torchlr reads CSV files as UTF-8 (save the file as UTF-8)")
+    return ValueError(f"{path} is not a readable CSV file: {exc}")
+
+
 def _csv_header(path: str) -> tuple[list[str], int]:
     """The header's names and its line number (1 unless blank lines come first)."""
     with _open_csv(path) as f:
         reader = csv.reader(f)
+        line = 0
         try:
-            for row in reader:
+            for line, row in enumerate(reader, start=1):
+                if reader.line_num != line:  # a name cannot hold a line break either
+                    raise _runs_on(path, line)
                 if not _is_blank(row):
                     names = [cell.strip() for cell in row]
                     break
             else:
                 raise ValueError(f"{path} is empty: no header row")
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
-        line = reader.line_num
+            raise _unreadable_csv(path, exc, reader, line) from None
     for i, name in enumerate(names, start=1):
         if not name:
             raise ValueError(f"{path}, line {line}: column {i} of the header has no name")
@@ -259,18 +294,23 @@ def _csv_rows(path: str, header_line: int) -> Iterator[tuple[int, list[str]]]:
     empty: list[tuple[int, list[str]]] = []  # rows of empty cells, until a row with values
     with _open_csv(path) as f:
         reader = csv.reader(f)
+        line = 0
         try:
-            for row in reader:
-                if reader.line_num <= header_line or _is_blank(row):
+            for line, row in enumerate(reader, start=1):
+                # A quoted field may hold line breaks, and one never closed takes in the rest
+                # of the file; a number never holds one, so a row must end on its own line.
+                if reader.line_num != line:
+                    raise _runs_on(path, line)
+                if line <= header_line or _is_blank(row):
                     continue
                 if not "".join(row).strip():
-                    empty.append((reader.line_num, row))
+                    empty.append((line, row))
                     continue
                 yield from empty
                 empty.clear()
-                yield reader.line_num, row
+                yield line, row
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
+            raise _unreadable_csv(path, exc, reader, line) from None
 
 
 def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -19,8 +18,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from torchlr.atomic import write_atomic
 from torchlr.sweep import SweepPoint
 from torchlr.train import FitResult
+from torchlr.validation import unwritable_file
 
 Runs = Union[Sequence[FitResult], Mapping[str, Union[FitResult, Sequence[float]]]]
 Vector = Union[torch.Tensor, Sequence[float]]
@@ -232,8 +233,9 @@ def lr_sweep(
 
 
 def check_image_path(path: Union[str, Path]) -> Path:
-    """Refuse, before any work, a path that is a folder, whose folder is missing or whose
-    format is unknown."""
+    """Refuse, before any work, a path that is a folder, that cannot be written (folders
+    missing are fine where they can be made, as for a checkpoint) or whose format is
+    unknown."""
     if not str(path):
         raise ValueError("Cannot save a plot to '': give a file path such as loss.png")
     path = Path(path)
@@ -246,10 +248,13 @@ def check_image_path(path: Union[str, Path]) -> Path:
         )
     if path.is_dir():  # a folder named like an image, loss.png/: savefig would fail at the end
         raise ValueError(f"Cannot save a plot to {str(path)!r}: it is a folder; give a file path")
-    if not path.parent.is_dir():
-        raise ValueError(f"Cannot save a plot to {str(path)!r}: folder {str(path.parent)!r} "
-                         "does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"Cannot save a plot to {str(path)!r}: no permission to write in "
-                         f"{str(path.parent)!r}")
+    why = unwritable_file(str(path))
+    if why:
+        raise ValueError(f"Cannot save a plot to {str(path)!r}: {why}")
     return path
+
+
+def save_figure(figure: Figure, path: Union[str, Path]) -> None:
+    """Write a figure to path atomically (no half-written image), making missing folders."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    write_atomic(path, lambda f: figure.savefig(f, format=suffix))

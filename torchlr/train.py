@@ -40,6 +40,7 @@ from torchlr.validation import (
 )
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
+FLOAT32_TINY = torch.finfo(torch.float32).tiny
 MAX_THREADS = 1024  # far beyond any CPU's cores; torch's OpenMP crashes at tens of thousands
 
 
@@ -122,6 +123,9 @@ class FitConfig:
         if self.lr > FLOAT32_MAX:  # the step lr / batch_size is a float32 scalar
             raise ValueError(f"lr must be at most float32's largest value, about 3.4e38, "
                              f"got {self.lr!r}")
+        if self.lr < FLOAT32_TINY:  # 5e-324 is positive, and 0 once the step is float32
+            raise ValueError(f"lr must be at least float32's smallest normal value, about "
+                             f"1.2e-38, got {self.lr!r}")
         self.batch_size = check_positive_int("batch_size", self.batch_size)
         self.num_epochs = check_nonnegative_int("num_epochs", self.num_epochs)
         self.log_every = check_nonnegative_int("log_every", self.log_every)
@@ -405,31 +409,48 @@ def _largest_value(X: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float,
                   largest: Optional[Callable[[], tuple[float, str]]] = None) -> None:
     i = first_nonfinite(values)
-    if i is None:
-        return
-    if epoch == 1 and first_step + i == 1:
-        # The first loss is taken before any update: no learning rate can be the cause.
-        raise DivergenceError(
-            f"The first minibatch loss is already {float(values[i])}, before any update: the "
-            f"data's values are too large for float32's squares; scale them "
-            f"(standardize=True, standardize_target=True)."
-        )
+    if i is not None:
+        raise _divergence("minibatch loss", float(values[i]), epoch, first_step + i, lr,
+                          largest)
+
+
+def _divergence(what: str, loss: float, epoch: int, step: int, lr: float,
+                largest: Optional[Callable[[], tuple[float, str]]]) -> DivergenceError:
+    """The error for a minibatch or epoch loss that is NaN or inf: an outlier whose square
+    no rate can hold is named, else the rate is blamed."""
     value, where = largest() if largest is not None else (0.0, "")
+    outlier = (f"the data hold a {where} value of {value:.3g} (as trained on), whose square "
+               f"is beyond float32's range; remove it or scale the data")
+    if what == "minibatch loss" and epoch == 1 and step == 1:
+        # The first loss is taken before any update: no learning rate can be the cause.
+        held = outlier if value >= SQUARE_LIMIT else \
+            "the data's values are too large for float32's squares; scale them"
+        return DivergenceError(f"The first minibatch loss is already {loss}, before any "
+                               f"update: {held} (standardize=True, standardize_target=True).")
     if value >= SQUARE_LIMIT:  # an outlier met later in the epoch: no rate helps there either
-        raise DivergenceError(
-            f"The minibatch loss became {float(values[i])} at epoch {epoch}, step "
-            f"{first_step + i}: the data hold a {where} value of {value:.3g} (as trained on), "
-            f"whose square is beyond float32's range; remove it or scale the data "
-            f"(standardize=True, standardize_target=True)."
-        )
+        return DivergenceError(f"The {what} became {loss} at epoch {epoch}, step {step}: "
+                               f"{outlier} (standardize=True, standardize_target=True).")
     # A stream is not searched (a pass over the file): the outlier case is named as a maybe.
     unsearched = (f", or, if the data hold a value of {SQUARE_LIMIT:.3g} or more (whose square "
                   f"is beyond float32's range), remove it or scale the data"
                   if largest is None else "")
-    raise DivergenceError(
-        f"Training diverged: the minibatch loss became {float(values[i])} at epoch {epoch}, "
-        f"step {first_step + i} (lr={lr}); try a smaller learning rate{unsearched}."
-    )
+    return DivergenceError(f"Training diverged: the {what} became {loss} at epoch {epoch}, "
+                           f"step {step} (lr={lr}); try a smaller learning rate{unsearched}.")
+
+
+def _held_out_overflow(epoch: int, val_loss: float, held_out: Any) -> DivergenceError:
+    """The error for a validation loss beyond float32 while training's stayed finite: the
+    held-out rows, never trained on, were never searched by the training's checks."""
+    value, where = _largest_value(held_out.features, held_out.labels)
+    if value >= SQUARE_LIMIT:
+        cause = (f"the held-out rows hold a {where} value of {value:.3g} (as trained on), "
+                 f"whose square is beyond float32's range")
+    else:
+        cause = (f"the model's predictions for the held-out rows are beyond float32's range "
+                 f"(their largest {where} value is {value:.3g}, as trained on)")
+    return DivergenceError(
+        f"The validation loss became {val_loss} at epoch {epoch}: {cause}; remove such rows "
+        f"or scale the data (standardize=True, standardize_target=True).")
 
 
 def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStream],
@@ -661,16 +682,15 @@ def _fit(
             loss, w_now, b_now = _epoch_end(X, y, w, b, stream, group, config.worker_thread,
                                             partial(host_read, epoch, done, None))
             if not math.isfinite(loss):
-                raise DivergenceError(
-                    f"Training diverged: the epoch loss became {loss} at epoch {epoch}, "
-                    f"step {steps} (lr={config.lr}); try a smaller learning rate."
-                )
+                raise _divergence("epoch loss", loss, epoch, steps, config.lr, largest)
             loss = state.scaling.reported_loss(loss)  # in the target's units (see host_read)
             history.epoch_seconds.append(time.perf_counter() - start)
             history.losses.append(loss)
             history.w.append(w_now)
             history.b.append(b_now)
             val_loss, val_r2, stop = state.validate(epoch, model)
+            if val_loss is not None and not math.isfinite(val_loss):
+                raise _held_out_overflow(epoch, val_loss, state.val)
             # Logged, then saved, then told: a checkpoint never holds an epoch TensorBoard lacks
             # (its resumed run would start after it), whenever Ctrl-C comes.
             run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])

@@ -243,16 +243,24 @@ def check_writable_file(name: str, path: Any) -> str:
         raise ValueError(f"{name} must be a file path, got ''")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{name}={path!r} is a folder; give a file path")
-    if writes_in_place(path) and os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise ValueError(f"{name}={path!r} cannot be written: no permission")
-        return path  # /dev/stdout, a FIFO: written in place, its folder does not matter
-    if os.path.isfile(path) and not os.access(path, os.W_OK):
-        # Renaming a new file over it needs only the folder's permission: the user's own
-        # protection would be passed over, where `>` or torch.save would be refused.
-        raise ValueError(f"{name}={path!r} cannot be written: the file is read-only")
-    _check_can_make(name, path, os.path.dirname(os.path.abspath(path)))
+    why = unwritable_file(path)
+    if why:
+        raise ValueError(f"{name}={path!r} cannot be written: {why}")
     return path
+
+
+def unwritable_file(path: str) -> str:
+    """Why a file path (not a folder) cannot be written, or '' if it can."""
+    if writes_in_place(path) and os.path.exists(path):
+        # /dev/stdout, a FIFO: written in place, its folder does not matter.
+        return "" if os.access(path, os.W_OK) else "no permission"
+    if os.path.isfile(path) and (not os.access(path, os.W_OK)
+                                 or not os.stat(path).st_mode & 0o222):
+        # Renaming a new file over it needs only the folder's permission: the user's own
+        # protection would be passed over, where `>` or torch.save would be refused. For
+        # root os.access says yes to any file: one that no one may write is refused too.
+        return "the file is read-only"
+    return _cannot_make(os.path.dirname(os.path.abspath(path)))
 
 
 def check_writable_folder(name: str, path: Any) -> str:
@@ -260,21 +268,22 @@ def check_writable_folder(name: str, path: Any) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{name}={path!r} is a file, not a folder")
-    _check_can_make(name, path, os.path.abspath(path))
+    why = _cannot_make(os.path.abspath(path))
+    if why:
+        raise ValueError(f"{name}={path!r} cannot be written: {why}")
     return path
 
 
-def _check_can_make(name: str, path: str, folder: str) -> None:
-    """Refuse path unless folder, or the nearest folder above it that exists, takes new files."""
+def _cannot_make(folder: str) -> str:
+    """Why nothing can be made in folder, or the nearest folder above it that exists, or ''."""
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise ValueError(f"{name}={path!r} cannot be written: {folder!r} is a file, not a folder")
+        return f"{folder!r} is a file, not a folder"
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{name}={path!r} cannot be written: no permission in {folder!r}")
+        return f"no permission in {folder!r}"
     why = cannot_create_in(folder)
-    if why:
-        raise ValueError(f"{name}={path!r} cannot be written: {folder!r}: {why}")
+    return f"{folder!r}: {why}" if why else ""
 
 
 def cannot_create_in(folder: str) -> str:
