@@ -94,6 +94,12 @@ def test_resume_refuses_a_changed_run(tmp_path):
         torchlr.fit(X, y, num_epochs=3, lr=0.1, resume=str(path), device="cpu")
     with pytest.raises(ValueError, match=r"trained on 300 rows, this data gives 200"):
         torchlr.fit(X[:200], y[:200], num_epochs=3, resume=str(path), device="cpu")
+    # Columns in words, not as the config's field names (which the CLI has no flag for).
+    with pytest.raises(ValueError, match=re.escape(
+            "feature columns None in the checkpoint, ['a', 'b', 'c'] now; target column None in "
+            "the checkpoint, 'y' now")):
+        torchlr.fit(X, y, num_epochs=3, feature_names=["a", "b", "c"], target_name="y",
+                    resume=str(path), device="cpu")
     torchlr.fit(X, y, num_epochs=1, save=str(path), standardize=True, device="cpu")
     with pytest.raises(ValueError, match=r"not the data it trained on"):
         torchlr.fit(X + 1, y, num_epochs=3, standardize=True, resume=str(path), device="cpu")

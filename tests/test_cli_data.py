@@ -665,3 +665,15 @@ def test_paths_in_messages_are_quoted_as_given(tmp_path, capsys):
     assert capsys.readouterr().err == "torchlr: error: --lr must be positive and finite, " \
                                       "got 0.0\n"
 
+
+
+def test_an_empty_path_is_refused_by_its_option(capsys):
+    # Not "No such file: " with nothing after it.
+    for argv, words in ((["train", "--data", ""], "--data must be a file path"),
+                        (["train", "--logdir", ""], "--logdir must be a folder path"),
+                        (["predict", "--model", "m.pt", "--data", ""],
+                         "--data must be a file path"),
+                        (["predict", "--model", "", "--data", "d.csv"],
+                         "--model must be a checkpoint file path")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"torchlr: error: {words}, got ''\n"

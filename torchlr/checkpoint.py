@@ -190,6 +190,9 @@ def run_state(*, model: Any, generator: torch.Generator, epoch: int, config: Any
     }
 
 
+_COLUMN_FIELDS = {"feature_names": "feature columns", "target_name": "target column"}
+
+
 def check_resumable(path: str, state: dict[str, Any], config: Any, num_examples: int) -> None:
     """Refuse to resume a checkpoint under a config or data that would change the run."""
     saved = state["config"]
@@ -198,7 +201,10 @@ def check_resumable(path: str, state: dict[str, Any], config: Any, num_examples:
         now = getattr(config, name)
         now = list(now) if isinstance(now, tuple) else now
         if saved.get(name) != now:
-            diffs.append(f"{name}={saved.get(name)!r} in the checkpoint, {now!r} now")
+            # Columns in words both the library's and the command line's users read as theirs.
+            label = _COLUMN_FIELDS.get(name)
+            diffs.append(f"{label} {saved.get(name)!r} in the checkpoint, {now!r} now" if label
+                         else f"{name}={saved.get(name)!r} in the checkpoint, {now!r} now")
     if diffs:
         raise ValueError(f"Cannot resume {path}: " + "; ".join(diffs))
     if state["num_examples"] != num_examples:

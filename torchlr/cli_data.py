@@ -110,6 +110,13 @@ def check_files_apart(written: dict[str, Optional[str]], read: dict[str, Optiona
                 raise ValueError(f"{option} {path} is the {other} file; not overwriting it")
 
 
+def check_given_paths(args: argparse.Namespace) -> None:
+    """Refuse an empty --data, --model or --logdir by name: "No such file: " says nothing."""
+    for name, kind in (("data", "file"), ("model", "checkpoint file"), ("logdir", "folder")):
+        if getattr(args, name, None) == "" and not (name == "logdir" and args.no_tensorboard):
+            raise ValueError(f"--{name} must be a {kind} path, got ''")
+
+
 def check_train_files(args: argparse.Namespace) -> None:
     """The files train writes (the checkpoint, the plot) apart from each other and its data."""
     # Without --save, a resumed run writes its checkpoint back to --resume: that is meant.
@@ -126,6 +133,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
     if args.data is not None and "num_examples" in args.given:
         raise ValueError("--num-examples sizes the chapter's synthetic data; with --data the "
                          "file's rows are used")
+    check_given_paths(args)
     check_train_files(args)
     impls = ("scratch", "concise") if args.impl == "both" else (args.impl,)
     if args.impl == "both" and (args.save is not None or args.resume is not None):
@@ -239,6 +247,7 @@ def _check_finite(args: argparse.Namespace, predictions: torch.Tensor) -> None:
 
 def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]:
     """Load the model and data (every check done first); return the CSV lines to write."""
+    check_given_paths(args)
     if args.output == "-":  # the usual name for standard output
         args.output = None
     if args.output is not None:

@@ -308,7 +308,7 @@ def check_run_options(config: Any) -> None:
     check_nonnegative_int("early_stopping", config.early_stopping)
     if config.early_stopping and not config.val_fraction:
         raise ValueError(f"early_stopping={config.early_stopping} needs a validation split: "
-                         f"set val_fraction > 0")
+                         f"set val_fraction > 0 (not offered when streaming from disk)")
     for name in ("save", "resume"):
         value = getattr(config, name)
         if value is not None and not isinstance(value, (str, os.PathLike)):
