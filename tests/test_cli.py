@@ -1,5 +1,6 @@
 import io
 import math
+import os
 import re
 import subprocess
 import sys
@@ -197,3 +198,19 @@ def test_dist_timeout_takes_positive_seconds(capsys):
         assert info.value.code == 2
         assert f"must be a positive, finite number of seconds, got '{bad}'" in (
             capsys.readouterr().err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["train", "--epochs", "1", "--no-tensorboard"],
+                                  ["predict", "--model", "m.pt", "--data", "d.csv"]])
+def test_a_full_disk_under_stdout_is_named(tmp_path, argv):
+    # `torchlr ... > file` on a full disk said only "No space left on device".
+    fit(*chapter_data(num_examples=50), num_epochs=1, save=str(tmp_path / "m.pt"),
+        feature_names=["x1", "x2"], target_name="y", device="cpu")
+    (tmp_path / "d.csv").write_text("x1,x2\n" + "1,2\n" * 5000)  # more than a buffer's worth
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "torchlr", *argv], cwd=tmp_path,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == ("torchlr: error: cannot write to standard output: No space left "
+                           "on device\n")

@@ -438,15 +438,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "train":
             if distributed.in_torchrun():
-                return _train_data_parallel(args, sys.stdout)
+                return _train_data_parallel(args, _Stdout(sys.stdout))
             unused = sorted({"backend", "dist_timeout"} & args.given)
             if unused:
                 names = " and ".join("--" + u.replace("_", "-") for u in unused)
                 raise ValueError(f"{names} {'apply' if len(unused) > 1 else 'applies'} only "
                                  f"under torchrun")
-            return _train(args, sys.stdout)
+            return _train(args, _Stdout(sys.stdout))
         if args.command == "predict":
-            return _predict(args, sys.stdout)
+            return _predict(args, _Stdout(sys.stdout))
     except BrokenPipeError:
         # The reader went away (`torchlr predict ... | head`): nothing to say, and stdout
         # must not be flushed again at exit.
@@ -483,6 +483,35 @@ def main(argv: Optional[list[str]] = None) -> int:
              + (f"; the TensorBoard run so far is in {where}" if where else ""))
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+class _Stdout:
+    """sys.stdout for train and predict, whose write errors say whose they are: a full disk
+    under `> file` said only "No space left on device"."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno...: the stream's own
+        return getattr(self._stream, name)
+
+    def _named(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except BrokenPipeError:  # the reader went away: main() says nothing of it
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write to standard output: {exc.strerror}") \
+                from None
+
+    def write(self, text: str) -> int:
+        return self._named(self._stream.write, text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        self._named(self._stream.writelines, lines)
+
+    def flush(self) -> None:
+        self._named(self._stream.flush)
 
 
 def _users_words(args: argparse.Namespace) -> list[Optional[str]]:
