@@ -348,6 +348,13 @@ def paired_ratio(times: list[float], ref_times: list[float]) -> tuple[float, flo
     return statistics.median(pairs), min(pairs), max(pairs)
 
 
+def size_jobs(size: Size, skip: set[str]) -> set[str]:
+    """The jobs a size runs, less those skipped."""
+    jobs = {"read", *TORCHLR, *ANALYTIC, *(CUDA_ONLY if size.device == "cuda" else ()),
+            *(ref for ref in size.references if ref != "sklearn" or size.device == "cpu")}
+    return jobs - skip
+
+
 def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> dict[str, Any]:
     """Time every implementation on one size; return the size's JSON record."""
     X, y = make_data(size)
@@ -366,8 +373,7 @@ def bench_size(size: Size, repeats: int, slow_repeats: int, skip: set[str]) -> d
     }
     if sk_data is not None:
         jobs["sklearn"] = (lambda: run_sklearn(sk_data, size, 0), slow_repeats if slow else repeats)
-    jobs = {name: job for name, job in jobs.items()
-            if name not in skip and (name in size.references or name not in REFERENCES)}
+    jobs = {name: job for name, job in jobs.items() if name in size_jobs(size, skip)}
     # At large sizes one untimed pass of the slow references would cost minutes: only the
     # fast jobs warm up there.
     warm_up = {"read", *ALL_TORCHLR} if slow else set(jobs)
@@ -630,6 +636,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         # --quick means the chapter size: running it at other sizes, or ignoring them,
         # would each surprise someone.
         parser.error("--quick runs the chapter size only: give --quick or --sizes, not both")
+    if args.quick and args.repeats not in (1, DEFAULT_REPEATS):  # it was ignored
+        parser.error(f"--quick runs 1 repeat, not --repeats {args.repeats}: give one of them")
     if args.sizes is not None:
         names = list(dict.fromkeys(s.strip() for s in args.sizes.split(",") if s.strip()))
         if not names:  # a report with no sizes would still be written
@@ -663,9 +671,29 @@ def partial_because(args: argparse.Namespace) -> list[str]:
     return why
 
 
+def results_path(args: argparse.Namespace, default_name: str) -> Path:
+    """Where --out or --out-dir puts the results file (else RESULTS_DIR/default_name),
+    checked before a run of minutes whose figures would otherwise be lost at its end."""
+    for option in ("out", "out_dir"):
+        if getattr(args, option) == "":  # not the default: that is the committed full run
+            raise UsageError(f"--{option.replace('_', '-')} must be a path, got ''")
+    path = (Path(args.out) if args.out is not None else
+            Path(args.out_dir if args.out_dir is not None else RESULTS_DIR) / default_name)
+    problem = unwritable(path)
+    if problem:
+        raise UsageError(problem)
+    return path
+
+
 def unwritable(path: Path) -> Optional[str]:
-    """Why a results file cannot be written at path, or None: checked before a run of minutes
-    whose figures would otherwise be lost at its end."""
+    """Why a results file cannot be written at path, or None."""
+    try:
+        return _unwritable(path)
+    except OSError as err:  # a name too long for the file system, say
+        return f"cannot write {path}: {err.strerror or err}"
+
+
+def _unwritable(path: Path) -> Optional[str]:
     if path.is_dir():
         return f"cannot write {path}: it is a directory"
     if path.exists() and not os.access(path, os.W_OK):
@@ -702,11 +730,21 @@ def load_results(path: str) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the benchmark, print the tables and write the JSON; a bad command line is said in
     one line, with 2 returned."""
+    return run_command(PROG, _main, argv)
+
+
+def run_command(prog: str, body: Callable[[Optional[list[str]]], int],
+                argv: Optional[list[str]]) -> int:
+    """body(argv), with a bad command line (UsageError) said in one line and 2 returned, and
+    Ctrl-C in one line and 130 (128 + SIGINT), not a traceback."""
     try:
-        return _main(argv)
+        return body(argv)
     except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _main(argv: Optional[list[str]]) -> int:
@@ -729,7 +767,7 @@ def _main(argv: Optional[list[str]]) -> int:
         return 0
     partial = partial_because(args)  # before --quick turns the RSS children off
     if args.quick:
-        names, args.repeats, args.no_rss = ["chapter"], min(args.repeats, 1), True
+        names, args.repeats, args.no_rss = ["chapter"], 1, True
     elif args.sizes is not None:
         names = args.sizes
     else:
@@ -741,15 +779,14 @@ def _main(argv: Optional[list[str]]) -> int:
         if not names:  # an empty report would overwrite this machine's results file
             raise UsageError("nothing to run: every size asked for needs CUDA")
     skip = args.skip
+    emptied = [name for name in names if not size_jobs(SIZES[name], skip)]
+    if emptied:  # (the CUDA-only jobs are not run on the CPU sizes)
+        raise UsageError(f"--skip leaves no job to run at {', '.join(emptied)}")
     fit_threads = FIT_OPTIONS.get("threads", torchlr.FitConfig().threads)
     info = machine()
     out = None
     if not partial or args.out is not None or args.out_dir is not None:
-        out = (Path(args.out) if args.out else
-               Path(args.out_dir or RESULTS_DIR) / default_name(info, fit_threads))
-        problem = unwritable(out)
-        if problem:
-            raise UsageError(problem)
+        out = results_path(args, default_name(info, fit_threads))
     else:
         print(f"a partial run ({', '.join(partial)}): its results go to no file "
               "(--out PATH or --out-dir DIR keeps them)", file=sys.stderr)

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import numpy as np
 
 NUM_FEATURES = 15  # plus the target: 16 float32 columns, 64 bytes a row
 CHUNK_ROWS = 1 << 20
+MAX_GIB = 2**20  # a PiB: far beyond any disk, and within float and int range
 LIMIT = 1 << 30
 
 
@@ -114,6 +116,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                              "FitConfig.threads, which `torchlr train` has no option for "
                              "(default: unset, torch's choice)")
     args = parser.parse_args(argv)
+    if args.gib > MAX_GIB:  # larger ones overflowed the row count (a traceback)
+        parser.error(f"argument --gib: must be at most {MAX_GIB}, got {args.gib:g}")
     if int(args.gib * 2**30) // (4 * (NUM_FEATURES + 1)) == 0:
         parser.error(f"argument --gib: {args.gib} GiB holds no row of "
                      f"{4 * (NUM_FEATURES + 1)} bytes")
@@ -150,14 +154,29 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[int, str, str
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Generate the file, train one epoch on it, print the figures; 2 on a bad command line."""
+    """Generate the file, train one epoch on it, print the figures; 2 on a bad command line,
+    130 on Ctrl-C (the file and the training process go with it)."""
     try:
-        args = parse_args(argv)
+        return _main(argv)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Optional[list[str]]) -> int:
+    args = parse_args(argv)
     row_bytes = 4 * (NUM_FEATURES + 1)
     rows = int(args.gib * 2**30) // row_bytes
+    # Checked before writing: a full disk under the memory-mapped file is a bus error.
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if rows * row_bytes + 2**20 > free:
+        raise UsageError(f"--gib {args.gib:g} needs {rows * row_bytes / 2**30:.2f} GiB in "
+                         f"{folder}, which has {free / 2**30:.2f} GiB free; point TMPDIR at "
+                         f"a larger disk or ask for fewer GiB")
     with tempfile.TemporaryDirectory(prefix="torchlr-bench-") as folder:
         path = os.path.join(folder, "big.npy")
         start = time.perf_counter()

@@ -27,7 +27,6 @@ rows and its copy to the GPU. Writes results/<card>-graph-steps.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -40,13 +39,14 @@ import torch
 
 import torchlr
 from torchlr import graphs
+from torchlr.atomic import write_atomic
 from torchlr.data import batch_order
 from torchlr.train import ANALYTIC_MODELS, MODELS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py, beside this file
 import bench  # noqa: E402  (found on the path above)
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROG = "graph_steps.py"
 # Where it all runs. tests/test_bench.py sets the CPU, with a stand-in for the capture, to
 # check this script's own code without spending a GPU's time on it.
 DEVICE = torch.device("cuda")
@@ -327,7 +327,12 @@ def fixed_work_10m() -> dict[str, float]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run, print and write the JSON; a bad command line or Ctrl-C said in one line."""
+    return bench.run_command(PROG, _main, argv)
+
+
+def _main(argv: Optional[list[str]]) -> int:
+    parser = bench._Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=bench._positive_int, default=30,
                         help="epochs per timing (default 30)")
     parser.add_argument("--out", default=None, help="JSON path (default: results/<card>-graph-"
@@ -339,6 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("graph_steps.py needs a CUDA device: there is none here", file=sys.stderr)
         return 2
     card = torch.cuda.get_device_name()
+    out = bench.results_path(args, f"{bench.slug(card)}-graph-steps.json")  # checked first
     report: dict[str, Any] = {"gpu": card, "torch": torch.__version__,
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "epochs": args.epochs, "us_per_step": {}, "errors": {}}
@@ -411,10 +417,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report["fixed_work_10Mx100"] = fixed_work_10m()
     print("10Mx100 fixed work: " + ", ".join(f"{k} {v:.3f}"
                                              for k, v in report["fixed_work_10Mx100"].items()))
-    out = (Path(args.out) if args.out
-           else Path(args.out_dir or RESULTS_DIR) / f"{bench.slug(card)}-graph-steps.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out, lambda f: f.write(json.dumps(report, indent=2) + "\n"), text=True)
     print(f"wrote {out}")
     return 1 if report["errors"] else 0
 

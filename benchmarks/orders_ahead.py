@@ -12,7 +12,6 @@ Writes results/<card>-orders-ahead.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,11 +23,12 @@ import torch
 
 import torchlr
 from torchlr import data
+from torchlr.atomic import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py, beside this file
 import bench  # noqa: E402  (found on the path above)
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROG = "orders_ahead.py"
 DEVICE = "cuda"  # tests/test_bench.py sets the CPU, at small SIZES, to check this script
 # name: (rows, features, batch size)
 SIZES = {"1Mx100": (1_000_000, 100, 1024), "10Mx100": (10_000_000, 100, 8192)}
@@ -56,7 +56,12 @@ def later_epochs(X: torch.Tensor, y: torch.Tensor, batch: int, epochs: int, grap
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run, print and write the JSON; a bad command line or Ctrl-C said in one line."""
+    return bench.run_command(PROG, _main, argv)
+
+
+def _main(argv: Optional[list[str]]) -> int:
+    parser = bench._Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=bench._positive_int, default=4,
                         help="epochs per fit, the first not counted (default 4)")
     parser.add_argument("--out", default=None,
@@ -70,6 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("orders_ahead.py needs a CUDA device: there is none here", file=sys.stderr)
         return 2
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out = bench.results_path(args, f"{bench.slug(card)}-orders-ahead.json")  # checked first
     report: dict[str, Any] = {"gpu": card, "torch": torch.__version__,
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "epochs": args.epochs, "seconds_per_later_epoch": {}}
@@ -91,10 +97,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{name:<16} off {row['off']:.4f}  on {row['on']:.4f}  "
                   f"on/off {row['on_over_off']:.3f}")
         del X, y
-    out = (Path(args.out) if args.out
-           else Path(args.out_dir or RESULTS_DIR) / f"{bench.slug(card)}-orders-ahead.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out, lambda f: f.write(json.dumps(report, indent=2) + "\n"), text=True)
     print(f"wrote {out}")
     return 0
 

@@ -225,7 +225,8 @@ def test_graph_steps_own_code_runs_on_the_cpu(tmp_path, monkeypatch):
     assert set(kept["one_step"]) == {"replay", "host"} and "fit_marginal" in kept
 
 
-def test_orders_ahead_own_code_runs_on_the_cpu(tmp_path, monkeypatch, orders_ahead_on_cpu):
+def test_orders_ahead_own_code_runs_on_the_cpu(tmp_path, monkeypatch, capsys,
+                                                orders_ahead_on_cpu):
     """orders_ahead.py on the CPU at a small size, with graphs' capture a stand-in."""
     from torchlr import graphs
 
@@ -249,8 +250,16 @@ def test_orders_ahead_own_code_runs_on_the_cpu(tmp_path, monkeypatch, orders_ahe
         assert row["on_over_off"] == pytest.approx(row["on"] / row["off"])
     # Drawn ahead in the "on" fits only: the warm-up's 2 epochs, then 2 rounds of 2 fits.
     assert len(orders_ahead_on_cpu) == 2 + 2 * 2 * 2
-    with pytest.raises(SystemExit):
-        oa.main(["--epochs", "1"])  # no epoch after the first to time
+    assert oa.main(["--epochs", "1"]) == 2  # no epoch after the first to time
+    assert capsys.readouterr().err == ("orders_ahead.py: error: --epochs must be at least 2: "
+                                       "the first epoch's order is never ahead\n")
+    # The results file is checked before any timing, as bench.py's is.
+    (tmp_path / "afile").write_text("")
+    assert oa.main(["--out", str(tmp_path / "afile" / "o.json")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert oa.main(["--out-dir", ""]) == 2
+    assert capsys.readouterr().err == "orders_ahead.py: error: --out-dir must be a path, got ''\n"
+    assert len(orders_ahead_on_cpu) == 2 + 2 * 2 * 2  # no fit ran for these
 
 
 def test_gpu_check_runs_the_cuda_tests_then_the_bench_and_keeps_its_files(bench, tmp_path):
@@ -476,6 +485,14 @@ def _bad_command_lines(bench, tmp_path):
         "unknown size(s) huge in --sizes": ["--sizes", "chapter,huge"],
         "--skip leaves no job to run": ["--quick", "--skip", ",".join(
             bench.JOBS)],
+        # The CUDA-only jobs never run at a CPU size: skipping all the others leaves none.
+        "--skip leaves no job to run at chapter": ["--quick", "--skip", ",".join(
+            job for job in bench.JOBS if job not in bench.CUDA_ONLY)],
+        # Empty, each fell back to the default: the machine's committed full-run file.
+        "--out must be a path, got ''": ["--quick", "--out", ""],
+        "--out-dir must be a path, got ''": ["--quick", "--out-dir", ""],
+        "File name too long": ["--quick", "--out", str(tmp_path / ("a" * 300 + ".json"))],
+        "--quick runs 1 repeat, not --repeats 3": ["--quick", "--repeats", "3"],
     }
 
 
@@ -540,6 +557,8 @@ def bench_stream():
     (["--threads", "0"], "argument --threads: must be a whole number above 0"),
     (["--threads", "-2"], "argument --threads: must be a whole number above 0"),
     (["--threads", "2000"], "argument --threads: must be at most 1024"),
+    (["--gib", "1e300"], "argument --gib: must be at most 1048576, got 1e+300"),
+    (["--gib", "100000"], "--gib 100000 needs 100000.00 GiB in "),  # more than any disk here
 ])
 def test_bench_stream_refuses_bad_values_before_generating(bench_stream, monkeypatch, capsys,
                                                             argv, said):
