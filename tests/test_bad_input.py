@@ -153,6 +153,11 @@ CLI_CASES = [
     (["--logdir", ""], "--logdir must be"),
     (["--save", ""], "--save must be"),
     (["--dist-timeout", "inf"], "--dist-timeout"),
+    # 1e-9 s was 0 ms (every wait failed at once); 7.5e9 s overflowed the store's deadline and
+    # a collective hung; 1e300 overflowed timedelta (a traceback).
+    (["--dist-timeout", "1e-9"], "must be from 0.001 to 604800 seconds (a week), got 1e-09"),
+    (["--dist-timeout", "7.5e9"], "must be from 0.001 to 604800 seconds (a week), got 7.5e+09"),
+    (["--dist-timeout", "1e300"], "must be from 0.001 to 604800 seconds (a week), got 1e+300"),
     (["--backend", "gloo"], "--backend applies only under torchrun"),
     (["--data", "t.csv", "--num-examples", "5"], "--num-examples sizes the chapter's"),
     (["--impl", "both", "--save", "s.pt"], "--save and --resume need one implementation"),

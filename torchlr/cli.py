@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default: {defaults.gradient}, or a resumed run's own); "
                             f"analytic: the same gradient derived by hand (X^T r), about 2-4 "
                             f"times faster per step for small batches, equal to float "
-                            f"precision")
+                            f"precision; not under torchrun")
     train.add_argument("--permutation", choices=PERMUTATIONS, default=None,
                        help=f"how each epoch's order is drawn (default: "
                             f"{defaults.permutation}, or a resumed run's own): randperm, on "
@@ -152,6 +152,9 @@ def _seconds(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, "
                                          f"got {text!r}")
+    why = distributed.timeout_out_of_range(value)
+    if why:
+        raise argparse.ArgumentTypeError(why)
     return value
 
 

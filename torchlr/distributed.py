@@ -37,6 +37,7 @@ BACKENDS = ("gloo", "nccl")
 # Long enough for ranks that start minutes apart on different machines, short enough that a
 # rank stuck on a dead peer gives up instead of hanging the job.
 DEFAULT_TIMEOUT = 300.0
+MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 7 * 24 * 3600.0
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 LOOPBACK = "127.0.0.1"
 
@@ -206,6 +207,19 @@ def _check_timeout(timeout: Any) -> None:
     if isinstance(timeout, bool) or not (isinstance(timeout, (int, float)) and timeout > 0
                                          and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    why = timeout_out_of_range(timeout)
+    if why:
+        raise ValueError(f"timeout {why}")
+
+
+def timeout_out_of_range(seconds: float) -> str:
+    """Why a positive timeout cannot be used, or ''. The store counts whole milliseconds (1e-9
+    was 0 ms: every wait failed at once), and its deadline, now plus the timeout in
+    nanoseconds, overflows int64 from about 7.4e9 s (then a collective hung for good)."""
+    if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+        return (f"must be from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds (a week), "
+                f"got {seconds:g}")
+    return ""
 
 
 def exact_number(text: str) -> float:
