@@ -600,7 +600,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated, from {', '.join(SIZES)}; not with --quick "
                              "(default: the CPU sizes, plus the CUDA sizes when CUDA is present)")
-    parser.add_argument("--repeats", type=_positive_int, default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=_positive_int, default=None,
                         help="timed runs per implementation (median reported); default "
                              f"{DEFAULT_REPEATS}, times {SMALL_REPEATS} at the chapter size")
     parser.add_argument("--slow-repeats", type=_positive_int, default=DEFAULT_SLOW_REPEATS,
@@ -630,13 +630,16 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                              "docs/performance.md) and exit")
     parser.add_argument("--rss-child", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    given_repeats = args.repeats  # None unless given: --quick refuses any it would ignore
+    if args.repeats is None:
+        args.repeats = DEFAULT_REPEATS
     if args.rss_child or args.markdown is not None:
         return args
     if args.quick and args.sizes is not None:
         # --quick means the chapter size: running it at other sizes, or ignoring them,
         # would each surprise someone.
         parser.error("--quick runs the chapter size only: give --quick or --sizes, not both")
-    if args.quick and args.repeats not in (1, DEFAULT_REPEATS):  # it was ignored
+    if args.quick and given_repeats not in (None, 1):
         parser.error(f"--quick runs 1 repeat, not --repeats {args.repeats}: give one of them")
     if args.sizes is not None:
         names = list(dict.fromkeys(s.strip() for s in args.sizes.split(",") if s.strip()))

@@ -493,6 +493,7 @@ def _bad_command_lines(bench, tmp_path):
         "--out-dir must be a path, got ''": ["--quick", "--out-dir", ""],
         "File name too long": ["--quick", "--out", str(tmp_path / ("a" * 300 + ".json"))],
         "--quick runs 1 repeat, not --repeats 3": ["--quick", "--repeats", "3"],
+        "--quick runs 1 repeat, not --repeats 5": ["--quick", "--repeats", "5"],  # the default
     }
 
 

@@ -677,3 +677,13 @@ def test_an_empty_path_is_refused_by_its_option(capsys):
                          "--model must be a checkpoint file path")):
         assert main(argv) == 2
         assert capsys.readouterr().err == f"torchlr: error: {words}, got ''\n"
+
+
+def test_a_resumed_run_may_name_its_own_checkpoint_with_save(houses, tmp_path, capsys):
+    # Writing back to --resume is the one overlap meant, with --save at that file too.
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(model),
+                 *TRAIN]) == 0
+    assert main(["train", "--data", str(houses), "--epochs", "2", "--resume", str(model),
+                 "--save", f"{tmp_path}/./m.pt"]) == 0
+    assert torch.load(model, weights_only=False)["epoch"] == 2

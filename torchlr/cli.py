@@ -378,7 +378,8 @@ def in_cli_terms(message: str, parser: argparse.ArgumentParser,
     kept = sorted({text for text in keep if isinstance(text, str) and "=" in text}, key=len,
                   reverse=True)
     for i, text in enumerate(kept):  # set aside as \0i\0, which no name or value matches
-        message = message.replace(text, f"\0{i}\0")
+        # Whole only: a run named lr=100 must not hide the lr=100.0 of a library message.
+        message = re.sub(rf"(?<![\w.=/-]){re.escape(text)}(?![\w.])", f"\0{i}\0", message)
     message = _rewritten(message, parser)
     for i, text in enumerate(kept):
         message = message.replace(f"\0{i}\0", text)

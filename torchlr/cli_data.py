@@ -119,11 +119,12 @@ def check_given_paths(args: argparse.Namespace) -> None:
 
 def check_train_files(args: argparse.Namespace) -> None:
     """The files train writes (the checkpoint, the plot) apart from each other and its data."""
-    # Without --save, a resumed run writes its checkpoint back to --resume: that is meant.
+    # A resumed run writes its checkpoint back to --resume, without --save or with --save at
+    # the same file: that is meant.
+    back = not args.save or (args.resume and same_file(args.save, args.resume))
     checkpoint = ("--save", args.save) if args.save else ("--resume", args.resume)
     check_files_apart({checkpoint[0]: checkpoint[1], "--plot": args.plot},
-                      {"--data": args.data,
-                       **({"--resume": args.resume} if args.save else {})})
+                      {"--data": args.data, **({} if back else {"--resume": args.resume})})
 
 
 def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: Any,

@@ -232,6 +232,18 @@ def _runs_on(path: str, line: int) -> ValueError:
                       f"(a quote never closed?)")
 
 
+def _ends_in_quote(path: str) -> bool:
+    """Whether the file ends inside a quoted field: a quote never closed. Read again, strictly
+    (csv's lenient reader takes the rest of the file into the field), on this doubt only."""
+    with _open_csv(path) as f:
+        try:
+            for _ in csv.reader(f, strict=True):
+                pass
+        except csv.Error as exc:
+            return "unexpected end of data" in str(exc)
+    return False
+
+
 def _unreadable_csv(path: str, exc: Exception, reader: Any, line: int) -> ValueError:
     """The error for what stopped the csv reader, which has read rows up to line `line`."""
     if isinstance(exc, UnicodeDecodeError):
@@ -292,25 +304,52 @@ def _csv_rows(path: str, header_line: int) -> Iterator[tuple[int, list[str]]]:
     export a table's unused rows as ",,,". Before it they are rows of missing values.
     """
     empty: list[tuple[int, list[str]]] = []  # rows of empty cells, until a row with values
+    # A quoted field may hold line breaks (a note over two lines), and one never closed
+    # takes in the rest of the file: a row that ran over line breaks is held until another
+    # row follows it, which shows its quote closed; at the end of the file it is checked.
+    held: Optional[tuple[int, list[str]]] = None
     with _open_csv(path) as f:
         reader = csv.reader(f)
-        line = 0
+        end = 0  # the line the last row ended on
         try:
-            for line, row in enumerate(reader, start=1):
-                # A quoted field may hold line breaks, and one never closed takes in the rest
-                # of the file; a number never holds one, so a row must end on its own line.
-                if reader.line_num != line:
-                    raise _runs_on(path, line)
-                if line <= header_line or _is_blank(row):
-                    continue
-                if not "".join(row).strip():
-                    empty.append((line, row))
-                    continue
-                yield from empty
-                empty.clear()
-                yield line, row
+            for row in reader:
+                line, end = end + 1, reader.line_num  # the row's first line and its last
+                if held is not None:  # rare: the held row's quote is closed
+                    yield from _data_row(held, header_line, empty)
+                    held = None
+                if end != line:
+                    held = (line, row)
+                # The common case, as _data_row, without a call per row (a quarter of the
+                # time of reading a million rows).
+                elif line > header_line and not _is_blank(row):
+                    if not "".join(row).strip():
+                        empty.append((line, row))
+                        continue
+                    if empty:
+                        yield from empty
+                        empty.clear()
+                    yield line, row
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise _unreadable_csv(path, exc, reader, line) from None
+            raise _unreadable_csv(path, exc, reader, end) from None
+    if held is not None:
+        if _ends_in_quote(path):
+            raise _runs_on(path, held[0])
+        yield from _data_row(held, header_line, empty)
+
+
+def _data_row(numbered: tuple[int, list[str]], header_line: int,
+              empty: list[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
+    """A row of _csv_rows, with the rows of empty cells held before it; none for the header
+    and blank lines, and none yet for a row of empty cells (held in `empty`)."""
+    line, row = numbered
+    if line <= header_line or _is_blank(row):
+        return
+    if not "".join(row).strip():
+        empty.append(numbered)
+        return
+    yield from empty
+    empty.clear()
+    yield numbered
 
 
 def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:

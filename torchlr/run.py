@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -266,13 +267,20 @@ class RunState:
                 return self.config.num_epochs + 1  # the uninterrupted run stopped here too
         return state["epoch"] + 1
 
-    def validate(self, epoch: int,
-                 model: Any) -> tuple[Optional[float], Optional[float], bool]:
-        """After an epoch: (val loss, val R², whether to stop early); Nones without a split."""
+    def validate(self, epoch: int, model: Any,
+                 overflow: Callable[[float], Exception]) -> tuple[Optional[float], Optional[float],
+                                                                  bool]:
+        """After an epoch: (val loss, val R², whether to stop early); Nones without a split.
+
+        A loss beyond float32 as trained on (before it is put in the target's units, which
+        for a target of huge units may overflow where the training's did not) raises
+        overflow(loss)."""
         if self.val is None:
             return None, None, False
         w, b = model.params()
         val_loss, val_r2 = self.val.metrics(w, b)
+        if not math.isfinite(val_loss):
+            raise overflow(val_loss)
         val_loss = self.scaling.reported_loss(val_loss)  # in the target's units, as training's
         self.val_losses.append(val_loss)
         self.val_r2.append(val_r2)

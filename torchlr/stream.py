@@ -214,7 +214,8 @@ class BlockStream:
         w holds d numbers ((d, 1) or (d,)) and b one, as for torchlr.evaluate: a FitResult's
         w and b do."""
         w = parameter_values("w", w, self.shape[1]).reshape(-1, 1)
-        return (self.loss_sum(w, parameter_values("b", b, 1)) / self.shape[0]).float()
+        b = parameter_values("b", b, 1).to(w.device)  # a float's tensor is made on the CPU
+        return (self.loss_sum(w, b) / self.shape[0]).float()
 
     @torch.no_grad()
     def loss_sum(self, w: torch.Tensor, b: torch.Tensor, start: int = 0,

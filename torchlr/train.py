@@ -438,7 +438,7 @@ def _divergence(what: str, loss: float, epoch: int, step: int, lr: float,
                            f"step {step} (lr={lr}); try a smaller learning rate{unsearched}.")
 
 
-def _held_out_overflow(epoch: int, val_loss: float, held_out: Any) -> DivergenceError:
+def _held_out_overflow(epoch: int, val_loss: float, *, held_out: Any) -> DivergenceError:
     """The error for a validation loss beyond float32 while training's stayed finite: the
     held-out rows, never trained on, were never searched by the training's checks."""
     value, where = _largest_value(held_out.features, held_out.labels)
@@ -688,9 +688,8 @@ def _fit(
             history.losses.append(loss)
             history.w.append(w_now)
             history.b.append(b_now)
-            val_loss, val_r2, stop = state.validate(epoch, model)
-            if val_loss is not None and not math.isfinite(val_loss):
-                raise _held_out_overflow(epoch, val_loss, state.val)
+            val_loss, val_r2, stop = state.validate(
+                epoch, model, partial(_held_out_overflow, epoch, held_out=state.val))
             # Logged, then saved, then told: a checkpoint never holds an epoch TensorBoard lacks
             # (its resumed run would start after it), whenever Ctrl-C comes.
             run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])
