@@ -555,6 +555,17 @@ def test_runtime_errors_of_collectives_are_one_line_only_in_a_group(monkeypatch,
     assert main(TRAIN) == 2
     assert capsys.readouterr().err == ("torchlr: error: [rank 1] the process group failed: "
                                        "Connection closed by peer\n")
+    # Rank 0's line says what the run kept, as an interrupted run's does.
+    def closed_after_saving(args, out):
+        exc = dist.DistNetworkError("Connection closed by peer")
+        exc.saved_to, exc.saved_epoch, exc.run_dir = "m.pt", 3, "runs/x-scratch"
+        raise exc
+
+    monkeypatch.setattr(cli, "_train_data_parallel", closed_after_saving)
+    assert main(TRAIN) == 2
+    assert capsys.readouterr().err == (
+        "torchlr: error: [rank 1] the process group failed: Connection closed by peer; m.pt "
+        "holds epoch 3; the TensorBoard run so far is in runs/x-scratch\n")
 
 
 def test_exact_number_is_an_integer_that_float64_holds_exactly():

@@ -477,16 +477,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         # Less gloo's "[.../gloo/transport/tcp/pair.cc:534] " source location.
         cause = re.sub(r"^\[[^\]\s]+:\d+\]\s*", "", lines[0]) if lines else ""
         _say(f"torchlr: error: {_rank_tag()}the process group failed: "
-             f"{cause or type(exc).__name__}")
+             f"{cause or type(exc).__name__}{_kept(exc)}")
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
-        where, saved = getattr(exc, "run_dir", None), getattr(exc, "saved_to", None)
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        _say(f"torchlr: {_rank_tag()}{what}"
-             + (f"; {saved} holds epoch {exc.saved_epoch}" if saved else "")  # type: ignore
-             + (f"; the TensorBoard run so far is in {where}" if where else ""))
+        _say(f"torchlr: {_rank_tag()}{what}{_kept(exc)}")
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+def _kept(exc: BaseException) -> str:
+    """What a run that stopped on exc kept, as the end of its line: the checkpoint and its
+    epoch, the TensorBoard run ('' for neither)."""
+    where, saved = getattr(exc, "run_dir", None), getattr(exc, "saved_to", None)
+    return ((f"; {saved} holds epoch {exc.saved_epoch}" if saved else "")  # type: ignore
+            + (f"; the TensorBoard run so far is in {where}" if where else ""))
 
 
 class _Stdout:
