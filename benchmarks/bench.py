@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 import torchlr
+from torchlr.atomic import write_atomic
 from torchlr.train import MAX_THREADS
 from torchlr.validation import cannot_create_in
 
@@ -674,6 +675,16 @@ def partial_because(args: argparse.Namespace) -> list[str]:
     return why
 
 
+def results_parser(prog: str, description: str, default_name: str) -> _Parser:
+    """The command line of a script that writes one results file: --out and --out-dir
+    (see results_path), its errors in one line (run_command)."""
+    parser = _Parser(prog=prog, description=description)
+    parser.add_argument("--out", default=None, help=f"JSON path (default: results/{default_name})")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the JSON under its default name (default: results)")
+    return parser
+
+
 def results_path(args: argparse.Namespace, default_name: str) -> Path:
     """Where --out or --out-dir puts the results file (else RESULTS_DIR/default_name),
     checked before a run of minutes whose figures would otherwise be lost at its end."""
@@ -831,13 +842,18 @@ def _main(argv: Optional[list[str]]) -> int:
 
     if out is None:
         return 0
+    print()
+    write_results(out, report)
+    return 0
+
+
+def write_results(out: Path, report: dict[str, Any]) -> None:
+    """Write a results file whole (making its folder), then say where."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(out, lambda f: f.write(json.dumps(report, indent=2) + "\n"), text=True)
     except OSError as err:  # checked before the run; something changed since
         raise UsageError(f"cannot write {out}: {err.strerror or err}") from None
-    print(f"\nwrote {out}")
-    return 0
+    print(f"wrote {out}")
 
 
 def read_like_for_like(machine: dict[str, Any], device: str) -> bool:

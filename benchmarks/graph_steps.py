@@ -27,7 +27,6 @@ rows and its copy to the GPU. Writes results/<card>-graph-steps.json.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -39,7 +38,6 @@ import torch
 
 import torchlr
 from torchlr import graphs
-from torchlr.atomic import write_atomic
 from torchlr.data import batch_order
 from torchlr.train import ANALYTIC_MODELS, MODELS
 
@@ -332,13 +330,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main(argv: Optional[list[str]]) -> int:
-    parser = bench._Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = bench.results_parser(PROG, __doc__.splitlines()[0], "<card>-graph-steps.json")
     parser.add_argument("--epochs", type=bench._positive_int, default=30,
                         help="epochs per timing (default 30)")
-    parser.add_argument("--out", default=None, help="JSON path (default: results/<card>-graph-"
-                                                    "steps.json)")
-    parser.add_argument("--out-dir", default=None,
-                        help="folder for the JSON under its default name (default: results)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("graph_steps.py needs a CUDA device: there is none here", file=sys.stderr)
@@ -417,8 +411,7 @@ def _main(argv: Optional[list[str]]) -> int:
     report["fixed_work_10Mx100"] = fixed_work_10m()
     print("10Mx100 fixed work: " + ", ".join(f"{k} {v:.3f}"
                                              for k, v in report["fixed_work_10Mx100"].items()))
-    write_atomic(out, lambda f: f.write(json.dumps(report, indent=2) + "\n"), text=True)
-    print(f"wrote {out}")
+    bench.write_results(out, report)
     return 1 if report["errors"] else 0
 
 

@@ -12,7 +12,6 @@ Writes results/<card>-orders-ahead.json.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,6 @@ import torch
 
 import torchlr
 from torchlr import data
-from torchlr.atomic import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py, beside this file
 import bench  # noqa: E402  (found on the path above)
@@ -61,13 +59,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _main(argv: Optional[list[str]]) -> int:
-    parser = bench._Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = bench.results_parser(PROG, __doc__.splitlines()[0], "<card>-orders-ahead.json")
     parser.add_argument("--epochs", type=bench._positive_int, default=4,
                         help="epochs per fit, the first not counted (default 4)")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default: results/<card>-orders-ahead.json)")
-    parser.add_argument("--out-dir", default=None,
-                        help="folder for the JSON under its default name (default: results)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch's order is never ahead")
@@ -97,8 +91,7 @@ def _main(argv: Optional[list[str]]) -> int:
             print(f"{name:<16} off {row['off']:.4f}  on {row['on']:.4f}  "
                   f"on/off {row['on_over_off']:.3f}")
         del X, y
-    write_atomic(out, lambda f: f.write(json.dumps(report, indent=2) + "\n"), text=True)
-    print(f"wrote {out}")
+    bench.write_results(out, report)
     return 0
 
 

@@ -304,52 +304,46 @@ def _csv_rows(path: str, header_line: int) -> Iterator[tuple[int, list[str]]]:
     export a table's unused rows as ",,,". Before it they are rows of missing values.
     """
     empty: list[tuple[int, list[str]]] = []  # rows of empty cells, until a row with values
-    # A quoted field may hold line breaks (a note over two lines), and one never closed
-    # takes in the rest of the file: a row that ran over line breaks is held until another
-    # row follows it, which shows its quote closed; at the end of the file it is checked.
-    held: Optional[tuple[int, list[str]]] = None
     with _open_csv(path) as f:
         reader = csv.reader(f)
-        end = 0  # the line the last row ended on
+        line = 0
         try:
-            for row in reader:
-                line, end = end + 1, reader.line_num  # the row's first line and its last
-                if held is not None:  # rare: the held row's quote is closed
-                    yield from _data_row(held, header_line, empty)
-                    held = None
-                if end != line:
-                    held = (line, row)
-                # The common case, as _data_row, without a call per row (a quarter of the
-                # time of reading a million rows).
-                elif line > header_line and not _is_blank(row):
-                    if not "".join(row).strip():
-                        empty.append((line, row))
-                        continue
-                    if empty:
-                        yield from empty
-                        empty.clear()
-                    yield line, row
+            for line, row in _numbered(reader, path):
+                if line <= header_line or _is_blank(row):
+                    continue
+                if not "".join(row).strip():
+                    empty.append((line, row))
+                    continue
+                if empty:
+                    yield from empty
+                    empty.clear()
+                yield line, row
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise _unreadable_csv(path, exc, reader, end) from None
+            raise _unreadable_csv(path, exc, reader, line) from None
+
+
+def _numbered(reader: Any, path: str) -> Iterator[tuple[int, list[str]]]:
+    """Each row of a csv reader with the line it starts on.
+
+    A quoted field may hold line breaks (a note over two lines), and one never closed takes
+    in the rest of the file: a row that ran over line breaks is held until another row
+    follows it, which shows its quote closed; at the end of the file it is checked.
+    """
+    end = 0  # the line the last row ended on
+    held: Optional[tuple[int, list[str]]] = None
+    for row in reader:
+        line, end = end + 1, reader.line_num
+        if held is not None:  # rare: its quote is closed
+            yield held
+            held = None
+        if end != line:
+            held = (line, row)
+        else:
+            yield line, row
     if held is not None:
         if _ends_in_quote(path):
             raise _runs_on(path, held[0])
-        yield from _data_row(held, header_line, empty)
-
-
-def _data_row(numbered: tuple[int, list[str]], header_line: int,
-              empty: list[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
-    """A row of _csv_rows, with the rows of empty cells held before it; none for the header
-    and blank lines, and none yet for a row of empty cells (held in `empty`)."""
-    line, row = numbered
-    if line <= header_line or _is_blank(row):
-        return
-    if not "".join(row).strip():
-        empty.append(numbered)
-        return
-    yield from empty
-    empty.clear()
-    yield numbered
+        yield held
 
 
 def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:
