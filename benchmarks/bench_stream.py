@@ -27,6 +27,8 @@ from typing import Any, NoReturn, Optional
 
 import numpy as np
 
+from torchlr.argnumbers import read_negative_numbers
+
 NUM_FEATURES = 15  # plus the target: 16 float32 columns, 64 bytes a row
 CHUNK_ROWS = 1 << 20
 MAX_GIB = 2**20  # a PiB: far beyond any disk, and within float and int range
@@ -74,6 +76,10 @@ class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are UsageError: one line, not the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        read_negative_numbers(self)  # --lr -1e-3 is a bad rate, not a missing one
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise UsageError(message)

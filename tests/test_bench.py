@@ -555,6 +555,9 @@ def bench_stream():
     (["--gib", "1e-12"], "holds no row"),
     (["--batch-size", "0"], "argument --batch-size: must be a whole number above 0"),
     (["--lr", "-0.1"], "argument --lr: must be a number above 0"),
+    # argparse's own test took "-1e-3" and "-inf" for options ("expected one argument").
+    (["--lr", "-1e-3"], "argument --lr: must be a number above 0, got -1e-3"),
+    (["--lr", "-inf"], "argument --lr: must be a number above 0, got -inf"),
     (["--threads", "0"], "argument --threads: must be a whole number above 0"),
     (["--threads", "-2"], "argument --threads: must be a whole number above 0"),
     (["--threads", "2000"], "argument --threads: must be at most 1024"),

@@ -236,3 +236,9 @@ def test_a_scaling_whose_weights_would_pass_float32_is_refused_before_training()
     with pytest.raises(ValueError, match=r"the target's standard deviation .* too large to "
                                          r"report its squared losses in float32"):
         torchlr.fit(X, y * 1e20, standardize=True, standardize_target=True)
+    # One outlier alone can cause it; the outlier error that suggested standardize_target
+    # must not end in a refusal that hides the value: this one names removing it.
+    y_out = y.clone()
+    y_out[0] = 1e20
+    with pytest.raises(ValueError, match=r"too large to report .* remove an outlier"):
+        torchlr.fit(X[:10], y_out[:10], standardize_target=True)

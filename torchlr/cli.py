@@ -18,6 +18,7 @@ import torch
 
 from torchlr import __version__, distributed
 from torchlr.analytic import GRADIENTS
+from torchlr.argnumbers import read_negative_numbers
 from torchlr.cli_data import (
     add_predict_command,
     add_train_options,
@@ -41,19 +42,12 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a command the pipe's reader stopped
 
 
-# A value that starts with "-" and reads as a number is the option's value, as "-0.5"
-# already is: argparse's own test takes only digits and a point, so `--lr -1e-3` and
-# `--lr -inf` said "expected one argument" instead of naming the bad rate.
-NEGATIVE_NUMBER = re.compile(r"^-((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf(inity)?|nan)$",
-                             re.IGNORECASE)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error instead of usage plus error."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._negative_number_matcher = NEGATIVE_NUMBER
+        read_negative_numbers(self)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")

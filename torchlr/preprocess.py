@@ -63,7 +63,7 @@ class Scaling:
             # float32 numbers: each would be inf while the model trained fine.
             raise ValueError(f"the target's standard deviation {y_std:.3g} is too large to "
                              f"report its squared losses in float32 (they pass about 3.4e38); "
-                             f"rescale the target")
+                             f"remove an outlier that causes it, or rescale the target")
         # w in original units is y_std * w_scaled / x_std: where that ratio passes float32's
         # range, a fit's w and every prediction made from it would be inf.
         ratio = (y_std if y_std > 0 else 1.0) / x_std.double()

@@ -1,0 +1,22 @@
+"""Negative numbers as option values on torchlr's command lines (imports no torch).
+
+argparse takes a word that starts with "-" for an option unless it is digits and a point,
+so `--lr -1e-3` and `--lr -inf` said "expected one argument" instead of naming the bad
+value. The benchmark scripts share this without importing torch (their peak RSS is their
+own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+# A value that starts with "-" and reads as a float: -1e-3, -.5, -inf, -nan.
+NEGATIVE_NUMBER = re.compile(r"^-((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf(inity)?|nan)$",
+                             re.IGNORECASE)
+
+
+def read_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Make parser take any negative float as a value, as it already takes "-0.5"."""
+    # argparse's own matcher, a private attribute it consults in _parse_optional.
+    parser._negative_number_matcher = NEGATIVE_NUMBER  # type: ignore[attr-defined]
