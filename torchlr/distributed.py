@@ -32,6 +32,7 @@ from torchlr.data import batch_order
 from torchlr.devices import resolve_device
 from torchlr.scratch import linreg, sgd, squared_loss
 from torchlr.stream import BlockStream, block_order
+from torchlr.summed_loss import loss_sum
 
 BACKENDS = ("gloo", "nccl")
 # Long enough for ranks that start minutes apart on different machines, short enough that a
@@ -377,7 +378,8 @@ class DataParallel:
         lo, hi = shard_bounds(n, self.rank, self.world_size)
         if isinstance(features, BlockStream):
             return (all_reduce_sum(features.loss_sum(w, b, lo, hi)) / n).float()
-        total = squared_loss(linreg(features[lo:hi], w, b), labels[lo:hi]).sum()
+        # float32 over the wire, as before loss_sum was float64 (a group_agreement's "stream").
+        total = loss_sum(features[lo:hi], labels[lo:hi], w, b).float()
         return all_reduce_sum(total) / n
 
 

@@ -42,12 +42,6 @@ def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
 
 
-def loss_sum(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-             b: torch.Tensor) -> torch.Tensor:
-    """squared_loss of linreg(X, w, b) summed over the rows in float64 (0-d), for big means."""
-    return squared_loss(linreg(X, w, b), y).sum(dtype=torch.float64)
-
-
 @torch.no_grad()
 def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
     """Minibatch SGD on a summed loss: each gradient is divided by batch_size.

@@ -14,7 +14,7 @@ import torch
 from torchlr.io import beyond_float32, choose_columns, constant_target, is_constant, npy_header
 from torchlr.preprocess import Scaling
 from torchlr.run import sampled_rows
-from torchlr.scratch import loss_sum
+from torchlr.summed_loss import loss_sum
 from torchlr.validation import check_positive_int, is_real_dtype, parameter_values
 
 BLOCK_BYTES = 16 * 2**20  # rows read together: large enough for fast reads, small for RSS

@@ -21,8 +21,9 @@ from torchlr.data import PERMUTATIONS, OrdersAhead, batches_in_order, data_iter,
 from torchlr.devices import resolve_device
 from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
-from torchlr.scratch import init_params, linreg, loss_sum, sgd, squared_loss
+from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.stream import BlockStream
+from torchlr.summed_loss import loss_mean, loss_sum
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
 from torchlr.validation import (
@@ -344,7 +345,7 @@ def mean_loss(features: torch.Tensor, labels: torch.Tensor, w: Any, b: Any, *,
     labels = labels.reshape(-1, 1)
     n = len(features)
     if features.device.type != "cpu" or n <= EVAL_ROWS:
-        return squared_loss(linreg(features, w, b), labels).mean()
+        return loss_mean(features, labels, w, b)
 
     @torch.no_grad()  # grad mode is per thread: the worker's is on by default
     def piece(start: int) -> torch.Tensor:

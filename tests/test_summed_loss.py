@@ -1,0 +1,73 @@
+"""Whole-data losses of a close fit hold their digits: float64 where float32 would not."""
+
+import numpy as np
+import pytest
+import torch
+
+import torchlr
+from torchlr import summed_loss, train
+from torchlr.holdout import Holdout
+from torchlr.stream import BlockStream
+
+
+def exact_mean(X, y, w, b):
+    """The loss of float32 data and parameters in float64 arithmetic: the reference."""
+    X, y = torch.as_tensor(X).double(), torch.as_tensor(y).double().reshape(-1, 1)
+    w = torch.as_tensor(w).double().reshape(-1, 1)
+    return float(((X @ w + float(b) - y) ** 2 / 2).mean())
+
+
+@pytest.fixture
+def close_fit():
+    """Integer features and a noise-free target: SGD fits it to float32's last bits."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(-3, 4, size=(200, 2)).astype(np.float32)
+    y = (2 * X[:, 0] - 3 * X[:, 1] + 1).astype(np.float32)
+    return X, y
+
+
+@pytest.mark.parametrize("epochs", [12, 30])
+def test_a_close_fit_reports_its_loss_to_three_digits(close_fit, epochs):
+    X, y = close_fit
+    result = torchlr.fit(X, y, num_epochs=epochs, lr=0.05)
+    exact = exact_mean(X, y, result.w, result.b)
+    assert exact < 1e-9  # far below float32's rounding of predictions near 5
+    # The float32 sum read 2.79e-11 for 2.72e-11 (12 epochs) and 7.9e-14 for 1.14e-13 (30).
+    float32_mean = float(((torch.tensor(X) @ result.w + result.b - torch.tensor(y)) ** 2 / 2)
+                         .mean())
+    assert abs(float32_mean - exact) > 1e-3 * exact  # the case float32 gets wrong
+    for loss in (result.losses[-1], float(torchlr.evaluate(X, y, result.w, result.b))):
+        assert loss == pytest.approx(exact, rel=1e-6, abs=0)
+
+
+def test_pieces_and_streams_and_holdouts_take_the_float64_sum(close_fit, monkeypatch,
+                                                               tmp_path):
+    X, y = close_fit
+    result = torchlr.fit(X, y, num_epochs=12, lr=0.05)
+    w, b = result.w.reshape(-1, 1), torch.tensor([result.b])
+    exact = exact_mean(X, y, w, b)
+    Xt, yt = torch.tensor(X), torch.tensor(y).reshape(-1, 1)
+    monkeypatch.setattr(train, "EVAL_ROWS", 64)  # the CPU's piecewise path, 4 pieces
+    monkeypatch.setattr(summed_loss, "FLOAT64_ROWS", 7)  # float64 pieces of several rows
+    assert float(train.mean_loss(Xt, yt, w, b)) == pytest.approx(exact, rel=1e-6, abs=0)
+    assert float(train.mean_loss(Xt, yt, w, b, worker_thread=True)) == pytest.approx(
+        exact, rel=1e-6, abs=0)
+    np.save(tmp_path / "t.npy", np.c_[X, y])
+    stream = BlockStream(tmp_path / "t.npy", block_rows=30)
+    assert float(stream.evaluate(w, b)) == pytest.approx(exact, rel=1e-6, abs=0)
+    val_loss, _ = Holdout(Xt, yt).metrics(w, b)
+    assert val_loss == pytest.approx(exact, rel=1e-6, abs=0)
+
+
+def test_noisy_data_never_pay_for_float64(monkeypatch):
+    # The chapter's data: its loss is far above float32's rounding, so the float32 sum stands.
+    def refused(*args):
+        raise AssertionError("a noisy fit's loss was summed again in float64")
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 1000, generator=g)
+    monkeypatch.setattr(summed_loss, "float64_sum", refused)
+    for scaled in (False, True):
+        result = torchlr.fit(X, y, num_epochs=3, standardize=scaled, standardize_target=scaled,
+                             val_fraction=0.2)
+        assert result.losses[-1] < 1e-4 and result.val_losses[-1] < 1e-4
