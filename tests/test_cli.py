@@ -174,6 +174,17 @@ def test_loss_text_keeps_six_decimals_and_at_most_seven_digits(value, text):
     assert _loss_text(value) == text
 
 
+@pytest.mark.parametrize("r2, text", [
+    (0.99999996, "1.000000"), (0.5, "0.500000"), (0.0, "0.000000"), (-2.5, "-2.500000"),
+    (-1e-7, "-1.00e-07"), (3e-9, "3.00e-09"), (-6e-7, "-0.000001"), (None, "undefined"),
+    (math.nan, "undefined"),
+])
+def test_r2_text_shows_a_tiny_value_and_not_a_signed_zero(r2, text):
+    from torchlr.cli import _r2_text
+
+    assert _r2_text(r2) == text
+
+
 def test_help_shows_defaults_but_not_unset_ones():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())  # argparse wraps lines

@@ -206,6 +206,17 @@ def test_lr_sweep_plot_takes_a_mapping_with_none_nan_and_inf_as_diverged():
     assert [line.get_label() for line in only_bad.axes[0].lines] == ["diverged"]
 
 
+def test_lr_sweep_plot_draws_no_cross_for_a_run_without_epochs(data):
+    # Its final loss is NaN, yet it did not diverge: it was drawn as a "diverged" cross.
+    X, y = data
+    points = lr_sweep(X, y, [0.03, 50.0], num_epochs=0, device="cpu")
+    assert [p.diverged for p in points] == [False, False]
+    assert len(plots.lr_sweep(points).axes[0].lines) == 0
+    mixed = lr_sweep(X, y, [0.03, 50.0], num_epochs=1, device="cpu") + points
+    finite, crosses = plots.lr_sweep(mixed).axes[0].lines
+    assert list(finite.get_xdata()) == [0.03] and list(crosses.get_xdata()) == [50.0]
+
+
 def test_check_image_path_refuses_unknown_formats_and_unwritable_paths(tmp_path):
     assert plots.check_image_path(tmp_path / "a.png") == tmp_path / "a.png"
     # Folders that can be made are made when the figure is saved, as for a checkpoint.

@@ -222,7 +222,10 @@ def _os_error_text(exc: OSError) -> str:
 def _r2_text(r2: Optional[float]) -> str:
     """R² as the chapter prints numbers; 'undefined' where the validation targets are all one
     value (one row, say): 1 - SS_res / SS_tot has SS_tot = 0 there."""
-    return "undefined" if r2 is None or math.isnan(r2) else f"{r2:f}"
+    if r2 is None or math.isnan(r2):
+        return "undefined"
+    # "-0.000000" for -1e-7 would hide a value's size behind its sign: as a tiny loss is.
+    return f"{r2:.2e}" if 0 < abs(r2) < 5e-7 else f"{r2:f}"
 
 
 def _loss_text(value: float) -> str:
@@ -232,9 +235,10 @@ def _loss_text(value: float) -> str:
     if abs(value) >= 1:  # seven digits first: 9.9999996 is 10.00000, not 10.000000
         value = float(f"{value:.7g}")
     if abs(value) < 1e-5:
-        # "0.000000" would say nothing of a loss of 8e-9 (a target known to float precision),
-        # and seven digits would say too much: so far below the target's square, the float32
-        # residuals (y_hat - y) hold few digits (2.701253e-11 where float64 gives 2.7037e-11).
+        # "0.000000" would say nothing of a loss of 8e-9 (a target known to float precision).
+        # Three significant digits: the loss holds them even so far below the target's
+        # square, where float32's predictions would not (torchlr.summed_loss sums it in
+        # float64 there), and the float32 parameters' last bits move the digits after them.
         return f"{value:.2e}"
     if abs(value) >= 1e7:
         return f"{value:.6e}"

@@ -205,12 +205,14 @@ def lr_sweep(
     """Final loss against learning rate on log axes, from SweepPoints or lr -> final loss.
 
     Diverged runs (a SweepPoint without result, or a loss that is None, NaN or inf) are
-    marked with red crosses along the top edge.
+    marked with red crosses along the top edge. A SweepPoint of a run without epochs
+    (num_epochs=0) has no final loss and did not diverge: it is not drawn.
     """
     if isinstance(sweep, Mapping):
         pairs = [(float(lr), None if v is None else float(v)) for lr, v in sweep.items()]
     else:
-        pairs = [(p.lr, None if p.diverged else p.final_loss) for p in sweep]
+        pairs = [(p.lr, None if p.diverged else p.final_loss) for p in sweep
+                 if p.diverged or p.losses]
     ok = [(lr, v) for lr, v in pairs if v is not None and math.isfinite(v)]
     bad = [lr for lr, v in pairs if v is None or not math.isfinite(v)]
     fig = NotebookFigure(figsize=figsize, layout="constrained")
@@ -228,7 +230,8 @@ def lr_sweep(
                 markersize=9, transform=ax.get_xaxis_transform(), label="diverged")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final loss")
-    ax.legend()
+    if ok or bad:  # a sweep of runs without epochs has nothing to label
+        ax.legend()
     return fig
 
 

@@ -215,6 +215,7 @@ class RunWriter:
         grad_w = None
         if isinstance(self._X, torch.Tensor):  # not for data streamed from disk
             # Gradient of the epoch loss (mean squared_loss over the whole set): one extra pass.
+            # In the units the model trains in, as its steps are (scaled when it standardizes).
             residual = linreg(self._X, w, b) - self._y  # (n, 1)
             grad_w = (self._X.T @ residual).reshape(-1) / len(self._X)  # (d,)
             grad_b = residual.mean().reshape(1)
