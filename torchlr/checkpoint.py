@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 import zipfile
@@ -22,6 +23,7 @@ FORMAT = "torchlr-checkpoint"
 # 4: the config holds permutation; with "hashed", a torchlr that reads only up to version 3
 #    would resume in randperm's order, another run than the one saved.
 VERSION = 4
+DOS_FOLDER = 0x10  # the folder bit of a zip entry's external attributes
 READS = (1, 2, 3, VERSION)
 # FitConfig fields that define the run: a resumed run must keep them as they were.
 RUN_FIELDS = ("impl", "lr", "batch_size", "seed", "drop_last", "val_fraction", "standardize",
@@ -121,11 +123,20 @@ def _check_archive(path: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()  # reads every entry: a checkpoint is small
-    except OSError as exc:  # no permission, a failing disk: not a matter of its format
+            # torch's reader takes an entry marked as a folder (the DOS attribute bit, which
+            # zipfile ignores) for one without bytes, and its tensor for uninitialised memory:
+            # a flipped bit there loaded w = [-2.9e29, 4.6e-41] past every checksum.
+            folders = [info.filename for info in archive.infolist()
+                       if info.external_attr & DOS_FOLDER or info.filename.endswith("/")]
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a damaged offset: a seek before the file's start
+            raise ValueError(f"{path} is a damaged torchlr checkpoint: its archive cannot be "
+                             f"read (an offset in it points outside the file)") from None
+        # No permission, a failing disk: not a matter of its format.
         raise ValueError(f"Cannot read {path}: {exc.strerror or exc}") from None
     except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError,
             ValueError) as exc:
-        if not zipfile.is_zipfile(path):
+        if not _looks_zipped(path):
             raise ValueError(f"{path} is not a torchlr checkpoint: not the zip archive "
                              f"torch.save writes") from None
         raise ValueError(f"{path} is a damaged torchlr checkpoint: its archive cannot be "
@@ -133,6 +144,17 @@ def _check_archive(path: str) -> None:
     if bad is not None:
         raise ValueError(f"{path} is a damaged torchlr checkpoint: the bytes of its entry "
                          f"{bad!r} do not match their checksum")
+    if folders:
+        raise ValueError(f"{path} is a damaged torchlr checkpoint: its entry {folders[0]!r} "
+                         f"is marked as a folder (torch.save writes none)")
+
+
+def _looks_zipped(path: str) -> bool:
+    """Whether the file ends as a zip archive does, damaged or not."""
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # found the archive's end, and could not read past it
+        return True
 
 
 def _losses_to_target_units(path: str, state: dict[str, Any]) -> None:
