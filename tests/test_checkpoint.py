@@ -12,7 +12,7 @@ import torch
 from conftest import Payload
 
 import torchlr
-from torchlr.checkpoint import load_checkpoint, load_model, save_checkpoint
+from torchlr.checkpoint import RUN_FIELDS, load_checkpoint, load_model, save_checkpoint
 from torchlr.cli import main
 from torchlr.concise import LinearRegression
 from torchlr.preprocess import train_val_split
@@ -57,6 +57,9 @@ def test_resume_equals_straight_bit_for_bit(tmp_path, impl, options, ahead, requ
     assert torch.equal(resumed.scaled_w, straight.scaled_w)
     assert resumed.losses == straight.losses and resumed.val_losses == straight.val_losses
     assert torch.equal(resumed.w_history, straight.w_history)
+    assert torch.equal(resumed.b_history, straight.b_history)
+    assert resumed.val_r2 == straight.val_r2 and resumed.best_epoch == straight.best_epoch
+    assert len(resumed.val_r2) == (5 if options.get("val_fraction") else 0)
     # The checkpoint keeps every minibatch loss and epoch time, so the history is whole.
     assert torch.equal(resumed.train_losses, straight.train_losses)
     assert len(resumed.epoch_seconds) == 5
@@ -103,6 +106,31 @@ def test_resume_refuses_a_changed_run(tmp_path):
     torchlr.fit(X, y, num_epochs=1, save=str(path), standardize=True, device="cpu")
     with pytest.raises(ValueError, match=r"not the data it trained on"):
         torchlr.fit(X + 1, y, num_epochs=3, standardize=True, resume=str(path), device="cpu")
+
+
+# One other value for each field that defines a run (checkpoint.RUN_FIELDS).
+CHANGED = {"impl": "concise", "lr": 0.1, "batch_size": 7, "seed": 1, "drop_last": True,
+           "val_fraction": 0.2, "standardize": True, "standardize_target": True,
+           "feature_names": ("a", "b", "c"), "target_name": "y", "permutation": "hashed"}
+
+
+@pytest.mark.parametrize("name", RUN_FIELDS)
+def test_resume_refuses_each_changed_run_field(tmp_path, name):
+    # Each one changes the run that goes on from the checkpoint: its steps, its order, its
+    # rows or what its columns mean.
+    X, y = dataset()
+    path = tmp_path / "run.pt"
+    torchlr.fit(X, y, num_epochs=1, save=str(path), device="cpu")
+    epochs = []
+    with pytest.raises(ValueError, match=r"^Cannot resume .*run.pt: ") as info:
+        torchlr.fit(X, y, num_epochs=3, resume=str(path), device="cpu",
+                    on_progress=epochs.append, **{name: CHANGED[name]})
+    label = {"feature_names": "feature columns", "target_name": "target column"}.get(name)
+    assert (label or f"{name}=") in str(info.value) and epochs == []
+
+
+def test_every_run_field_has_a_changed_value_to_test():
+    assert set(CHANGED) == set(RUN_FIELDS)
 
 
 @pytest.mark.parametrize("change", ["other draw", "rows reordered", "two rows swapped",
@@ -583,6 +611,27 @@ DAMAGES = {
     "old y_scale a bool": (lambda s: (s["history"].pop("loss_units"),
                                       s["scaling"].update(y_scale=True)), "bad scaling"),
     "unknown impl": (lambda s: s.update(impl="ridge"), "unknown implementation 'ridge'"),
+    # Each of these was a traceback (or, for the epoch and the history, a resumed run).
+    "impl not the config's": (lambda s: s.update(impl="concise"),
+                              "its implementation 'concise' is not its config's 'scratch'"),
+    "version a tensor": (lambda s: s.update(version=torch.tensor([4, 4])), "checkpoint version"),
+    "scaling empty": (lambda s: s.update(scaling={}), "bad scaling"),
+    "x_mean missing": (lambda s: s["scaling"].pop("x_mean"), "bad scaling"),
+    "y_mean None": (lambda s: s["scaling"].update(y_mean=None), "bad scaling"),
+    "x_scale of another length": (lambda s: s["scaling"].update(x_scale=torch.ones(4)),
+                                  "bad scaling"),
+    "val_fraction missing": (lambda s: s["config"].pop("val_fraction"),
+                             "its config lacks 'val_fraction'"),
+    "val_fraction a tensor": (lambda s: s["config"].update(val_fraction=torch.tensor(0.2)),
+                              "a bad config (val_fraction must be a number"),
+    "best missing": (lambda s: s.update(best=None), "holds no best epoch"),
+    "best without val_loss": (lambda s: s["best"].pop("val_loss"), "bad best epoch"),
+    "fingerprint shape empty": (lambda s: s["data"].update(shape=[]), "bad data fingerprint"),
+    "fingerprint full a tensor": (lambda s: s["data"].update(full=torch.zeros(2)),
+                                  "bad data fingerprint"),
+    "negative epoch": (lambda s: s.update(epoch=-5), "its epoch -5 is not the 2 epochs"),
+    "history shorter": (lambda s: s["history"].update(losses=[]),
+                        "its epoch 2 is not the 0 epochs"),
     "generator state": (lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8)),
                         "optimizer or RNG state is damaged"),
 }

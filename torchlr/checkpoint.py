@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
-from torchlr.validation import check_writable_file, numbers_tensor, torch_load_failure
+from torchlr.validation import IMPLS, check_writable_file, numbers_tensor, torch_load_failure
 
 FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
@@ -75,7 +76,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                          f"({torch_load_failure(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a torchlr checkpoint (no {FORMAT!r} marker)")
-    if state.get("version") not in READS:
+    version = state.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READS:
         raise ValueError(f"{path} has checkpoint version {state.get('version')!r}; "
                          f"this torchlr reads versions 1 to {VERSION}")
     for key, kind in REQUIRED.items():
@@ -112,9 +114,61 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         _upgrade_from_1(state)
     for name, value in ADDED_FIELDS.items():
         state["config"].setdefault(name, value)
+    _check_fields(path, state)
     if history.get("loss_units") != "target":
         _losses_to_target_units(path, state)
     return state
+
+
+def _check_fields(path: str, state: dict[str, Any]) -> None:
+    """Check the values a resume or a prediction reads: a well-formed archive holding a
+    damaged or hand-edited state was a traceback, or a run resumed at epoch -4."""
+    from torchlr.train import FitConfig  # here: train imports this module
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{path} is a damaged torchlr checkpoint: {what}")
+
+    config, history, epoch = state["config"], state["history"], state["epoch"]
+    if state["impl"] not in IMPLS:
+        raise damaged(f"it names an unknown implementation {state['impl']!r}")
+    if config.get("impl") != state["impl"]:
+        raise damaged(f"its implementation {state['impl']!r} is not its config's "
+                      f"{config.get('impl')!r}")
+    missing = [name for name in RUN_FIELDS if name not in config]
+    if missing:
+        raise damaged(f"its config lacks {missing[0]!r}")
+    known = {f.name for f in fields(FitConfig)}
+    try:
+        FitConfig(**{k: v for k, v in config.items() if k in known}).validate()
+    except (TypeError, ValueError) as exc:
+        raise damaged(f"a bad config ({exc})") from None
+    if isinstance(epoch, bool) or epoch < 0 or len(history["losses"]) != epoch:
+        raise damaged(f"its epoch {epoch!r} is not the {len(history['losses'])} epochs its "
+                      f"history holds")
+    scaling, d = state["scaling"], state["params"]["w"].shape[0]
+    if not (all(isinstance(scaling.get(k), torch.Tensor) and scaling[k].shape == (d,)
+                and bool(torch.isfinite(scaling[k]).all()) for k in ("x_mean", "x_scale"))
+            and all(_real(scaling.get(k)) for k in ("y_mean", "y_scale"))
+            and bool((scaling["x_scale"] > 0).all()) and scaling["y_scale"] > 0):
+        raise damaged("bad scaling")
+    best = state.get("best")
+    if config["early_stopping"] and epoch and best is None:
+        raise damaged("its run stops early, and it holds no best epoch")
+    if best is not None and not (isinstance(best.get("val_loss"), float)
+                                 and best["w"].shape == (d, 1) and best["b"].shape == (1,)):
+        raise damaged("bad best epoch")
+    data = state.get("data")
+    if data is not None and not (len(data["shape"]) == 2
+                                 and all(isinstance(v, int) and not isinstance(v, bool)
+                                         and v >= 0 for v in data["shape"])
+                                 and isinstance(data.get("full"), (str, type(None)))):
+        raise damaged("bad data fingerprint")
+
+
+def _real(value: Any) -> bool:
+    """A finite int or float, not a bool: what a checkpoint stores for a number."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _check_archive(path: str) -> None:
@@ -297,9 +351,7 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> TrainedMode
     from torchlr.devices import resolve_device
     from torchlr.train import MODELS  # here: train imports this module
 
-    state = load_checkpoint(path)
-    if state["impl"] not in MODELS:
-        raise ValueError(f"{os.fspath(path)} names an unknown implementation {state['impl']!r}")
+    state = load_checkpoint(path)  # its implementation is checked to be one of MODELS
     dev = resolve_device(device)
     num_inputs = state["params"]["w"].shape[0]
     lr = float(state["config"].get("lr", 0.03))
