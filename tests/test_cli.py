@@ -124,6 +124,18 @@ def test_an_error_clears_the_progress_bar_first(monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("torchlr: error: Training diverged")
 
 
+def test_an_error_line_names_the_checkpoint_the_run_kept(tmp_path, capsys):
+    # A run that diverges after epochs that were saved: its line said nothing of them.
+    save = tmp_path / "c.pt"
+    assert main(["train", "--device", "cpu", "--lr", "10", "--batch-size", "1000",
+                 "--epochs", "100", "--save", str(save), "--no-tensorboard"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    kept = torch.load(save, weights_only=True)["epoch"]
+    assert kept >= 1 and line.startswith("torchlr: error: Training diverged")
+    assert line.endswith(f" ({save} holds epoch {kept})")
+    assert f"epoch {kept + 1}, step 1" in line  # the epoch after the one it kept
+
+
 def test_quiet_both_names_each_block(capsys):
     assert main(["train", "--quiet", "--impl", "both", "--device", "cpu",
                  "--no-tensorboard"]) == 0

@@ -138,6 +138,54 @@ def test_the_cli_says_which_epoch_the_checkpoint_holds(tmp_path, monkeypatch, ca
     assert [line.split(",")[0] for line in out.splitlines()] == ["epoch 1"]
 
 
+@pytest.mark.parametrize("where", ["the fit's figure", "the results' lines", "--plot"])
+def test_a_ctrl_c_after_the_last_epoch_names_the_checkpoint(tmp_path, monkeypatch, capsys,
+                                                             where):
+    # Drawing plot/fit takes a second (matplotlib's import): a Ctrl-C then said only where
+    # the TensorBoard run was, though the checkpoint held every epoch.
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import torchlr.cli
+    import torchlr.plots
+    import torchlr.tensorboard
+
+    target = {"the fit's figure": (torchlr.tensorboard.RunWriter, "finish"),
+              "the results' lines": (torchlr.cli, "_report"),
+              "--plot": (torchlr.plots, "save_figure")}[where]
+    monkeypatch.setattr(*target, ctrl_c)
+    save, plot = tmp_path / "c.pt", tmp_path / "loss.png"
+    assert main(["train", "--epochs", "3", "--save", str(save), "--logdir",
+                 str(tmp_path / "tb"), "--plot", str(plot)]) == 130
+    (run_dir,) = os.listdir(tmp_path / "tb")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"torchlr: interrupted; {save} holds epoch 3; the TensorBoard run so far is in "
+        f"{tmp_path / 'tb' / run_dir}")
+    assert torch.load(save, weights_only=True)["epoch"] == 3
+
+
+def test_a_signal_during_the_interpreters_shutdown_ends_it_at_once(monkeypatch):
+    # torch's exit functions take about a second: a second Ctrl-C there raised inside one
+    # and printed its traceback after the run's own line.
+    import torchlr.cli as cli
+
+    monkeypatch.setattr(cli, "main", lambda: 130)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, raise_terminated)  # as console() sets it
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.console()
+        assert info.value.code == 130
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.getsignal(signum)(signum, None)  # what the signal would run now
+        assert exits == [130, 130]  # main's status, and no exception raised
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
 @pytest.mark.parametrize("depth", [1, 2])  # 2: a held() block inside another
 def test_a_second_ctrl_c_inside_held_acts_at_once_and_handlers_come_back(depth):
     # A write that hangs (a FIFO nobody reads, a stalled network file system) must still

@@ -30,7 +30,7 @@ from torchlr.cli_data import (
 from torchlr.data import PERMUTATIONS, synthetic_data
 from torchlr.interrupts import Terminated, raise_terminated
 from torchlr.io import check_fits_in_memory
-from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit
+from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit, keep_saved
 from torchlr.validation import IMPLS, check_seed
 
 # The chapter's ground truth.
@@ -295,28 +295,42 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
             if bar is not None and bar.drawn:
                 bar.clear()  # the error's line must not start after a half-drawn bar
             raise
-        if args.data is None:
-            _report(result, true_w, out)
-        else:
-            for line in describe_weights(result.w, result.b, config.feature_names):
-                print(line, file=out)
-        if result.run_dir is not None and not args.quiet:
-            # On stderr, so stdout stays the chapter's lines.
-            _say(f"TensorBoard run: {result.run_dir}")
-        if result.best_epoch is not None:
-            ran = len(result.losses)
-            how = (f"stopped after epoch {ran}" if ran < config.num_epochs
-                   else f"ran all {ran} epochs")
-            print(f"early stopping: {how}; kept epoch {result.best_epoch} (lowest validation "
-                  f"loss)", file=out)
-        if result.saved_to is not None:  # not when no epoch ran (--epochs 0, say)
-            print(f"saved {result.saved_to}", file=out)
         results.append(result)
+        try:
+            _tell_result(result, config, args, true_w, out)
+        except BaseException as exc:  # a Ctrl-C or a full stdout: the run itself is kept
+            keep_saved(exc, result)
+            raise
     if args.plot is not None:
-        plots.save_figure(plots.loss_curves(results), args.plot)
+        try:
+            plots.save_figure(plots.loss_curves(results), args.plot)
+        except BaseException as exc:
+            keep_saved(exc, results[-1])
+            raise
         if not args.quiet:
             _say(f"Saved the loss curves to {args.plot}")
     return 0
+
+
+def _tell_result(result: FitResult, config: FitConfig, args: argparse.Namespace,
+                 true_w: torch.Tensor, out: TextIO) -> None:
+    """A finished fit's lines: its errors or weights, early stopping, the checkpoint."""
+    if args.data is None:
+        _report(result, true_w, out)
+    else:
+        for line in describe_weights(result.w, result.b, config.feature_names):
+            print(line, file=out)
+    if result.run_dir is not None and not args.quiet:
+        # On stderr, so stdout stays the chapter's lines.
+        _say(f"TensorBoard run: {result.run_dir}")
+    if result.best_epoch is not None:
+        ran = len(result.losses)
+        how = (f"stopped after epoch {ran}" if ran < config.num_epochs
+               else f"ran all {ran} epochs")
+        print(f"early stopping: {how}; kept epoch {result.best_epoch} (lowest validation "
+              f"loss)", file=out)
+    if result.saved_to is not None:  # not when no epoch ran (--epochs 0, say)
+        print(f"saved {result.saved_to}", file=out)
 
 
 def _predict(args: argparse.Namespace, out: TextIO) -> int:
@@ -462,8 +476,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         # An OSError's text is the system's, about a path: left as it is, less "[Errno 28]".
         text = (_os_error_text(exc) if isinstance(exc, OSError)
                 else in_cli_terms(str(exc), build_parser(), keep=_users_words(args)))
+        # What the run kept, as an interrupted run's line says: the checkpoint of its last
+        # good epoch (a divergence, a full disk under --logdir) and its TensorBoard run.
+        saved = getattr(exc, "saved_to", None)
+        kept = ([f"{saved} holds epoch {exc.saved_epoch}"] if saved else []) + (  # type: ignore
+            [f"TensorBoard run: {where}"] if where and where not in text else [])
         _say(f"torchlr: error: {_rank_tag()}{text}"
-             + (f" (TensorBoard run: {where})" if where and where not in text else ""))
+             + (f" ({'; '.join(kept)})" if kept else ""))
         return EXIT_USAGE
     except RuntimeError as exc:
         if not (distributed.in_torchrun() and distributed.from_collective(exc)):
@@ -566,7 +585,25 @@ def console() -> None:
     code = main()
     if distributed.in_torchrun():
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
+    _end_at_a_signal(code)
     raise SystemExit(code)
+
+
+def _end_at_a_signal(code: int) -> None:
+    """From here the interpreter only shuts down, which takes torch about a second: a Ctrl-C
+    or SIGTERM then ends the process at once with main's status (all was done and said).
+    Python's handlers raised in torch's exit functions and printed their traceback."""
+    def now(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or full stream: nothing more to keep
+                pass
+        os._exit(code)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(signum)):  # not one ignored (nohup) or left to the OS
+            signal.signal(signum, now)
 
 
 if __name__ == "__main__":
