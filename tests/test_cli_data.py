@@ -26,15 +26,19 @@ def _in_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture
 def houses(tmp_path):
-    """A CSV whose target is a known linear function of columns on different scales."""
+    """A CSV whose target is a known linear function of columns on different scales.
+
+    The columns are not in alphabetical order, so a weight printed or saved under a sorted
+    name instead of its own column's shows.
+    """
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(120, 3, generator=g) * torch.tensor([50.0, 1.0, 0.1]) + torch.tensor(
-        [100.0, 3.0, 0.0])
-    y = X @ torch.tensor([0.5, -4.0, 20.0]) + 10.0
+    X = torch.randn(120, 3, generator=g) * torch.tensor([1.0, 50.0, 0.1]) + torch.tensor(
+        [3.0, 100.0, 0.0])
+    y = X @ torch.tensor([-4.0, 0.5, 20.0]) + 10.0
     path = tmp_path / "houses.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["area", "rooms", "slope", "price"])
+        writer.writerow(["rooms", "area", "slope", "price"])
         writer.writerows([*map(repr, map(float, x)), repr(float(t))] for x, t in zip(X, y))
     return path
 
@@ -109,7 +113,7 @@ def test_predict_on_the_training_file_reproduces_the_fit(houses, tmp_path, capsy
     assert main(["predict", "--model", str(model), "--data", str(houses), "--output",
                  str(out)]) == 0
     header, table = read_csv(out)
-    assert header == ["area", "rooms", "slope", "price", "prediction"]
+    assert header == ["rooms", "area", "slope", "price", "prediction"]
     data = load_data(houses, target="price")
     result = torchlr.fit(data.features, data.target, num_epochs=3, standardize=True,
                          standardize_target=True, lr=0.1, device="cpu")
@@ -138,8 +142,8 @@ def test_predict_to_stdout_and_without_the_target_column(houses, tmp_path, capsy
     features_only.write_text("slope,area,rooms\n0.1,120,2\n")  # any column order
     assert main(["predict", "--model", str(model), "--data", str(features_only)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "area,rooms,slope,prediction"
-    expected = torchlr.checkpoint.load_model(model).predict(torch.tensor([[120.0, 2.0, 0.1]]))
+    assert lines[0] == "rooms,area,slope,prediction"  # the model's order, the training file's
+    expected = torchlr.checkpoint.load_model(model).predict(torch.tensor([[2.0, 120.0, 0.1]]))
     assert np.float32(lines[1].split(",")[-1]) == expected.item()
     # "-" names stdout, as it does for most tools (it wrote a file called "-").
     monkeypatch.chdir(tmp_path)
@@ -175,7 +179,7 @@ def test_a_model_of_some_columns_predicts_on_its_own_training_file(houses, tmp_p
     assert whole[0] == "rooms,area,price,prediction"
     only = tmp_path / "only.csv"
     with open(houses, newline="") as f, open(only, "w", newline="") as g:
-        csv.writer(g).writerows([row[0], row[1]] for row in csv.reader(f))  # area, rooms
+        csv.writer(g).writerows([row[1], row[0]] for row in csv.reader(f))  # area, rooms
     assert main(["predict", "--model", str(model), "--data", str(only)]) == 0
     alone = capsys.readouterr().out.splitlines()
     assert alone[0] == "rooms,area,prediction" and len(alone) == len(whole)
@@ -384,7 +388,7 @@ def test_predict_into_a_closed_pipe_exits_quietly(houses, tmp_path):
     done = subprocess.run(f"{sys.executable} -m torchlr predict --model {model} --data {big} "
                           f"| head -1; exit ${{PIPESTATUS[0]}}", shell=True,
                           executable="/bin/bash", capture_output=True, text=True, timeout=120)
-    assert done.stdout == "area,rooms,slope,price,prediction\n"
+    assert done.stdout == "rooms,area,slope,price,prediction\n"
     assert done.stderr == "" and done.returncode == 141
 
 

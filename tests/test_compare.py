@@ -65,8 +65,17 @@ def test_summary_rows_against_direct_computation(data, runs):
     rows = compare.summary(X, y, runs, true_w=TRUE_W, true_b=TRUE_B, exact=(w_exact, b_exact),
                            exact_seconds=seconds)
     assert [r["run"] for r in rows] == ["scratch", "concise", "closed form"]
+    X64, y64 = X.double(), y.double().reshape(-1)
+
+    def chapter_loss(w, b):  # mean (X w + b - y)^2 / 2, in float64 with raw ops
+        return float(((X64 @ torch.as_tensor(w).double() + b - y64) ** 2 / 2).mean())
+
     for row, run in zip(rows, runs.values()):
         assert row["device"] == "cpu"
+        # The run's own final parameters: the loss it printed last, not the truth's or the
+        # closed form's (after two epochs on 300 rows these differ by far more than 1e-5).
+        assert row["loss"] == pytest.approx(chapter_loss(run.w, run.b), rel=1e-12, abs=0)
+        assert row["loss"] == pytest.approx(run.losses[-1], rel=1e-5, abs=0)
         assert row["max |w - w_true|"] == pytest.approx(float((run.w - TRUE_W).abs().max()),
                                                         rel=1e-6)
         assert row["|b - b_true|"] == pytest.approx(abs(run.b - TRUE_B), rel=1e-6)
@@ -74,6 +83,7 @@ def test_summary_rows_against_direct_computation(data, runs):
             float((run.w.double() - w_exact).abs().max()))
         assert row["seconds"] == sum(run.epoch_seconds)
     closed = rows[-1]
+    assert closed["loss"] == pytest.approx(chapter_loss(w_exact, b_exact), rel=1e-12, abs=0)
     assert closed["max |w - w_exact|"] == 0 and closed["|b - b_exact|"] == 0
     assert closed["seconds"] == seconds
     # The closed form minimizes the loss: no SGD run can beat it.

@@ -231,6 +231,26 @@ def test_train_losses_are_each_minibatch_mean_loss(log_every):
     torch.testing.assert_close(result.train_losses.double(), expected, **LOSS_TOL)
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_losses_are_in_the_targets_units_with_standardize_target(impl):
+    # The fit trains on (y - mean) / std, whose squared losses are std² times the target's;
+    # the epoch and the minibatch losses alike are reported in the target's units. The
+    # reference: the raw-op replay on the target scaled here, with float64 statistics, and
+    # its losses scaled back.
+    X, y = chapter_data(num_examples=95)
+    y64 = y.double()
+    y_mean, y_std = float(y64.mean()), float(y64.std(correction=0))
+    assert y_std**2 > 10  # a loss left in the scaled units is off by this factor
+    result = fit(X, y, impl=impl, standardize_target=True, num_epochs=2, batch_size=10,
+                 log_every=3, device="cpu")
+    *_, losses, train_losses = raw_chapter_sgd(X, (y64 - y_mean) / y_std, num_epochs=2)
+    assert result.train_losses.shape == (20,)
+    torch.testing.assert_close(result.train_losses.double(), train_losses * y_std**2,
+                               **LOSS_TOL)
+    torch.testing.assert_close(torch.tensor(result.losses, dtype=torch.float64),
+                               losses * y_std**2, **LOSS_TOL)
+
+
 def test_log_every_does_not_change_the_result():
     X, y = chapter_data()
     a = fit(X, y, log_every=1, device="cpu")

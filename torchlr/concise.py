@@ -65,11 +65,14 @@ def mse(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
-    """Plain SGD that, on `mse`, takes exactly the step scratch.sgd takes at learning rate lr.
+    """Plain SGD that, on `mse`, takes scratch.sgd's step at learning rate lr, to float precision.
 
     MSELoss has no 1/2, so its gradient is twice the chapter's; SGD runs at lr / 2. Scaling
-    by 2 is exact in binary floating point, so the update is the same to the last bit, and
-    the step needs no extra op to halve the loss.
+    by 2 is exact in binary floating point, so the update is bit for bit SGD's at lr on half
+    the MSE, and the step needs no extra op to halve the loss. scratch.sgd's update is the
+    same in exact arithmetic, but rounds elsewhere: MSELoss's gradient divides each residual
+    by the batch length before the sum over the batch, where scratch.sgd scales the summed
+    gradient by lr / batch_size. The two agree to float precision, not to the bit.
     """
     lr = check_positive_float("lr", lr)  # named as given, not as SGD's halved rate
     params = list(model.parameters())
