@@ -104,19 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient", choices=GRADIENTS, default=None,
                        help=f"autograd: backward() on the loss, as the chapter does "
                             f"(default: {defaults.gradient}, or a resumed run's own); "
-                            f"analytic: the same gradient derived by hand (X^T r), about 2-4 "
-                            f"times faster per step for small batches, equal to float "
-                            f"precision; not under torchrun")
+                            f"analytic: the same gradient derived by hand (X^T r), about 2-6 "
+                            f"times faster per step for small batches (the most for "
+                            f"scratch), equal to float precision; not under torchrun")
     train.add_argument("--permutation", choices=PERMUTATIONS, default=None,
                        help=f"how each epoch's order is drawn (default: "
-                            f"{defaults.permutation}, or a resumed run's own): randperm, on "
-                            f"the seeded CPU generator, as the chapter does; hashed: the rows "
+                            f"{defaults.permutation}, or a resumed run's own): randperm, "
+                            f"torch.randperm on the seeded CPU generator, a uniformly random "
+                            f"order each epoch as the chapter's shuffle is; hashed: the rows "
                             f"sorted by a seeded hash, computed on the GPU for large data "
                             f"(another order, the same on every device; faster at millions "
                             f"of rows on a GPU)")
     train.add_argument("--quiet", action="store_true",
-                       help="print only the results (the final errors, or the weights with "
-                            "--data): no per-epoch lines, no progress bar")
+                       help="no per-epoch lines and no progress bar: the results alone (the "
+                            "final errors, or the weights with --data), with the lines that "
+                            "name what was kept (saved PATH, early stopping's epoch) and, "
+                            "with --impl both, each block's name")
     train.add_argument("--logdir", default="runs",
                        help="TensorBoard log root: each run writes one folder under it")
     train.add_argument("--no-tensorboard", action="store_true",

@@ -197,8 +197,11 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                 raise ValueError(f"{args.resume} was trained on a file: pass it again with "
                                  f"--data")
     if args.data is None:
-        if args.stream or target or features:
-            raise ValueError("--stream, --target and --features need --data FILE")
+        given = [flag for flag, value in (("--stream", args.stream), ("--target", target),
+                                          ("--features", features)) if value]
+        if given:  # only those on the line: naming the others confused
+            raise ValueError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                             f"--data FILE")
         X, y = synthetic(data_seed, num_examples)
         names: tuple[tuple[str, ...], Optional[str]] = SYNTHETIC_NAMES
         logging.update(true_w=truth[0], true_b=truth[1])
