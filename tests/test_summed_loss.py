@@ -48,7 +48,7 @@ def test_pieces_and_streams_and_holdouts_take_the_float64_sum(close_fit, monkeyp
     exact = exact_mean(X, y, w, b)
     Xt, yt = torch.tensor(X), torch.tensor(y).reshape(-1, 1)
     monkeypatch.setattr(train, "EVAL_ROWS", 64)  # the CPU's piecewise path, 4 pieces
-    monkeypatch.setattr(summed_loss, "FLOAT64_ROWS", 7)  # float64 pieces of several rows
+    monkeypatch.setattr(summed_loss, "FLOAT64_BYTES", 7 * 2 * 8)  # float64 pieces of 7 rows
     assert float(train.mean_loss(Xt, yt, w, b)) == pytest.approx(exact, rel=1e-6, abs=0)
     assert float(train.mean_loss(Xt, yt, w, b, worker_thread=True)) == pytest.approx(
         exact, rel=1e-6, abs=0)

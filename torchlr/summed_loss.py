@@ -14,8 +14,9 @@ from torchlr.scratch import linreg, squared_loss
 # whose offset b carries), the rows are summed again in float64. Noisy data stay well above
 # it (the chapter's loss is 1.5e-6 of its targets' mean square), so they cost nothing more.
 ROUNDING_SHARE = 1e-7
-# Rows per float64 piece: X's float64 copy stays small (6 MB at 100 columns).
-FLOAT64_ROWS = 1 << 13
+# Bytes of X's float64 copy per piece: small beside the data, and few pieces (few kernel
+# launches on a GPU) for narrow data: 2 columns take a million rows a piece.
+FLOAT64_BYTES = 1 << 24
 
 
 @torch.no_grad()
@@ -54,9 +55,9 @@ def _too_coarse(total: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> bool:
 
 def float64_sum(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                 b: torch.Tensor) -> torch.Tensor:
-    """loss_sum's float64 arithmetic, in pieces of FLOAT64_ROWS rows."""
+    """loss_sum's float64 arithmetic, in pieces of FLOAT64_BYTES of float64 rows."""
     w64, b64 = w.double(), b.double()
-    pieces = [squared_loss(linreg(X[i:i + FLOAT64_ROWS].double(), w64, b64),
-                           y[i:i + FLOAT64_ROWS].double()).sum()
-              for i in range(0, len(X), FLOAT64_ROWS)]
+    rows = max(1, FLOAT64_BYTES // (8 * X.shape[1]))
+    pieces = [squared_loss(linreg(X[i:i + rows].double(), w64, b64), y[i:i + rows].double())
+              .sum() for i in range(0, len(X), rows)]
     return torch.stack(pieces).sum()

@@ -490,7 +490,9 @@ def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
         loss = group.mean_loss(X, y, w, b) if group is not None else stream.evaluate(w, b)
         return float(loss), _snapshot(w, -1), _snapshot(b)
     # Queued before the host read's sync, and brought over with w and b in one copy: on a
-    # GPU the loss's kernels run behind the last steps, and the host waits once, not thrice.
+    # GPU the loss's kernels run behind the last steps. The host waits there, for one bool
+    # (whether the float32 loss is too coarse, torchlr.summed_loss); the reads after it
+    # find their values ready.
     queued = mean_loss(X, y, w, b, worker_thread=worker_thread)
     last_read()
     # A new tensor, on the CPU too: the next epoch's steps must not change these copies.
