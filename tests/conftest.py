@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import signal
 
 import pytest
 import torch
@@ -14,6 +15,17 @@ from torchlr.data import batch_order
 from torchlr.scratch import init_params, linreg, squared_loss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """A test that runs the CLI's console() leaves its handlers behind (after main, SIGINT
+    ends the process at once): later tests, and a Ctrl-C of the suite, need Python's."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in before.items():
+        if signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
 TRUE_W = torch.tensor([2.0, -3.4])
 TRUE_B = 4.2
 

@@ -4,6 +4,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -623,7 +624,10 @@ DAMAGES = {
     "val_fraction missing": (lambda s: s["config"].pop("val_fraction"),
                              "its config lacks 'val_fraction'"),
     "val_fraction a tensor": (lambda s: s["config"].update(val_fraction=torch.tensor(0.2)),
-                              "a bad config (val_fraction must be a number"),
+                              "its config's val_fraction is tensor(0.2000)"),
+    "drop_last a number": (lambda s: s["config"].update(drop_last=1), "config's drop_last is 1"),
+    "feature_names of numbers": (lambda s: s["config"].update(feature_names=[1, 2, 3]),
+                                 "its config's feature_names is [1, 2, 3]"),
     "best missing": (lambda s: s.update(best=None), "holds no best epoch"),
     "best without val_loss": (lambda s: s["best"].pop("val_loss"), "bad best epoch"),
     "fingerprint shape empty": (lambda s: s["data"].update(shape=[]), "bad data fingerprint"),
@@ -650,6 +654,23 @@ def test_each_damage_is_named(tmp_path, damage):
     torch.save(state, path)
     with pytest.raises(ValueError, match=re.escape(message)):
         load_model(path)
+
+
+def test_a_checkpoint_loads_whatever_its_runs_folders_and_rules_are_now(tmp_path):
+    # Loading once validated the saved config as a new run's: a logdir that cannot be
+    # written here (the CLI's relative "runs", another machine) refused the checkpoint as
+    # damaged, and so did values an older torchlr allowed.
+    X, y = dataset(n=60)
+    good = tmp_path / "good.pt"
+    result = torchlr.fit(X, y, num_epochs=1, save=str(good), logdir=str(tmp_path / "tb"),
+                         device="cpu")
+    shutil.rmtree(tmp_path / "tb")
+    (tmp_path / "tb").write_text("a file where the runs were")
+    torch.testing.assert_close(load_model(good).predict(X), result.predict(X), rtol=0, atol=0)
+    state = torch.load(good, weights_only=True)
+    state["config"].update(lr=1e-39, feature_names=["a", "a", "b"])  # refused by fit today
+    torch.save(state, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["config"]["lr"] == 1e-39
 
 
 def test_a_missing_checkpoint_is_named_as_missing(tmp_path):

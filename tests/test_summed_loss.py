@@ -26,8 +26,17 @@ def close_fit():
     return X, y
 
 
+@pytest.fixture(params=["cpu", "one copy"])
+def epoch_end(request, monkeypatch):
+    """The epoch loss as the CPU checks it (in mean_loss), and as a GPU does (its limit
+    brought over with the loss, w and b in one copy), run here on the CPU's tensors."""
+    if request.param == "one copy":
+        monkeypatch.setattr(train, "_refined_by_mean_loss", lambda device: False)
+    return request.param
+
+
 @pytest.mark.parametrize("epochs", [12, 30])
-def test_a_close_fit_reports_its_loss_to_three_digits(close_fit, epochs):
+def test_a_close_fit_reports_its_loss_to_three_digits(close_fit, epochs, epoch_end):
     X, y = close_fit
     result = torchlr.fit(X, y, num_epochs=epochs, lr=0.05)
     exact = exact_mean(X, y, result.w, result.b)
@@ -59,7 +68,7 @@ def test_pieces_and_streams_and_holdouts_take_the_float64_sum(close_fit, monkeyp
     assert val_loss == pytest.approx(exact, rel=1e-6, abs=0)
 
 
-def test_noisy_data_never_pay_for_float64(monkeypatch):
+def test_noisy_data_never_pay_for_float64(monkeypatch, epoch_end):
     # The chapter's data: its loss is far above float32's rounding, so the float32 sum stands.
     def refused(*args):
         raise AssertionError("a noisy fit's loss was summed again in float64")
@@ -71,3 +80,8 @@ def test_noisy_data_never_pay_for_float64(monkeypatch):
         result = torchlr.fit(X, y, num_epochs=3, standardize=scaled, standardize_target=scaled,
                              val_fraction=0.2)
         assert result.losses[-1] < 1e-4 and result.val_losses[-1] < 1e-4
+    # Nor a target far from 0 whose noise is small beside it: 0.1 on 1000, a loss of 5e-9
+    # of its mean square.
+    y_far = y.reshape(-1) + 1000 - 4.2 + 0.1 * torch.randn(len(y), generator=g)
+    result = torchlr.fit(X, y_far, num_epochs=30, lr=0.1, standardize=True, batch_size=100)
+    assert 4e-3 < result.losses[-1] < 6e-3

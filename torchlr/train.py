@@ -23,7 +23,7 @@ from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.stream import BlockStream
-from torchlr.summed_loss import loss_mean, loss_sum
+from torchlr.summed_loss import coarse_limit, loss_mean, loss_sum, refined
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
 from torchlr.validation import (
@@ -490,14 +490,26 @@ def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
         loss = group.mean_loss(X, y, w, b) if group is not None else stream.evaluate(w, b)
         return float(loss), _snapshot(w, -1), _snapshot(b)
     # Queued before the host read's sync, and brought over with w and b in one copy: on a
-    # GPU the loss's kernels run behind the last steps. The host waits there, for one bool
-    # (whether the float32 loss is too coarse, torchlr.summed_loss); the reads after it
-    # find their values ready.
-    queued = mean_loss(X, y, w, b, worker_thread=worker_thread)
+    # GPU the loss's kernels run behind the last steps, and the host waits once, not thrice.
+    # With them the loss below which float32's predictions are too coarse for it
+    # (torchlr.summed_loss), checked on the host. On the CPU mean_loss sees to that itself.
+    on_cpu = _refined_by_mean_loss(X.device)
+    with torch.no_grad():
+        queued = (mean_loss(X, y, w, b, worker_thread=worker_thread) if on_cpu
+                  else squared_loss(linreg(X, w, b), y).mean())
+        limit = queued if on_cpu else coarse_limit(y, b)
     last_read()
     # A new tensor, on the CPU too: the next epoch's steps must not change these copies.
-    values = torch.cat([queued.reshape(1), w.detach().reshape(-1), b.detach().reshape(-1)]).cpu()
-    return float(values[0]), values[1:-1], values[-1]
+    values = torch.cat([queued.reshape(1), limit.reshape(1), w.detach().reshape(-1),
+                        b.detach().reshape(-1)]).cpu()
+    loss = values[0] if on_cpu else refined(values[0], values[1], X, y, w.detach(), b.detach())
+    return float(loss), values[2:-1], values[-1]
+
+
+def _refined_by_mean_loss(device: torch.device) -> bool:
+    """Whether _epoch_end leaves the coarse-loss check to mean_loss (on the CPU, where a
+    host read costs nothing), rather than bringing the limit over with its one copy."""
+    return device.type == "cpu"
 
 
 def group_agreement(config: FitConfig, n: int, d: int, first_epoch: int,
