@@ -11,6 +11,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
+import torchlr
+import torchlr.compare
+import torchlr.sweep
 from torchlr import fit
 from torchlr.cli import main
 
@@ -270,3 +273,84 @@ def test_cli_data_commands_name_what_is_missing(tmp_path, capsys):
         main(["predict", "--data", str(data)])
     assert info.value.code == 2
     assert "the following arguments are required: --model" in capsys.readouterr().err
+
+
+def _helpers_data():
+    g = torch.Generator().manual_seed(0)
+    return torchlr.synthetic_data([2.0, -3.4], 4.2, 40, generator=g)
+
+
+def _summary(**changes):
+    X, y = _helpers_data()
+    run = fit(X, y, num_epochs=1, device="cpu")
+    kwargs = dict(runs={"s": run}, true_w=[2.0, -3.4], true_b=4.2)
+    kwargs.update(changes)
+    return torchlr.compare.summary(X, y, **kwargs)
+
+
+# The helpers beside fit check what they are given as fit does: each of these broadcast a
+# wrong value into a result, or failed inside torch, numpy or Python naming nothing given.
+HELPER_CASES = {
+    "summary, true_w of one value": (lambda: _summary(true_w=[2.0]),
+                                     ValueError, "true_w must hold 2 value(s)"),
+    "summary, runs a list": (lambda: _summary(runs=[1]), TypeError,
+                             "runs must map names to FitResults, got list"),
+    "summary, true_b None": (lambda: _summary(true_b=None), TypeError,
+                             "true_b must be a real number"),
+    "summary, exact of one item": (lambda: _summary(exact=(torch.zeros(2),)), TypeError,
+                                   "exact must be a pair (w, b)"),
+    "synthetic b beyond float32": (lambda: torchlr.synthetic_data([1.0], 1e39, 3), ValueError,
+                                   "the labels X w + b + noise pass float32's range"),
+    "synthetic noise beyond float32": (lambda: torchlr.synthetic_data([1.0], 0, 3, noise=1e39),
+                                       ValueError, "pass float32's range"),
+    "synthetic w finite but not in float32": (lambda: torchlr.synthetic_data([1e39], 0, 3),
+                                              ValueError, "w must be finite in float32"),
+    "sweep, a bool rate": (lambda: torchlr.sweep.lr_sweep(*_helpers_data(), [True]),
+                           TypeError, "lrs[0] must be a positive finite number, got bool"),
+    "sweep, a str of rates": (lambda: torchlr.sweep.lr_sweep(*_helpers_data(), "0.03"),
+                              TypeError, "lrs must be a sequence of learning rates, got str"),
+    "sweep, a config dict": (lambda: torchlr.sweep.lr_sweep(*_helpers_data(), [0.1], {}),
+                             TypeError, "config must be a FitConfig or None"),
+    "data_iter, sparse": (lambda: torchlr.data_iter(10, _helpers_data()[0].to_sparse(),
+                                                    _helpers_data()[1]),
+                          TypeError, "features is a sparse tensor"),
+    "data_iter, reuse_buffer with grad": (
+        lambda: torchlr.data_iter(10, _helpers_data()[0].requires_grad_(), _helpers_data()[1],
+                                  reuse_buffer=True),
+        ValueError, "reuse_buffer=True gathers features into a buffer"),
+    "data_iter, unknown permutation unshuffled": (
+        lambda: torchlr.data_iter(10, *_helpers_data(), shuffle=False, permutation="rand"),
+        ValueError, "Unknown permutation 'rand'"),
+    "least_squares, a ragged list": (lambda: torchlr.least_squares([[1, 2], [3]], [1, 2]),
+                                     TypeError, "features must be a tensor, array or sequence"),
+    "least_squares, numbers as text": (
+        lambda: torchlr.least_squares([["1", "2"], ["3", "4"]], [1, 2]),
+        TypeError, "features must be a tensor, array or sequence of numbers"),
+    "load_model, bytes": (lambda: torchlr.load_model(b"model.pt"), TypeError,
+                          "path must be a str or os.PathLike, got bytes"),
+    "load_model, None": (lambda: torchlr.load_model(None), TypeError,
+                         "path must be a str or os.PathLike, got NoneType"),
+}
+
+
+@pytest.mark.parametrize("case", list(HELPER_CASES))
+def test_helpers_refuse_bad_input_naming_it(case):
+    call, kind, message = HELPER_CASES[case]
+    with pytest.raises(kind, match=re.escape(message)):
+        call()
+
+
+def test_a_sweep_takes_rates_from_arrays_and_tensors():
+    X, y = _helpers_data()
+    for lrs in (np.array([0.01, 0.02]), torch.tensor([0.01, 0.02]), (0.01, 0.02)):
+        points = torchlr.sweep.lr_sweep(X, y, lrs, num_epochs=1, device="cpu")
+        assert [p.lr for p in points] == pytest.approx([0.01, 0.02], rel=1e-7)
+
+
+def test_stream_paths_that_are_folders_and_features_given_as_one_str(tmp_path):
+    (tmp_path / "d.npy").mkdir()
+    with pytest.raises(ValueError, match=r"d.npy is a folder, not a .npy file"):
+        torchlr.BlockStream(tmp_path / "d.npy")
+    np.save(tmp_path / "t.npy", np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match=re.escape("use ['x1', 'x2']")):
+        torchlr.BlockStream(tmp_path / "t.npy", features="x1,x2")

@@ -67,6 +67,10 @@ def check_overwritable(path: str | os.PathLike[str]) -> None:
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a torchlr checkpoint (weights_only: no code runs); ValueError if not one."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        # bytes reached zipfile as a file object ("'bytes' object has no attribute 'seek'")
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}: "
+                        f"{path!r}")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder, not a checkpoint file")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchlr.validation import check_data
+from torchlr.validation import check_data, numbers_tensor
 
 
 def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
@@ -17,9 +17,12 @@ def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
     When several (w, b) minimize it (collinear columns, fewer rows than columns), this
     returns the one whose weights on standardized columns have the smallest norm.
     """
-    # Nested lists too; NaN is refused here, since LAPACK would print about it.
+    # Nested lists too, read as predict reads them (numbers only: np.asarray parsed "1" and
+    # took a ragged list or a generator to numpy's own errors); NaN is refused here, since
+    # LAPACK would print about it.
     X, y = check_data(*(v if isinstance(v, (torch.Tensor, np.ndarray))
-                        else np.asarray(v, dtype=np.float64) for v in (features, labels)),
+                        else numbers_tensor(name, v, torch.float64)
+                        for name, v in (("features", features), ("labels", labels))),
                       dtype=torch.float64)
     X, y = X.cpu(), y.cpu()
     # Solved on centred and scaled columns: the intercept then drops out, and a column

@@ -11,6 +11,7 @@ import torch
 
 from torchlr.scratch import linreg, squared_loss
 from torchlr.train import FitResult
+from torchlr.validation import check_data, check_finite_number, parameter_values
 
 T = TypeVar("T")
 Vector = Union[torch.Tensor, Sequence[float]]
@@ -58,27 +59,44 @@ def summary(
     """One row per run (and one for the closed form): final loss, errors and wall time.
 
     A run's time is the sum of its epoch times; errors are max |w - w_true| and |b - b_true|.
+    features (n, d) and labels are checked as fit checks them; true_w and exact's w must
+    hold d values (one would be broadcast over every weight), true_b and exact's b one.
     """
-    w_true = torch.as_tensor(true_w).detach().cpu().double().reshape(-1)
+    X, y = check_data(features, labels)
+    d = X.shape[1]
+    w_true = parameter_values("true_w", true_w, d, torch.float64)
+    true_b = check_finite_number("true_b", true_b)
+    if not isinstance(runs, Mapping):
+        raise TypeError(f"runs must map names to FitResults, got {type(runs).__name__}")
+    for name, run in runs.items():
+        if not isinstance(run, FitResult):
+            raise TypeError(f"runs[{name!r}] must be a FitResult, got {type(run).__name__}")
+        if run.w.numel() != d:
+            raise ValueError(f"runs[{name!r}] has {run.w.numel()} weights for {d} feature "
+                             f"columns")
     rows = []
     entries: list[tuple[str, str, torch.Tensor, float, Optional[float]]] = [
         (name, run.device, run.w.double(), run.b, sum(run.epoch_seconds))
         for name, run in runs.items()
     ]
     if exact is not None:
-        w_exact = torch.as_tensor(exact[0]).detach().cpu().double().reshape(-1)
-        entries.append(("closed form", "cpu", w_exact, float(exact[1]), exact_seconds))
+        if not (isinstance(exact, (tuple, list)) and len(exact) == 2):
+            raise TypeError(f"exact must be a pair (w, b), as least_squares returns, got "
+                            f"{type(exact).__name__}")
+        w_exact = parameter_values("exact w", exact[0], d, torch.float64)
+        b_exact = check_finite_number("exact b", exact[1])
+        entries.append(("closed form", "cpu", w_exact, b_exact, exact_seconds))
     for name, device, w, b, seconds in entries:
         row = {
             "run": name,
             "device": device,
-            "loss": mean_loss(features, labels, w, b),
+            "loss": mean_loss(X, y, w, b),
             "max |w - w_true|": float((w - w_true).abs().max()),
-            "|b - b_true|": abs(b - float(true_b)),
+            "|b - b_true|": abs(b - true_b),
         }
         if exact is not None:
             row["max |w - w_exact|"] = float((w - w_exact).abs().max())
-            row["|b - b_exact|"] = abs(b - float(exact[1]))
+            row["|b - b_exact|"] = abs(b - b_exact)
         row["seconds"] = seconds
         rows.append(row)
     return rows

@@ -16,6 +16,7 @@ from torchlr.validation import (
     check_generator,
     check_positive_int,
     numbers_tensor,
+    unreadable,
 )
 
 
@@ -36,9 +37,13 @@ def synthetic_data(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1)."""
     num_examples = check_positive_int("num_examples", num_examples)
+    given = w
     w = weights("w", w).cpu()
     if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"w must be finite, got {w.tolist()}")
+        # 1e39 is finite as given, and inf once float32: say which.
+        beyond = bool(torch.isfinite(numbers_tensor("w", given, torch.float64)).all())
+        raise ValueError(f"w must be finite{' in float32 (about ±3.4e38)' if beyond else ''}, "
+                         f"got {numbers_tensor('w', given, torch.float64).reshape(-1).tolist()}")
     noise = check_finite_number("noise", noise, minimum=0)
     b = check_finite_number("b", b)
     check_generator(generator)
@@ -48,6 +53,9 @@ def synthetic_data(
                     dtype=torch.float32).cpu()  # (n, d)
     y = X @ w + b  # (n,)
     y += noise * torch.randn(y.shape, generator=gen, device=gen.device, dtype=torch.float32).cpu()
+    if not bool(torch.isfinite(y).all()):  # data no fit could train on, made here silently
+        raise ValueError(f"the labels X w + b + noise pass float32's range (about ±3.4e38) "
+                         f"with w={w.tolist()}, b={b!r}, noise={noise!r}: make them smaller")
     return X, y.reshape(-1, 1)
 
 
@@ -230,7 +238,14 @@ def data_iter(
                             f"torch.as_tensor converts a numpy array")
         if value.dim() == 0:
             raise ValueError(f"{name} must have one row per example, got a 0-d tensor")
+        why = unreadable(value)  # a sparse tensor failed inside torch at the first batch
+        if why:
+            raise TypeError(f"{name} is {why}")
+        if reuse_buffer is True and value.requires_grad:
+            raise ValueError(f"reuse_buffer=True gathers {name} into a buffer, which autograd "
+                             f"cannot track: pass {name}.detach(), or reuse_buffer=False")
     check_generator(generator)
+    check_choice("permutation", permutation, PERMUTATIONS)  # also when shuffle=False
     # Truthy is not enough: drop_last="no" would drop, shuffle="no" would shuffle.
     for name, flag in (("shuffle", shuffle), ("drop_last", drop_last),
                        ("reuse_buffer", reuse_buffer), ("prefetch", prefetch)):

@@ -75,7 +75,7 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
                          f"its columns are: {', '.join(map(repr, names))}")
     if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
         raise TypeError(f"features must be a sequence of column names, got the str "
-                        f"{features!r}; use [{features!r}]")
+                        f"{features!r}; use {features.split(',')!r}")
     if features is None:
         features = [name for name in names if name != target]
     else:

@@ -45,6 +45,8 @@ class BlockStream:
         self.path = os.fspath(path)
         if os.path.splitext(self.path)[1].lower() != ".npy":
             raise ValueError(f"--stream reads a 2-D .npy file; got {self.path}")
+        if os.path.isdir(self.path):
+            raise ValueError(f"{self.path} is a folder, not a .npy file")
         if not os.path.isfile(self.path):
             raise ValueError(f"No such file: {self.path}")
         shape, fortran, dtype, offset = npy_header(self.path)

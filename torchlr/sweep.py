@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+import numpy as np
+import torch
+
 from torchlr.train import DivergenceError, FitConfig, FitResult, fit
+from torchlr.validation import check_positive_float
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,15 @@ class SweepPoint:
         return self.result.losses[-1] if self.result.losses else math.nan
 
 
+def _number(value: Any) -> Any:
+    """A one-number tensor or array as its number (a bool stays a bool); else value."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.item()
+    return value
+
+
 def lr_sweep(
     features: Any,
     labels: Any,
@@ -45,11 +58,22 @@ def lr_sweep(
     **overrides: Any,
 ) -> list[SweepPoint]:
     """Fit once per learning rate, same seed; a DivergenceError becomes a point, not a raise."""
+    if config is not None and not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig or None, got {type(config).__name__}")
+    if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Iterable):
+        # A str is a sequence of characters, and one rate no sequence at all.
+        raise TypeError(f"lrs must be a sequence of learning rates, got "
+                        f"{type(lrs).__name__}: {lrs!r}")
+    if "on_progress" in overrides:  # fit's argument, not a FitConfig field
+        raise TypeError("lr_sweep takes no on_progress")
+    # Each checked as fit checks its lr (float() took True for 1.0, and "0.03"); one-number
+    # tensors and arrays, a tensor's or an array's items, count as their numbers.
+    lrs = [check_positive_float(f"lrs[{i}]", _number(lr)) for i, lr in enumerate(lrs)]
     base = replace(config or FitConfig(), **overrides)
     if base.save is not None or base.resume is not None:
         raise ValueError("lr_sweep takes no save or resume: every learning rate's run would "
                          "write or continue the same checkpoint")
-    runs = [replace(base, lr=float(lr)) for lr in lrs]
+    runs = [replace(base, lr=lr) for lr in lrs]
     for run in runs:  # every option is checked before the first fit starts
         run.validate()
     points = []

@@ -134,7 +134,7 @@ def _holds_inf(given: Any) -> bool:
     return bool(torch.isinf(given).any())
 
 
-def numbers_tensor(name: str, value: Any) -> torch.Tensor:
+def numbers_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """as_float_tensor, taking numbers and (nested) sequences of numbers too."""
     if not isinstance(value, (torch.Tensor, np.ndarray)):
         try:
@@ -145,13 +145,14 @@ def numbers_tensor(name: str, value: Any) -> torch.Tensor:
             raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got "
                             f"{type(value).__name__}: {value!r}")
         value = array
-    return as_float_tensor(name, value)
+    return as_float_tensor(name, value, dtype)
 
 
-def parameter_values(name: str, value: Any, size: int) -> torch.Tensor:
+def parameter_values(name: str, value: Any, size: int,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Return a weight or bias (a tensor, array, sequence or number of size values) as a
-    flat float32 tensor, or raise naming it."""
-    given = numbers_tensor(name, value)
+    flat float32 (or dtype) tensor, or raise naming it."""
+    given = numbers_tensor(name, value, dtype)
     if given.numel() != size:
         raise ValueError(f"{name} must hold {size} value(s), got shape {tuple(given.shape)}")
     return given.reshape(-1)
