@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+from torchlr.archive import check_archive
 from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
@@ -24,7 +23,6 @@ FORMAT = "torchlr-checkpoint"
 # 4: the config holds permutation; with "hashed", a torchlr that reads only up to version 3
 #    would resume in randperm's order, another run than the one saved.
 VERSION = 4
-DOS_FOLDER = 0x10  # the folder bit of a zip entry's external attributes
 READS = (1, 2, 3, VERSION)
 # FitConfig fields that define the run: a resumed run must keep them as they were.
 RUN_FIELDS = ("impl", "lr", "batch_size", "seed", "drop_last", "val_fraction", "standardize",
@@ -76,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise ValueError(f"No such checkpoint file: {path}")
-    _check_archive(path)
+    check_archive(path, "torchlr checkpoint")
     try:
         with warnings.catch_warnings():  # a foreign file's pickle protocol, say
             warnings.simplefilter("ignore")
@@ -186,46 +184,6 @@ def _real(value: Any) -> bool:
     """A finite int or float, not a bool: what a checkpoint stores for a number."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
-
-
-def _check_archive(path: str) -> None:
-    """Refuse a file that is not the zip archive torch.save writes, or one whose stored
-    bytes fail their CRC-32 checksums: torch.load reads a damaged entry without checking."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()  # reads every entry: a checkpoint is small
-            # torch's reader takes an entry marked as a folder (the DOS attribute bit, which
-            # zipfile ignores) for one without bytes, and its tensor for uninitialised memory:
-            # a flipped bit there loaded w = [-2.9e29, 4.6e-41] past every checksum.
-            folders = [info.filename for info in archive.infolist()
-                       if info.external_attr & DOS_FOLDER or info.filename.endswith("/")]
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:  # a damaged offset: a seek before the file's start
-            raise ValueError(f"{path} is a damaged torchlr checkpoint: its archive cannot be "
-                             f"read (an offset in it points outside the file)") from None
-        # No permission, a failing disk: not a matter of its format.
-        raise ValueError(f"Cannot read {path}: {exc.strerror or exc}") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError,
-            ValueError) as exc:
-        if not _looks_zipped(path):
-            raise ValueError(f"{path} is not a torchlr checkpoint: not the zip archive "
-                             f"torch.save writes") from None
-        raise ValueError(f"{path} is a damaged torchlr checkpoint: its archive cannot be "
-                         f"read ({type(exc).__name__}: {exc})") from None
-    if bad is not None:
-        raise ValueError(f"{path} is a damaged torchlr checkpoint: the bytes of its entry "
-                         f"{bad!r} do not match their checksum")
-    if folders:
-        raise ValueError(f"{path} is a damaged torchlr checkpoint: its entry {folders[0]!r} "
-                         f"is marked as a folder (torch.save writes none)")
-
-
-def _looks_zipped(path: str) -> bool:
-    """Whether the file ends as a zip archive does, damaged or not."""
-    try:
-        return zipfile.is_zipfile(path)
-    except zipfile.BadZipFile:  # found the archive's end, and could not read past it
-        return True
 
 
 def _losses_to_target_units(path: str, state: dict[str, Any]) -> None:

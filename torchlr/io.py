@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from torchlr.archive import check_archive, looks_zipped
 from torchlr.validation import is_real_dtype, torch_load_failure, unreadable
 
 FORMATS = (".csv", ".npy", ".npz", ".pt")
@@ -70,9 +71,13 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
     """The feature and target columns of a table with these names: target defaults to the
     last column, features to the rest. Raises naming what is unknown, repeated or missing."""
     target = names[-1] if target is None else target
+    # One column whose name holds ';' or a tab: a file of other separators, read as one.
+    one_column = ("; its header reads as one column: torchlr reads comma-separated values "
+                  "(save the file with commas)"
+                  if len(names) == 1 and (";" in names[0] or "\t" in names[0]) else "")
     if target not in names:
         raise ValueError(f"Unknown target column {target!r} in {path}; "
-                         f"its columns are: {', '.join(map(repr, names))}")
+                         f"its columns are: {', '.join(map(repr, names))}{one_column}")
     if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
         raise TypeError(f"features must be a sequence of column names, got the str "
                         f"{features!r}; use {features.split(',')!r}")
@@ -83,17 +88,15 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
         unknown = [name for name in features if name not in names]
         if unknown:
             raise ValueError(f"Unknown feature column(s) {', '.join(map(repr, unknown))} in "
-                             f"{path}; its columns are: {', '.join(map(repr, names))}")
+                             f"{path}; its columns are: {', '.join(map(repr, names))}"
+                             f"{one_column}")
         if target in features:
             raise ValueError(f"Column {target!r} is both the target and a feature")
         if len(set(features)) != len(features):
             raise ValueError(f"Feature columns repeat: {', '.join(map(repr, features))}")
     if not features:
-        hint = ""
-        if len(names) == 1 and (";" in names[0] or "\t" in names[0]):  # one column, "a;b;y"
-            hint = ("; its header reads as one column: torchlr reads comma-separated values "
-                    "(save the file with commas)")
-        raise ValueError(f"{path} has no feature column besides the target {target!r}{hint}")
+        raise ValueError(f"{path} has no feature column besides the target {target!r}"
+                         f"{one_column}")
     return features, target
 
 
@@ -417,6 +420,9 @@ def _parse_cells(path: str, line: int, row: list[str], index: list[int], names: 
             value = float(cell)
         except ValueError:
             raise ValueError(f"{where}: {row[i]!r} is not a number") from None
+        if math.isinf(value) and cell.lstrip("+-").lower() not in ("inf", "infinity"):
+            # 1e400: a finite number as written, past float64 as read, and so float32's.
+            raise ValueError(f"{where}: {beyond_float32(cell)}")
         if not math.isfinite(value):
             raise ValueError(f"{where}: {row[i]!r} is not a finite number")
         parsed.append(value)
@@ -443,12 +449,23 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
     """The file's arrays, each named: a bare array is called x, a pair (X, y) is x and y."""
     try:
         if suffix == ".npy":
+            shape, _, dtype, offset = npy_header(path)
+            needed = offset + math.prod(shape) * dtype.itemsize
+            if os.path.getsize(path) < needed:  # cut short: a copy or a download that stopped
+                raise ValueError(f"{path} is truncated: its header promises {needed} bytes, "
+                                 f"the file has {os.path.getsize(path)}")
             return [("x", np.load(path, mmap_mode="r", allow_pickle=False))]
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return [(key, z[key]) for key in z.files]
+    except ValueError as exc:
+        if str(exc).startswith(f"{path} is "):  # npy_header's, or the truncation above
+            raise
+        raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
     except Exception as exc:  # numpy raises many types for a bad file
         raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
+    if looks_zipped(path):  # not a legacy (pre-zip) torch.save file, which has no CRC-32s
+        check_archive(path, ".pt data file")
     try:
         with warnings.catch_warnings():  # a foreign file's pickle protocol, say
             warnings.simplefilter("ignore")

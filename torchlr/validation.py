@@ -69,7 +69,9 @@ def unreadable(value: torch.Tensor) -> str:
     if value.is_nested:
         return "a nested tensor, not a table whose rows are one length"
     try:  # bits8, int4, uint3...: no conversion to float32 exists
-        torch.zeros(1, dtype=value.dtype).to(torch.float32)
+        with warnings.catch_warnings():  # complex's "discards the imaginary part": refused
+            warnings.simplefilter("ignore")  # below, and the warning was printed before it
+            torch.zeros(1, dtype=value.dtype).to(torch.float32)
     except (RuntimeError, NotImplementedError):
         return f"of dtype {value.dtype}, which does not hold numbers torch converts to float32"
     return ""
