@@ -326,6 +326,13 @@ HELPER_CASES = {
     "least_squares, numbers as text": (
         lambda: torchlr.least_squares([["1", "2"], ["3", "4"]], [1, 2]),
         TypeError, "features must be a tensor, array or sequence of numbers"),
+    # evaluate returned nan for a NaN weight, and inf for one beyond float32.
+    "evaluate, a NaN weight": (lambda: torchlr.evaluate(*_helpers_data(), [math.nan, 1.0], 0),
+                               ValueError, "w must hold finite numbers within float32's"),
+    "evaluate, a weight beyond float32": (
+        lambda: torchlr.evaluate(*_helpers_data(), [1e39, 1.0], 0),
+        ValueError, "w must hold finite numbers within float32's range (about ±3.4e38), "
+                    "got [1e+39, 1.0]"),
     "load_model, bytes": (lambda: torchlr.load_model(b"model.pt"), TypeError,
                           "path must be a str or os.PathLike, got bytes"),
     "load_model, None": (lambda: torchlr.load_model(None), TypeError,

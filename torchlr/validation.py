@@ -157,6 +157,10 @@ def parameter_values(name: str, value: Any, size: int,
     given = numbers_tensor(name, value, dtype)
     if given.numel() != size:
         raise ValueError(f"{name} must hold {size} value(s), got shape {tuple(given.shape)}")
+    if not bool(torch.isfinite(given).all()):  # a loss or error of them would be nan or inf
+        within = " within float32's range (about ±3.4e38)" if dtype == torch.float32 else ""
+        raise ValueError(f"{name} must hold finite numbers{within}, got "
+                         f"{numbers_tensor(name, value, torch.float64).reshape(-1).tolist()}")
     return given.reshape(-1)
 
 
