@@ -149,9 +149,9 @@ def _check_fields(path: str, state: dict[str, Any]) -> None:
     if missing:
         raise damaged(f"its config lacks {missing[0]!r}")
     for name, kinds in CONFIG_TYPES.items():
-        value = config.get(name)  # early_stopping may be absent: a run without it
-        if name not in config and name not in RUN_FIELDS:
+        if name not in config:  # early_stopping, of a run without it (RUN_FIELDS are there)
             continue
+        value = config[name]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise damaged(f"its config's {name} is {value!r}")
     names = config["feature_names"]

@@ -41,9 +41,10 @@ def synthetic_data(
     w = weights("w", w).cpu()
     if not bool(torch.isfinite(w).all()):
         # 1e39 is finite as given, and inf once float32: say which.
-        beyond = bool(torch.isfinite(numbers_tensor("w", given, torch.float64)).all())
+        wide = numbers_tensor("w", given, torch.float64)
+        beyond = bool(torch.isfinite(wide).all())
         raise ValueError(f"w must be finite{' in float32 (about ±3.4e38)' if beyond else ''}, "
-                         f"got {numbers_tensor('w', given, torch.float64).reshape(-1).tolist()}")
+                         f"got {wide.reshape(-1).tolist()}")
     noise = check_finite_number("noise", noise, minimum=0)
     b = check_finite_number("b", b)
     check_generator(generator)

@@ -9,8 +9,8 @@ from typing import Any, Optional
 import torch
 
 from torchlr.preprocess import r2_score
-from torchlr.scratch import linreg, squared_loss
-from torchlr.summed_loss import coarse_limit, refined
+from torchlr.scratch import linreg
+from torchlr.summed_loss import mean_and_limit, refined
 
 
 @dataclass
@@ -24,12 +24,11 @@ class Holdout:
     def metrics(self, w: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
         """Mean squared_loss (of the target as the model sees it) and R² (one host read)."""
         y_hat = linreg(self.features, w, b)
-        mean = squared_loss(y_hat, self.labels).mean()
-        values = torch.stack([mean, r2_score(y_hat, self.labels),
-                              coarse_limit(self.labels, b)]).cpu()
+        mean, limit = mean_and_limit(y_hat, self.labels, b)
+        values = torch.stack([mean, limit, r2_score(y_hat, self.labels)]).cpu()
         # A close fit's float32 residuals hold few digits: summed again from float64 then.
-        loss = refined(values[0], values[2], self.features, self.labels, w, b)
-        return float(loss), float(values[1])
+        loss = refined(values[0], values[1], self.features, self.labels, w, b)
+        return float(loss), float(values[2])
 
 
 class EarlyStopping:

@@ -445,23 +445,26 @@ def npy_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         raise ValueError(f"{path} is not a valid .npy file: {exc}") from None
 
 
+def check_npy_length(path: str, shape: tuple[int, ...], dtype: np.dtype, offset: int,
+                     length: int) -> None:
+    """Refuse a .npy file of length bytes that holds less than its header promises."""
+    needed = offset + math.prod(shape) * dtype.itemsize
+    if length < needed:  # cut short: a copy or a download that stopped
+        raise ValueError(f"{path} is truncated: its header promises {needed} bytes, the file "
+                         f"has {length}")
+
+
 def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
     """The file's arrays, each named: a bare array is called x, a pair (X, y) is x and y."""
+    if suffix == ".npy":  # numpy said "mmap length is greater than file size"
+        shape, _, dtype, offset = npy_header(path)
+        check_npy_length(path, shape, dtype, offset, os.path.getsize(path))
     try:
         if suffix == ".npy":
-            shape, _, dtype, offset = npy_header(path)
-            needed = offset + math.prod(shape) * dtype.itemsize
-            if os.path.getsize(path) < needed:  # cut short: a copy or a download that stopped
-                raise ValueError(f"{path} is truncated: its header promises {needed} bytes, "
-                                 f"the file has {os.path.getsize(path)}")
             return [("x", np.load(path, mmap_mode="r", allow_pickle=False))]
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return [(key, z[key]) for key in z.files]
-    except ValueError as exc:
-        if str(exc).startswith(f"{path} is "):  # npy_header's, or the truncation above
-            raise
-        raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
     except Exception as exc:  # numpy raises many types for a bad file
         raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
     if looks_zipped(path):  # not a legacy (pre-zip) torch.save file, which has no CRC-32s

@@ -11,7 +11,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from torchlr.io import beyond_float32, choose_columns, constant_target, is_constant, npy_header
+from torchlr.io import (
+    beyond_float32,
+    check_npy_length,
+    choose_columns,
+    constant_target,
+    is_constant,
+    npy_header,
+)
 from torchlr.preprocess import Scaling
 from torchlr.run import sampled_rows
 from torchlr.summed_loss import loss_sum
@@ -71,10 +78,7 @@ class BlockStream:
         with open(self.path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._stat = _identity(os.fstat(f.fileno()))
-        needed = offset + shape[0] * row_bytes
-        if len(self._map) < needed:  # cut short: a copy or a download that stopped
-            raise ValueError(f"{self.path} is truncated: its header promises {needed} bytes, "
-                             f"the file has {len(self._map)}")
+        check_npy_length(self.path, shape, dtype, offset, len(self._map))
         self._array = np.ndarray(shape, dtype, buffer=self._map, offset=offset)
         self._offset, self._row_bytes = offset, row_bytes
         self.scaling: Optional[Scaling] = None  # applied to every block once set

@@ -53,8 +53,14 @@ def loss_mean(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
     The chapter's float32 mean, to the bit, as a loop over the same tensors takes it; from
     float64 predictions where it is below coarse_limit (one host read decides).
     """
-    mean = squared_loss(linreg(X, w, b), y).mean()
-    return refined(mean, coarse_limit(y, b), X, y, w, b)
+    return refined(*mean_and_limit(linreg(X, w, b), y, b), X, y, w, b)
+
+
+def mean_and_limit(y_hat: torch.Tensor, y: torch.Tensor,
+                   b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 mean squared_loss of predictions y_hat, and its coarse_limit: neither
+    read, so a caller brings both over in the copy it makes anyway, then calls refined."""
+    return squared_loss(y_hat, y).mean(), coarse_limit(y, b)
 
 
 def refined(mean: torch.Tensor, limit: torch.Tensor, X: torch.Tensor, y: torch.Tensor,

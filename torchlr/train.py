@@ -23,7 +23,7 @@ from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.stream import BlockStream
-from torchlr.summed_loss import coarse_limit, loss_mean, loss_sum, refined
+from torchlr.summed_loss import loss_mean, loss_sum, mean_and_limit, refined
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
 from torchlr.validation import (
@@ -493,17 +493,18 @@ def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
     # GPU the loss's kernels run behind the last steps, and the host waits once, not thrice.
     # With them the loss below which float32's predictions are too coarse for it
     # (torchlr.summed_loss), checked on the host. On the CPU mean_loss sees to that itself.
-    on_cpu = _refined_by_mean_loss(X.device)
+    w, b = w.detach(), b.detach()
     with torch.no_grad():
-        queued = (mean_loss(X, y, w, b, worker_thread=worker_thread) if on_cpu
-                  else squared_loss(linreg(X, w, b), y).mean())
-        limit = queued if on_cpu else coarse_limit(y, b)
+        if _refined_by_mean_loss(X.device):
+            queued = [mean_loss(X, y, w, b, worker_thread=worker_thread)]
+        else:
+            queued = list(mean_and_limit(linreg(X, w, b), y, b))
     last_read()
     # A new tensor, on the CPU too: the next epoch's steps must not change these copies.
-    values = torch.cat([queued.reshape(1), limit.reshape(1), w.detach().reshape(-1),
-                        b.detach().reshape(-1)]).cpu()
-    loss = values[0] if on_cpu else refined(values[0], values[1], X, y, w.detach(), b.detach())
-    return float(loss), values[2:-1], values[-1]
+    values = torch.cat([*(v.reshape(1) for v in queued), w.reshape(-1), b.reshape(-1)]).cpu()
+    k = len(queued)
+    loss = values[0] if k == 1 else refined(values[0], values[1], X, y, w, b)
+    return float(loss), values[k:-1], values[-1]
 
 
 def _refined_by_mean_loss(device: torch.device) -> bool:
