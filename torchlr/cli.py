@@ -30,7 +30,7 @@ from torchlr.cli_data import (
 from torchlr.data import PERMUTATIONS, synthetic_data
 from torchlr.interrupts import Terminated, raise_terminated
 from torchlr.io import check_fits_in_memory
-from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit, keep_saved
+from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit, keeping_saved
 from torchlr.validation import IMPLS, check_seed
 
 # The chapter's ground truth.
@@ -299,17 +299,11 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
                 bar.clear()  # the error's line must not start after a half-drawn bar
             raise
         results.append(result)
-        try:
+        with keeping_saved(result):  # a Ctrl-C or a full stdout: the run itself is kept
             _tell_result(result, config, args, true_w, out)
-        except BaseException as exc:  # a Ctrl-C or a full stdout: the run itself is kept
-            keep_saved(exc, result)
-            raise
     if args.plot is not None:
-        try:
+        with keeping_saved(results[-1]):
             plots.save_figure(plots.loss_curves(results), args.plot)
-        except BaseException as exc:
-            keep_saved(exc, results[-1])
-            raise
         if not args.quiet:
             _say(f"Saved the loss curves to {args.plot}")
     return 0

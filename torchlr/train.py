@@ -6,8 +6,8 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Optional
@@ -568,21 +568,24 @@ def fit(
     with RunWriter() as run, CpuThreads() as cpu_threads, torch.inference_mode(False), \
             torch.enable_grad():
         result = _fit(features, labels, config, on_progress, run, cpu_threads, **overrides)
-        try:
+        with keeping_saved(result):  # a Ctrl-C there: every epoch ran and was saved
             run.finish(result)  # the fit's figure: a second or so, matplotlib's import first
-        except BaseException as exc:  # a Ctrl-C there: every epoch ran and was saved
-            keep_saved(exc, result)
-            raise
     return replace(result, run_dir=run.run_dir)
 
 
-def keep_saved(exc: BaseException, result: FitResult) -> None:
-    """Mark exc, raised after a fit returned, with the checkpoint that fit wrote (its last
-    epoch), as an error inside the fit is marked: the CLI's line names it."""
-    if result.saved_to is not None and getattr(exc, "saved_to", None) is None:
-        exc.saved_to, exc.saved_epoch = result.saved_to, len(result.losses)  # type: ignore
-        if result.run_dir is not None and getattr(exc, "run_dir", None) is None:
-            exc.run_dir = result.run_dir  # type: ignore[attr-defined]
+@contextmanager
+def keeping_saved(result: FitResult) -> Iterator[None]:
+    """Mark an exception raised in the block, after a fit returned, with the checkpoint that
+    fit wrote (its last epoch), as an error inside the fit is marked: the CLI's line names
+    it."""
+    try:
+        yield
+    except BaseException as exc:
+        if result.saved_to is not None and getattr(exc, "saved_to", None) is None:
+            exc.saved_to, exc.saved_epoch = result.saved_to, len(result.losses)  # type: ignore
+            if result.run_dir is not None and getattr(exc, "run_dir", None) is None:
+                exc.run_dir = result.run_dir  # type: ignore[attr-defined]
+        raise
 
 
 def _fit(
