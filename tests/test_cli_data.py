@@ -683,6 +683,18 @@ def test_an_empty_path_is_refused_by_its_option(capsys):
         assert capsys.readouterr().err == f"torchlr: error: {words}, got ''\n"
 
 
+def test_options_of_the_tensorboard_run_are_refused_with_no_tensorboard(tmp_path, capsys):
+    # They were accepted and ignored: a user who meant to log a run found nothing there.
+    for extra, words in ((["--logdir", str(tmp_path / "runs")], "--logdir names"),
+                         (["--run-name", "a"], "--run-name names"),
+                         (["--logdir", "", "--run-name", "a"], "--logdir and --run-name name")):
+        assert main(["train", "--epochs", "1", "--device", "cpu", "--no-tensorboard",
+                     *extra]) == 2
+        assert capsys.readouterr().err == (f"torchlr: error: {words} the TensorBoard run, "
+                                           f"which --no-tensorboard does not write\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_resumed_run_may_name_its_own_checkpoint_with_save(houses, tmp_path, capsys):
     # Writing back to --resume is the one overlap meant, with --save at that file too.
     model = tmp_path / "m.pt"

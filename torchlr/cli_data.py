@@ -145,6 +145,11 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                    val_fraction=args.val_fraction,
                    standardize=args.standardize, standardize_target=args.standardize_target,
                    early_stopping=args.early_stopping, save=args.save, resume=args.resume)
+    if args.no_tensorboard:  # options for a run that is not written: a mistaken flag, said
+        named = [f"--{o.replace('_', '-')}" for o in ("logdir", "run_name") if o in args.given]
+        if named:
+            raise ValueError(f"{' and '.join(named)} name{'s' * (len(named) == 1)} the "
+                             f"TensorBoard run, which --no-tensorboard does not write")
     logging = dict(logdir=None if args.no_tensorboard else args.logdir, run_name=args.run_name)
     target, features = args.target, _features_arg(args)
     data_seed = args.seed  # --seed draws the chapter's data too
