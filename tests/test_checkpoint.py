@@ -478,6 +478,32 @@ def test_load_model_gives_a_ready_model_of_its_implementation(tmp_path, impl, ki
         assert torch.equal(model.model.module.weight.reshape(-1), result.scaled_w)
 
 
+def test_predict_refuses_features_and_predictions_that_are_not_finite(tmp_path):
+    # Features of 1e39 became inf in float32 and were predicted as inf, without a word.
+    X, y = dataset()  # 3 features
+    path = tmp_path / "m.pt"
+    result = torchlr.fit(X, y, num_epochs=1, save=str(path), device="cpu")
+    beyond = r"holds 1 value\(s\) beyond the range of float32"
+    for predict in (result.predict, load_model(path).predict):
+        for given, words in ((np.array([[1.0, 1e39, 0.0]]), beyond),
+                             ([[1.0, -1e39, 0.0]], beyond),
+                             ([[float("inf"), 1.0, 0.0]], r"contains inf \(1 value"),
+                             (torch.tensor([[1.0, 2.0, 0.0], [math.nan, math.nan, 0.0]]),
+                              r"contains NaN \(2 value")):
+            with pytest.raises(ValueError, match=f"^features {words}"):
+                predict(given)
+        # Finite features whose prediction overflows float32: the first such row is named.
+        signs = torch.sign(result.w)
+        big = torch.stack([torch.ones(3), 3e38 * signs, -3e38 * signs])
+        overflowed = float(big[1] @ result.w + result.b)
+        assert overflowed == math.inf  # the reference: the same sum in float32
+        with pytest.raises(torchlr.checkpoint.NonFinitePrediction,
+                           match="^features row 1: the prediction is inf, ") as info:
+            predict(big)
+        assert info.value.row == 1
+        assert torch.isfinite(predict(big[:1])).all()
+
+
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_restores_the_best_epoch(tmp_path, patience):
     X, y = dataset()

@@ -14,7 +14,13 @@ from torchlr.archive import check_archive
 from torchlr.atomic import write_atomic
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
-from torchlr.validation import IMPLS, check_writable_file, numbers_tensor, torch_load_failure
+from torchlr.validation import (
+    IMPLS,
+    check_finite,
+    check_writable_file,
+    numbers_tensor,
+    torch_load_failure,
+)
 
 FORMAT = "torchlr-checkpoint"
 # 2: the concise optimizer runs at lr / 2 on MSELoss (version 1 ran at lr on MSELoss / 2).
@@ -305,20 +311,47 @@ class TrainedModel:
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predictions (n, 1) float32 for features (n, d) in original units."""
         w, b = self.model.params()
-        X = numbers_tensor("features", features)  # float64, ints, numpy, lists: as float32
-        return predict(X.to(w.device), w, b, self.scaling)
+        return predict(prediction_features(features).to(w.device), w, b, self.scaling)
+
+
+class NonFinitePrediction(ValueError):
+    """A prediction that overflowed float32 from finite features; .row is its row."""
+
+    def __init__(self, row: int, value: float) -> None:
+        self.row, self.value = row, value
+        super().__init__(self.at(f"features row {row}"))
+
+    def at(self, place: str) -> str:
+        """The message, with place naming the row (a file's line, say)."""
+        return (f"{place}: the prediction is {self.value}, not a finite number: the row's "
+                f"values are too large for float32 arithmetic with this model")
+
+
+def prediction_features(features: Any) -> torch.Tensor:
+    """Features for predict as float32, refused if they hold NaN, inf, or values beyond
+    float32 (which would become inf and be predicted as such, without a word)."""
+    X = numbers_tensor("features", features)  # float64, ints, numpy, lists: as float32
+    check_finite("features", X, features)
+    return X
 
 
 @torch.no_grad()
 def predict(features: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
             scaling: Scaling) -> torch.Tensor:
-    """The model's (n, 1) predictions in original units: scale X, apply w and b, unscale y."""
+    """The model's (n, 1) predictions in original units: scale X, apply w and b, unscale y;
+    raise NonFinitePrediction for a row whose prediction overflows float32."""
     if features.dim() != 2 or features.shape[1] != w.shape[0]:
         raise ValueError(f"features must have shape (n, {w.shape[0]}), the columns the model "
                          f"was trained on; got shape {tuple(features.shape)}")
     # On the features' device: a FitResult keeps w on the CPU whatever device X is on.
     w, b = w.to(features.device), b.to(features.device)
-    return scaling.unscale_target(linreg(scaling.features(features), w, b))
+    predictions = scaling.unscale_target(linreg(scaling.features(features), w, b))  # (n, 1)
+    if not bool(torch.isfinite(predictions.sum())):  # one read when all is well
+        bad = (~torch.isfinite(predictions[:, 0])).nonzero()
+        if len(bad):  # else a finite column whose sum alone overflowed
+            row = int(bad[0, 0])
+            raise NonFinitePrediction(row, float(predictions[row, 0]))
+    return predictions
 
 
 def load_model(path: str | os.PathLike[str], device: str = "cpu") -> TrainedModel:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from torchlr.atomic import write_atomic
-from torchlr.checkpoint import TrainedModel, load_checkpoint, load_model
+from torchlr.checkpoint import NonFinitePrediction, TrainedModel, load_checkpoint, load_model
 from torchlr.io import feature_columns, load_columns, load_data, row_location
 from torchlr.stream import BlockStream
 from torchlr.train import FitConfig
@@ -241,19 +241,6 @@ def _cell(value: np.float32) -> str:
     return str(value)  # numpy's shortest text that reads back as the same float32
 
 
-def _check_finite(args: argparse.Namespace, predictions: torch.Tensor) -> None:
-    """Refuse a NaN or inf prediction: written out it would read as an unknown (empty) cell
-    or as a number. The features were checked finite, and so were the model's parameters
-    when it was loaded: the arithmetic overflowed."""
-    bad = (~torch.isfinite(predictions[:, 0])).nonzero()
-    if not len(bad):
-        return
-    row = int(bad[0, 0])
-    raise ValueError(f"{row_location(args.data, row)}: the prediction is "
-                     f"{float(predictions[row, 0])}, not a finite number: the row's values are "
-                     f"too large for float32 arithmetic with this model")
-
-
 def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]:
     """Load the model and data (every check done first); return the CSV lines to write."""
     check_given_paths(args)
@@ -272,8 +259,10 @@ def predict_rows(args: argparse.Namespace) -> tuple[TrainedModel, Iterator[str]]
     values = load_columns(args.data, wanted, missing_ok=[model.target_name],  # (n, k) float32
                           too_large="predict on it in parts, each a file of some of its rows")
     d = len(model.feature_names)
-    predictions = model.predict(values[:, :d]).cpu()  # (n, 1)
-    _check_finite(args, predictions)
+    try:
+        predictions = model.predict(values[:, :d]).cpu()  # (n, 1)
+    except NonFinitePrediction as exc:  # named by its place in the file
+        raise ValueError(exc.at(row_location(args.data, exc.row))) from None
     column = "prediction"
     while column in wanted:  # a feature named prediction: the header keeps distinct names
         column = "_" + column

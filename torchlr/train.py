@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from torchlr import analytic, distributed, graphs, threads
-from torchlr.checkpoint import predict
+from torchlr.checkpoint import predict, prediction_features
 from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_step
 from torchlr.data import PERMUTATIONS, OrdersAhead, batches_in_order, data_iter, orders_ahead
 from torchlr.devices import resolve_device
@@ -36,7 +36,6 @@ from torchlr.validation import (
     check_positive_int,
     check_run_options,
     check_seed,
-    numbers_tensor,
     parameter_values,
 )
 
@@ -189,7 +188,7 @@ class FitResult:
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predictions (n, 1) in original units, computed exactly as a loaded checkpoint does."""
-        X = numbers_tensor("features", features)  # float64, ints, numpy, lists: as float32
+        X = prediction_features(features)
         scaling = self.scaling or Scaling.identity(X.shape[1])
         w = self.w if self.scaled_w is None else self.scaled_w
         b = self.b if self.scaled_b is None else self.scaled_b

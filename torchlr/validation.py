@@ -112,28 +112,36 @@ def check_data(features: Any, labels: Any,
         )
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"features is empty: shape {tuple(X.shape)}; need n >= 1 and d >= 1")
-    for name, t in (("features", X), ("labels", y)):
-        # One read and no (n, d) mask when all is well: NaN or inf makes the sum non-finite.
-        # A finite data set whose sum overflows falls through to the exact checks below.
-        if bool(torch.isfinite(t.sum())):
-            continue
-        if torch.isnan(t).any():
-            raise ValueError(f"{name} contains NaN ({int(torch.isnan(t).sum())} value(s))")
-        if torch.isinf(t).any():
-            count = int(torch.isinf(t).sum())
-            given = features if name == "features" else labels
-            if not _holds_inf(given):  # finite, but not as float32
-                raise ValueError(f"{name} holds {count} value(s) beyond the range of float32 "
-                                 f"(about ±3.4e38), which training in float32 cannot hold")
-            raise ValueError(f"{name} contains inf ({count} value(s))")
+    check_finite("features", X, features)
+    check_finite("labels", y, labels)
     return X, y
 
 
+def check_finite(name: str, values: torch.Tensor, given: Any) -> None:
+    """Refuse NaN or inf in values, the float32 (or float64) tensor made of the caller's
+    given; a value finite in given but not in values is named as beyond float32."""
+    # One read and no (n, d) mask when all is well: NaN or inf makes the sum non-finite.
+    # A finite data set whose sum overflows falls through to the exact checks below.
+    if bool(torch.isfinite(values.sum())):
+        return
+    if torch.isnan(values).any():
+        raise ValueError(f"{name} contains NaN ({int(torch.isnan(values).sum())} value(s))")
+    if torch.isinf(values).any():
+        count = int(torch.isinf(values).sum())
+        if not _holds_inf(given):  # finite, but not as float32
+            raise ValueError(f"{name} holds {count} value(s) beyond the range of float32 "
+                             f"(about ±3.4e38), which arithmetic in float32 cannot hold")
+        raise ValueError(f"{name} contains inf ({count} value(s))")
+
+
 def _holds_inf(given: Any) -> bool:
-    """Whether the caller's own array or tensor holds an inf, before any conversion."""
-    if isinstance(given, np.ndarray):  # numpy's own test: torch refuses big-endian and
-        return bool(np.isinf(given).any())  # long-double arrays, which it reads
-    return bool(torch.isinf(given).any())
+    """Whether the caller's own array, tensor or sequence holds an inf, before any
+    conversion."""
+    if isinstance(given, torch.Tensor):
+        return bool(torch.isinf(given).any())
+    # numpy's own test: torch refuses big-endian and long-double arrays, which it reads;
+    # a (nested) sequence of numbers was read by numbers_tensor through numpy too.
+    return bool(np.isinf(np.asarray(given)).any())
 
 
 def numbers_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
