@@ -585,3 +585,21 @@ def test_fit_config_takes_paths_and_up_to_1024_threads(tmp_path):
     assert config.threads == 1024
     with pytest.raises(ValueError, match="threads must be at most 1024, got 1025"):
         FitConfig(threads=1025).validate()
+
+
+def test_a_scratch_fit_on_the_cpu_imports_no_sympy():
+    # backward(gradient) checks the gradient's shape with torch's symbolic-shape tools, whose
+    # first use imports sympy: 0.3-0.45 s that a process's first epoch paid (0.3 s against
+    # 0.011 s for the next). Only a fresh process shows it. (Concise imports it anyway:
+    # torch.optim.SGD's constructor imports torch._dynamo.)
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, torchlr\n"
+            "X = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))\n"
+            "torchlr.fit(X, X.sum(1), num_epochs=1, device='cpu')\n"
+            "print('sympy' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "False\n"

@@ -200,13 +200,19 @@ class FitResult:
         return self.config.impl
 
 
-def backward_seed(device: torch.device) -> torch.Tensor:
-    """The 1 that backward() on a 0-d float32 loss starts from, made once for every step.
+def backward_seed(device: torch.device) -> Optional[torch.Tensor]:
+    """The 1 that backward() on a 0-d float32 loss starts from, made once for every step off
+    the CPU; None (backward()'s own) on the CPU.
 
     A plain loss.backward() makes a new tensor of ones each time: on a GPU, a fill kernel
     of the 15 in a chapter-sized scratch step, and a node of each captured CUDA graph.
-    The same value passed in leaves every gradient, and so every update, as it was.
+    The same value passed in leaves every gradient, and so every update, as it was. On the
+    CPU the fill costs nothing to speak of, while a gradient passed in has torch check its
+    shape with its symbolic-shape tools, whose first use imports sympy: 0.3-0.45 s, once in
+    a process, that a CLI run's first epoch paid (about 0.3 s against 0.011 s).
     """
+    if device.type == "cpu":
+        return None
     return torch.ones((), dtype=torch.float32, device=device)
 
 
@@ -222,7 +228,7 @@ class ScratchModel:
     def step(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One update on the batch (X, y); returns its summed loss, 0-d, not synced."""
         total = squared_loss(linreg(X, self.w, self.b), y).sum()
-        total.backward(self.seed)  # total.backward(), less a kernel: see backward_seed
+        total.backward(self.seed)  # total.backward(), less a GPU kernel: see backward_seed
         # The actual batch length, so a short last batch gets a true mean.
         sgd([self.w, self.b], self.lr, X.shape[0])
         return total.detach()
@@ -259,7 +265,7 @@ class ConciseModel:
         # (measured here: about 10 µs a step, some 8% of a chapter-sized step).
         for p in self._params:
             p.grad = None
-        loss.backward(self.seed)  # loss.backward(), less a kernel: see backward_seed
+        loss.backward(self.seed)  # loss.backward(), less a GPU kernel: see backward_seed
         optimizer_step(self.optimizer)  # optimizer.step(), less an unseen profiler range
         return loss.detach()
 
