@@ -51,7 +51,8 @@ API_CASES = [
     (X, Y, {"impl": "keras"}, ValueError, ["impl", "'keras'", "'scratch'", "'concise'"]),
     (X, Y, {"impl": ["scratch"]}, TypeError, ["impl", "list", "['scratch']"]),
     (X, Y, {"device": "gpu"}, ValueError, ["device", "'gpu'"]),
-    ([[1.0, 2.0]], [1.0], {}, TypeError, ["features", "list"]),
+    ([["1.0", "2.0"]], [1.0], {}, TypeError, ["features", "sequence of numbers", "list"]),
+    ([[1.0, 2.0], [3.0]], [1.0, 2.0], {}, TypeError, ["features", "list"]),  # ragged
     (np.array([["a", "b"]]), np.array([1.0]), {}, TypeError, ["features", "dtype"]),
     (X > 0, Y, {}, TypeError, ["features", "bool"]),
     (np.arange(40).astype("m8[s]").reshape(20, 2), Y, {}, TypeError, ["features", "timedelta"]),

@@ -519,7 +519,22 @@ def test_evaluate_and_predict_take_a_results_own_parameters():
             result.predict(wrong)
 
 
-def test_predict_takes_what_fit_takes_and_lists_too_and_refuses_the_rest(tmp_path):
+def test_fit_takes_lists_of_numbers_as_it_takes_tensors():
+    # It refused them, while least_squares and predict took them.
+    X, y = chapter_data(num_examples=100)
+    expected = fit(X, y, num_epochs=2, device="cpu")
+    for features, labels in ((X.tolist(), y.tolist()), (X.tolist(), y.reshape(-1).tolist())):
+        got = fit(features, labels, num_epochs=2, device="cpu")
+        assert torch.equal(got.w, expected.w) and got.losses == expected.losses
+    assert torch.equal(torchlr.evaluate(X.tolist(), y.tolist(), expected.w, expected.b),
+                       torchlr.evaluate(X, y, expected.w, expected.b))
+    with pytest.raises(ValueError, match="labels holds 1 value.* beyond the range of float32"):
+        fit(X[:2].tolist(), [1.0, 1e39], device="cpu")
+    with pytest.raises(TypeError, match="labels must be a tensor, array or sequence of numbers"):
+        fit(X[:2].tolist(), ["1.0", "2.0"], device="cpu")
+
+
+def test_predict_takes_what_fit_takes_and_refuses_the_rest(tmp_path):
     X, y = chapter_data(num_examples=100)
     result = fit(X, y, num_epochs=1, device="cpu", save=tmp_path / "m.pt")
     loaded = torchlr.load_model(tmp_path / "m.pt")

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from torchlr.validation import check_data, numbers_tensor
+from torchlr.validation import check_data
 
 
 def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
     """Minimize sum (X w + b - y)^2 exactly in float64; return w of shape (d,) and b.
 
-    features (n, d) and labels (n,) or (n, 1) are tensors or numpy arrays, as fit takes them.
+    features (n, d) and labels (n,) or (n, 1) are tensors, arrays or lists, as fit takes them.
     When several (w, b) minimize it (collinear columns, fewer rows than columns), this
     returns the one whose weights on standardized columns have the smallest norm.
     """
-    # Nested lists too, read as predict reads them (numbers only: np.asarray parsed "1" and
-    # took a ragged list or a generator to numpy's own errors); NaN is refused here, since
-    # LAPACK would print about it.
-    X, y = check_data(*(v if isinstance(v, (torch.Tensor, np.ndarray))
-                        else numbers_tensor(name, v, torch.float64)
-                        for name, v in (("features", features), ("labels", labels))),
-                      dtype=torch.float64)
+    # NaN is refused here, since LAPACK would print about it.
+    X, y = check_data(features, labels, dtype=torch.float64)
     X, y = X.cpu(), y.cpu()
     # Solved on centred and scaled columns: the intercept then drops out, and a column
     # far from 0 (a timestamp, 1.7e9 + seconds) or on a tiny scale is not cut off as

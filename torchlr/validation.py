@@ -91,10 +91,10 @@ def torch_load_failure(exc: Exception) -> str:
 
 def check_data(features: Any, labels: Any,
                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return float32 (or dtype) features (n, d) and labels (n, 1), or raise naming what is
-    wrong."""
-    X = as_float_tensor("features", features, dtype)
-    y = as_float_tensor("labels", labels, dtype)
+    """Return float32 (or dtype) features (n, d) and labels (n, 1) from tensors, arrays or
+    (nested) sequences of numbers, or raise naming what is wrong."""
+    X = numbers_tensor("features", features, dtype)
+    y = numbers_tensor("labels", labels, dtype)
     if X.dim() != 2:
         raise ValueError(
             f"features must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}"
