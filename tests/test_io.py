@@ -11,7 +11,7 @@ from conftest import Payload
 
 import torchlr
 from torchlr.cli import main
-from torchlr.io import column_names, load_data
+from torchlr.io import column_names, feature_columns, load_data
 
 
 @pytest.fixture(autouse=True)
@@ -197,6 +197,13 @@ ERRORS = [
                                                          "target.csv", "'a', 'b', 'y'"]),
     ("feature.csv", "a,b,y\n1,2,3\n", ["--features", "a,q"], ["Unknown feature column",
                                                               "'q'", "feature.csv"]),
+    # Names that print alike (é composed against e + accent) or nearly: the likely one named.
+    ("nfd.csv", "a,cafe\u0301\n1,2\n", ["--target", "caf\u00e9"],
+     ["Unknown target column", r"(did you mean 'cafe\u0301' for 'caf\xe9', the same text "
+                               "in another Unicode normalization?)"]),
+    ("case.csv", "Area,b,y\n1,2,3\n", ["--features", "area,b"],
+     ["Unknown feature column(s) 'area'", "(did you mean 'Area' for 'area'?)"]),
+    ("space.csv", "a,b,y\n1,2,3\n", ["--target", "y "], ["(did you mean 'y' for 'y '?)"]),
     ("const.csv", "a,y\n1,2\n3,2\n", [], ["const.csv", "'y'", "constant", "2.0"]),
     ("under.csv", "a,y\n1,2\n1_000,3\n", [], ["under.csv", "line 3", "'1_000' is not a number"]),
     ("script.csv", "a,y\n\u0661\u0662,2\n", [], ["script.csv", "line 2", "is not a number"]),
@@ -394,7 +401,6 @@ def test_data_files_never_run_the_code_a_pickle_holds(tmp_path, monkeypatch):
 def test_a_models_columns_are_found_by_name_and_others_left_alone(tmp_path):
     # predict reads a file by the model's feature names: a column short is refused; one the
     # model does not use (an id, or a column --features left out) is not read.
-    from torchlr.io import feature_columns
 
     (tmp_path / "t.csv").write_text("a,b,y\n1,2,3\n")
     assert feature_columns(tmp_path / "t.csv", ["a", "b"], "y") == ["a", "b", "y"]
@@ -455,3 +461,15 @@ def test_a_complex_tensor_is_refused_in_one_line_without_a_warning(tmp_path):
         warnings.simplefilter("error")  # torch's "discards the imaginary part" came first
         with pytest.raises(ValueError, match="does not hold real numbers"):
             load_data(tmp_path / "c.pt")
+
+
+def test_a_models_column_missing_from_a_file_names_its_lookalike(tmp_path):
+    # A file re-saved by a tool that writes names decomposed (NFD): the model's 'café'
+    # (composed) is missing, and the two names print alike in the error.
+    path = tmp_path / "d.csv"
+    path.write_text("cafe\u0301,Rooms,price\n1,2,3\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        feature_columns(path, ["caf\u00e9", "rooms"], "price")
+    assert str(info.value).endswith(
+        "missing 'café', 'rooms' (did you mean 'cafe\\u0301' for 'caf\\xe9', the same text in "
+        "another Unicode normalization; 'Rooms' for 'rooms'?)")

@@ -7,6 +7,7 @@ import csv
 import itertools
 import math
 import os
+import unicodedata
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,27 @@ def constant_target(path: str, target: str, y: torch.Tensor) -> ValueError:
                       f"(every value is {float(y.reshape(-1)[0])!r}); there is nothing to fit")
 
 
+def lookalikes(unknown: Sequence[str], names: Sequence[str]) -> str:
+    """A hint naming the file's columns that unknown names were likely meant as: equal but
+    for case, spaces around them, or Unicode normalization; '' if none is."""
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFKC", name).strip().casefold()
+
+    hints = []
+    for name in unknown:
+        for other in names:
+            if key(other) == key(name):
+                # Names that differ only in normalization (an é composed, or e + accent)
+                # print alike: their escapes show how.
+                if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
+                    hints.append(f"{ascii(other)} for {ascii(name)}, the same text in another "
+                                 f"Unicode normalization")
+                else:
+                    hints.append(f"{other!r} for {name!r}")
+                break
+    return f" (did you mean {'; '.join(hints)}?)" if hints else ""
+
+
 def choose_columns(path: str, names: Sequence[str], target: Optional[str],
                    features: Optional[Sequence[str]]) -> tuple[list[str], str]:
     """The feature and target columns of a table with these names: target defaults to the
@@ -77,7 +99,8 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
                   if len(names) == 1 and (";" in names[0] or "\t" in names[0]) else "")
     if target not in names:
         raise ValueError(f"Unknown target column {target!r} in {path}; "
-                         f"its columns are: {', '.join(map(repr, names))}{one_column}")
+                         f"its columns are: {', '.join(map(repr, names))}{one_column}"
+                         f"{lookalikes([target], names)}")
     if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
         raise TypeError(f"features must be a sequence of column names, got the str "
                         f"{features!r}; use {features.split(',')!r}")
@@ -89,7 +112,7 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
         if unknown:
             raise ValueError(f"Unknown feature column(s) {', '.join(map(repr, unknown))} in "
                              f"{path}; its columns are: {', '.join(map(repr, names))}"
-                             f"{one_column}")
+                             f"{one_column}{lookalikes(unknown, names)}")
         if target in features:
             raise ValueError(f"Column {target!r} is both the target and a feature")
         if len(set(features)) != len(features):
@@ -112,7 +135,7 @@ def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
     if missing:
         raise ValueError(f"The columns of {path} do not match the model's features "
                          f"({', '.join(map(repr, feature_names))}): missing "
-                         f"{', '.join(map(repr, missing))}")
+                         f"{', '.join(map(repr, missing))}{lookalikes(missing, names)}")
     return [*feature_names, *([target_name] if target_name in names else [])]
 
 
