@@ -392,9 +392,14 @@ def test_data_files_never_run_the_code_a_pickle_holds(tmp_path, monkeypatch):
     torch.save({"x": torch.ones(3, 2), "y": Payload()}, tmp_path / "code.pt")
     np.savez(tmp_path / "code.npz", x=np.array([Payload()] * 3, dtype=object), y=np.ones(3))
     np.save(tmp_path / "code.npy", np.array([[Payload()] * 2] * 3, dtype=object))
-    for name in ("code.pt", "code.npz", "code.npy"):
-        with pytest.raises(ValueError, match=f"{name} is not a valid"):
+    for name, words in (("code.pt", " is not a valid"), ("code.npz", " is not a valid"),
+                        ("code.npy", ": array 'x' is an array of Python objects")):
+        with pytest.raises(ValueError, match=f"{name}{words}"):
             load_data(tmp_path / name)
+    # A small one was called truncated: a pickle's length is not its shape's.
+    np.save(tmp_path / "small.npy", np.array([1, "a", None] * 10, dtype=object).reshape(10, 3))
+    with pytest.raises(ValueError, match="small.npy: array 'x' is an array of Python objects"):
+        load_data(tmp_path / "small.npy")
     assert not (tmp_path / "pwned").exists()
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import torchlr
+from torchlr.io import load_data
 from torchlr.stream import BlockStream, block_order
 
 
@@ -165,6 +166,15 @@ def test_stream_refuses_bad_files(tmp_path):
         BlockStream(tmp_path / "t.csv")
     with pytest.raises(ValueError, match="No such file"):
         BlockStream(tmp_path / "none.npy")
+    # Fields and Python objects, named as in memory (it said "has shape (30,)" for fields).
+    np.save(tmp_path / "rec.npy", np.zeros(30, dtype=[("a", "f8"), ("y", "f8")]))
+    np.save(tmp_path / "obj.npy", np.full((30, 2), None, dtype=object))
+    for name, words in (("rec", r"a structured array \(fields 'a', 'y'\)"),
+                        ("obj", r"an array of Python objects \(dtype object\)")):
+        with pytest.raises(ValueError, match=f"{name}.npy: array 'x' is {words}"):
+            BlockStream(tmp_path / f"{name}.npy")
+        with pytest.raises(ValueError, match=f"{name}.npy: array 'x' is {words}"):
+            load_data(tmp_path / f"{name}.npy")
     np.save(tmp_path / "two.npy", np.ones((4, 2)))
     with pytest.raises(ValueError, match="Unknown target column 'y'"):
         BlockStream(tmp_path / "two.npy", target="y")

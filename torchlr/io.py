@@ -468,6 +468,18 @@ def npy_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         raise ValueError(f"{path} is not a valid .npy file: {exc}") from None
 
 
+def dtype_problem(dtype: np.dtype) -> str:
+    """Why an array of this numpy dtype is no table of numbers ('' if it may be): fields
+    or Python objects, which a check of its length or a read of its values cannot take."""
+    if dtype.names:  # a record array
+        return (f"a structured array (fields {', '.join(map(repr, dtype.names))}), not a "
+                f"table of numbers; save each field as a column of an .npz")
+    if dtype.hasobject:  # pickled: its length is not its shape's, and reading it runs code
+        return ("an array of Python objects (dtype object), not of numbers: it is not read, "
+                "since loading it could run code")
+    return ""
+
+
 def check_npy_length(path: str, shape: tuple[int, ...], dtype: np.dtype, offset: int,
                      length: int) -> None:
     """Refuse a .npy file of length bytes that holds less than its header promises."""
@@ -481,6 +493,9 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
     """The file's arrays, each named: a bare array is called x, a pair (X, y) is x and y."""
     if suffix == ".npy":  # numpy said "mmap length is greater than file size"
         shape, _, dtype, offset = npy_header(path)
+        problem = dtype_problem(dtype)
+        if problem:
+            raise ValueError(f"{path}: array 'x' is {problem}")
         check_npy_length(path, shape, dtype, offset, os.path.getsize(path))
     try:
         if suffix == ".npy":
@@ -521,9 +536,8 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
         if not isinstance(value, (np.ndarray, torch.Tensor)):
             raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
         reason = unreadable(value) if isinstance(value, torch.Tensor) else ""
-        if isinstance(value, np.ndarray) and value.dtype.names:  # a record array
-            reason = (f"a structured array (fields {', '.join(map(repr, value.dtype.names))}), "
-                      f"not a table of numbers; save each field as a column of an .npz")
+        if isinstance(value, np.ndarray):
+            reason = dtype_problem(value.dtype)
         if reason:
             raise ValueError(f"{path}: array {key!r} is {reason}")
         if value.ndim == 1:

@@ -16,6 +16,7 @@ from torchlr.io import (
     check_npy_length,
     choose_columns,
     constant_target,
+    dtype_problem,
     is_constant,
     npy_header,
 )
@@ -57,6 +58,9 @@ class BlockStream:
         if not os.path.isfile(self.path):
             raise ValueError(f"No such file: {self.path}")
         shape, fortran, dtype, offset = npy_header(self.path)
+        problem = dtype_problem(dtype)
+        if problem:  # as in memory: "has shape (n,)" said nothing of a record array's fields
+            raise ValueError(f"{self.path}: array 'x' is {problem}")
         if len(shape) != 2 or shape[0] == 0 or shape[1] < 2:
             raise ValueError(f"{self.path} has shape {shape}; streaming needs a 2-D table "
                              f"with rows and at least 2 columns")
