@@ -51,6 +51,9 @@ API_CASES = [
     (X, Y, {"impl": "keras"}, ValueError, ["impl", "'keras'", "'scratch'", "'concise'"]),
     (X, Y, {"impl": ["scratch"]}, TypeError, ["impl", "list", "['scratch']"]),
     (X, Y, {"device": "gpu"}, ValueError, ["device", "'gpu'"]),
+    (X, Y, {"epochs": 3}, TypeError, ["unknown option(s) 'epochs'", "did you mean num_epochs",
+                                      "FitConfig's fields: impl, lr,"]),
+    (X, Y, {"run": 1, "zz": 2}, TypeError, ["unknown option(s) 'run', 'zz';"]),
     ([["1.0", "2.0"]], [1.0], {}, TypeError, ["features", "sequence of numbers", "list"]),
     ([[1.0, 2.0], [3.0]], [1.0, 2.0], {}, TypeError, ["features", "list"]),  # ragged
     (np.array([["a", "b"]]), np.array([1.0]), {}, TypeError, ["features", "dtype"]),

@@ -88,17 +88,30 @@ def test_fit_reproduces_the_hand_written_chapter_loop():
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
-def test_a_step_seeds_backward_with_its_kept_one(impl):
+def test_a_step_seeds_backward_with_its_kept_one_off_the_cpu(impl):
     # A plain backward() makes a tensor of ones for every step: on a GPU, one kernel of the
-    # fifteen a chapter-sized scratch step runs. The update is the same (the test above).
-    from torchlr.train import MODELS
+    # fifteen a chapter-sized scratch step runs. On the CPU a kept one costs a sympy import
+    # (test_a_scratch_fit_on_the_cpu_imports_no_sympy), so the CPU keeps the plain call.
+    from torchlr.train import MODELS, backward_seed
+    assert backward_seed(torch.device("cpu")) is None
+    kept = backward_seed(torch.device("meta"))  # any device but the CPU: a 0-d float32 one
+    assert kept.shape == () and kept.dtype == torch.float32 and kept.device.type == "meta"
     X, y = chapter_data(num_examples=10)
-    model = MODELS[impl](2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu"))
-    with torch.profiler.profile() as prof:
-        model.step(X, y)
-    names = {event.name for event in prof.events()}
-    assert "aten::addmm" in names  # the profiler saw the step
-    assert "aten::ones_like" not in names
+
+    def step(seed):
+        model = MODELS[impl](2, 0.03, torch.Generator().manual_seed(0), torch.device("cpu"))
+        model.seed = seed  # what it holds on a GPU, here on the CPU
+        with torch.profiler.profile() as prof:
+            model.step(X, y)
+        names = {event.name for event in prof.events()}
+        assert "aten::addmm" in names  # the profiler saw the step
+        return names, [p.detach().clone() for p in model.leaves()]
+
+    plain, plain_params = step(None)
+    seeded, seeded_params = step(torch.ones(()))
+    assert "aten::ones_like" in plain and "aten::ones_like" not in seeded
+    for a, b in zip(plain_params, seeded_params):  # the same update, to the bit
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("impl", ["scratch", "concise"])
@@ -517,6 +530,14 @@ def test_evaluate_and_predict_take_a_results_own_parameters():
     for wrong in (torch.ones(3, 3), torch.ones(3)):
         with pytest.raises(ValueError, match=r"shape \(n, 2\).*got shape"):
             result.predict(wrong)
+
+
+def test_fit_takes_its_data_by_keyword_too():
+    # fit(features=X, labels=y) failed with "missing 2 required positional arguments".
+    X, y = chapter_data(num_examples=100)
+    by_position = fit(X, y, FitConfig(num_epochs=2, device="cpu"))
+    by_keyword = fit(features=X, labels=y, num_epochs=2, device="cpu")
+    assert torch.equal(by_keyword.w, by_position.w) and by_keyword.losses == by_position.losses
 
 
 def test_fit_takes_lists_of_numbers_as_it_takes_tensors():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any, Optional
 
@@ -553,7 +554,6 @@ def group_agreement(config: FitConfig, n: int, d: int, first_epoch: int,
 def fit(
     features: Any,
     labels: Any,
-    /,
     config: Optional[FitConfig] = None,
     *,
     on_progress: Optional[Callable[[Progress], None]] = None,
@@ -565,6 +565,13 @@ def fit(
                         f"{type(on_progress).__name__}: {on_progress!r}")
     if config is not None and not isinstance(config, FitConfig):
         raise TypeError(f"config must be a FitConfig or None, got {type(config).__name__}")
+    options = [f.name for f in fields(FitConfig)]
+    unknown = sorted(set(overrides) - set(options))
+    if unknown:  # not "FitConfig.__init__() got an unexpected keyword argument"
+        near = [m for name in unknown for m in difflib.get_close_matches(name, options, 1)]
+        raise TypeError(f"fit() got unknown option(s) {', '.join(map(repr, unknown))}"
+                        f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}; its "
+                        f"options are FitConfig's fields: {', '.join(options)}")
     if isinstance(features, BlockStream) and labels is not None:
         raise ValueError("labels must be None when features is a BlockStream, which holds "
                          "its own target column")
