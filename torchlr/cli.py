@@ -575,32 +575,38 @@ def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
 def console() -> None:
     """The `torchlr` command and `python -m torchlr`: main(), then the right way out."""
     threading.excepthook = _quiet_writer_thread
-    if not distributed.in_torchrun():
+    in_torchrun = distributed.in_torchrun()
+    if not in_torchrun:
         # SIGTERM ends a run as Ctrl-C does: what was logged is closed and the line says
         # where. Not under torchrun, which stops its workers with it, even mid-collective.
         signal.signal(signal.SIGTERM, raise_terminated)
-    code = main()
-    if distributed.in_torchrun():
+    code: Optional[int] = None
+    try:
+        code = main()
+        _ignore_signals()
+    except (KeyboardInterrupt, Terminated) as exc:  # after main's own handling: all was said
+        _ignore_signals()
+        if code is None:  # in the few bytecodes of main's return: its status is lost
+            code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+            _say(f"torchlr: {_rank_tag()}interrupted")
+    if in_torchrun:
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
-    _end_at_a_signal(code)
     raise SystemExit(code)
 
 
-def _end_at_a_signal(code: int) -> None:
-    """From here the interpreter only shuts down, which takes torch about a second: a Ctrl-C
-    or SIGTERM then ends the process at once with main's status (all was done and said).
-    Python's handlers raised in torch's exit functions and printed their traceback."""
-    def now(signum: int, frame: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed or full stream: nothing more to keep
-                pass
-        os._exit(code)
+def _ignore_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM for the interpreter's shutdown, which takes torch about a
+    second once main() is done: the process then ends with main's status.
 
+    Python's shutdown resets every signal that has a handler written in Python to the
+    system's default, early on: a Ctrl-C 50 ms after the last line killed the process
+    (status 130, or 143 for SIGTERM, after a run that had done all), and one within the
+    first millisecond raised in Python and printed a traceback. An ignored signal is left
+    ignored. A shutdown that hangs is still stopped by SIGKILL.
+    """
     for signum in (signal.SIGINT, signal.SIGTERM):
-        if callable(signal.getsignal(signum)):  # not one ignored (nohup) or left to the OS
-            signal.signal(signum, now)
+        if callable(signal.getsignal(signum)):  # not one left to the system (torchrun's)
+            signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
