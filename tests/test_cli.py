@@ -189,9 +189,11 @@ def test_loss_text_keeps_six_decimals_and_at_most_seven_digits(value, text):
 @pytest.mark.parametrize("r2, text", [
     (0.99999996, "1.000000"), (0.5, "0.500000"), (0.0, "0.000000"), (-2.5, "-2.500000"),
     (-1e-7, "-1.00e-07"), (3e-9, "3.00e-09"), (-6e-7, "-0.000001"), (None, "undefined"),
-    (math.nan, "undefined"),
+    (math.nan, "undefined"), (1.0, "1.000000"),
+    # A diverging fit's: no more digits than float32 holds (29 were printed).
+    (-3.4748915134187028e28, "-3.474892e+28"), (-12345.678901, "-12345.68"),
 ])
-def test_r2_text_shows_a_tiny_value_and_not_a_signed_zero(r2, text):
+def test_r2_text_shows_a_tiny_value_and_not_a_signed_zero_or_unknown_digits(r2, text):
     from torchlr.cli import _r2_text
 
     assert _r2_text(r2) == text

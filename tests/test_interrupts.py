@@ -89,6 +89,31 @@ def test_ctrl_c_while_tensorboard_queues_an_event_keeps_it_and_ends_the_run(tmp_
     assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
 
 
+def test_a_ctrl_c_while_an_epoch_is_logged_leaves_its_validation_with_it(tmp_path,
+                                                                        monkeypatch):
+    # loss/epoch and loss/val were two writes: a Ctrl-C held back by the first acted
+    # before the second, and the run showed epoch 2's training loss beside epoch 1's
+    # validation numbers, while the checkpoint held epoch 1.
+    from torch.utils.tensorboard import SummaryWriter
+
+    real_add_scalar = SummaryWriter.add_scalar
+
+    def add_scalar_with_ctrl_c(self, tag, value, step, *args, **kwargs):
+        if (tag, step) == ("loss/epoch", 2):
+            os.kill(os.getpid(), signal.SIGINT)  # inside the epoch's write: held back
+        return real_add_scalar(self, tag, value, step, *args, **kwargs)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar_with_ctrl_c)
+    X, y = chapter_data()
+    with pytest.raises(KeyboardInterrupt) as info:
+        torchlr.fit(X, y, num_epochs=4, val_fraction=0.2, device="cpu", logdir=tmp_path,
+                    save=tmp_path / "c.pt")
+    acc = read_run(info.value.run_dir)
+    for tag in ("loss/epoch", "loss/val", "r2/val"):
+        assert scalars(acc, tag)[0] == [1, 2], tag
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1  # saved after
+
+
 def ctrl_c_after_saving(monkeypatch, epoch):
     """Make the user press Ctrl-C the moment the checkpoint of `epoch` is written."""
     real_save = torchlr.run.save_checkpoint

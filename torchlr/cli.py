@@ -228,7 +228,10 @@ def _r2_text(r2: Optional[float]) -> str:
     if r2 is None or math.isnan(r2):
         return "undefined"
     # "-0.000000" for -1e-7 would hide a value's size behind its sign: as a tiny loss is.
-    return f"{r2:.2e}" if 0 < abs(r2) < 5e-7 else f"{r2:f}"
+    if 0 < abs(r2) < 5e-7:
+        return f"{r2:.2e}"
+    # A diverging fit's R² of -3.47e28 printed 29 digits, of which 7 at most are known.
+    return _loss_text(r2) if abs(r2) >= 1 else f"{r2:f}"
 
 
 def _loss_text(value: float) -> str:

@@ -203,8 +203,11 @@ class RunWriter:
     @_guarded
     @torch.no_grad()
     def epoch(self, epoch: int, loss: float, w: torch.Tensor, b: torch.Tensor,
-              seconds: float) -> None:
-        """Write the epoch's scalars and the histograms of w and its full-batch gradient.
+              seconds: float, val_loss: Optional[float] = None,
+              val_r2: Optional[float] = None) -> None:
+        """Write the epoch's scalars (loss/val and r2/val too when the fit holds out rows)
+        and the histograms of w and its full-batch gradient, in one write that a Ctrl-C
+        does not split.
 
         w (d, 1) and b (1,) are the model's own; error/* and params/w are in original units.
         """
@@ -212,6 +215,9 @@ class RunWriter:
             return
         write = self._writer.add_scalar
         write(LOSS_TAG, loss, epoch)
+        if val_loss is not None:
+            write("loss/val", val_loss, epoch)
+            write("r2/val", val_r2, epoch)
         grad_w = None
         if isinstance(self._X, torch.Tensor):  # not for data streamed from disk
             # Gradient of the epoch loss (mean squared_loss over the whole set): one extra pass.
@@ -235,15 +241,6 @@ class RunWriter:
         self._writer.add_histogram("params/w", w_host, epoch)
         if grad_w is not None:
             self._writer.add_histogram("grad/w", grad_w, epoch)
-        self._writer.flush()
-
-    @_guarded
-    def validation(self, epoch: int, loss: Optional[float], r2: Optional[float]) -> None:
-        """Write loss/val and r2/val for the epoch, when the fit holds out rows."""
-        if self._writer is None or loss is None:
-            return
-        self._writer.add_scalar("loss/val", loss, epoch)
-        self._writer.add_scalar("r2/val", r2, epoch)
         self._writer.flush()
 
     @_guarded

@@ -736,8 +736,7 @@ def _fit(
                 epoch, model, partial(_held_out_overflow, epoch, held_out=state.val))
             # Logged, then saved, then told: a checkpoint never holds an epoch TensorBoard lacks
             # (its resumed run would start after it), whenever Ctrl-C comes.
-            run.epoch(epoch, loss, w, b, history.epoch_seconds[-1])
-            run.validation(epoch, val_loss, val_r2)
+            run.epoch(epoch, loss, w, b, history.epoch_seconds[-1], val_loss, val_r2)
             state.save(epoch, model, generator, history)
             if on_progress is not None:
                 on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss,
