@@ -182,3 +182,19 @@ def test_a_folder_that_cannot_be_made_names_the_target(tmp_path):
     with pytest.raises(OSError, match=r"Cannot write .*afile/out\.csv: "):
         write_text(tmp_path / "afile" / "out.csv")
     assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_every_byte_reaches_the_file_before_it_is_synced(tmp_path, monkeypatch):
+    # fsync writes what the file holds, not what Python still buffers: synced before the
+    # flush, a checkpoint renamed into place could be short after a power cut.
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_atomic(tmp_path / "f.bin", lambda f: f.write(b"x" * 100))
+    write_atomic(tmp_path / "f.txt", lambda f: f.write("y" * 50), text=True)
+    assert synced == [100, 50]

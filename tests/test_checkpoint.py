@@ -647,6 +647,9 @@ DAMAGES = {
     "y_mean None": (lambda s: s["scaling"].update(y_mean=None), "bad scaling"),
     "x_scale of another length": (lambda s: s["scaling"].update(x_scale=torch.ones(4)),
                                   "bad scaling"),
+    # A scale of 0 or below: predict divides by it (inf, NaN, or columns turned around).
+    "x_scale zero": (lambda s: s["scaling"]["x_scale"].__setitem__(0, 0.0), "bad scaling"),
+    "y_scale negative": (lambda s: s["scaling"].update(y_scale=-1.0), "bad scaling"),
     "val_fraction missing": (lambda s: s["config"].pop("val_fraction"),
                              "its config lacks 'val_fraction'"),
     "val_fraction a tensor": (lambda s: s["config"].update(val_fraction=torch.tensor(0.2)),

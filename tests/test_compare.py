@@ -80,7 +80,10 @@ def test_summary_rows_against_direct_computation(data, runs):
                                                         rel=1e-6)
         assert row["|b - b_true|"] == pytest.approx(abs(run.b - TRUE_B), rel=1e-6)
         assert row["max |w - w_exact|"] == pytest.approx(
-            float((run.w.double() - w_exact).abs().max()))
+            float((run.w.double() - w_exact).abs().max()), rel=1e-12, abs=0)
+        # A distance: the run's b lies on either side of the closed form's.
+        assert row["|b - b_exact|"] == pytest.approx(abs(run.b - b_exact), rel=1e-12, abs=0)
+        assert row["|b - b_exact|"] > 0
         assert row["seconds"] == sum(run.epoch_seconds)
     closed = rows[-1]
     assert closed["loss"] == pytest.approx(chapter_loss(w_exact, b_exact), rel=1e-12, abs=0)

@@ -116,6 +116,14 @@ def test_validation_loss_and_r2_against_their_formulas():
     assert result.val_losses[-1] == pytest.approx(
         val_loss, abs=float((residual.abs() * rounding).mean()))
     assert result.val_r2[-1] == pytest.approx(r2, rel=1e-5)
+    # A poor fit too, where R² is far from 1: the variance it divides by is the targets',
+    # not the predictions' (near 1, either gives about the same number).
+    poor = torchlr.fit(X, y, standardize=True, val_fraction=0.25, num_epochs=1, lr=0.003,
+                       device="cpu")
+    residual = (X[val].double() @ poor.w.double() + poor.b - y_val)
+    r2 = 1 - float((residual ** 2).sum() / ((y_val - y_val.mean()) ** 2).sum())
+    assert r2 < 0  # worse than the mean: the first epoch at a tiny rate
+    assert poor.val_r2[-1] == pytest.approx(r2, rel=1e-5)
 
 
 def test_r2_of_a_constant_target_is_nan():
@@ -203,6 +211,18 @@ def test_target_scaling_against_its_formula(y_mean, y_scale):
     torch.testing.assert_close(scaling.unscale_target(y), y * y_scale + y_mean, rtol=0, atol=0)
     assert scaling.loss_scale == y_scale**2
     assert scaling.is_identity == (y_mean == 0.0 and y_scale == 1.0)
+
+
+@pytest.mark.parametrize("x_mean, x_scale", [([0.0, 0.0], [2.0, 1.0]), ([1.0, 0.0], [1.0, 1.0]),
+                                              ([1.0, -2.0], [2.0, 0.5])])
+def test_feature_scaling_against_its_formula(x_mean, x_scale):
+    # Either part alone must still apply: columns of std 1 and a mean of 3 are shifted.
+    scaling = Scaling(torch.tensor(x_mean), torch.tensor(x_scale), 0.0, 1.0)
+    X = torch.tensor([[1.0, -4.0], [10.0, 0.5]])
+    assert not scaling.is_identity
+    torch.testing.assert_close(scaling.features(X),
+                               (X - torch.tensor(x_mean)) / torch.tensor(x_scale),
+                               rtol=0, atol=0)
 
 
 def test_r2_of_a_target_with_a_small_spread():

@@ -85,3 +85,28 @@ def test_noisy_data_never_pay_for_float64(monkeypatch, epoch_end):
     y_far = y.reshape(-1) + 1000 - 4.2 + 0.1 * torch.randn(len(y), generator=g)
     result = torchlr.fit(X, y_far, num_epochs=30, lr=0.1, standardize=True, batch_size=100)
     assert 4e-3 < result.losses[-1] < 6e-3
+
+
+def test_whole_pieces_of_a_close_fit_take_the_float64_sum(close_fit, monkeypatch):
+    # The limit is on the mean: a piece's sum is compared with its rows times it. Pieces of
+    # 1000 rows (the CPU's are 65,536) sum to more than one row's limit.
+    X, y = close_fit
+    result = torchlr.fit(X, y, num_epochs=12, lr=0.05)
+    w, b = result.w.reshape(-1, 1), torch.tensor([result.b])
+    Xt, yt = torch.tensor(np.tile(X, (10, 1))), torch.tensor(np.tile(y, 10)).reshape(-1, 1)
+    monkeypatch.setattr(train, "EVAL_ROWS", 1000)
+    exact = exact_mean(Xt, yt, w, b)
+    assert float(train.mean_loss(Xt, yt, w, b)) == pytest.approx(exact, rel=1e-6, abs=0)
+
+
+def test_a_large_intercept_counts_in_the_limit():
+    # X w near 1300 cancelled by b = -1300: the targets are small, the predictions' float32
+    # rounding is not (about 6e-5 each), and that rounding is what the limit must see.
+    g = torch.Generator().manual_seed(0)
+    X = (1000 + torch.randn(500, 1, generator=g)).float()
+    w, b = torch.tensor([[1.3]]), torch.tensor([-1300.0])
+    y = (X.double() * 1.3 - 1300).float()
+    exact = exact_mean(X, y, w, b)
+    float32_mean = float(((X @ w + b - y) ** 2 / 2).mean())
+    assert abs(float32_mean - exact) > 0.1 * exact  # the case float32 gets wrong
+    assert float(summed_loss.loss_mean(X, y, w, b)) == pytest.approx(exact, rel=1e-6, abs=0)

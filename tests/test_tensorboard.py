@@ -615,3 +615,45 @@ def test_true_w_must_be_finite_numbers(bad):
     # A string is not read as numbers (nor dropped): it is named.
     with pytest.raises(ValueError, match="true_w must be a non-empty sequence of finite"):
         torchlr.fit(*chapter_data(num_examples=20), num_epochs=1, true_w=bad, device="cpu")
+
+
+def test_what_was_logged_is_on_disk_before_the_fit_goes_on(tmp_path, monkeypatch):
+    # The event writer is a thread: without a flush after each write, a checkpoint could
+    # hold an epoch whose loss/epoch was still queued, and a live TensorBoard (or a run
+    # killed with SIGKILL) lag behind what was read. A slow disk shows it.
+    from tensorboard.summary.writer import record_writer
+
+    import torchlr.run
+
+    real_write = record_writer.RecordWriter.write
+
+    def slow_write(self, data):
+        time.sleep(0.02)
+        real_write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", slow_write)
+    on_disk = {}  # what the run folder holds when the fit reaches each point
+
+    def run_dir():
+        (name,) = os.listdir(tmp_path / "tb")
+        return str(tmp_path / "tb" / name)
+
+    real_save = torchlr.run.save_checkpoint
+
+    def save_and_look(path, state):
+        acc = read_run(run_dir())
+        on_disk[("saved", state["epoch"])] = [scalars(acc, t)[0] for t in
+                                              ("loss/epoch", "loss/val", "r2/val")]
+        real_save(path, state)
+
+    def look(progress):
+        if progress.epoch_loss is None:  # a host read inside the epoch
+            on_disk[("read", progress.epoch, progress.step)] = scalars(read_run(run_dir()),
+                                                                       "loss/train")[0]
+
+    monkeypatch.setattr(torchlr.run, "save_checkpoint", save_and_look)
+    X, y = chapter_data(num_examples=500)
+    torchlr.fit(X, y, num_epochs=2, log_every=20, val_fraction=0.2, device="cpu",
+                logdir=tmp_path / "tb", save=tmp_path / "c.pt", on_progress=look)
+    assert on_disk[("saved", 1)] == [[1]] * 3 and on_disk[("saved", 2)] == [[1, 2]] * 3
+    assert on_disk[("read", 1, 20)] == [20] and on_disk[("read", 2, 20)][-1] == 60

@@ -6,7 +6,7 @@ import torch
 from conftest import TRUE_B, TRUE_W, chapter_data
 
 import torchlr
-from torchlr import FitConfig, fit, least_squares
+from torchlr import FitConfig, fit, least_squares, train
 from torchlr.data import data_iter
 from torchlr.preprocess import train_val_split
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
@@ -382,6 +382,10 @@ def test_an_outlier_too_large_to_square_is_named_not_blamed_on_the_rate(column):
     message = str(info.value)
     assert f"a {column} value of 1e+20" in message and "standardize" in message
     assert "learning rate" not in message and "before any update" not in message
+    # The first step of a later epoch came after updates: the rate is blamed there.
+    later = str(train._divergence("minibatch loss", math.inf, 2, 1, 0.03, None))
+    assert later.startswith("Training diverged: the minibatch loss became inf at epoch 2, "
+                            "step 1 (lr=0.03)")
     # An ordinary divergence still names the rate.
     with pytest.raises(torchlr.DivergenceError, match="try a smaller learning rate"):
         fit(*chapter_data(), lr=5.0, device="cpu")
