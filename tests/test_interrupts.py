@@ -205,9 +205,35 @@ def test_console_ignores_signals_once_main_is_done(monkeypatch):
             signal.signal(signum, handler)
 
 
-@pytest.mark.parametrize("signum, delay", [(signal.SIGINT, 0.0), (signal.SIGINT, 0.05),
-                                           (signal.SIGTERM, 0.2)])
-def test_a_signal_after_the_last_line_leaves_the_status_as_it_was(tmp_path, signum, delay):
+@pytest.mark.parametrize("exc, code, word", [(KeyboardInterrupt, 130, "interrupted"),
+                                             (Terminated, 143, "terminated")])
+def test_a_signal_before_mains_own_handling_is_said_by_console(monkeypatch, capsys, exc, code,
+                                                                word):
+    # One that comes while main builds its parser, before its try: console says it.
+    import torchlr.cli as cli
+
+    def main():
+        raise exc
+
+    monkeypatch.setattr(cli, "main", main)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.console()
+        assert info.value.code == code
+        assert capsys.readouterr().err == f"torchlr: {word}\n"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum, delay, usage_error", [
+    (signal.SIGINT, 0.0, False), (signal.SIGINT, 0.05, False), (signal.SIGTERM, 0.2, False),
+    (signal.SIGTERM, 0.05, True),  # main ended by argparse's SystemExit
+])
+def test_a_signal_after_the_last_line_leaves_the_status_as_it_was(tmp_path, signum, delay,
+                                                                  usage_error):
     # Python's shutdown resets handlers written in Python to the system's default, and
     # torch's takes about half a second more: a Ctrl-C or SIGTERM 50 ms after a finished
     # run's last line killed the process (status 130 or 143), and one at once could print
@@ -216,18 +242,21 @@ def test_a_signal_after_the_last_line_leaves_the_status_as_it_was(tmp_path, sign
     import sys
     import time
 
-    process = subprocess.Popen([sys.executable, "-m", "torchlr", "train", "--epochs", "1",
-                                "--no-tensorboard"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    argv = ["--lr", "abc"] if usage_error else ["--epochs", "1", "--no-tensorboard"]
+    process = subprocess.Popen([sys.executable, "-m", "torchlr", "train", *argv],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    stream, last = ((process.stderr, "torchlr train: error:") if usage_error else
+                    (process.stdout, "Error in estimating b"))
     lines = []
-    while not lines or not lines[-1].startswith("Error in estimating b"):  # its last line
-        line = process.stdout.readline()
-        assert line, (lines, process.stderr.read())
+    while not lines or not lines[-1].startswith(last):  # its last line
+        line = stream.readline()
+        assert line, lines
         lines.append(line)
     time.sleep(delay)
     process.send_signal(signum)
     out, err = process.communicate(timeout=120)
-    assert (process.returncode, out, err) == (0, "", "")
+    assert (process.returncode, out, err) == ((2, "", "") if usage_error else (0, "", ""))
 
 
 @pytest.mark.parametrize("depth", [1, 2])  # 2: a held() block inside another

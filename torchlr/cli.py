@@ -585,13 +585,15 @@ def console() -> None:
         signal.signal(signal.SIGTERM, raise_terminated)
     code: Optional[int] = None
     try:
-        code = main()
-        _ignore_signals()
-    except (KeyboardInterrupt, Terminated) as exc:  # after main's own handling: all was said
-        _ignore_signals()
-        if code is None:  # in the few bytecodes of main's return: its status is lost
-            code = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
-            _say(f"torchlr: {_rank_tag()}interrupted")
+        try:
+            code = main()
+        finally:  # however main ends: a usage error's SystemExit, a bug's traceback too
+            _ignore_signals()
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (Terminated) outside main's handling
+        if code is None:  # in its parser, before its try, or in its return: said here
+            terminated = isinstance(exc, Terminated)
+            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            _say(f"torchlr: {_rank_tag()}{'terminated' if terminated else 'interrupted'}")
     if in_torchrun:
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
     raise SystemExit(code)
