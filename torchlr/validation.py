@@ -6,9 +6,10 @@ import math
 import numbers
 import os
 import re
+import reprlib
 import tempfile
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ def as_float_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) -
             # A read-only array (np.load with mmap_mode="r"): torch warns that writing to the
             # tensor is undefined. Nothing here writes to its input.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            value = torch.from_numpy(np.ascontiguousarray(value))
+            # ascontiguousarray makes a 0-d array 1-d: a number given as labels became one row.
+            value = torch.from_numpy(value if value.flags.c_contiguous
+                                     else np.ascontiguousarray(value))
     elif not isinstance(value, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
@@ -149,13 +152,32 @@ def numbers_tensor(name: str, value: Any, dtype: torch.dtype = torch.float32) ->
     if not isinstance(value, (torch.Tensor, np.ndarray)):
         try:
             array = np.asarray(value)  # its dtype says what the items are: bools stay bool
-        except (TypeError, ValueError):  # ragged
+        except (TypeError, ValueError, RuntimeError):  # ragged, or tensors that need grad
             array = None
         if array is None or array.dtype == object or array.dtype.kind in "USV":
+            # reprlib: a million-row list's whole repr made a message of 100 MB.
             raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got "
-                            f"{type(value).__name__}: {value!r}")
+                            f"{type(value).__name__}{_not_numbers(value, array)}: "
+                            f"{reprlib.repr(value)}")
         value = array
     return as_float_tensor(name, value, dtype)
+
+
+def _not_numbers(value: Any, array: Optional[np.ndarray]) -> str:
+    """What in a sequence numpy read as no array of numbers: ' holding X', or ''."""
+    if array is None:
+        items = value if isinstance(value, (list, tuple)) else []
+        if any(isinstance(item, torch.Tensor) for item in items):
+            return " holding tensors (join them with torch.stack)"
+        if len({len(row) if hasattr(row, "__len__") else -1 for row in items}) > 1:
+            return " whose rows differ in length"
+        return ""
+    if array.dtype.kind in "USV":
+        return f" holding text (numpy dtype {array.dtype})"
+    for item in array.flat:  # dtype object: the first item that is no int or float
+        if not isinstance(item, (int, float, np.number)):
+            return f" holding {type(item).__name__} {reprlib.repr(item)}"
+    return " holding integers beyond 64 bits" if array.size else ""  # what is left
 
 
 def parameter_values(name: str, value: Any, size: int,
