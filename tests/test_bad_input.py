@@ -51,7 +51,9 @@ API_CASES = [
     (X, Y, {"impl": "keras"}, ValueError, ["impl", "'keras'", "'scratch'", "'concise'"]),
     (X, Y, {"impl": ["scratch"]}, TypeError, ["impl", "list", "['scratch']"]),
     (X, Y, {"device": "gpu"}, ValueError, ["device", "'gpu'"]),
-    (X, Y, {"epochs": 3}, TypeError, ["unknown option(s) 'epochs'", "did you mean num_epochs",
+    (X, Y, {"epochs": 3, "progress": print}, TypeError,
+     ["unknown option(s) 'epochs', 'progress' (did you mean num_epochs for 'epochs', "
+      "on_progress for 'progress'?)",
                                       "FitConfig's fields: impl, lr,"]),
     (X, Y, {"run": 1, "zz": 2}, TypeError, ["unknown option(s) 'run', 'zz';"]),
     ([["1.0", "2.0"]], [1.0], {}, TypeError, ["features", "sequence of numbers", "list"]),

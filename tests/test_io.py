@@ -213,6 +213,8 @@ ERRORS = [
     ("alone.csv", "y\n1\n2\n", [], ["alone.csv has no feature column besides the target 'y'"]),
     ("semi.csv", "a;b;y\n1;2;3\n", [], ["semi.csv has no feature column", "reads as one "
                                           "column: torchlr reads comma-separated values"]),
+    ("record.npz", npz(X=np.zeros(3, dtype=[("a", "f8")]), y=np.ones(3)), [],
+     ["record.npz: array 'X' is a structured array (fields 'a')"]),
     ("record.npy", npy(np.zeros(3, dtype=[("a", "f8"), ("y", "f8")])), [],
      ["record.npy: array 'x' is a structured array (fields 'a', 'y')"]),
     ("unnamed.csv", "\na,,y\n1,2,3\n", [], ["unnamed.csv, line 2: column 2 of the header "
@@ -392,7 +394,8 @@ def test_data_files_never_run_the_code_a_pickle_holds(tmp_path, monkeypatch):
     torch.save({"x": torch.ones(3, 2), "y": Payload()}, tmp_path / "code.pt")
     np.savez(tmp_path / "code.npz", x=np.array([Payload()] * 3, dtype=object), y=np.ones(3))
     np.save(tmp_path / "code.npy", np.array([[Payload()] * 2] * 3, dtype=object))
-    for name, words in (("code.pt", " is not a valid"), ("code.npz", " is not a valid"),
+    for name, words in (("code.pt", " is not a valid"),
+                        ("code.npz", ": array 'x' is an array of Python objects"),
                         ("code.npy", ": array 'x' is an array of Python objects")):
         with pytest.raises(ValueError, match=f"{name}{words}"):
             load_data(tmp_path / name)
@@ -476,5 +479,6 @@ def test_a_models_column_missing_from_a_file_names_its_lookalike(tmp_path):
     with pytest.raises(ValueError) as info:
         feature_columns(path, ["caf\u00e9", "rooms"], "price")
     assert str(info.value).endswith(
-        "missing 'café', 'rooms' (did you mean 'cafe\\u0301' for 'caf\\xe9', the same text in "
-        "another Unicode normalization; 'Rooms' for 'rooms'?)")
+        "missing 'café', 'rooms' (the file has 'cafe\\u0301' where the model has 'caf\\xe9', "
+        "the same text in another Unicode normalization; 'Rooms' where the model has 'rooms': "
+        "rename the file's column)")

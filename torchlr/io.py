@@ -67,9 +67,10 @@ def constant_target(path: str, target: str, y: torch.Tensor) -> ValueError:
                       f"(every value is {float(y.reshape(-1)[0])!r}); there is nothing to fit")
 
 
-def lookalikes(unknown: Sequence[str], names: Sequence[str]) -> str:
+def lookalikes(unknown: Sequence[str], names: Sequence[str], *, given: bool = True) -> str:
     """A hint naming the file's columns that unknown names were likely meant as: equal but
-    for case, spaces around them, or Unicode normalization; '' if none is."""
+    for case, spaces around them, or Unicode normalization; '' if none is. given: the
+    unknown names are the user's (else a model's, which the file's columns must match)."""
     def key(name: str) -> str:
         return unicodedata.normalize("NFKC", name).strip().casefold()
 
@@ -79,13 +80,16 @@ def lookalikes(unknown: Sequence[str], names: Sequence[str]) -> str:
             if key(other) == key(name):
                 # Names that differ only in normalization (an é composed, or e + accent)
                 # print alike: their escapes show how.
-                if unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name):
-                    hints.append(f"{ascii(other)} for {ascii(name)}, the same text in another "
-                                 f"Unicode normalization")
-                else:
-                    hints.append(f"{other!r} for {name!r}")
+                alike = unicodedata.normalize("NFC", other) == unicodedata.normalize("NFC", name)
+                theirs, ours = (ascii(other), ascii(name)) if alike else (repr(other), repr(name))
+                normal = ", the same text in another Unicode normalization" if alike else ""
+                hints.append(f"{theirs} for {ours}{normal}" if given
+                             else f"{theirs} where the model has {ours}{normal}")
                 break
-    return f" (did you mean {'; '.join(hints)}?)" if hints else ""
+    if not hints:
+        return ""
+    return (f" (did you mean {'; '.join(hints)}?)" if given
+            else f" (the file has {'; '.join(hints)}: rename the file's column)")
 
 
 def choose_columns(path: str, names: Sequence[str], target: Optional[str],
@@ -135,7 +139,8 @@ def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
     if missing:
         raise ValueError(f"The columns of {path} do not match the model's features "
                          f"({', '.join(map(repr, feature_names))}): missing "
-                         f"{', '.join(map(repr, missing))}{lookalikes(missing, names)}")
+                         f"{', '.join(map(repr, missing))}"
+                         f"{lookalikes(missing, names, given=False)}")
     return [*feature_names, *([target_name] if target_name in names else [])]
 
 
@@ -459,13 +464,18 @@ def npy_header(path: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """A .npy file's (shape, fortran_order, dtype, data offset), read without its data."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read(f)
+            shape, fortran, dtype = _read_npy_header(f)
             return shape, fortran, dtype, f.tell()
     except (ValueError, OSError, EOFError) as exc:
         raise ValueError(f"{path} is not a valid .npy file: {exc}") from None
+
+
+def _read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy data in the open binary file f."""
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    return read(f)
 
 
 def dtype_problem(dtype: np.dtype) -> str:
@@ -497,12 +507,11 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
         if problem:
             raise ValueError(f"{path}: array 'x' is {problem}")
         check_npy_length(path, shape, dtype, offset, os.path.getsize(path))
+    if suffix == ".npz":
+        return _npz_arrays(path)
     try:
         if suffix == ".npy":
             return [("x", np.load(path, mmap_mode="r", allow_pickle=False))]
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return [(key, z[key]) for key in z.files]
     except Exception as exc:  # numpy raises many types for a bad file
         raise ValueError(f"{path} is not a valid {suffix} data file: {exc}") from None
     if looks_zipped(path):  # not a legacy (pre-zip) torch.save file, which has no CRC-32s
@@ -528,6 +537,25 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
                      f"(X, y) or a dict of named tensors")
 
 
+def _npz_arrays(path: str) -> list[tuple[str, Any]]:
+    """An .npz file's arrays, each named by its key; each dtype is checked before any is
+    read (numpy's "Object arrays cannot be loaded when allow_pickle=False" named none)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            members = set(z.zip.namelist())
+            problems = []
+            for key in z.files:
+                with z.zip.open(key if key in members else f"{key}.npy") as f:
+                    problems.append((key, dtype_problem(_read_npy_header(f)[2])))
+            bad = [(key, problem) for key, problem in problems if problem]
+            if not bad:
+                return [(key, z[key]) for key in z.files]
+    except Exception as exc:  # numpy raises many types for a bad file
+        raise ValueError(f"{path} is not a valid .npz data file: {exc}") from None
+    key, problem = bad[0]
+    raise ValueError(f"{path}: array {key!r} is {problem}")
+
+
 def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     """(name, 1-D column) pairs: a 1-D array is one column, a 2-D array K gives K1, K2, ..."""
     columns: list[tuple[str, Any]] = []
@@ -535,9 +563,8 @@ def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:
     for key, value in _load_arrays(path, suffix):
         if not isinstance(value, (np.ndarray, torch.Tensor)):
             raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
+        # numpy arrays' dtypes were checked as they were read (_load_arrays)
         reason = unreadable(value) if isinstance(value, torch.Tensor) else ""
-        if isinstance(value, np.ndarray):
-            reason = dtype_problem(value.dtype)
         if reason:
             raise ValueError(f"{path}: array {key!r} is {reason}")
         if value.ndim == 1:

@@ -568,7 +568,9 @@ def fit(
     options = [f.name for f in fields(FitConfig)]
     unknown = sorted(set(overrides) - set(options))
     if unknown:  # not "FitConfig.__init__() got an unexpected keyword argument"
-        near = [m for name in unknown for m in difflib.get_close_matches(name, options, 1)]
+        near = [f"{match[0]} for {name!r}" for name in unknown
+                if (match := difflib.get_close_matches(name, [*options, "config",
+                                                              "on_progress"], 1))]
         raise TypeError(f"fit() got unknown option(s) {', '.join(map(repr, unknown))}"
                         f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}; its "
                         f"options are FitConfig's fields: {', '.join(options)}")
