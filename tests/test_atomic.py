@@ -198,3 +198,43 @@ def test_every_byte_reaches_the_file_before_it_is_synced(tmp_path, monkeypatch):
     write_atomic(tmp_path / "f.bin", lambda f: f.write(b"x" * 100))
     write_atomic(tmp_path / "f.txt", lambda f: f.write("y" * 50), text=True)
     assert synced == [100, 50]
+
+
+# Tests below kill mutants that a mutation run found alive in atomic.py.
+
+def test_rewriting_a_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "out.csv"
+    path.write_text("old\n")
+    os.chmod(path, 0o600)
+    old = os.umask(0o022)
+    try:
+        write_atomic(path, lambda f: f.write("new\n"), text=True)
+    finally:
+        os.umask(old)
+    assert path.read_text() == "new\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_dev_stdout_comes_after_what_python_buffered_even_when_buffered(tmp_path):
+    # With PYTHONUNBUFFERED set (as some shells and CI do), nothing is buffered to test.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    code = ("from torchlr.atomic import write_atomic; print('before'); "
+            "write_atomic('/dev/stdout', lambda f: f.write('new\\n'), text=True); "
+            "print('after')")
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stdout=f, check=True, cwd=REPO_ROOT,
+                       env=env, timeout=60)
+    assert out.read_text() == "before\nnew\nafter\n"
+
+
+def test_another_process_descriptor_is_appended_to_not_truncated(tmp_path):
+    # /proc/<shell>/fd/1 opened for a `>> log`: opened with "w", the log lost its start.
+    out = tmp_path / "log.txt"
+    out.write_text("previous\n")
+    code = ("import sys; from torchlr.atomic import write_atomic; "
+            "write_atomic(sys.argv[1], lambda f: f.write('new\\n'), text=True)")
+    script = (f"{{ echo l1; {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
+              f"/proc/$$/fd/1; echo after; }} >> {shlex.quote(str(out))}")
+    subprocess.run(["bash", "-c", script], check=True, cwd=REPO_ROOT, timeout=60)
+    assert out.read_text() == "previous\nl1\nnew\nafter\n"

@@ -703,3 +703,77 @@ def test_a_resumed_run_may_name_its_own_checkpoint_with_save(houses, tmp_path, c
     assert main(["train", "--data", str(houses), "--epochs", "2", "--resume", str(model),
                  "--save", f"{tmp_path}/./m.pt"]) == 0
     assert torch.load(model, weights_only=False)["epoch"] == 2
+
+
+# Tests below kill mutants that a mutation run found alive in cli.py and cli_data.py.
+
+def test_describe_weights_aligns_the_equals_signs_and_prints_nine_digits():
+    from torchlr.cli_data import describe_weights
+    lines = describe_weights(torch.tensor([1.23456789, 2.0]), 0.123456789012, ["a", "bb"])
+    assert lines == ["w[a]  = 1.23456788", "w[bb] = 2", "b     = 0.123456789"]
+    assert len({line.index("=") for line in lines}) == 1
+
+
+def test_the_error_vector_prints_six_significant_digits():
+    from torchlr.cli import _format_vector
+    assert _format_vector(torch.tensor([1.234567891e-4, -0.5, 123456.7])) == \
+        "[0.000123457 -0.5 123457]"
+
+
+def test_quiet_says_nothing_of_the_saved_plot(tmp_path, capsys):
+    plot = tmp_path / "loss.png"
+    assert main(["train", "--epochs", "1", "--no-tensorboard", "--quiet",
+                 "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    assert plot.exists()
+    assert "Saved the loss curves" not in captured.err + captured.out
+    assert main(["train", "--epochs", "1", "--no-tensorboard", "--plot", str(plot)]) == 0
+    assert f"Saved the loss curves to {plot}" in capsys.readouterr().err
+
+
+def test_predict_names_its_column_apart_from_prediction_and__prediction(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("prediction,_prediction,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n")
+    model = tmp_path / "m.pt"
+    assert main(["train", "--data", str(table), "--save", str(model), "--no-tensorboard",
+                 "--quiet"]) == 0
+    out = tmp_path / "out.csv"
+    assert main(["predict", "--model", str(model), "--data", str(table), "--output",
+                 str(out)]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["prediction", "_prediction", "y", "__prediction"]
+    X = torch.tensor([[float(v) for v in row[:2]] for row in rows[1:]])
+    expected = torchlr.load_model(model).predict(X)[:, 0].numpy()
+    assert np.array_equal(np.array([np.float32(row[3]) for row in rows[1:]]), expected)
+
+
+def test_an_os_error_names_its_path_without_the_errno_prefix():
+    from torchlr.cli import _os_error_text
+    exc = FileNotFoundError(2, "No such file or directory", "out/x.csv")
+    assert str(exc).startswith("[Errno 2]")
+    assert _os_error_text(exc) == "No such file or directory: 'out/x.csv'"
+    assert _os_error_text(OSError(28, "No space left on device")) == "No space left on device"
+
+
+def test_impl_both_cannot_resume(tmp_path, capsys):
+    ck = tmp_path / "ck.pt"
+    assert main(["train", "--epochs", "1", "--save", str(ck), "--no-tensorboard",
+                 "--quiet"]) == 0
+    before = ck.read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--impl", "both", "--resume", str(ck), "--epochs", "2",
+                 "--no-tensorboard", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--save and --resume need one implementation" in captured.err
+    assert ck.read_bytes() == before
+
+
+def test_features_listed_with_spaces_after_commas(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n")
+    assert main(["train", "--data", str(table), "--features", "b, a", "--epochs", "1",
+                 "--no-tensorboard", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("=")[0].strip() for line in lines] == ["w[b]", "w[a]", "b"]

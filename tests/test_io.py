@@ -1,6 +1,7 @@
 """Loading tables: every format, and every file error named with file, line and column."""
 
 import io
+import re
 import warnings
 import zipfile
 
@@ -482,3 +483,113 @@ def test_a_models_column_missing_from_a_file_names_its_lookalike(tmp_path):
         "missing 'café', 'rooms' (the file has 'cafe\\u0301' where the model has 'caf\\xe9', "
         "the same text in another Unicode normalization; 'Rooms' where the model has 'rooms': "
         "rename the file's column)")
+
+
+# Tests below kill mutants that a mutation run found alive in io.py and archive.py.
+
+def test_null_cell_is_a_missing_value_any_case(tmp_path):
+    for cell in ("null", "NULL", "Null"):
+        path = write(tmp_path / "t.csv", f"a,y\n1,2\n{cell},3\n4,5\n")
+        with pytest.raises(ValueError,
+                           match=rf"t.csv, line 3, column 'a': missing value '{cell}'"):
+            load_data(path)
+
+
+@pytest.mark.parametrize("cell", ["Infinity", "-infinity", "+INFINITY"])
+def test_infinity_spelled_out_is_not_finite_not_beyond_float32(tmp_path, cell):
+    path = write(tmp_path / "t.csv", f"a,y\n1,2\n{cell},3\n4,5\n")
+    with pytest.raises(ValueError, match=re.escape(
+            f"t.csv, line 3, column 'a': '{cell}' is not a finite number")):
+        load_data(path)
+
+
+def test_a_lone_comma_in_a_two_column_file_is_a_row_of_missing_values(tmp_path):
+    # Skipped as blank, the row would vanish and predict's output would not line up.
+    path = write(tmp_path / "t.csv", "a,y\n1,2\n,\n3,5\n")
+    with pytest.raises(ValueError, match=r"t.csv, line 3, column 'a': missing value ''"):
+        load_data(path)
+
+
+def test_header_names_are_stripped_of_spaces(tmp_path):
+    path = write(tmp_path / "t.csv", " a , b ,y \n1,2,3\n2,5,4\n")
+    data = load_data(path, target="y", features=["b", "a"])
+    assert data.feature_names == ["b", "a"] and data.target_name == "y"
+    assert data.features.tolist() == [[2.0, 1.0], [5.0, 2.0]]
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_npy_cut_short_by_a_single_byte_is_refused_as_truncated(tmp_path, cut):
+    path = tmp_path / "t.npy"
+    np.save(path, np.arange(12, dtype=np.float64).reshape(4, 3))
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])
+    with pytest.raises(ValueError, match=rf"t.npy is truncated: its header promises "
+                                         rf"{len(data)} bytes, the file has {len(data) - cut}"):
+        load_data(path)
+
+
+def test_npz_columns_keep_the_files_order_and_the_last_array_is_the_target(tmp_path):
+    # Sorted by name, x2 would be the default target instead of 'target'.
+    X = np.array([[1.0, 2.0], [2.0, 1.0], [3.0, 5.0]], dtype=np.float32)
+    y = np.array([3.0, 5.0, 4.0], dtype=np.float32)
+    path = tmp_path / "t.npz"
+    np.savez(path, x=X, target=y)
+    data = load_data(path)
+    assert data.feature_names == ["x1", "x2"] and data.target_name == "target"
+    assert data.features.tolist() == X.tolist()
+    assert data.target.reshape(-1).tolist() == y.tolist()
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    path = write(tmp_path / "t.csv", "a,y\n1,2\n3,4,5\n6,7\n")
+    with pytest.raises(ValueError,
+                       match=r"t.csv, line 3: expected 2 fields as in the header, found 3"):
+        load_data(path)
+
+
+def test_a_header_name_holding_a_line_break_is_refused_at_line_1(tmp_path):
+    path = write(tmp_path / "t.csv", '"a\nb",y\n1,2\n2,3\n')
+    with pytest.raises(ValueError, match=r"t.csv, line 1: a quoted field runs on past the "
+                                         r"end of its line"):
+        load_data(path)
+
+
+def test_a_tab_separated_header_gets_the_one_column_hint(tmp_path):
+    path = write(tmp_path / "t.csv", "a\tb\ty\n1\t2\t3\n2\t1\t5\n")
+    with pytest.raises(ValueError, match=r"its header reads as one column: torchlr reads "
+                                         r"comma-separated values \(save the file with commas\)"):
+        load_data(path, target="y")
+
+
+def test_a_quote_run_into_an_overlong_next_line_is_named_at_its_opening_line(tmp_path):
+    path = write(tmp_path / "t.csv", 'a,y\n1,2\n"3,4\n' + "5" * 200_000 + ",6\n7,8\n")
+    with pytest.raises(ValueError, match=r"t.csv, line 3: a quoted field runs on past the end "
+                                         r"of its line \(a quote never closed\?\)"):
+        load_data(path)
+
+
+def test_row_location_counts_blank_lines_before_the_header(tmp_path):
+    from torchlr.io import row_location
+    path = write(tmp_path / "t.csv", "\n\na,y\n1,2\n\n3,4\n")
+    assert row_location(path, 0) == f"{path}, line 4"
+    assert row_location(path, 1) == f"{path}, line 6"
+    assert row_location(tmp_path / "t.npy", 1) == f"{tmp_path / 't.npy'}, row 2"
+
+
+def test_a_pt_file_with_a_folder_entry_by_name_is_refused(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"x": torch.arange(4.0), "y": torch.tensor([1.0, 3.0, 2.0, 5.0])}, good)
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        prefix = src.infolist()[0].filename.split("/")[0]
+        folder = zipfile.ZipInfo(f"{prefix}/extra/")
+        folder.external_attr = 0  # no DOS folder bit: only the name says "folder"
+        dst.writestr(folder, b"")
+    with zipfile.ZipFile(bad) as z:
+        assert all(not (i.external_attr & 0x10) for i in z.infolist())
+    assert load_data(good).features.shape == (4, 1)
+    with pytest.raises(ValueError, match=r"bad.pt is a damaged \.pt data file: its entry "
+                                         r"'[^']*/extra/' is marked as a folder"):
+        load_data(bad)

@@ -357,3 +357,11 @@ def test_scatter_picks_the_only_column_and_refuses_1d_features():
     assert collection.get_offsets()[:, 0].tolist() == pytest.approx(X[:, 0].tolist())
     with pytest.raises(ValueError, match="2-D"):
         plots.scatter(X[:, 0], y)
+
+
+def test_coinciding_runs_stay_visible_first_filled_then_hollow_markers():
+    fig = plots.loss_curves({"a": [1.0, 0.5], "b": [1.0, 0.5], "c": [1.0, 0.5]})
+    lines = fig.axes[0].get_lines()
+    assert [line.get_fillstyle() for line in lines] == ["full", "none", "none"]
+    assert [line.get_linestyle() for line in lines] == ["-", "--", ":"]
+    assert [line.get_marker() for line in lines] == ["o", "s", "^"]

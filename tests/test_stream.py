@@ -1,6 +1,7 @@
 """Streaming from a .npy on disk: each row once per epoch, shuffled by block, seeded."""
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -366,3 +367,71 @@ def test_fit_scaling_scales_the_features_and_not_the_target_by_default(tmp_path)
     again = stream.fit_scaling()
     torch.testing.assert_close(again.x_mean, scaling.x_mean, rtol=0, atol=0)
     torch.testing.assert_close(again.x_scale, scaling.x_scale, rtol=0, atol=0)
+
+
+# Tests below kill mutants that a mutation run found alive in stream.py.
+
+def _table(tmp_path, n=40, seed=0):
+    g = np.random.default_rng(seed)
+    arr = g.normal(size=(n, 3)).astype(np.float32)
+    arr[:, 2] = 2 * arr[:, 0] - 3 * arr[:, 1] + 1 + 0.01 * arr[:, 2]
+    path = tmp_path / "t.npy"
+    np.save(path, arr)
+    return path, arr
+
+
+@pytest.mark.parametrize("features,target", [(["x2", "x1"], "x3"), (["x2", "x3"], "x1")])
+def test_a_stream_reads_columns_in_the_order_named(tmp_path, features, target):
+    # Every column used, in another order: taken as the file's order, the model would train
+    # on swapped features or on the wrong target, without a word.
+    path, arr = _table(tmp_path)
+    stream = BlockStream(path, target, features, block_rows=7)
+    X, y = stream.rows(torch.arange(len(arr)), scaled=False)
+    cols = [int(f[1:]) - 1 for f in features]
+    np.testing.assert_array_equal(X.numpy(), arr[:, cols])
+    np.testing.assert_array_equal(y.numpy()[:, 0], arr[:, int(target[1:]) - 1])
+    w, b = torch.tensor([0.5, -1.0]), 0.25
+    ref = ((torch.from_numpy(arr[:, cols]).double() @ w.double() + b
+            - torch.from_numpy(arr[:, int(target[1:]) - 1]).double()) ** 2 / 2).mean()
+    torch.testing.assert_close(stream.evaluate(w, b).double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_streamed_nan_names_its_own_column_when_columns_are_chosen(tmp_path):
+    arr = np.arange(30, dtype=np.float64).reshape(10, 3)
+    arr[4, 2] = np.nan
+    path = tmp_path / "t.npy"
+    np.save(path, arr)
+    stream = BlockStream(path, "x1", ["x3"], block_rows=3)
+    with pytest.raises(ValueError, match=re.escape("t.npy, row 5, column 'x3': the value is nan")):
+        list(stream.batches(4, torch.Generator().manual_seed(0)))
+
+
+def test_rows_in_any_order_name_the_file_row_of_a_nan(tmp_path):
+    arr = np.arange(30, dtype=np.float64).reshape(10, 3)
+    arr[0, 1] = np.nan
+    path = tmp_path / "t.npy"
+    np.save(path, arr)
+    stream = BlockStream(path)
+    with pytest.raises(ValueError, match=re.escape("t.npy, row 1, column 'x2': the value is nan")):
+        stream.rows(torch.tensor([7, 3, 0]))
+
+
+def test_a_standardized_streamed_fits_epoch_losses_are_the_full_data_loss(tmp_path):
+    # Evaluated on unscaled rows with the scaled model's weights, the loss was another number.
+    path, arr = _table(tmp_path, n=200)
+    X, y = torch.from_numpy(arr[:, :2]), torch.from_numpy(arr[:, 2:])
+    for target in (False, True):
+        result = torchlr.fit(BlockStream(path, block_rows=32), None, lr=0.1, num_epochs=3,
+                             batch_size=10, standardize=True, standardize_target=target,
+                             device="cpu")
+        expected = float(((X.double() @ result.w.double().reshape(-1, 1) + result.b
+                           - y.double()) ** 2 / 2).mean())
+        assert result.losses[-1] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_one_column_npy_is_refused_by_its_shape(tmp_path):
+    path = tmp_path / "t.npy"
+    np.save(path, np.arange(5.0).reshape(5, 1))
+    with pytest.raises(ValueError, match=re.escape("has shape (5, 1); streaming needs a 2-D "
+                                                   "table with rows and at least 2 columns")):
+        BlockStream(path)

@@ -57,3 +57,9 @@ def test_a_sweep_writes_no_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="lr_sweep takes no save or resume"):
         sweep.lr_sweep(X, y, [0.01, 0.1], save=str(tmp_path / "m.pt"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lr_sweep_says_it_takes_no_on_progress():
+    X, y = torch.randn(20, 2), torch.randn(20, 1)
+    with pytest.raises(TypeError, match="lr_sweep takes no on_progress"):
+        sweep.lr_sweep(X, y, [0.1], on_progress=print)
