@@ -734,3 +734,13 @@ def test_a_save_path_no_file_can_be_made_in_is_refused_before_training(tmp_path)
         torchlr.fit(X, y, num_epochs=1, save="/proc/x/m.pt", device="cpu")
     with pytest.raises(ValueError, match=r"logdir='/proc/x' cannot be written"):
         torchlr.fit(X, y, num_epochs=1, logdir="/proc/x", device="cpu")
+
+
+def test_sampled_rows_spread_evenly_from_the_first_row_to_the_last():
+    # The rows a checkpoint's data digest reads: another choice refuses every older stream
+    # checkpoint as "not the data it trained on".
+    from torchlr.run import SAMPLED_ROWS
+    n = 100_000
+    rows = set(sampled_rows(n).tolist())
+    assert len(rows) == 3 * SAMPLED_ROWS - 2  # rows 0 and n - 1 are read once
+    assert {i * (n - 1) // (SAMPLED_ROWS - 1) for i in range(SAMPLED_ROWS)} <= rows

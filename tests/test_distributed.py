@@ -661,3 +661,10 @@ def test_a_ranks_empty_share_of_a_streamed_batch_is_float32_under_any_default_dt
         torch.set_default_dtype(previous)
     assert X.shape == (0, 3) and y.shape == (0, 1)
     assert X.dtype == y.dtype == torch.float32
+
+
+def test_timeout_bounds_are_inclusive():
+    from torchlr.distributed import MAX_TIMEOUT, MIN_TIMEOUT, timeout_out_of_range
+    assert timeout_out_of_range(MIN_TIMEOUT) == ""
+    assert timeout_out_of_range(MAX_TIMEOUT) == ""
+    assert timeout_out_of_range(MIN_TIMEOUT / 2) != ""

@@ -282,3 +282,32 @@ def test_an_interrupt_while_the_block_raises_is_not_dropped():
             raise OSError("disk full")
     assert isinstance(info.value.__context__, OSError)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_held_acts_on_the_first_signal_that_came():
+    import time
+    old = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            with held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        assert type(info.value) is Terminated
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_held_leaves_an_ignored_sigint_ignored():
+    # Under nohup: a handler of held()'s own would call SIG_IGN on a Ctrl-C, a TypeError in
+    # the middle of a checkpoint's write.
+    import time
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with held():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -193,3 +193,45 @@ def test_type_checkers_see_each_public_name_where_it_is_loaded_from():
     assert set(static) == set(torchlr.__all__) - {"__version__"}
     assert {name: module for name, module in static.items() if module != name} \
         == torchlr._DEFINED_IN
+
+
+def test_interrupted_is_said_only_once(monkeypatch, capsys):
+    from torchlr import launch
+    monkeypatch.setattr(launch, "_said", [])
+    launch._say_interrupted()
+    launch._say_interrupted()
+    assert capsys.readouterr().err == "torchlr: interrupted\n"
+
+
+@pytest.mark.parametrize("env, tag", [
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, "[rank 3] "),  # global, not local
+    ({"RANK": "3"}, ""),  # not all of torchrun's variables: not under torchrun
+])
+def test_interrupted_line_tags_the_global_rank_under_torchrun(monkeypatch, capsys, env, tag):
+    from torchlr import launch
+    for name in launch.TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(launch, "_said", [])
+    launch._say_interrupted()
+    assert capsys.readouterr().err == f"torchlr: {tag}interrupted\n"
+
+
+def test_a_submodule_whose_own_import_fails_is_not_called_missing(tmp_path, monkeypatch):
+    # Its missing dependency is named, not hidden behind "has no attribute".
+    (tmp_path / "zz_broken_dep.py").write_text("import zz_no_such_module_here\n")
+    monkeypatch.setattr(torchlr, "__path__", [*torchlr.__path__, str(tmp_path)])
+    try:
+        with pytest.raises(ModuleNotFoundError) as info:
+            getattr(torchlr, "zz_broken_dep")  # noqa: B009  (the lazy attribute lookup)
+        assert info.value.name == "zz_no_such_module_here"
+    finally:
+        sys.modules.pop("torchlr.zz_broken_dep", None)
+
+
+def test_dir_lists_public_names_before_they_are_loaded():
+    code = ("import torchlr, sys; names = dir(torchlr); "
+            "assert 'fit' in names and 'load_data' in names, names; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=120)

@@ -435,3 +435,16 @@ def test_a_one_column_npy_is_refused_by_its_shape(tmp_path):
     with pytest.raises(ValueError, match=re.escape("has shape (5, 1); streaming needs a 2-D "
                                                    "table with rows and at least 2 columns")):
         BlockStream(path)
+
+
+def test_a_fit_without_standardize_ignores_a_scaling_the_caller_set_on_the_stream(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(103, 3, generator=g) * 5 + 2
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
+    path = tmp_path / "t.npy"
+    np.save(path, torch.cat([X, y[:, None]], 1).double().numpy())
+    stream = BlockStream(path, block_rows=10)
+    stream.scaling = stream.fit_scaling()  # the caller's own, e.g. to look at scaled rows
+    result = torchlr.fit(stream, None, num_epochs=1, device="cpu")  # no standardize: none
+    assert result.scaling.is_identity and result.scaled_w is not None
+    assert torch.equal(result.w, result.scaled_w)

@@ -657,3 +657,32 @@ def test_what_was_logged_is_on_disk_before_the_fit_goes_on(tmp_path, monkeypatch
                 logdir=tmp_path / "tb", save=tmp_path / "c.pt", on_progress=look)
     assert on_disk[("saved", 1)] == [[1]] * 3 and on_disk[("saved", 2)] == [[1, 2]] * 3
     assert on_disk[("read", 1, 20)] == [20] and on_disk[("read", 2, 20)][-1] == 60
+
+
+def test_run_folder_is_stamped_in_local_time(tmp_path, monkeypatch):
+    from torchlr.tensorboard import new_run_dir
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    try:
+        path = new_run_dir(tmp_path, "scratch", now=0.0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert os.path.basename(path) == "19691231-190000-scratch"
+
+
+def test_a_failure_to_close_the_run_does_not_hide_the_fits_own_error(tmp_path, monkeypatch):
+    from torchlr import tensorboard
+
+    def full_disk(self, success):
+        self._writer = None
+        raise OSError(28, "No space left on device")
+
+    def stop(progress):
+        raise RuntimeError("the fit's own error")
+
+    monkeypatch.setattr(tensorboard.RunWriter, "_end", full_disk)
+    X, y = chapter_data()
+    with pytest.raises(RuntimeError, match="the fit's own error") as info:
+        torchlr.fit(X, y, num_epochs=2, logdir=tmp_path, on_progress=stop, device="cpu")
+    assert info.value.run_dir is not None

@@ -643,3 +643,14 @@ def test_a_scratch_fit_on_the_cpu_imports_no_sympy():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "False\n"
+
+
+def test_a_split_without_early_stopping_keeps_the_last_epochs_params():
+    # Only early stopping keeps the best epoch: a split alone returns the last one.
+    X, y = chapter_data()
+    result = fit(X, y, num_epochs=8, lr=0.3, batch_size=10, val_fraction=0.2,
+                 early_stopping=0, seed=0, device="cpu")
+    assert min(result.val_losses) < result.val_losses[-1]  # the last epoch is not the best
+    assert result.best_epoch is None
+    assert torch.equal(result.w, result.w_history[-1])
+    assert result.b == pytest.approx(float(result.b_history[-1]), abs=0)
