@@ -517,18 +517,25 @@ def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
                               f"validation loss)") in out
 
 
-def test_predict_quotes_names_keeps_them_distinct_and_echoes_an_unknown_target(tmp_path,
-                                                                               capsys):
-    # A column name with a comma was written bare (5 names over 4 values); a feature named
-    # prediction gave a header that repeats it; an empty target cell refused the row.
+def trained_and_predicted(tmp_path, header):
+    """(model, predictions CSV): a model trained on four rows under header, then its
+    predictions on the same file."""
     table = tmp_path / "t.csv"
-    table.write_text('"a,1",prediction,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n')
+    table.write_text(f"{header}\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n")
     model = tmp_path / "m.pt"
     assert main(["train", "--data", str(table), "--save", str(model), "--no-tensorboard",
                  "--quiet"]) == 0
     out = tmp_path / "out.csv"
     assert main(["predict", "--model", str(model), "--data", str(table), "--output",
                  str(out)]) == 0
+    return model, out
+
+
+def test_predict_quotes_names_keeps_them_distinct_and_echoes_an_unknown_target(tmp_path,
+                                                                               capsys):
+    # A column name with a comma was written bare (5 names over 4 values); a feature named
+    # prediction gave a header that repeats it; an empty target cell refused the row.
+    model, out = trained_and_predicted(tmp_path, '"a,1",prediction,y')
     names, values = read_csv(out)
     assert names == ["a,1", "prediction", "y", "_prediction"]
     expected = torchlr.load_model(model).predict(torch.tensor(values[:, :2], dtype=torch.float32))
@@ -732,14 +739,7 @@ def test_quiet_says_nothing_of_the_saved_plot(tmp_path, capsys):
 
 
 def test_predict_names_its_column_apart_from_prediction_and__prediction(tmp_path):
-    table = tmp_path / "t.csv"
-    table.write_text("prediction,_prediction,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n")
-    model = tmp_path / "m.pt"
-    assert main(["train", "--data", str(table), "--save", str(model), "--no-tensorboard",
-                 "--quiet"]) == 0
-    out = tmp_path / "out.csv"
-    assert main(["predict", "--model", str(model), "--data", str(table), "--output",
-                 str(out)]) == 0
+    model, out = trained_and_predicted(tmp_path, "prediction,_prediction,y")
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["prediction", "_prediction", "y", "__prediction"]

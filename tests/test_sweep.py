@@ -63,3 +63,11 @@ def test_lr_sweep_says_it_takes_no_on_progress():
     X, y = torch.randn(20, 2), torch.randn(20, 1)
     with pytest.raises(TypeError, match="lr_sweep takes no on_progress"):
         sweep.lr_sweep(X, y, [0.1], on_progress=print)
+
+
+def test_lr_sweep_names_an_unknown_option_as_fit_does():
+    # It gave FitConfig.__init__'s "unexpected keyword argument".
+    X, y = torch.randn(20, 2), torch.randn(20, 1)
+    with pytest.raises(TypeError, match=r"^lr_sweep\(\) got unknown option\(s\) 'epochs' "
+                                        r"\(did you mean num_epochs for 'epochs'\?\)"):
+        sweep.lr_sweep(X, y, [0.1], epochs=2)

@@ -543,17 +543,17 @@ def _npz_arrays(path: str) -> list[tuple[str, Any]]:
     try:
         with np.load(path, allow_pickle=False) as z:
             members = set(z.zip.namelist())
-            problems = []
-            for key in z.files:
+
+            def problem(key: str) -> str:
                 with z.zip.open(key if key in members else f"{key}.npy") as f:
-                    problems.append((key, dtype_problem(_read_npy_header(f)[2])))
-            bad = [(key, problem) for key, problem in problems if problem]
-            if not bad:
+                    return dtype_problem(_read_npy_header(f)[2])
+
+            bad = next(((key, why) for key in z.files if (why := problem(key))), None)
+            if bad is None:
                 return [(key, z[key]) for key in z.files]
     except Exception as exc:  # numpy raises many types for a bad file
         raise ValueError(f"{path} is not a valid .npz data file: {exc}") from None
-    key, problem = bad[0]
-    raise ValueError(f"{path}: array {key!r} is {problem}")
+    raise ValueError(f"{path}: array {bad[0]!r} is {bad[1]}")
 
 
 def _array_columns(path: str, suffix: str) -> list[tuple[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from torchlr.train import DivergenceError, FitConfig, FitResult, fit
+from torchlr.train import DivergenceError, FitConfig, FitResult, configured, fit
 from torchlr.validation import check_positive_float
 
 
@@ -58,8 +58,6 @@ def lr_sweep(
     **overrides: Any,
 ) -> list[SweepPoint]:
     """Fit once per learning rate, same seed; a DivergenceError becomes a point, not a raise."""
-    if config is not None and not isinstance(config, FitConfig):
-        raise TypeError(f"config must be a FitConfig or None, got {type(config).__name__}")
     if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Iterable):
         # A str is a sequence of characters, and one rate no sequence at all.
         raise TypeError(f"lrs must be a sequence of learning rates, got "
@@ -69,7 +67,7 @@ def lr_sweep(
     # Each checked as fit checks its lr (float() took True for 1.0, and "0.03"); one-number
     # tensors and arrays, a tensor's or an array's items, count as their numbers.
     lrs = [check_positive_float(f"lrs[{i}]", _number(lr)) for i, lr in enumerate(lrs)]
-    base = replace(config or FitConfig(), **overrides)
+    base = configured(config, overrides, "lr_sweep", ("config",))
     if base.save is not None or base.resume is not None:
         raise ValueError("lr_sweep takes no save or resume: every learning rate's run would "
                          "write or continue the same checkpoint")

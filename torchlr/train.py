@@ -563,17 +563,7 @@ def fit(
     if on_progress is not None and not callable(on_progress):  # found now, not after epoch 1
         raise TypeError(f"on_progress must be a callable or None, got "
                         f"{type(on_progress).__name__}: {on_progress!r}")
-    if config is not None and not isinstance(config, FitConfig):
-        raise TypeError(f"config must be a FitConfig or None, got {type(config).__name__}")
-    options = [f.name for f in fields(FitConfig)]
-    unknown = sorted(set(overrides) - set(options))
-    if unknown:  # not "FitConfig.__init__() got an unexpected keyword argument"
-        near = [f"{match[0]} for {name!r}" for name in unknown
-                if (match := difflib.get_close_matches(name, [*options, "config",
-                                                              "on_progress"], 1))]
-        raise TypeError(f"fit() got unknown option(s) {', '.join(map(repr, unknown))}"
-                        f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}; its "
-                        f"options are FitConfig's fields: {', '.join(options)}")
+    config = configured(config, overrides, "fit", ("config", "on_progress"))
     if isinstance(features, BlockStream) and labels is not None:
         raise ValueError("labels must be None when features is a BlockStream, which holds "
                          "its own target column")
@@ -581,10 +571,28 @@ def fit(
     # Trains under a caller's torch.no_grad() or inference_mode() too: the steps need autograd.
     with RunWriter() as run, CpuThreads() as cpu_threads, torch.inference_mode(False), \
             torch.enable_grad():
-        result = _fit(features, labels, config, on_progress, run, cpu_threads, **overrides)
+        result = _fit(features, labels, config, on_progress, run, cpu_threads)
         with keeping_saved(result):  # a Ctrl-C there: every epoch ran and was saved
             run.finish(result)  # the fit's figure: a second or so, matplotlib's import first
     return replace(result, run_dir=run.run_dir)
+
+
+def configured(config: Optional[FitConfig], overrides: dict[str, Any], caller: str,
+               parameters: tuple[str, ...] = ()) -> FitConfig:
+    """config (FitConfig() if None) with overrides, one keyword per field; a config that is
+    no FitConfig, or an unknown keyword, is refused naming caller's options (parameters:
+    its own keywords besides the fields, offered as close matches too)."""
+    if config is not None and not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig or None, got {type(config).__name__}")
+    options = [f.name for f in fields(FitConfig)]
+    unknown = sorted(set(overrides) - set(options))
+    if unknown:  # not "FitConfig.__init__() got an unexpected keyword argument"
+        near = [f"{match[0]} for {name!r}" for name in unknown
+                if (match := difflib.get_close_matches(name, [*options, *parameters], 1))]
+        raise TypeError(f"{caller}() got unknown option(s) {', '.join(map(repr, unknown))}"
+                        f"{' (did you mean ' + ', '.join(near) + '?)' if near else ''}; its "
+                        f"options are FitConfig's fields: {', '.join(options)}")
+    return replace(config or FitConfig(), **overrides)
 
 
 @contextmanager
@@ -605,13 +613,11 @@ def keeping_saved(result: FitResult) -> Iterator[None]:
 def _fit(
     features: Any,
     labels: Any,
-    config: Optional[FitConfig],
+    config: FitConfig,
     on_progress: Optional[Callable[[Progress], None]],
     run: RunWriter,
     cpu_threads: CpuThreads,
-    **overrides: Any,
 ) -> FitResult:
-    config = replace(config or FitConfig(), **overrides)
     config.validate()
     group = distributed.current()  # None outside an initialized process group
     if group is not None and group.rank != 0:  # rank 0 alone writes TensorBoard and checkpoints
