@@ -208,8 +208,8 @@ def test_interrupted_is_said_only_once(monkeypatch, capsys):
     ({"RANK": "3"}, ""),  # not all of torchrun's variables: not under torchrun
 ])
 def test_interrupted_line_tags_the_global_rank_under_torchrun(monkeypatch, capsys, env, tag):
-    from torchlr import launch
-    for name in launch.TORCHRUN_VARS:
+    from torchlr import launch, terminal
+    for name in terminal.TORCHRUN_VARS:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -30,16 +30,21 @@ from torchlr.cli_data import (
 from torchlr.data import PERMUTATIONS, synthetic_data
 from torchlr.interrupts import Terminated, raise_terminated
 from torchlr.io import check_fits_in_memory
+from torchlr.terminal import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    in_torchrun,
+    rank_tag,
+    say,
+)
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit, keeping_saved
 from torchlr.validation import IMPLS, check_seed
 
 # The chapter's ground truth.
 TRUE_W = (2.0, -3.4)
 TRUE_B = 4.2
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a command the pipe's reader stopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -308,7 +313,7 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         with keeping_saved(results[-1]):
             plots.save_figure(plots.loss_curves(results), args.plot)
         if not args.quiet:
-            _say(f"Saved the loss curves to {args.plot}")
+            say(f"Saved the loss curves to {args.plot}")
     return 0
 
 
@@ -322,7 +327,7 @@ def _tell_result(result: FitResult, config: FitConfig, args: argparse.Namespace,
             print(line, file=out)
     if result.run_dir is not None and not args.quiet:
         # On stderr, so stdout stays the chapter's lines.
-        _say(f"TensorBoard run: {result.run_dir}")
+        say(f"TensorBoard run: {result.run_dir}")
     if result.best_epoch is not None:
         ran = len(result.losses)
         how = (f"stopped after epoch {ran}" if ran < config.num_epochs
@@ -449,11 +454,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.given = _given_options(argv)
     writes_stdout = args.command == "train" or getattr(args, "output", None) is None
     if sys.stdout is None and writes_stdout:  # closed (`>&-`): nowhere to print the results
-        _say("torchlr: error: standard output is closed")
+        say("torchlr: error: standard output is closed")
         return EXIT_USAGE
     try:
         if args.command == "train":
-            if distributed.in_torchrun():
+            if in_torchrun():
                 return _train_data_parallel(args, _Stdout(sys.stdout))
             unused = sorted({"backend", "dist_timeout"} & args.given)
             if unused:
@@ -481,11 +486,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         saved = getattr(exc, "saved_to", None)
         kept = ([f"{saved} holds epoch {exc.saved_epoch}"] if saved else []) + (  # type: ignore
             [f"TensorBoard run: {where}"] if where and where not in text else [])
-        _say(f"torchlr: error: {_rank_tag()}{text}"
-             + (f" ({'; '.join(kept)})" if kept else ""))
+        say(f"torchlr: error: {rank_tag()}{text}"
+            + (f" ({'; '.join(kept)})" if kept else ""))
         return EXIT_USAGE
     except RuntimeError as exc:
-        if not (distributed.in_torchrun() and distributed.from_collective(exc)):
+        if not (in_torchrun() and distributed.from_collective(exc)):
             raise  # a bug, a sparse tensor, CUDA out of memory...: its traceback says where
         # A collective failed: a peer died, stalled past --dist-timeout or broke off. gloo and
         # NCCL raise RuntimeError (torch.distributed.DistError is one), its first line the
@@ -493,12 +498,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         lines = str(exc).strip().splitlines()
         # Less gloo's "[.../gloo/transport/tcp/pair.cc:534] " source location.
         cause = re.sub(r"^\[[^\]\s]+:\d+\]\s*", "", lines[0]) if lines else ""
-        _say(f"torchlr: error: {_rank_tag()}the process group failed: "
-             f"{cause or type(exc).__name__}{_kept(exc)}")
+        say(f"torchlr: error: {rank_tag()}the process group failed: "
+            f"{cause or type(exc).__name__}{_kept(exc)}")
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        _say(f"torchlr: {_rank_tag()}{what}{_kept(exc)}")
+        say(f"torchlr: {rank_tag()}{what}{_kept(exc)}")
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     return EXIT_USAGE
 
@@ -547,27 +552,6 @@ def _users_words(args: argparse.Namespace) -> list[Optional[str]]:
                                                   "target", "features")]
 
 
-def _rank_tag() -> str:
-    """'[rank N] ' under torchrun, where every rank that fails says so: one rank's line must
-    show which it is; '' in a single process."""
-    return f"[rank {os.environ['RANK']}] " if distributed.in_torchrun() else ""
-
-
-def _say(line: str) -> None:
-    """Print one line on stderr in a single write, then flush.
-
-    Under torchrun every rank that fails prints its line to the same terminal, unbuffered
-    (python -u): print() writes the text and its newline apart, and two ranks' lines came
-    out joined on one line, the second's newline after both.
-    """
-    if sys.stderr is None:  # closed (`2>&-`): nowhere to say it; the exit status still does
-        return
-    # One line whatever it quotes: a file name with a line break in it is shown escaped.
-    line = line.replace("\r", "\\r").replace("\n", "\\n")
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
 def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
     """threading.excepthook, less the traceback of TensorBoard's writer thread: the error
     that stopped it (a full disk) reaches the fit, and the CLI says it in one line."""
@@ -578,8 +562,8 @@ def _quiet_writer_thread(args: threading.ExceptHookArgs) -> None:
 def console() -> None:
     """The `torchlr` command and `python -m torchlr`: main(), then the right way out."""
     threading.excepthook = _quiet_writer_thread
-    in_torchrun = distributed.in_torchrun()
-    if not in_torchrun:
+    under_torchrun = in_torchrun()
+    if not under_torchrun:
         # SIGTERM ends a run as Ctrl-C does: what was logged is closed and the line says
         # where. Not under torchrun, which stops its workers with it, even mid-collective.
         signal.signal(signal.SIGTERM, raise_terminated)
@@ -593,8 +577,8 @@ def console() -> None:
         if code is None:  # in its parser, before its try, or in its return: said here
             terminated = isinstance(exc, Terminated)
             code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-            _say(f"torchlr: {_rank_tag()}{'terminated' if terminated else 'interrupted'}")
-    if in_torchrun:
+            say(f"torchlr: {rank_tag()}{'terminated' if terminated else 'interrupted'}")
+    if under_torchrun:
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
     raise SystemExit(code)
 

@@ -33,24 +33,18 @@ from torchlr.devices import resolve_device
 from torchlr.scratch import linreg, sgd, squared_loss
 from torchlr.stream import BlockStream, block_order
 from torchlr.summed_loss import loss_sum
+from torchlr.terminal import TORCHRUN_VARS, in_torchrun  # noqa: F401 (in_torchrun: part of this API)
 
 BACKENDS = ("gloo", "nccl")
 # Long enough for ranks that start minutes apart on different machines, short enough that a
 # rank stuck on a dead peer gives up instead of hanging the job.
 DEFAULT_TIMEOUT = 300.0
 MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 7 * 24 * 3600.0
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 LOOPBACK = "127.0.0.1"
 
 
 class WorkerError(RuntimeError):
     """A worker process started by `launch` failed."""
-
-
-def in_torchrun(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """True when torchrun (or an equivalent launcher) set RANK, WORLD_SIZE and LOCAL_RANK."""
-    env = os.environ if environ is None else environ
-    return all(name in env for name in TORCHRUN_VARS)
 
 
 def default_backend(device: torch.device | str) -> str:

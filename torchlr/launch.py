@@ -15,8 +15,7 @@ import sys
 from types import FrameType
 from typing import Any, NoReturn, Optional
 
-EXIT_INTERRUPTED = 130  # torchlr.cli's: 128 + SIGINT
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # torchlr.distributed.in_torchrun's
+from torchlr.terminal import EXIT_INTERRUPTED, rank_tag, say
 
 
 def console() -> None:
@@ -67,15 +66,10 @@ _said: list[bool] = []
 
 
 def _say_interrupted() -> None:
-    """The line torchlr.cli says, said as it does (one write, then flush; under torchrun the
-    rank's tag; nothing when stderr is closed), and only once."""
-    if _said or sys.stderr is None:
-        return
-    _said.append(True)
-    in_torchrun = all(name in os.environ for name in TORCHRUN_VARS)
-    tag = f"[rank {os.environ['RANK']}] " if in_torchrun else ""
-    sys.stderr.write(f"torchlr: {tag}interrupted\n")
-    sys.stderr.flush()
+    """The line torchlr.cli says, said as it does, and only once."""
+    if not _said:
+        _said.append(True)
+        say(f"torchlr: {rank_tag()}interrupted")
 
 
 def _interrupted() -> NoReturn:
