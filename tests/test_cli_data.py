@@ -163,7 +163,8 @@ def test_predict_lists_the_column_difference(houses, tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--data", str(other), "--output",
                  str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "missing 'slope'" in err and "colour" not in err
+    # What is missing, then what the file has to rename.
+    assert err.endswith("missing 'slope'; its columns are: 'area', 'rooms', 'colour'")
     assert "\n" not in err and not out.exists()
 
 

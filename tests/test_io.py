@@ -209,6 +209,11 @@ ERRORS = [
     ("under.csv", "a,y\n1,2\n1_000,3\n", [], ["under.csv", "line 3", "'1_000' is not a number"]),
     ("script.csv", "a,y\n\u0661\u0662,2\n", [], ["script.csv", "line 2", "is not a number"]),
     ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
+    # No header: its first row would name the columns and be lost from the data.
+    ("nohead.csv", "1,2,3\n4,5,9\n", [], ["nohead.csv, line 1: the first row holds only "
+     "numbers ('1,2,3'), not the names of the columns; add a header row"]),
+    ("nohead-repeats.csv", "\n1.5,1.5,-2e3\n4,5,9\n", [], ["line 2: the first row holds only "
+     "numbers ('1.5,1.5,-2e3')"]),
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
     ("folder.csv", FOLDER, [], ["Not a file", "folder.csv"]),
     ("alone.csv", "y\n1\n2\n", [], ["alone.csv has no feature column besides the target 'y'"]),
@@ -267,6 +272,15 @@ ERRORS = [
     ("wide.csv", "a,y\n1,2\n" + "1" * 140000 + ",3\n", [],
      ["wide.csv, line 3: not readable as CSV (field larger than field limit"]),
 ]
+
+
+def test_a_header_with_some_numbers_for_names_is_a_header(tmp_path):
+    # Years as column names: a name that is a number is fine beside one that is not.
+    path = write(tmp_path / "years.csv", "2019,2020,y\n1,2,3\n4,5,9\n")
+    data = load_data(path)
+    assert (data.feature_names, data.target_name) == (["2019", "2020"], "y")
+    assert data.features.tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    assert data.target.reshape(-1).tolist() == [3.0, 9.0]
 
 
 def make(path, content):
@@ -413,7 +427,8 @@ def test_a_models_columns_are_found_by_name_and_others_left_alone(tmp_path):
 
     (tmp_path / "t.csv").write_text("a,b,y\n1,2,3\n")
     assert feature_columns(tmp_path / "t.csv", ["a", "b"], "y") == ["a", "b", "y"]
-    with pytest.raises(ValueError, match=r"features \('a', 'b', 'c'\): missing 'c'$"):
+    with pytest.raises(ValueError, match=r"features \('a', 'b', 'c'\): missing 'c'; "
+                                         r"its columns are: 'a', 'b', 'y'$"):
         feature_columns(tmp_path / "t.csv", ["a", "b", "c"], "y")
     assert feature_columns(tmp_path / "t.csv", ["b"], "y") == ["b", "y"]
     assert feature_columns(tmp_path / "t.csv", ["b"], "z") == ["b"]

@@ -391,6 +391,31 @@ def test_an_outlier_too_large_to_square_is_named_not_blamed_on_the_rate(column):
         fit(*chapter_data(), lr=5.0, device="cpu")
 
 
+def test_a_divergence_on_large_features_names_standardize_beside_the_rate():
+    # Columns in the hundreds (an area in m², say): the Hessian's trace, mean |x|² + 1, is
+    # some 10^4 against d + 1 = 3 for standardized ones, so lr=0.03 diverges where the
+    # same rate on the standardized columns converges.
+    X, _ = chapter_data()
+    X = X * 50 + 200
+    y = X @ torch.tensor([0.02, -0.03]) + 1.0
+    assert train._unscaled_features(X) and not train._unscaled_features(chapter_data()[0])
+    with pytest.raises(torchlr.DivergenceError) as info:
+        fit(X, y, lr=0.03, num_epochs=1, device="cpu")
+    assert str(info.value).endswith("try a smaller learning rate, or standardize the "
+                                    "features, whose scale makes small rates necessary "
+                                    "(standardize=True).")
+    scaled = fit(X, y, lr=0.03, num_epochs=3, standardize=True, device="cpu")
+    assert scaled.losses[-1] < 1e-6  # the hint's fix works: y is exact in X
+    # Standardized columns that diverge at a rate too large: the rate alone is named.
+    with pytest.raises(torchlr.DivergenceError) as info:
+        fit(X, y, lr=5.0, standardize=True, device="cpu")
+    assert str(info.value).endswith("try a smaller learning rate.")
+    # The chapter's unit-scale columns: standardizing would not help, so it is not named.
+    with pytest.raises(torchlr.DivergenceError) as info:
+        fit(*chapter_data(), lr=5.0, device="cpu")
+    assert "standardize" not in str(info.value)
+
+
 def test_numpy_and_integer_inputs_are_converted():
     X, y = chapter_data()
     a = fit(X.numpy(), y.numpy().reshape(-1), num_epochs=1, device="cpu")

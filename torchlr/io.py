@@ -7,6 +7,7 @@ import csv
 import itertools
 import math
 import os
+import reprlib
 import unicodedata
 import warnings
 import zipfile
@@ -103,7 +104,7 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
                   if len(names) == 1 and (";" in names[0] or "\t" in names[0]) else "")
     if target not in names:
         raise ValueError(f"Unknown target column {target!r} in {path}; "
-                         f"its columns are: {', '.join(map(repr, names))}{one_column}"
+                         f"{_its_columns(names)}{one_column}"
                          f"{lookalikes([target], names)}")
     if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
         raise TypeError(f"features must be a sequence of column names, got the str "
@@ -115,7 +116,7 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
         unknown = [name for name in features if name not in names]
         if unknown:
             raise ValueError(f"Unknown feature column(s) {', '.join(map(repr, unknown))} in "
-                             f"{path}; its columns are: {', '.join(map(repr, names))}"
+                             f"{path}; {_its_columns(names)}"
                              f"{one_column}{lookalikes(unknown, names)}")
         if target in features:
             raise ValueError(f"Column {target!r} is both the target and a feature")
@@ -125,6 +126,10 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
         raise ValueError(f"{path} has no feature column besides the target {target!r}"
                          f"{one_column}")
     return features, target
+
+
+def _its_columns(names: Sequence[str]) -> str:
+    return f"its columns are: {', '.join(map(repr, names))}"
 
 
 def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
@@ -140,7 +145,7 @@ def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
         raise ValueError(f"The columns of {path} do not match the model's features "
                          f"({', '.join(map(repr, feature_names))}): missing "
                          f"{', '.join(map(repr, missing))}"
-                         f"{lookalikes(missing, names, given=False)}")
+                         f"{lookalikes(missing, names, given=False) or '; ' + _its_columns(names)}")
     return [*feature_names, *([target_name] if target_name in names else [])]
 
 
@@ -320,6 +325,12 @@ def _csv_header(path: str) -> tuple[list[str], int]:
     for i, name in enumerate(names, start=1):
         if not name:
             raise ValueError(f"{path}, line {line}: column {i} of the header has no name")
+    if all(_is_number(name) for name in names):
+        # A file without a header: read as one, its first row would name the columns and
+        # be lost from the data without a word.
+        raise ValueError(f"{path}, line {line}: the first row holds only numbers "
+                         f"({reprlib.repr(','.join(names))}), not the names of the columns; "
+                         f"add a header row that names them (such as x1,x2,y)")
     seen = set()
     for name in names:
         if name in seen:
@@ -421,6 +432,14 @@ def row_location(path: str | os.PathLike[str], row: int) -> str:
         found = itertools.islice(_csv_rows(path, _csv_header(path)[1]), row, None)
         return f"{path}, line {next(found)[0]}"
     return f"{path}, row {row + 1}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def beyond_float32(value: float) -> str:

@@ -413,18 +413,36 @@ def _largest_value(X: torch.Tensor, y: torch.Tensor) -> tuple[float, str]:
     return (y_max, "target") if y_max >= x_max else (x_max, "feature")
 
 
+def _unscaled_features(X: torch.Tensor) -> bool:
+    """Whether the features' scale, more than the rate, explains a divergence: on the
+    divergence path only, so it costs a fit nothing.
+
+    The mean of |x|² + 1 over the rows is the trace of the loss's Hessian (per row), a
+    bound on its largest eigenvalue, which SGD's rate must stay below about 2 over. Columns
+    of mean 0 and std 1 make it d + 1; ten times that (values in the tens or hundreds, or
+    far from 0 for their spread) is what standardizing brings down.
+    """
+    n, d = X.shape
+    # float32's norm: an overflow (inf) is data far beyond unit scale, and says so.
+    trace = float(torch.linalg.vector_norm(X)) ** 2 / n + 1
+    return trace > 10 * (d + 1)
+
+
 def _check_finite(values: torch.Tensor, epoch: int, first_step: int, lr: float,
-                  largest: Optional[Callable[[], tuple[float, str]]] = None) -> None:
+                  largest: Optional[Callable[[], tuple[float, str]]] = None,
+                  unscaled: Optional[Callable[[], bool]] = None) -> None:
     i = first_nonfinite(values)
     if i is not None:
         raise _divergence("minibatch loss", float(values[i]), epoch, first_step + i, lr,
-                          largest)
+                          largest, unscaled)
 
 
 def _divergence(what: str, loss: float, epoch: int, step: int, lr: float,
-                largest: Optional[Callable[[], tuple[float, str]]]) -> DivergenceError:
+                largest: Optional[Callable[[], tuple[float, str]]],
+                unscaled: Optional[Callable[[], bool]] = None) -> DivergenceError:
     """The error for a minibatch or epoch loss that is NaN or inf: an outlier whose square
-    no rate can hold is named, else the rate is blamed."""
+    no rate can hold is named, else the rate is blamed, and beside it the features' scale
+    where that is large (unscaled, for data in memory as trained on)."""
     value, where = largest() if largest is not None else (0.0, "")
     outlier = (f"the data hold a {where} value of {value:.3g} (as trained on), whose square "
                f"is beyond float32's range; remove it or scale the data")
@@ -441,8 +459,11 @@ def _divergence(what: str, loss: float, epoch: int, step: int, lr: float,
     unsearched = (f", or, if the data hold a value of {SQUARE_LIMIT:.3g} or more (whose square "
                   f"is beyond float32's range), remove it or scale the data"
                   if largest is None else "")
+    rescale = (", or standardize the features, whose scale makes small rates necessary "
+               "(standardize=True)" if unscaled is not None and unscaled() else "")
     return DivergenceError(f"Training diverged: the {what} became {loss} at epoch {epoch}, "
-                           f"step {step} (lr={lr}); try a smaller learning rate{unsearched}.")
+                           f"step {step} (lr={lr}); try a smaller learning rate{rescale}"
+                           f"{unsearched}.")
 
 
 def _held_out_overflow(epoch: int, val_loss: float, *, held_out: Any) -> DivergenceError:
@@ -701,6 +722,7 @@ def _fit(
 
     # Data in memory can be searched for an oversized value when the loss overflows.
     largest = partial(_largest_value, X, y) if stream is None else None
+    unscaled = partial(_unscaled_features, X) if stream is None else None
 
     def host_read(epoch: int, done: int, stop: Optional[int]) -> None:
         """The host sync: the losses of steps done..stop, logged, checked and kept."""
@@ -710,7 +732,7 @@ def _fit(
         scale = state.scaling.loss_scale
         reported = chunk * scale if scale != 1.0 else chunk
         run.train_losses(epoch, done, reported)
-        _check_finite(chunk, epoch, done + 1, config.lr, largest)
+        _check_finite(chunk, epoch, done + 1, config.lr, largest, unscaled)
         history.train_losses.append(reported)
 
     # Data in memory on a GPU: each epoch's order drawn while the epoch before it trains.
@@ -734,7 +756,8 @@ def _fit(
             loss, w_now, b_now = _epoch_end(X, y, w, b, stream, group, config.worker_thread,
                                             partial(host_read, epoch, done, None))
             if not math.isfinite(loss):
-                raise _divergence("epoch loss", loss, epoch, steps, config.lr, largest)
+                raise _divergence("epoch loss", loss, epoch, steps, config.lr, largest,
+                                  unscaled)
             loss = state.scaling.reported_loss(loss)  # in the target's units (see host_read)
             history.epoch_seconds.append(time.perf_counter() - start)
             history.losses.append(loss)
