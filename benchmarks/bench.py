@@ -749,16 +749,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def run_command(prog: str, body: Callable[[Optional[list[str]]], int],
                 argv: Optional[list[str]]) -> int:
-    """body(argv), with a bad command line (UsageError) said in one line and 2 returned, and
-    Ctrl-C in one line and 130 (128 + SIGINT), not a traceback."""
+    """body(argv), with a bad command line (UsageError) said in one line and 2 returned,
+    Ctrl-C in one line and 130 (128 + SIGINT), and a reader gone (`| head`) quietly with
+    141 (128 + SIGPIPE), not a traceback."""
     try:
-        return body(argv)
+        code = body(argv)
+        sys.stdout.flush()  # here, where a reader gone is caught, not at the interpreter's exit
+        return code
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return reader_gone()
+
+
+def reader_gone() -> int:
+    """141, with stdout pointed at /dev/null: the interpreter's flush of it at exit would
+    raise again (and print "Exception ignored")."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def _main(argv: Optional[list[str]]) -> int:

@@ -161,15 +161,21 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[int, str, str
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Generate the file, train one epoch on it, print the figures; 2 on a bad command line,
-    130 on Ctrl-C (the file and the training process go with it)."""
+    130 on Ctrl-C (the file and the training process go with it), 141 quietly when stdout's
+    reader goes away (`| head`)."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a reader gone is caught, not at the interpreter's exit
+        return code
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # as bench.reader_gone, which this file (no torch) cannot import
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _main(argv: Optional[list[str]]) -> int:

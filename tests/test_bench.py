@@ -603,3 +603,31 @@ def test_bench_stream_says_what_its_threads_reach(bench_stream, capsys):
     assert (f"OMP_NUM_THREADS=2, torchlr.fit's steps on {torchlr.FitConfig().threads} torch "
             "thread") in out
     assert "training threads: 2" not in out
+
+
+# bench_stream.py's figures come after a file of gigabytes is made and trained on: its
+# _main here prints in their place.
+STREAM_PRINTS = (f"import sys; sys.path.insert(0, {str(BENCH.parent)!r}); import bench_stream; "
+                 f"bench_stream._main = lambda argv: print('figures') or 0; "
+                 f"raise SystemExit(bench_stream.main([]))")
+
+
+@pytest.mark.parametrize("argv", [
+    [str(BENCH), "--markdown", str(BENCH.parent / "results" / "amd-epyc-2t.json")],
+    ["-c", STREAM_PRINTS],
+], ids=["bench", "bench_stream"])
+def test_a_reader_gone_ends_the_benchmark_quietly(argv):
+    # `bench.py --markdown FILE | head`: head gone before the table is written. The write's
+    # BrokenPipeError was a traceback; now the status is 141 (128 + SIGPIPE), with nothing
+    # said, as the torchlr command does.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        # Buffered, as stdout into a pipe is unless PYTHONUNBUFFERED (set on some machines)
+        # says otherwise: the write then fails at the flush.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        done = subprocess.run([sys.executable, *argv], stdout=write, env=env,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")

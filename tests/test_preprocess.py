@@ -126,6 +126,31 @@ def test_validation_loss_and_r2_against_their_formulas():
     assert poor.val_r2[-1] == pytest.approx(r2, rel=1e-5)
 
 
+@pytest.mark.parametrize("value, rows", [(0.1, 50), (0.1, 7), (1e3 + 0.3, 4096), (-2.7, 999)])
+def test_r2_of_many_equal_targets_is_nan(value, rows):
+    # float32's mean of these rows is not the value itself (50 x 0.1f sums to 5.0000005):
+    # the SS_tot of that mean's error made R² about -1e14 where it is undefined.
+    y = torch.full((rows, 1), value)
+    assert float(y.mean()) != float(y[0]) or rows == 7  # the case that went wrong
+    y_hat = y + torch.linspace(-1, 1, rows).reshape(-1, 1)
+    assert math.isnan(float(r2_score(y_hat, y)))
+    X = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    result = torchlr.fit(X, torch.full((100,), 0.1), val_fraction=0.5, num_epochs=2,
+                         device="cpu")
+    assert all(math.isnan(r2) for r2 in result.val_r2)
+
+
+def test_r2_of_targets_far_from_zero_for_their_spread_keeps_its_digits():
+    # 1000 plus a spread of 0.01: float32's mean is 2.6e-5 off, which alone added n·δ² to
+    # SS_tot and moved R² by 2.8e-7; the corrected sum leaves 2.5e-8 here.
+    g = torch.Generator().manual_seed(0)
+    y = 1000 + 0.01 * torch.randn(4096, 1, generator=g)
+    y_hat = y + 0.002 * torch.randn(4096, 1, generator=g)
+    y64, h64 = y.double(), y_hat.double()
+    exact = 1 - float(((y64 - h64) ** 2).sum() / ((y64 - y64.mean()) ** 2).sum())
+    assert float(r2_score(y_hat, y)) == pytest.approx(exact, abs=1e-7)
+
+
 def test_r2_of_a_constant_target_is_nan():
     # SS_tot = 0: undefined, not -inf (one held-out row gives this).
     assert math.isnan(float(r2_score(torch.tensor([[1.0]]), torch.tensor([[2.0]]))))
@@ -262,3 +287,17 @@ def test_a_scaling_whose_weights_would_pass_float32_is_refused_before_training()
     y_out[0] = 1e20
     with pytest.raises(ValueError, match=r"too large to report .* remove an outlier"):
         torchlr.fit(X[:10], y_out[:10], standardize_target=True)
+
+
+@pytest.mark.parametrize("options", [dict(standardize=True), dict(standardize_target=True),
+                                     dict(standardize=True, standardize_target=True)])
+def test_a_scaled_fits_b_is_rounded_to_float32_as_its_history_is(options):
+    # Put in original units in float64, b was returned unrounded (567.1430366583809 beside
+    # a b_history[-1] of 567.14306640625), where the README promises float32 as for w.
+    X, y = badly_scaled()
+    result = torchlr.fit(X, y + 560, num_epochs=2, lr=1e-6, device="cpu", **options)
+    assert isinstance(result.b, float)
+    assert result.b == float(torch.tensor(result.b, dtype=torch.float32))
+    assert result.b == float(result.b_history[-1])
+    w, b = result.scaling.original_params(result.scaled_w, torch.tensor(result.scaled_b))
+    assert torch.equal(w, result.w) and b == result.b

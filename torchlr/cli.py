@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient", choices=GRADIENTS, default=None,
                        help=f"autograd: backward() on the loss, as the chapter does "
                             f"(default: {defaults.gradient}, or a resumed run's own); "
-                            f"analytic: the same gradient derived by hand (X^T r), about 2-6 "
+                            f"analytic: the same gradient derived by hand (X^T r), about 2-5 "
                             f"times faster per step for small batches (the most for "
                             f"scratch), equal to float precision; not under torchrun")
     train.add_argument("--permutation", choices=PERMUTATIONS, default=None,

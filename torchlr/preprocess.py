@@ -114,14 +114,15 @@ class Scaling:
         return y_scaled * self.y_scale + self.y_mean
 
     def original_params(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The model's (w, b) in original units: y = x @ w_orig + b_orig; w_orig float32 (d,)."""
+        """The model's (w, b) in original units: y = x @ w_orig + b_orig; w_orig float32 (d,),
+        b_orig a float rounded to float32, as w_orig is and as an unscaled fit's b is."""
         # y = s_y (sum_j w_j (x_j - m_j) / s_j + b) + m_y
         w64 = w.detach().cpu().double().reshape(-1)
         b64 = float(b.detach().cpu().double().reshape(()))
         w_orig = self.y_scale * w64 / self.x_scale.double()
         b_orig = self.y_scale * (b64 - float((w64 * self.x_mean.double()
                                               / self.x_scale.double()).sum())) + self.y_mean
-        return w_orig.float(), b_orig
+        return w_orig.float(), float(torch.tensor(b_orig, dtype=torch.float32))
 
     def state(self) -> dict[str, Any]:
         """Tensors and floats only, as a checkpoint stores them."""
@@ -143,5 +144,10 @@ def r2_score(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     y = y.reshape(y_hat.shape)
     ss_res = ((y - y_hat) ** 2).sum()
-    ss_tot = ((y - y.mean()) ** 2).sum()
-    return torch.where(ss_tot > 0, 1 - ss_res / ss_tot, torch.nan)
+    # float32's mean of equal values is not always that value (50 times 0.1 is not): the
+    # deviations then sum to n·δ², a tiny SS_tot that made R² -1e14, not undefined. The
+    # corrected two-pass sum takes that n·δ² back out; equal values are caught exactly.
+    deviations = y - y.mean()
+    ss_tot = (deviations ** 2).sum() - deviations.sum() ** 2 / y.numel()
+    defined = (ss_tot > 0) & (y.amax() > y.amin())
+    return torch.where(defined, 1 - ss_res / ss_tot, torch.nan)
