@@ -261,7 +261,8 @@ def test_a_read_only_file_is_not_replaced(tmp_path, capsys):
     data.write_text("x1,x2\n1,2\n4,5\n")
     assert main(["predict", "--model", str(keep), "--data", str(data), "--output",
                  str(out)]) == 2
-    assert capsys.readouterr().err == (f"torchlr: error: --output='{out}' cannot be written: "
+    # Said as --save's is: the flag, a space and the path (quoted where not one word).
+    assert capsys.readouterr().err == (f"torchlr: error: --output {out} cannot be written: "
                                        f"the file is read-only\n")
     assert keep.read_bytes() == before and out.read_text() == "earlier predictions\n"
 
@@ -386,3 +387,21 @@ def test_stream_paths_that_are_folders_and_features_given_as_one_str(tmp_path):
     np.save(tmp_path / "t.npy", np.ones((4, 3), np.float32))
     with pytest.raises(TypeError, match=re.escape("use ['x1', 'x2']")):
         torchlr.BlockStream(tmp_path / "t.npy", features="x1,x2")
+
+
+def test_output_and_save_paths_are_named_alike(tmp_path, capsys, monkeypatch):
+    # One way of quoting for both: --save's comes from the library's save='...' rewritten,
+    # --output's from the command line's own check.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a folder").mkdir()
+    assert main(["train", "--epochs", "1", "--no-tensorboard", "--save", "a folder"]) == 2
+    saved = capsys.readouterr().err
+    model = tmp_path / "m.pt"
+    assert main(["train", "--epochs", "1", "--no-tensorboard", "--save", str(model)]) == 0
+    (tmp_path / "d.csv").write_text("x1,x2\n1,2\n4,5\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", "d.csv", "--output",
+                 "a folder"]) == 2
+    output = capsys.readouterr().err
+    assert saved == "torchlr: error: --save 'a folder' is a folder; give a file path\n"
+    assert output == saved.replace("--save", "--output")

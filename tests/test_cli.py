@@ -98,6 +98,16 @@ def test_missing_command_exits_2(capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize("argv", [["train", "--impl", "foo"], ["predict", "--data", "d.csv"],
+                                  ["nosuch"]])
+def test_a_bad_command_line_is_one_line_that_begins_as_every_error_does(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("torchlr: error: ")
+
+
 class _Tty(io.StringIO):
     def isatty(self):
         return True

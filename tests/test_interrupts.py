@@ -246,7 +246,7 @@ def test_a_signal_after_the_last_line_leaves_the_status_as_it_was(tmp_path, sign
     process = subprocess.Popen([sys.executable, "-m", "torchlr", "train", *argv],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    stream, last = ((process.stderr, "torchlr train: error:") if usage_error else
+    stream, last = ((process.stderr, "torchlr: error:") if usage_error else
                     (process.stdout, "Error in estimating b"))
     lines = []
     while not lines or not lines[-1].startswith(last):  # its last line

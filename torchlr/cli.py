@@ -55,7 +55,8 @@ class _Parser(argparse.ArgumentParser):
         read_negative_numbers(self)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # "torchlr: error:" as every other error says, not a subcommand's "torchlr train:".
+        self.exit(EXIT_USAGE, f"{self.prog.split()[0]}: error: {message}\n")
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):

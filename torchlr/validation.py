@@ -279,11 +279,21 @@ def check_writable_file(name: str, path: Any) -> str:
     if not path:
         raise ValueError(f"{name} must be a file path, got ''")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
-        raise ValueError(f"{name}={path!r} is a folder; give a file path")
+        raise ValueError(f"{_given(name, path)} is a folder; give a file path")
     why = unwritable_file(path)
     if why:
-        raise ValueError(f"{name}={path!r} cannot be written: {why}")
+        raise ValueError(f"{_given(name, path)} cannot be written: {why}")
     return path
+
+
+def _given(name: str, path: str) -> str:
+    """save='m.pt' as the library names an argument; a flag (--output) as the command line
+    reads, `--output m.csv`, quoted only where the path is not one word, as the CLI's
+    rewriting of the library's messages gives `--save m.pt`."""
+    if not name.startswith("--"):
+        return f"{name}={path!r}"
+    one_word = re.fullmatch(r"[\w:.+/-]+", path)
+    return f"{name} {path if one_word else repr(path)}"
 
 
 def unwritable_file(path: str) -> str:
