@@ -483,7 +483,7 @@ def test_unwritable_paths_are_one_line_errors(houses, tmp_path, capsys):
                  str(blocker / "out.csv")]) == 2
     err = capsys.readouterr().err.splitlines()
     # Checked before the model is read: the check's words, not the system's.
-    assert err == [f"torchlr: error: --output={str(blocker / 'out.csv')!r} cannot be written: "
+    assert err == [f"torchlr: error: --output {blocker / 'out.csv'} cannot be written: "
                    f"{str(blocker)!r} is a file, not a folder"]
 
 
@@ -778,3 +778,19 @@ def test_features_listed_with_spaces_after_commas(tmp_path, capsys):
                  "--no-tensorboard", "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("=")[0].strip() for line in lines] == ["w[b]", "w[a]", "b"]
+
+
+def test_a_feature_whose_name_holds_a_comma_is_named_quoted(tmp_path, capsys):
+    # --features reads as a CSV row, as the header does: '"a,b"' is the one column a,b.
+    table = tmp_path / "t.csv"
+    table.write_text('"a,b",c d ,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n')
+    assert main(["train", "--data", str(table), "--features", '"a,b", c d', "--epochs", "1",
+                 "--no-tensorboard", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("=")[0].strip() for line in lines] == ["w[a,b]", "w[c d]", "b"]
+    assert main(["train", "--data", str(table), "--features", "a,b", "--epochs", "1",
+                 "--no-tensorboard"]) == 2
+    assert "Unknown feature column(s) 'a', 'b'" in capsys.readouterr().err
+    assert main(["train", "--data", str(table), "--features", ' , ""', "--epochs", "1",
+                 "--no-tensorboard"]) == 2
+    assert "--features lists no column" in capsys.readouterr().err

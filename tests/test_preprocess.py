@@ -301,3 +301,21 @@ def test_a_scaled_fits_b_is_rounded_to_float32_as_its_history_is(options):
     assert result.b == float(result.b_history[-1])
     w, b = result.scaling.original_params(result.scaled_w, torch.tensor(result.scaled_b))
     assert torch.equal(w, result.w) and b == result.b
+
+
+def test_a_scaled_target_is_shifted_by_the_mean_the_model_trained_on():
+    # A target near 1e8 (float32's step there is 8): its mean 99999997.816 is 1e8 in
+    # float32, which the model's (y - y_mean) / y_scale used. Kept in float64, the stored
+    # scaling rebuilt a model whose loss was 85% above the one the fit reported.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 2, generator=g)
+    y = 1e8 + 64 * (X @ torch.tensor([1.0, -2.0]))
+    result = torchlr.fit(X, y, standardize_target=True, lr=0.1, num_epochs=20, device="cpu")
+    s = result.scaling
+    assert s.y_mean == 1e8 != float(y.double().mean())
+    scaled = (X.double() - s.x_mean.double()) / s.x_scale.double()
+    rebuilt = (scaled @ result.scaled_w.double() + result.scaled_b) * s.y_scale + s.y_mean
+    loss = 0.5 * float(((rebuilt - y.double()) ** 2).mean())
+    assert loss == pytest.approx(result.losses[-1], rel=1e-5)
+    # A checkpoint's float64 values (from before this rounding) load as the same float32.
+    assert Scaling.from_state({**s.state(), "y_mean": 99999997.816}).y_mean == 1e8

@@ -37,7 +37,9 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
     group.add_argument("--target", metavar="COLUMN",
                        help="the column to predict (default: the last column)")
     group.add_argument("--features", metavar="A,B,C",
-                       help="comma-separated feature columns (default: all but the target)")
+                       help="comma-separated feature columns, read as a CSV row: quote a "
+                            "name that holds a comma, as in '\"a,b\",c' (default: all but "
+                            "the target)")
     group.add_argument("--stream", action="store_true",
                        help="train from a memory-mapped 2-D .npy in shuffled blocks, for data "
                             "larger than memory (columns are named x1, x2, ...)")
@@ -80,7 +82,10 @@ def add_predict_command(sub: Any, formatter: Any) -> None:
 def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
     if args.features is None:
         return None
-    names = [name.strip() for name in args.features.split(",") if name.strip()]
+    # Read as a row of CSV: a name that holds a comma, which a CSV header may, is quoted
+    # ('"a,b",c'), and the names are stripped as the header's are.
+    row = next(csv.reader([args.features], skipinitialspace=True), [])
+    names = [name.strip() for name in row if name.strip()]
     if not names:
         raise ValueError(f"--features lists no column: {args.features!r}")
     return names

@@ -8,6 +8,10 @@ from typing import Any
 import torch
 
 
+def _float32(value: float) -> float:
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
 def train_val_split(num_examples: int, val_fraction: float,
                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices (train, val), drawn from their own generator so the fit's draws are unchanged."""
@@ -29,8 +33,17 @@ class Scaling:
 
     x_mean: torch.Tensor  # (d,) float32
     x_scale: torch.Tensor  # (d,) float32, never 0
-    y_mean: float = 0.0
+    y_mean: float = 0.0  # float32 values, as Python floats
     y_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        # The model's float32 target is shifted and scaled by these in float32, which rounds
+        # them: kept in float64, they gave the printed b (original_params) and the reported
+        # losses another shift and scale than the model trained on, 1e-6 of b for a target
+        # near -5.7e7, and a rebuilt model another loss. Rounded here, all use the same.
+        # (A scale that float32 holds only as 0 leaves the target unscaled.)
+        self.y_mean = _float32(self.y_mean)
+        self.y_scale = _float32(self.y_scale) or 1.0
 
     @classmethod
     def identity(cls, num_features: int) -> Scaling:
@@ -87,7 +100,7 @@ class Scaling:
         """A whole-set loss of the scaled target in the target's units, rounded to float32:
         the number TensorBoard stores (its scalars are float32), the CLI prints and FitResult
         holds alike."""
-        return float(torch.tensor(loss * self.loss_scale, dtype=torch.float32))
+        return _float32(loss * self.loss_scale)
 
     @property
     def is_identity(self) -> bool:
@@ -122,7 +135,7 @@ class Scaling:
         w_orig = self.y_scale * w64 / self.x_scale.double()
         b_orig = self.y_scale * (b64 - float((w64 * self.x_mean.double()
                                               / self.x_scale.double()).sum())) + self.y_mean
-        return w_orig.float(), float(torch.tensor(b_orig, dtype=torch.float32))
+        return w_orig.float(), _float32(b_orig)
 
     def state(self) -> dict[str, Any]:
         """Tensors and floats only, as a checkpoint stores them."""
