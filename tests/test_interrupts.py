@@ -163,25 +163,33 @@ def test_the_cli_says_which_epoch_the_checkpoint_holds(tmp_path, monkeypatch, ca
     assert [line.split(",")[0] for line in out.splitlines()] == ["epoch 1"]
 
 
-@pytest.mark.parametrize("where", ["the fit's figure", "the results' lines", "--plot"])
+@pytest.mark.parametrize("where", ["early stopping's restore", "the fit's figure",
+                                   "closing the run", "the results' lines", "--plot"])
 def test_a_ctrl_c_after_the_last_epoch_names_the_checkpoint(tmp_path, monkeypatch, capsys,
                                                              where):
     # Drawing plot/fit takes a second (matplotlib's import): a Ctrl-C then said only where
-    # the TensorBoard run was, though the checkpoint held every epoch.
-    def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
-
+    # the TensorBoard run was, though the checkpoint held every epoch. So did one while the
+    # best epoch was put back, or while the run's files were closed.
     import torchlr.cli
     import torchlr.plots
     import torchlr.tensorboard
 
-    target = {"the fit's figure": (torchlr.tensorboard.RunWriter, "finish"),
-              "the results' lines": (torchlr.cli, "_report"),
-              "--plot": (torchlr.plots, "save_figure")}[where]
-    monkeypatch.setattr(*target, ctrl_c)
+    owner, name = {"early stopping's restore": (torchlr.run.RunState, "finish"),
+                   "the fit's figure": (torchlr.tensorboard.RunWriter, "finish"),
+                   "closing the run": (torchlr.tensorboard.RunWriter, "_end"),
+                   "the results' lines": (torchlr.cli, "_report"),
+                   "--plot": (torchlr.plots, "save_figure")}[where]
+    real = getattr(owner, name)
+
+    def then_ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(owner, name, then_ctrl_c)
     save, plot = tmp_path / "c.pt", tmp_path / "loss.png"
     assert main(["train", "--epochs", "3", "--save", str(save), "--logdir",
-                 str(tmp_path / "tb"), "--plot", str(plot)]) == 130
+                 str(tmp_path / "tb"), "--plot", str(plot), "--val-fraction", "0.2",
+                 "--early-stopping", "5"]) == 130
     (run_dir,) = os.listdir(tmp_path / "tb")
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"torchlr: interrupted; {save} holds epoch 3; the TensorBoard run so far is in "
@@ -203,6 +211,67 @@ def test_console_ignores_signals_once_main_is_done(monkeypatch):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_raised_in_a_weakref_callback_still_ends_the_run(tmp_path, monkeypatch,
+                                                                   capsys, signum, code, word):
+    # A signal landing while the garbage collector ran a weakref callback raised there, where
+    # Python only printed "Exception ignored in ..." and went on: a run interrupted after
+    # its last epoch line ended as if it had not been, with status 0.
+    import gc
+    import sys
+    import time
+    import weakref
+
+    import torchlr.cli as cli
+
+    class Thing:
+        pass
+
+    def callback(ref):
+        os.kill(os.getpid(), signum)  # the handler raises here, inside the collector
+
+    real_finish = torchlr.run.RunState.finish
+    reached = []
+
+    def finish_then_collect(self, model):
+        thing = Thing()
+        self._ref = weakref.ref(thing, callback)
+        del thing
+        gc.collect()
+        for _ in range(1000):  # what is left to do: the signal, sent again, lands here
+            time.sleep(0.01)  # (not in one long sleep: it may come before it, when the
+            # other thread takes the lock on the interpreter, and Python acts on a signal
+            # only between two lines)
+        reached.append("after the collection")
+        return real_finish(self, model)
+
+    monkeypatch.setattr(torchlr.run.RunState, "finish", finish_then_collect)
+    save = tmp_path / "c.pt"
+    monkeypatch.setattr(sys, "argv", ["torchlr", "train", "--epochs", "2", "--save", str(save),
+                                      "--no-tensorboard"])
+    hook = sys.unraisablehook
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.console()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert info.value.code == code
+    assert sys.unraisablehook is hook  # put back
+    assert reached == []  # ended there, as a signal outside the collector does
+    assert capsys.readouterr().err == f"torchlr: {word}; {save} holds epoch 2\n"
+
+
+def test_other_unraisable_errors_are_shown_as_before(monkeypatch):
+    import torchlr.cli as cli
+
+    shown = []
+    cli._signal_again(shown.append, unraisable := type("U", (), {"exc_type": OSError})())
+    assert shown == [unraisable]
 
 
 @pytest.mark.parametrize("exc, code, word", [(KeyboardInterrupt, 130, "interrupted"),

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import types
 from pathlib import Path
 
@@ -50,6 +52,17 @@ def callback(ref):
 thing = Thing()
 self.refs.append(weakref.ref(thing, callback))
 del thing""",
+    # SIGTERM, as `kill` or a job scheduler sends it: the system's handler ended the process
+    # without a word.
+    "sigterm": "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(5)",
+    "sigterm unraisable": """\
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+self.thing = type("Thing", (), {})()
+self.refs.append(weakref.ref(self.thing, callback))
+del self.thing""",
     # Not an interrupt: the import's own error, which keeps its traceback.
     "failed": "raise ImportError('no torch here')",
 }
@@ -112,6 +125,54 @@ def test_ctrl_c_while_torch_is_imported_ends_in_one_line(tmp_path, entry, interr
     args = [sys.executable, "-m", "torchlr"] if entry == "python -m torchlr" else [str(SCRIPT)]
     done = _run(args + TRAIN, tmp_path, _child_env(tmp_path, interruption))
     assert (done.returncode, done.stderr, done.stdout) == (130, "torchlr: interrupted\n", "")
+
+
+@pytest.mark.parametrize("interruption", ["sigterm", "sigterm unraisable"])
+def test_sigterm_while_torch_is_imported_ends_in_one_line(tmp_path, interruption):
+    done = _run([sys.executable, "-m", "torchlr", *TRAIN], tmp_path,
+                _child_env(tmp_path, interruption))
+    assert (done.returncode, done.stderr, done.stdout) == (143, "torchlr: terminated\n", "")
+
+
+def test_sigterm_during_the_import_is_the_systems_under_torchrun(tmp_path):
+    # torchrun stops its workers with SIGTERM, and torchlr.cli leaves it to the system there.
+    env = {**_child_env(tmp_path, "sigterm"), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0"}
+    done = _run([sys.executable, "-m", "torchlr", *TRAIN], tmp_path, env)
+    assert (done.returncode, done.stderr, done.stdout) == (-signal.SIGTERM, "", "")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_after_the_interrupted_line_changes_nothing(tmp_path, delay, second):
+    # Python's shutdown puts the system's handlers back, and torch's (here imported whole,
+    # the first Ctrl-C having been swallowed inside it) takes a while more: a second Ctrl-C
+    # then killed the process by its signal.
+    process = subprocess.Popen([sys.executable, "-m", "torchlr", *TRAIN], cwd=tmp_path,
+                               env=_child_env(tmp_path, "swallowed"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    time.sleep(delay)
+    process.send_signal(second)
+    out, err = process.communicate(timeout=120)
+    assert (process.returncode, line + err, out) == (130, "torchlr: interrupted\n", "")
+
+
+def test_interrupted_ignores_both_signals_for_the_way_out(monkeypatch, capsys):
+    from torchlr import launch
+    monkeypatch.setattr(launch, "_said", [])
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, lambda *args: None)  # a handler of Python's, as the CLI's
+    try:
+        with pytest.raises(SystemExit) as info:
+            launch._interrupted(signal.SIGTERM)
+        assert info.value.code == 143
+        assert capsys.readouterr().err == "torchlr: terminated\n"
+        for signum in before:
+            assert signal.getsignal(signum) is signal.SIG_IGN
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def test_ctrl_c_while_torch_is_imported_with_stderr_closed_says_nothing(tmp_path):

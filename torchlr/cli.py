@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import math
 import os
@@ -9,9 +10,10 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional, TextIO
 
 import torch
@@ -35,6 +37,7 @@ from torchlr.terminal import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    ignore_signals,
     in_torchrun,
     rank_tag,
     say,
@@ -569,11 +572,14 @@ def console() -> None:
         # where. Not under torchrun, which stops its workers with it, even mid-collective.
         signal.signal(signal.SIGTERM, raise_terminated)
     code: Optional[int] = None
+    unraisablehook = sys.unraisablehook
+    sys.unraisablehook = partial(_signal_again, unraisablehook)
     try:
         try:
             code = main()
         finally:  # however main ends: a usage error's SystemExit, a bug's traceback too
-            _ignore_signals()
+            ignore_signals()
+            sys.unraisablehook = unraisablehook
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (Terminated) outside main's handling
         if code is None:  # in its parser, before its try, or in its return: said here
             terminated = isinstance(exc, Terminated)
@@ -584,19 +590,25 @@ def console() -> None:
     raise SystemExit(code)
 
 
-def _ignore_signals() -> None:
-    """Ignore Ctrl-C and SIGTERM for the interpreter's shutdown, which takes torch about a
-    second once main() is done: the process then ends with main's status.
+def _signal_again(previous: Callable[[Any], None], unraisable: Any) -> None:
+    """sys.unraisablehook while main() runs: a Ctrl-C or SIGTERM whose exception Python could
+    not pass on is sent again; other errors are shown as before.
 
-    Python's shutdown resets every signal that has a handler written in Python to the
-    system's default, early on: a Ctrl-C 50 ms after the last line killed the process
-    (status 130, or 143 for SIGTERM, after a run that had done all), and one within the
-    first millisecond raised in Python and printed a traceback. An ignored signal is left
-    ignored. A shutdown that hangs is still stopped by SIGKILL.
+    A signal that lands while the garbage collector runs a weakref callback (or a __del__)
+    raises its KeyboardInterrupt there, where Python only prints it ("Exception ignored
+    in ...") and goes on: a run interrupted after its last epoch line ran on to its end and
+    exited 0. Sent again, the signal's handler raises in the code the collector interrupted,
+    and the run ends as on any other Ctrl-C: its line, what it kept, status 130 (143).
+    It is sent from another thread: sent from here, the handler would raise at once, inside
+    this hook, and be lost again. One that lands in the collector again comes back here.
     """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if callable(signal.getsignal(signum)):  # not one left to the system (torchrun's)
-            signal.signal(signum, signal.SIG_IGN)
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        terminated = issubclass(unraisable.exc_type, Terminated)
+        # To the main thread itself, where a wait (a sleep, a read) ends on it at once.
+        _thread.start_new_thread(signal.pthread_kill, (
+            threading.main_thread().ident, signal.SIGTERM if terminated else signal.SIGINT))
+    else:
+        previous(unraisable)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ same way: this module imports neither torch nor anything of torchlr's that does.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Optional
@@ -17,6 +18,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a command the pipe's reader stopped
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+HANDLED = (signal.SIGINT, signal.SIGTERM)  # the signals the command ends on with a line
 
 
 def in_torchrun(environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -44,3 +46,19 @@ def say(line: str) -> None:
     line = line.replace("\r", "\\r").replace("\n", "\\n")
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def ignore_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM from here on: for the interpreter's shutdown, once the
+    command has said how it ended. The process then ends with the status it chose.
+
+    Python's shutdown resets every signal that has a handler written in Python to the
+    system's default, early on, and torch's shutdown takes about a second more: a Ctrl-C
+    50 ms after the last line killed the process (status 130, or 143 for SIGTERM, after a
+    run that had done all, or a second Ctrl-C after an interrupted one), and one within the
+    first millisecond raised in Python and printed a traceback. An ignored signal is left
+    ignored. A shutdown that hangs is still stopped by SIGKILL.
+    """
+    for signum in HANDLED:
+        if callable(signal.getsignal(signum)):  # not one left to the system (torchrun's)
+            signal.signal(signum, signal.SIG_IGN)

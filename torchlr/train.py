@@ -588,14 +588,22 @@ def fit(
     if isinstance(features, BlockStream) and labels is not None:
         raise ValueError("labels must be None when features is a BlockStream, which holds "
                          "its own target column")
-    # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
-    # Trains under a caller's torch.no_grad() or inference_mode() too: the steps need autograd.
-    with RunWriter() as run, CpuThreads() as cpu_threads, torch.inference_mode(False), \
-            torch.enable_grad():
-        result = _fit(features, labels, config, on_progress, run, cpu_threads)
-        with keeping_saved(result):  # a Ctrl-C there: every epoch ran and was saved
+    # _fit's bookkeeping, once it has one: whatever escapes from then on to the return below
+    # (a Ctrl-C in the last epoch's loop, in early stopping's restore, while the run's
+    # figure is drawn or its files are closed) names the checkpoint written so far.
+    states: list[RunState] = []
+    try:
+        # The run is flushed and closed however the fit ends; an escaping error gets .run_dir.
+        # Trains under a caller's no_grad() or inference_mode() too: the steps need autograd.
+        with RunWriter() as run, CpuThreads() as cpu_threads, torch.inference_mode(False), \
+                torch.enable_grad():
+            result = _fit(features, labels, config, on_progress, run, cpu_threads, states)
             run.finish(result)  # the fit's figure: a second or so, matplotlib's import first
-    return replace(result, run_dir=run.run_dir)
+        return replace(result, run_dir=run.run_dir)
+    except BaseException as exc:
+        if states:
+            _mark_saved(exc, states[0].saved_to, states[0].saved_epoch)
+        raise
 
 
 def configured(config: Optional[FitConfig], overrides: dict[str, Any], caller: str,
@@ -624,11 +632,18 @@ def keeping_saved(result: FitResult) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if result.saved_to is not None and getattr(exc, "saved_to", None) is None:
-            exc.saved_to, exc.saved_epoch = result.saved_to, len(result.losses)  # type: ignore
-            if result.run_dir is not None and getattr(exc, "run_dir", None) is None:
-                exc.run_dir = result.run_dir  # type: ignore[attr-defined]
+        _mark_saved(exc, result.saved_to, len(result.losses), result.run_dir)
         raise
+
+
+def _mark_saved(exc: BaseException, saved_to: Optional[str], epoch: Optional[int],
+                run_dir: Optional[str] = None) -> None:
+    """Give exc the checkpoint (and its epoch) a fit wrote, and its TensorBoard run, unless
+    it has them already; nothing when no checkpoint was written."""
+    if saved_to is not None and getattr(exc, "saved_to", None) is None:
+        exc.saved_to, exc.saved_epoch = saved_to, epoch  # type: ignore[attr-defined]
+        if run_dir is not None and getattr(exc, "run_dir", None) is None:
+            exc.run_dir = run_dir  # type: ignore[attr-defined]
 
 
 def _fit(
@@ -638,6 +653,7 @@ def _fit(
     on_progress: Optional[Callable[[Progress], None]],
     run: RunWriter,
     cpu_threads: CpuThreads,
+    states: list[RunState],
 ) -> FitResult:
     config.validate()
     group = distributed.current()  # None outside an initialized process group
@@ -665,11 +681,13 @@ def _fit(
             if group is not None:
                 data_digest = sampled_digest(X, y)
             state = RunState(X, y, config)  # the split and scaling, before anything trains
+            states.append(state)
             X, y = state.X, state.y
         else:
             if group is not None:
                 data_digest = sampled_digest(stream)
             state = RunState.streaming(stream, config)  # scales the stream if asked
+            states.append(state)
             X = y = stream
         if config.cuda_graphs:
             graphs.check_device(device, stream is not None, group is not None)
@@ -774,10 +792,6 @@ def _fit(
                                      val_r2))
             if stop:
                 break
-    except BaseException as exc:
-        if state.saved_to is not None:  # what the caller can resume from, however it ended
-            exc.saved_to, exc.saved_epoch = state.saved_to, state.saved_epoch  # type: ignore
-        raise
     finally:
         if ahead is not None:
             ahead.close()
