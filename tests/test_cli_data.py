@@ -771,23 +771,24 @@ def test_impl_both_cannot_resume(tmp_path, capsys):
     assert ck.read_bytes() == before
 
 
+def _weight_names(table, features, capsys):
+    """The names of the weights a one-epoch fit on table prints, its features as given."""
+    assert main(["train", "--data", str(table), "--features", features, "--epochs", "1",
+                 "--no-tensorboard", "--quiet"]) == 0
+    return [line.split("=")[0].strip() for line in capsys.readouterr().out.splitlines()]
+
+
 def test_features_listed_with_spaces_after_commas(tmp_path, capsys):
     table = tmp_path / "t.csv"
     table.write_text("a,b,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n")
-    assert main(["train", "--data", str(table), "--features", "b, a", "--epochs", "1",
-                 "--no-tensorboard", "--quiet"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("=")[0].strip() for line in lines] == ["w[b]", "w[a]", "b"]
+    assert _weight_names(table, "b, a", capsys) == ["w[b]", "w[a]", "b"]
 
 
 def test_a_feature_whose_name_holds_a_comma_is_named_quoted(tmp_path, capsys):
     # --features reads as a CSV row, as the header does: '"a,b"' is the one column a,b.
     table = tmp_path / "t.csv"
     table.write_text('"a,b",c d ,y\n1,2,3\n2,1,5\n3,5,4\n4,4,4\n')
-    assert main(["train", "--data", str(table), "--features", '"a,b", c d', "--epochs", "1",
-                 "--no-tensorboard", "--quiet"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("=")[0].strip() for line in lines] == ["w[a,b]", "w[c d]", "b"]
+    assert _weight_names(table, '"a,b", c d', capsys) == ["w[a,b]", "w[c d]", "b"]
     assert main(["train", "--data", str(table), "--features", "a,b", "--epochs", "1",
                  "--no-tensorboard"]) == 2
     assert "Unknown feature column(s) 'a', 'b'" in capsys.readouterr().err
