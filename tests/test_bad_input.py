@@ -405,3 +405,10 @@ def test_output_and_save_paths_are_named_alike(tmp_path, capsys, monkeypatch):
     output = capsys.readouterr().err
     assert saved == "torchlr: error: --save 'a folder' is a folder; give a file path\n"
     assert output == saved.replace("--save", "--output")
+    # A path with a slash is one word too, for both: --save's was quoted, --output's not.
+    (tmp_path / "sub").mkdir()
+    assert main(["train", "--epochs", "1", "--no-tensorboard", "--save", "sub/"]) == 2
+    saved = capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--data", "d.csv", "--output", "sub/"]) == 2
+    assert saved == "torchlr: error: --save sub/ is a folder; give a file path\n"
+    assert capsys.readouterr().err == saved.replace("--save", "--output")

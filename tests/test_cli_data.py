@@ -784,6 +784,19 @@ def test_features_listed_with_spaces_after_commas(tmp_path, capsys):
     assert _weight_names(table, "b, a", capsys) == ["w[b]", "w[a]", "b"]
 
 
+@pytest.mark.parametrize("features", ['"x1', "x1\nx2", 'x1,"x2'])
+def test_features_that_are_not_one_csv_row_are_refused_in_one_line(tmp_path, capsys, features):
+    # A line break raised csv.Error, no ValueError: a traceback. An open quote was closed
+    # without a word.
+    table = tmp_path / "t.csv"
+    table.write_text("x1,x2,y\n1,2,3\n2,1,5\n3,5,4\n")
+    assert main(["train", "--data", str(table), "--features", features, "--epochs", "1",
+                 "--no-tensorboard"]) == 2
+    assert capsys.readouterr().err == (
+        f"torchlr: error: --features is not one row of comma-separated names (a quote left "
+        f"open, or a line break): {features!r}\n")
+
+
 def test_a_feature_whose_name_holds_a_comma_is_named_quoted(tmp_path, capsys):
     # --features reads as a CSV row, as the header does: '"a,b"' is the one column a,b.
     table = tmp_path / "t.csv"

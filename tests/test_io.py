@@ -210,8 +210,8 @@ ERRORS = [
     ("script.csv", "a,y\n\u0661\u0662,2\n", [], ["script.csv", "line 2", "is not a number"]),
     ("dup.csv", "a,a,y\n1,2,3\n", [], ["dup.csv", "repeats column 'a'"]),
     # No header: its first row would name the columns and be lost from the data.
-    ("nohead.csv", "1,2,3\n4,5,9\n", [], ["nohead.csv, line 1: the first row holds only "
-     "numbers ('1,2,3'), not the names of the columns; add a header row"]),
+    ("nohead.csv", "1,2.5,3\n4,5,9\n", [], ["nohead.csv, line 1: the first row holds only "
+     "numbers ('1,2.5,3'), not the names of the columns; add a header row"]),
     ("nohead-repeats.csv", "\n1.5,1.5,-2e3\n4,5,9\n", [], ["line 2: the first row holds only "
      "numbers ('1.5,1.5,-2e3')"]),
     ("kind.txt", "a,y\n1,2\n", [], ["Unsupported file type '.txt'"]),
@@ -280,6 +280,17 @@ def test_a_header_with_some_numbers_for_names_is_a_header(tmp_path):
     data = load_data(path)
     assert (data.feature_names, data.target_name) == (["2019", "2020"], "y")
     assert data.features.tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    assert data.target.reshape(-1).tolist() == [3.0, 9.0]
+
+
+@pytest.mark.parametrize("header", ["0,1,2", "1990,2000,2010", "NaN,inf,1_000"])
+def test_a_header_of_whole_numbers_or_non_numbers_is_a_header(tmp_path, header):
+    # pandas writes 0,1,2 for a frame's unnamed columns, and years name columns too: whole
+    # numbers alone are names. So are cells that torchlr does not read as finite numbers.
+    path = write(tmp_path / "named.csv", f"{header}\n1.5,2,3\n4,5,9\n")
+    data = load_data(path)
+    assert [*data.feature_names, data.target_name] == header.split(",")
+    assert data.features.tolist() == [[1.5, 2.0], [4.0, 5.0]]
     assert data.target.reshape(-1).tolist() == [3.0, 9.0]
 
 

@@ -151,6 +151,19 @@ def test_r2_of_targets_far_from_zero_for_their_spread_keeps_its_digits():
     assert float(r2_score(y_hat, y)) == pytest.approx(exact, abs=1e-7)
 
 
+@pytest.mark.parametrize("scale", [1e-23, 1.0, 5e18])
+def test_r2_of_targets_of_any_size_is_their_fits(scale):
+    # Unscaled, float32's sums of squares vanished near 1e-23 and overflowed near 5e18, and
+    # an R² of 0.99 read 1.0.
+    g = torch.Generator().manual_seed(0)
+    y = (3 + torch.randn(1000, 1, generator=g)) * scale
+    y_hat = 0.9 * y
+    y64, h64 = y.double(), y_hat.double()
+    exact = 1 - float(((y64 - h64) ** 2).sum() / ((y64 - y64.mean()) ** 2).sum())
+    assert float(r2_score(y_hat, y)) == pytest.approx(exact, abs=1e-6)
+    assert exact < 0.95
+
+
 def test_r2_of_a_constant_target_is_nan():
     # SS_tot = 0: undefined, not -inf (one held-out row gives this).
     assert math.isnan(float(r2_score(torch.tensor([[1.0]]), torch.tensor([[2.0]]))))

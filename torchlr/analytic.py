@@ -30,8 +30,8 @@ def sgd_step(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     scale = lr / len(X)
     # w -= lr / B * X^T r, the gradient whole first, as sgd's w.grad is. Not w.addmm_(X.T,
     # r, alpha=-scale): BLAS adds a long batch's product into w a block of rows at a time,
-    # rounding w once per block, which put w up to 7 ulps off the exact update (0.45 this
-    # way), more than a small step itself, and scratch's fits drifted from concise's.
+    # rounding w once per block, which put w up to 14 ulps off the exact update (0.45
+    # this way), more than a small step itself, and scratch's fits drifted from concise's.
     w.sub_(torch.mm(X.T, r), alpha=scale)
     b.sub_(r.sum(0), alpha=scale)  # b -= lr / B * sum(r)
     flat = r.view(-1)

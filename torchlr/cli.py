@@ -43,7 +43,7 @@ from torchlr.terminal import (
     say,
 )
 from torchlr.train import DivergenceError, FitConfig, FitResult, Progress, fit, keeping_saved
-from torchlr.validation import IMPLS, check_seed
+from torchlr.validation import IMPLS, ONE_WORD, check_seed
 
 # The chapter's ground truth.
 TRUE_W = (2.0, -3.4)
@@ -430,7 +430,7 @@ def _rewritten(message: str, parser: argparse.ArgumentParser) -> str:
     # name=value as the library writes it (f"{name}={value!r}"): after the start, a space or
     # "(", and with a value that ends there. A quoted one-word value loses its quotes:
     # device='cuda' -> --device cuda.
-    value = (rf"(?:(True|False|None){after}|'([\w:.+-]+)'(?![\w'])|('[^']*')(?!\w)|"
+    value = (rf"(?:(True|False|None){after}|'({ONE_WORD})'(?![\w'])|('[^']*')(?!\w)|"
              rf"([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan)){after})")
     message = re.sub(rf"(^|[ (])({names})={value}", assigned, message)
     message = re.sub(rf"^({names}) must ", lambda m: f"{flags[m[1]][0]} must ", message)

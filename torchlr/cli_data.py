@@ -84,7 +84,11 @@ def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
         return None
     # Read as a row of CSV: a name that holds a comma, which a CSV header may, is quoted
     # ('"a,b",c'), and the names are stripped as the header's are.
-    row = next(csv.reader([args.features], skipinitialspace=True), [])
+    try:
+        (row,) = csv.reader([args.features], skipinitialspace=True, strict=True)
+    except csv.Error:  # csv's own words are about files ("universal-newline mode")
+        raise ValueError(f"--features is not one row of comma-separated names (a quote left "
+                         f"open, or a line break): {args.features!r}") from None
     names = [name.strip() for name in row if name.strip()]
     if not names:
         raise ValueError(f"--features lists no column: {args.features!r}")

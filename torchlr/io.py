@@ -325,9 +325,10 @@ def _csv_header(path: str) -> tuple[list[str], int]:
     for i, name in enumerate(names, start=1):
         if not name:
             raise ValueError(f"{path}, line {line}: column {i} of the header has no name")
-    if all(_is_number(name) for name in names):
+    if all(_is_number(name) for name in names) and not all(map(str.isdigit, names)):
         # A file without a header: read as one, its first row would name the columns and
-        # be lost from the data without a word.
+        # be lost from the data without a word. Whole numbers alone do name columns: pandas
+        # writes 0,1,2 for a frame's unnamed ones, and years or wavelengths are names too.
         raise ValueError(f"{path}, line {line}: the first row holds only numbers "
                          f"({reprlib.repr(','.join(names))}), not the names of the columns; "
                          f"add a header row that names them (such as x1,x2,y)")
@@ -434,12 +435,20 @@ def row_location(path: str | os.PathLike[str], row: int) -> str:
     return f"{path}, row {row + 1}"
 
 
+def _csv_float(text: str) -> float:
+    """float(text) for a CSV cell: a ValueError for Python's 1_000 and other scripts' digits
+    too, which float() takes but a CSV number never holds (and other tools read as text)."""
+    if "_" in text or not text.isascii():
+        raise ValueError(text)
+    return float(text)
+
+
 def _is_number(text: str) -> bool:
+    """Whether a cell is a finite number as torchlr reads one."""
     try:
-        float(text)
+        return math.isfinite(_csv_float(text))
     except ValueError:
         return False
-    return True
 
 
 def beyond_float32(value: float) -> str:
@@ -460,11 +469,7 @@ def _parse_cells(path: str, line: int, row: list[str], index: list[int], names: 
             parsed.append(math.nan)
             continue
         try:
-            # float() also takes Python's 1_000 and other scripts' digits, which a CSV
-            # number never holds (and other tools read as text).
-            if "_" in cell or not cell.isascii():
-                raise ValueError
-            value = float(cell)
+            value = _csv_float(cell)
         except ValueError:
             raise ValueError(f"{where}: {row[i]!r} is not a number") from None
         if math.isinf(value) and cell.lstrip("+-").lower() not in ("inf", "infinity"):

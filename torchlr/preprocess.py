@@ -156,6 +156,12 @@ def r2_score(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     NaN when y is constant (one row, say): SS_tot is 0 and R² is undefined.
     """
     y = y.reshape(y_hat.shape)
+    # Both over a power of two near the largest |y|, which rounds no value and leaves the
+    # ratio as it is: unscaled, float32's sums of squares overflowed for targets near 5e18
+    # (which fit takes) and vanished for ones near 1e-23, and an R² of 0.99 read 1.0.
+    top = y.abs().amax()
+    scale = torch.where(top > 0, torch.exp2(torch.floor(torch.log2(top))), 1.0)
+    y, y_hat = y / scale, y_hat / scale
     ss_res = ((y - y_hat) ** 2).sum()
     # float32's mean of equal values is not always that value (50 times 0.1 is not): the
     # deviations then sum to n·δ², a tiny SS_tot that made R² -1e14, not undefined. The

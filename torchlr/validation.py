@@ -286,13 +286,17 @@ def check_writable_file(name: str, path: Any) -> str:
     return path
 
 
+# What a path or value may hold and still be shown bare, as one word of a command line.
+ONE_WORD = r"[\w:.+/-]+"
+
+
 def _given(name: str, path: str) -> str:
     """save='m.pt' as the library names an argument; a flag (--output) as the command line
     reads, `--output m.csv`, quoted only where the path is not one word, as the CLI's
     rewriting of the library's messages gives `--save m.pt`."""
     if not name.startswith("--"):
         return f"{name}={path!r}"
-    one_word = re.fullmatch(r"[\w:.+/-]+", path)
+    one_word = re.fullmatch(ONE_WORD, path)
     return f"{name} {path if one_word else repr(path)}"
 
 
