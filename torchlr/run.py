@@ -204,7 +204,7 @@ class RunState:
         run.scaling = stream.scaling or Scaling.identity(stream.shape[1])
         run.num_examples, run.X, run.y = stream.shape[0], None, None
         run.val_losses, run.val_r2 = [], []
-        run.saved_to = None
+        run.saved_to, run.saved_epoch = None, None
         return run
 
     def _load_resume(self, num_examples: int,
