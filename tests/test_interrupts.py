@@ -266,6 +266,36 @@ def test_a_signal_raised_in_a_weakref_callback_still_ends_the_run(tmp_path, monk
     assert capsys.readouterr().err == f"torchlr: {word}; {save} holds epoch 2\n"
 
 
+@pytest.mark.parametrize("caught_by", ["main", "console"])
+def test_a_ctrl_c_out_of_an_exec_still_ends_with_130(tmp_path, caught_by):
+    # CPython notes a KeyboardInterrupt that leaves an exec() of a string (dataclasses run
+    # theirs so) and kills a `python -m` process with SIGINT at its end while the note
+    # stands: after the command's line and status 130, a death by signal (-2).
+    import subprocess
+    import sys
+
+    (tmp_path / "run_cli.py").write_text(f"""\
+import os, signal, time
+import torchlr.cli as cli
+
+def main():
+    try:
+        exec("os.kill(os.getpid(), signal.SIGINT)\\ntime.sleep(5)")
+    except KeyboardInterrupt:
+        if {caught_by == "main"}:
+            cli.say("torchlr: interrupted")  # as main says it, and returns 130
+            return 130
+        raise
+
+cli.main = main
+cli.console()
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run([sys.executable, "-m", "run_cli"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "torchlr: interrupted\n")
+
+
 def test_other_unraisable_errors_are_shown_as_before(monkeypatch):
     import torchlr.cli as cli
 

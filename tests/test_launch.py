@@ -52,6 +52,9 @@ def callback(ref):
 thing = Thing()
 self.refs.append(weakref.ref(thing, callback))
 del thing""",
+    # Raised inside code run from a string, as dataclasses run theirs: CPython then killed
+    # the process with SIGINT at the end of `python -m`, after its line and status 130.
+    "in exec": 'exec("os.kill(os.getpid(), signal.SIGINT)\\ntime.sleep(5)")',
     # SIGTERM, as `kill` or a job scheduler sends it: the system's handler ended the process
     # without a word.
     "sigterm": "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(5)",
@@ -115,7 +118,8 @@ def test_the_entry_point_imports_no_torch(tmp_path):
 
 
 @pytest.mark.parametrize("entry", ["python -m torchlr", "console script"])
-@pytest.mark.parametrize("interruption", ["raised", "signal", "swallowed", "unraisable"])
+@pytest.mark.parametrize("interruption", ["raised", "signal", "swallowed", "unraisable",
+                                          "in exec"])
 def test_ctrl_c_while_torch_is_imported_ends_in_one_line(tmp_path, entry, interruption):
     if entry == "console script":
         if not SCRIPT.exists():

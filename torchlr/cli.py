@@ -37,6 +37,7 @@ from torchlr.terminal import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    forget_escaped_interrupts,
     ignore_signals,
     in_torchrun,
     rank_tag,
@@ -585,6 +586,7 @@ def console() -> None:
             terminated = isinstance(exc, Terminated)
             code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
             say(f"torchlr: {rank_tag()}{'terminated' if terminated else 'interrupted'}")
+    forget_escaped_interrupts()  # the status is code, not a death by SIGINT
     if under_torchrun:
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
     raise SystemExit(code)

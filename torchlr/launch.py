@@ -20,6 +20,7 @@ from torchlr.interrupts import Terminated
 from torchlr.terminal import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
+    forget_escaped_interrupts,
     ignore_signals,
     in_torchrun,
     rank_tag,
@@ -107,6 +108,7 @@ def _interrupted(signum: int) -> NoReturn:
     """
     ignore_signals()
     _say_interrupted(signum)
+    forget_escaped_interrupts()  # the status is this one, not a death by SIGINT
     raise SystemExit(_status(signum))
 
 

@@ -62,3 +62,16 @@ def ignore_signals() -> None:
     for signum in HANDLED:
         if callable(signal.getsignal(signum)):  # not one left to the system (torchrun's)
             signal.signal(signum, signal.SIG_IGN)
+
+
+def forget_escaped_interrupts() -> None:
+    """Clear CPython's note that a KeyboardInterrupt escaped code run from a string.
+
+    CPython notes each KeyboardInterrupt that leaves an exec() of a string (dataclasses
+    and torch's imports run many), and at the end of `python -m` it kills the process with
+    SIGINT while the note stands, however the program handled the exception: a Ctrl-C that
+    landed in one, which the command caught, said and ended with status 130, then died by
+    SIGINT (-2 to a parent process; 3 times in 40 Ctrl-Cs while torch was imported). Each
+    exec() of a string clears the note first: an empty one clears it and runs nothing.
+    """
+    exec("")
