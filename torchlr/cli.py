@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import math
 import os
@@ -10,7 +9,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +29,7 @@ from torchlr.cli_data import (
     write_lines,
 )
 from torchlr.data import PERMUTATIONS, synthetic_data
-from torchlr.interrupts import Terminated, raise_terminated
+from torchlr.interrupts import Terminated, raise_interrupt, signal_again
 from torchlr.io import check_fits_in_memory
 from torchlr.terminal import (
     EXIT_BROKEN_PIPE,
@@ -495,6 +494,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             + (f" ({'; '.join(kept)})" if kept else ""))
         return EXIT_USAGE
     except RuntimeError as exc:
+        if (interrupt := _wrapped_interrupt(exc)) is not None:  # said as any Ctrl-C is
+            return _interrupted(exc, interrupt)
         if not (in_torchrun() and distributed.from_collective(exc)):
             raise  # a bug, a sparse tensor, CUDA out of memory...: its traceback says where
         # A collective failed: a peer died, stalled past --dist-timeout or broke off. gloo and
@@ -507,10 +508,33 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{cause or type(exc).__name__}{_kept(exc)}")
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        say(f"torchlr: {rank_tag()}{what}{_kept(exc)}")
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        return _interrupted(exc, exc)
     return EXIT_USAGE
+
+
+def _interrupted(exc: BaseException, signal_exc: KeyboardInterrupt) -> int:
+    """Say that the run was stopped by signal_exc, and what it kept (marked on exc, which
+    escaped the fit); return the status."""
+    terminated = isinstance(signal_exc, Terminated)
+    say(f"torchlr: {rank_tag()}{'terminated' if terminated else 'interrupted'}{_kept(exc)}")
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _wrapped_interrupt(exc: BaseException) -> Optional[KeyboardInterrupt]:
+    """The Ctrl-C or SIGTERM that exc was raised from (its __cause__, at any depth), if any.
+
+    Python 3.11 wraps an exception raised while a class is made, in a descriptor's
+    __set_name__, in a RuntimeError: a Ctrl-C that landed there while matplotlib was
+    imported for --plot printed that RuntimeError's traceback and ended with status 1.
+    """
+    seen: set[int] = set()
+    cause: Optional[BaseException] = exc
+    while cause is not None and id(cause) not in seen:  # a chain can loop back
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__  # not __context__: a bug while a Ctrl-C was handled is a bug
+    return None
 
 
 def _kept(exc: BaseException) -> str:
@@ -571,10 +595,12 @@ def console() -> None:
     if not under_torchrun:
         # SIGTERM ends a run as Ctrl-C does: what was logged is closed and the line says
         # where. Not under torchrun, which stops its workers with it, even mid-collective.
-        signal.signal(signal.SIGTERM, raise_terminated)
+        signal.signal(signal.SIGTERM, raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignored (nohup)
+        signal.signal(signal.SIGINT, raise_interrupt)
     code: Optional[int] = None
     unraisablehook = sys.unraisablehook
-    sys.unraisablehook = partial(_signal_again, unraisablehook)
+    sys.unraisablehook = partial(signal_again, unraisablehook)
     try:
         try:
             code = main()
@@ -590,27 +616,6 @@ def console() -> None:
     if under_torchrun:
         distributed.exit_now(code)  # a process torchrun started skips the interpreter's shutdown
     raise SystemExit(code)
-
-
-def _signal_again(previous: Callable[[Any], None], unraisable: Any) -> None:
-    """sys.unraisablehook while main() runs: a Ctrl-C or SIGTERM whose exception Python could
-    not pass on is sent again; other errors are shown as before.
-
-    A signal that lands while the garbage collector runs a weakref callback (or a __del__)
-    raises its KeyboardInterrupt there, where Python only prints it ("Exception ignored
-    in ...") and goes on: a run interrupted after its last epoch line ran on to its end and
-    exited 0. Sent again, the signal's handler raises in the code the collector interrupted,
-    and the run ends as on any other Ctrl-C: its line, what it kept, status 130 (143).
-    It is sent from another thread: sent from here, the handler would raise at once, inside
-    this hook, and be lost again. One that lands in the collector again comes back here.
-    """
-    if issubclass(unraisable.exc_type, KeyboardInterrupt):
-        terminated = issubclass(unraisable.exc_type, Terminated)
-        # To the main thread itself, where a wait (a sleep, a read) ends on it at once.
-        _thread.start_new_thread(signal.pthread_kill, (
-            threading.main_thread().ident, signal.SIGTERM if terminated else signal.SIGINT))
-    else:
-        previous(unraisable)
 
 
 if __name__ == "__main__":
