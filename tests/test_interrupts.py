@@ -346,7 +346,7 @@ def test_a_ctrl_c_and_a_sigterm_due_in_one_collection_still_end_the_run(tmp_path
     import sys
 
     (tmp_path / "run_cli.py").write_text(f"""\
-import os, signal, time, weakref
+import signal, threading, time, weakref
 import torchlr.cli as cli
 
 BOTH = {{signal.SIGINT, signal.SIGTERM}}
@@ -355,9 +355,11 @@ class Thing:
     pass
 
 def callback(ref):
-    signal.pthread_sigmask(signal.SIG_BLOCK, BOTH)  # both due at once when let through
-    os.kill(os.getpid(), signal.{first})
-    os.kill(os.getpid(), signal.{'SIGTERM' if first == 'SIGINT' else 'SIGINT'})
+    # Both held back in this thread, then let through at once. To this thread: one sent to
+    # the process could go to another of its threads (torch's), which does not hold it back.
+    signal.pthread_sigmask(signal.SIG_BLOCK, BOTH)
+    signal.pthread_kill(threading.get_ident(), signal.{first})
+    signal.pthread_kill(threading.get_ident(), signal.{'SIGTERM' if first == 'SIGINT' else 'SIGINT'})
     signal.pthread_sigmask(signal.SIG_UNBLOCK, BOTH)
 
 def main():
