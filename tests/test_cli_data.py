@@ -553,6 +553,28 @@ def test_predict_quotes_names_keeps_them_distinct_and_echoes_an_unknown_target(t
     assert "column 'prediction': missing value" in capsys.readouterr().err
 
 
+def test_a_model_of_columns_named_by_numbers_predicts_on_their_columns_alone(tmp_path,
+                                                                            capsys):
+    # A spectrum's wavelengths: the training file passed (its target has a name), and a
+    # file of the features alone, all numbers, was refused as a file without a header.
+    model, _ = trained_and_predicted(tmp_path, "400.5,500.5,conc")
+    new = tmp_path / "new.csv"
+    new.write_text("400.5,500.5\n0.2,0.4\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", str(new)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = torchlr.load_model(model).predict(torch.tensor([[0.2, 0.4]]))
+    assert lines[0] == "400.5,500.5,prediction" and len(lines) == 2
+    assert np.float32(lines[1].split(",")[2]) == expected[0, 0].item()
+    new.write_text("0.2,0.4\n0.1,0.3\n")  # no header: the model's names are the hint
+    assert main(["predict", "--model", str(model), "--data", str(new)]) == 2
+    assert capsys.readouterr().err == (
+        f"torchlr: error: {new}, line 1: the first row holds only numbers ('0.2,0.4'), not "
+        f"the names of the columns; add a header row that names them ('400.5', '500.5', "
+        f"'conc'); if that row is the header, name one of its columns as the target or a "
+        f"feature\n")
+
+
 def test_a_npy_without_columns_is_one_line(tmp_path, capsys):
     np.save(tmp_path / "empty.npy", np.zeros((5, 0)))
     assert main(["train", "--data", str(tmp_path / "empty.npy")]) == 2

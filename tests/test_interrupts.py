@@ -345,6 +345,7 @@ def test_a_ctrl_c_and_a_sigterm_due_in_one_collection_still_end_the_run(tmp_path
     import subprocess
     import sys
 
+    second = "SIGTERM" if first == "SIGINT" else "SIGINT"
     (tmp_path / "run_cli.py").write_text(f"""\
 import signal, threading, time, weakref
 import torchlr.cli as cli
@@ -359,7 +360,7 @@ def callback(ref):
     # the process could go to another of its threads (torch's), which does not hold it back.
     signal.pthread_sigmask(signal.SIG_BLOCK, BOTH)
     signal.pthread_kill(threading.get_ident(), signal.{first})
-    signal.pthread_kill(threading.get_ident(), signal.{'SIGTERM' if first == 'SIGINT' else 'SIGINT'})
+    signal.pthread_kill(threading.get_ident(), signal.{second})
     signal.pthread_sigmask(signal.SIG_UNBLOCK, BOTH)
 
 def main():

@@ -283,15 +283,43 @@ def test_a_header_with_some_numbers_for_names_is_a_header(tmp_path):
     assert data.target.reshape(-1).tolist() == [3.0, 9.0]
 
 
-@pytest.mark.parametrize("header", ["0,1,2", "1990,2000,2010", "NaN,inf,1_000"])
-def test_a_header_of_whole_numbers_or_non_numbers_is_a_header(tmp_path, header):
-    # pandas writes 0,1,2 for a frame's unnamed columns, and years name columns too: whole
-    # numbers alone are names. So are cells that torchlr does not read as finite numbers.
+@pytest.mark.parametrize("header", ["0,1,2", "NaN,x,1_000"])
+def test_pandas_unnamed_columns_or_a_non_number_make_a_header(tmp_path, header):
+    # pandas writes 0,1,2 for a frame's unnamed columns; a cell torchlr does not read as a
+    # number (1_000, a word) is a name.
     path = write(tmp_path / "named.csv", f"{header}\n1.5,2,3\n4,5,9\n")
     data = load_data(path)
     assert [*data.feature_names, data.target_name] == header.split(",")
     assert data.features.tolist() == [[1.5, 2.0], [4.0, 5.0]]
     assert data.target.reshape(-1).tolist() == [3.0, 9.0]
+
+
+@pytest.mark.parametrize("first", ["1,2,3", "1990,2000,2010", "1.5,nan,2", "0,1,1", "1,0,2"])
+def test_a_first_row_of_numbers_is_a_header_only_where_a_column_is_named_by_it(tmp_path, first):
+    # Whole numbers are no proof of a header (counts, ids: the first row of data would be
+    # lost as names); naming a column by one of them is, as is a model trained on them.
+    path = write(tmp_path / "t.csv", f"{first}\n0,4,-8\n1,1,3\n")
+    with pytest.raises(ValueError, match=r"t\.csv, line 1: the first row holds only numbers "
+                       r".*\(such as x1,x2,y\); if that row is the header, name one of its "
+                       r"columns as the target or a feature"):
+        load_data(path)
+    if len(set(first.split(","))) == 3:
+        data = load_data(path, target=first.split(",")[0])
+        assert [*data.feature_names, data.target_name] == [*first.split(",")[1:],
+                                                           first.split(",")[0]]
+        assert data.target.reshape(-1).tolist() == [0.0, 1.0]
+        features = load_data(path, features=first.split(",")[1:2])
+        assert features.feature_names == first.split(",")[1:2]
+
+
+def test_a_models_number_names_find_its_columns(tmp_path):
+    path = write(tmp_path / "new.csv", "400.5,500.5\n0.2,0.4\n")
+    assert feature_columns(path, ["400.5", "500.5"], "conc") == ["400.5", "500.5"]
+    headerless = write(tmp_path / "bare.csv", "0.2,0.4\n0.1,0.3\n")
+    with pytest.raises(ValueError, match=r"bare\.csv, line 1: the first row holds only numbers "
+                       r"\('0\.2,0\.4'\), not the names of the columns; add a header row "
+                       r"that names them \('400\.5', '500\.5', 'conc'\)"):
+        feature_columns(headerless, ["400.5", "500.5"], "conc")
 
 
 def make(path, content):

@@ -11,7 +11,7 @@ import reprlib
 import unicodedata
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -49,7 +49,9 @@ def load_data(
 ) -> Dataset:
     """Read a CSV/.npy/.npz/.pt table; target defaults to the last column, features to the rest."""
     path = os.fspath(path)
-    features, target = choose_columns(path, column_names(path), target, features)
+    named = [*([] if features is None or isinstance(features, str) else features),
+             *([] if target is None else [target])]
+    features, target = choose_columns(path, column_names(path, named), target, features)
     values = load_columns(path, [*features, target])  # (n, d + 1)
     y = values[:, -1:]
     if is_constant(y):
@@ -139,7 +141,7 @@ def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
     Other columns are left alone, as train leaves those --features does not name: a model
     of some of a file's columns predicts on that file, ids and notes beside them."""
     path = os.fspath(path)
-    names = column_names(path)
+    names = column_names(path, [*feature_names, *([target_name] if target_name else [])])
     missing = [name for name in feature_names if name not in names]
     if missing:
         raise ValueError(f"The columns of {path} do not match the model's features "
@@ -163,12 +165,15 @@ def _check_path(path: str) -> str:
     return suffix
 
 
-def column_names(path: str | os.PathLike[str]) -> list[str]:
-    """The names of a file's columns, read cheaply (the header, or the arrays' shapes)."""
+def column_names(path: str | os.PathLike[str], known: Collection[str] = ()) -> list[str]:
+    """The names of a file's columns, read cheaply (the header, or the arrays' shapes).
+
+    known: columns the caller will name; a CSV file's first row of numbers alone is taken
+    as its header only if it holds one of them (or is pandas' 0,1,2...)."""
     path = os.fspath(path)
     suffix = _check_path(path)
     if suffix == ".csv":
-        return _csv_header(path)[0]
+        return _csv_header(path, known)[0]
     if suffix == ".npy":  # the header alone: the data may be larger than memory
         shape = npy_header(path)[0]
         if len(shape) == 2 and shape[1] == 0:
@@ -306,8 +311,12 @@ def _not_utf8(path: str, exc: UnicodeDecodeError) -> ValueError:
     return ValueError(f"{path} is not a readable CSV file: {exc}")
 
 
-def _csv_header(path: str) -> tuple[list[str], int]:
-    """The header's names and its line number (1 unless blank lines come first)."""
+def _csv_header(path: str, known: Optional[Collection[str]]) -> tuple[list[str], int]:
+    """The header's names and its line number (1 unless blank lines come first).
+
+    known: the columns the caller will name (the user's target and features, a model's),
+    which tell a header of numbers from a first row of data; None for a header already
+    accepted."""
     with _open_csv(path) as f:
         reader = csv.reader(f)
         line = 0
@@ -325,19 +334,32 @@ def _csv_header(path: str) -> tuple[list[str], int]:
     for i, name in enumerate(names, start=1):
         if not name:
             raise ValueError(f"{path}, line {line}: column {i} of the header has no name")
-    if all(_is_number(name) for name in names) and not all(map(str.isdigit, names)):
+    if known is not None and _is_data_row(names, known):
         # A file without a header: read as one, its first row would name the columns and
-        # be lost from the data without a word. Whole numbers alone do name columns: pandas
-        # writes 0,1,2 for a frame's unnamed ones, and years or wavelengths are names too.
+        # be lost from the data without a word.
+        such_as = ", ".join(map(repr, known)) if known else "such as x1,x2,y"
         raise ValueError(f"{path}, line {line}: the first row holds only numbers "
                          f"({reprlib.repr(','.join(names))}), not the names of the columns; "
-                         f"add a header row that names them (such as x1,x2,y)")
+                         f"add a header row that names them ({such_as}); if that row is the "
+                         f"header, name one of its columns as the target or a feature")
     seen = set()
     for name in names:
         if name in seen:
             raise ValueError(f"{path}, line {line}: the header repeats column {name!r}")
         seen.add(name)
     return names, line
+
+
+def _is_data_row(names: Sequence[str], known: Collection[str]) -> bool:
+    """Whether a CSV file's first row is data rather than a header: numbers alone (NaN and
+    inf too), not pandas' 0,1,2... for a frame's unnamed columns, and none of them a column
+    the caller names. Numbers do name columns (years, wavelengths, a model trained on such
+    a file), but a first row of data must not silently become names."""
+    if not all(_is_float(name) for name in names):
+        return False
+    if names == [str(i) for i in range(len(names))]:
+        return False
+    return not any(name in known for name in names)
 
 
 def _csv_rows(path: str, header_line: int) -> Iterator[tuple[int, list[str]]]:
@@ -390,7 +412,7 @@ def _numbered(reader: Any, path: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:
-    names, header_line = _csv_header(path)
+    names, header_line = _csv_header(path, wanted)
     index = [names.index(name) for name in wanted]
     optional = [name in missing_ok for name in wanted]
     values = array.array("d")  # flat, compact: 8 bytes a cell while reading
@@ -430,7 +452,7 @@ def row_location(path: str | os.PathLike[str], row: int) -> str:
     a CSV file (blank lines and the header counted), the row (from 1) of an array file."""
     path = os.fspath(path)
     if os.path.splitext(path)[1].lower() == ".csv":
-        found = itertools.islice(_csv_rows(path, _csv_header(path)[1]), row, None)
+        found = itertools.islice(_csv_rows(path, _csv_header(path, None)[1]), row, None)
         return f"{path}, line {next(found)[0]}"
     return f"{path}, row {row + 1}"
 
@@ -443,12 +465,13 @@ def _csv_float(text: str) -> float:
     return float(text)
 
 
-def _is_number(text: str) -> bool:
-    """Whether a cell is a finite number as torchlr reads one."""
+def _is_float(text: str) -> bool:
+    """Whether a cell is a number as torchlr reads one, NaN and inf included."""
     try:
-        return math.isfinite(_csv_float(text))
+        _csv_float(text)
     except ValueError:
         return False
+    return True
 
 
 def beyond_float32(value: float) -> str:
