@@ -806,6 +806,14 @@ def test_features_listed_with_spaces_after_commas(tmp_path, capsys):
     assert _weight_names(table, "b, a", capsys) == ["w[b]", "w[a]", "b"]
 
 
+def test_features_read_as_the_header_is_where_text_follows_a_quote(tmp_path, capsys):
+    # The header '"a,b" ,c' is read (csv keeps the space, the names are stripped); the same
+    # text in --features was refused as "a quote left open".
+    table = tmp_path / "t.csv"
+    table.write_text('"a,b" ,c,y\n1,2,3\n2,3,5\n3,1,4\n')
+    assert _weight_names(table, '"a,b" ,c', capsys) == ["w[a,b]", "w[c]", "b"]
+
+
 @pytest.mark.parametrize("features", ['"x1', "x1\nx2", 'x1,"x2'])
 def test_features_that_are_not_one_csv_row_are_refused_in_one_line(tmp_path, capsys, features):
     # A line break raised csv.Error, no ValueError: a traceback. An open quote was closed

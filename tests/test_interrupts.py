@@ -253,6 +253,31 @@ def test_console_ignores_signals_once_main_is_done(monkeypatch):
             signal.signal(signum, handler)
 
 
+@pytest.mark.parametrize("ignored", [signal.SIGINT, signal.SIGTERM])
+def test_console_leaves_a_signal_the_parent_ignored_ignored(monkeypatch, ignored):
+    # nohup ignores SIGINT, a job manager may ignore SIGTERM: the run must not stop on it.
+    # launch left an ignored SIGTERM so while torch was imported, console then caught it.
+    import torchlr.cli as cli
+
+    during = {}
+
+    def main():
+        during.update({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+        return 0
+
+    monkeypatch.setattr(cli, "main", main)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(ignored, signal.SIG_IGN)
+        with pytest.raises(SystemExit):
+            cli.console()
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    other = signal.SIGTERM if ignored == signal.SIGINT else signal.SIGINT
+    assert during == {ignored: signal.SIG_IGN, other: raise_interrupt}
+
+
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
                                                 (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_raised_in_a_weakref_callback_still_ends_the_run(tmp_path, monkeypatch,

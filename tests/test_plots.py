@@ -246,6 +246,16 @@ def test_a_folder_named_like_an_image_is_refused_before_training(tmp_path, capsy
                   f"give a file path\n"
 
 
+def test_a_plot_path_ending_in_a_slash_is_a_folder_as_for_save(tmp_path, capsys):
+    # Path() drops the slash: d/x.png/ was written as the file d/x.png.
+    path = f"{tmp_path}/d/x.png/"
+    argv = ["train", "--epochs", "1", "--plot", path, "--no-tensorboard"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr() == ("", f"torchlr: error: Cannot save a plot to {path!r}: it is "
+                                       f"a folder; give a file path\n")
+    assert not (tmp_path / "d").exists()
+
+
 def test_cli_plot_saves_both_runs_on_one_figure(tmp_path, monkeypatch, capsys):
     drawn = []
     real = plots.loss_curves

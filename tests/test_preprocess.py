@@ -126,6 +126,12 @@ def test_validation_loss_and_r2_against_their_formulas():
     assert poor.val_r2[-1] == pytest.approx(r2, rel=1e-5)
 
 
+def test_r2_of_no_rows_is_nan():
+    # Undefined, as for one row: the scaling's amax() over nothing raised instead.
+    r2 = r2_score(torch.empty(0, 1), torch.empty(0))
+    assert r2.shape == () and r2.dtype == torch.float32 and math.isnan(float(r2))
+
+
 @pytest.mark.parametrize("value, rows", [(0.1, 50), (0.1, 7), (1e3 + 0.3, 4096), (-2.7, 999)])
 def test_r2_of_many_equal_targets_is_nan(value, rows):
     # float32's mean of these rows is not the value itself (50 x 0.1f sums to 5.0000005):

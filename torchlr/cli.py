@@ -430,7 +430,8 @@ def _rewritten(message: str, parser: argparse.ArgumentParser) -> str:
     # name=value as the library writes it (f"{name}={value!r}"): after the start, a space or
     # "(", and with a value that ends there. A quoted one-word value loses its quotes:
     # device='cuda' -> --device cuda.
-    value = (rf"(?:(True|False|None){after}|'({ONE_WORD})'(?![\w'])|('[^']*')(?!\w)|"
+    # A path holding a ' is repr'd in double quotes: "it's/".
+    value = (rf"(?:(True|False|None){after}|'({ONE_WORD})'(?![\w'])|('[^']*'|\"[^\"]*\")(?!\w)|"
              rf"([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|inf|nan)){after})")
     message = re.sub(rf"(^|[ (])({names})={value}", assigned, message)
     message = re.sub(rf"^({names}) must ", lambda m: f"{flags[m[1]][0]} must ", message)
@@ -592,9 +593,10 @@ def console() -> None:
     """The `torchlr` command and `python -m torchlr`: main(), then the right way out."""
     threading.excepthook = _quiet_writer_thread
     under_torchrun = in_torchrun()
-    if not under_torchrun:
+    if not under_torchrun and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
         # SIGTERM ends a run as Ctrl-C does: what was logged is closed and the line says
-        # where. Not under torchrun, which stops its workers with it, even mid-collective.
+        # where. Not under torchrun, which stops its workers with it, even mid-collective;
+        # and one the parent ignored stays ignored, as launch leaves it while torch loads.
         signal.signal(signal.SIGTERM, raise_interrupt)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignored (nohup)
         signal.signal(signal.SIGINT, raise_interrupt)

@@ -86,9 +86,12 @@ def _features_arg(args: argparse.Namespace) -> Optional[list[str]]:
     # ('"a,b",c'), and the names are stripped as the header's are.
     try:
         (row,) = csv.reader([args.features], skipinitialspace=True, strict=True)
-    except csv.Error:  # csv's own words are about files ("universal-newline mode")
-        raise ValueError(f"--features is not one row of comma-separated names (a quote left "
-                         f"open, or a line break): {args.features!r}") from None
+    except csv.Error as exc:  # csv's own words are about files ("universal-newline mode")
+        if "expected after" not in str(exc):  # an open quote or a line break
+            raise ValueError(f"--features is not one row of comma-separated names (a quote "
+                             f"left open, or a line break): {args.features!r}") from None
+        # Text after a closing quote ('"a,b" ,c'): read as a file's header reads it.
+        (row,) = csv.reader([args.features], skipinitialspace=True)
     names = [name.strip() for name in row if name.strip()]
     if not names:
         raise ValueError(f"--features lists no column: {args.features!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -241,6 +242,8 @@ def check_image_path(path: Union[str, Path]) -> Path:
     unknown."""
     if not str(path):
         raise ValueError("Cannot save a plot to '': give a file path such as loss.png")
+    # A trailing slash means a folder (as for --save): Path would drop it and write a file.
+    folder = str(path).endswith(("/", os.sep))
     path = Path(path)
     formats = Figure().canvas.get_supported_filetypes()
     suffix = path.suffix.lower().lstrip(".")
@@ -249,8 +252,9 @@ def check_image_path(path: Union[str, Path]) -> Path:
             f"Cannot save a plot to {str(path)!r}: unknown image format {suffix!r}; "
             f"expected one of {', '.join(sorted(formats))}"
         )
-    if path.is_dir():  # a folder named like an image, loss.png/: savefig would fail at the end
-        raise ValueError(f"Cannot save a plot to {str(path)!r}: it is a folder; give a file path")
+    if folder or path.is_dir():  # a folder named like an image: savefig failed at the end
+        raise ValueError(f"Cannot save a plot to {str(path) + '/' * folder!r}: it is a folder; "
+                         f"give a file path")
     why = unwritable_file(str(path))
     if why:
         raise ValueError(f"Cannot save a plot to {str(path)!r}: {why}")

@@ -153,9 +153,11 @@ class Scaling:
 def r2_score(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Coefficient of determination 1 - SS_res / SS_tot (0-d tensor, not synced).
 
-    NaN when y is constant (one row, say): SS_tot is 0 and R² is undefined.
+    NaN when y is constant (one row, say) or empty: SS_tot is 0 and R² is undefined.
     """
     y = y.reshape(y_hat.shape)
+    if y.numel() == 0:  # amax has nothing to reduce
+        return torch.full((), torch.nan, dtype=torch.result_type(y_hat, y), device=y.device)
     # Both over a power of two near the largest |y|, which rounds no value and leaves the
     # ratio as it is: unscaled, float32's sums of squares overflowed for targets near 5e18
     # (which fit takes) and vanished for ones near 1e-23, and an R² of 0.99 read 1.0.
