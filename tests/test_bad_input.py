@@ -406,16 +406,12 @@ def test_output_and_save_paths_are_named_alike(tmp_path, capsys, monkeypatch):
     assert saved == "torchlr: error: --save 'a folder' is a folder; give a file path\n"
     assert output == saved.replace("--save", "--output")
     # A path with a slash is one word too, for both: --save's was quoted, --output's not.
-    (tmp_path / "sub").mkdir()
-    assert main(["train", "--epochs", "1", "--no-tensorboard", "--save", "sub/"]) == 2
-    saved = capsys.readouterr().err
-    assert main(["predict", "--model", str(model), "--data", "d.csv", "--output", "sub/"]) == 2
-    assert saved == "torchlr: error: --save sub/ is a folder; give a file path\n"
-    assert capsys.readouterr().err == saved.replace("--save", "--output")
-    # A path holding a ' (repr'd in double quotes): --save's was left as save="it's/".
-    (tmp_path / "it's").mkdir()
-    assert main(["train", "--epochs", "1", "--no-tensorboard", "--save", "it's/"]) == 2
-    saved = capsys.readouterr().err
-    assert main(["predict", "--model", str(model), "--data", "d.csv", "--output", "it's/"]) == 2
-    assert saved == "torchlr: error: --save \"it's/\" is a folder; give a file path\n"
-    assert capsys.readouterr().err == saved.replace("--save", "--output")
+    # One holding a ' is repr'd in double quotes: --save's was left as save="it's/".
+    for folder, shown in [("sub", "sub/"), ("it's", "\"it's/\"")]:
+        (tmp_path / folder).mkdir()
+        assert main(["train", "--epochs", "1", "--no-tensorboard", "--save", f"{folder}/"]) == 2
+        saved = capsys.readouterr().err
+        assert main(["predict", "--model", str(model), "--data", "d.csv", "--output",
+                     f"{folder}/"]) == 2
+        assert saved == f"torchlr: error: --save {shown} is a folder; give a file path\n"
+        assert capsys.readouterr().err == saved.replace("--save", "--output")

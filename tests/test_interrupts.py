@@ -197,30 +197,52 @@ def test_a_ctrl_c_after_the_last_epoch_names_the_checkpoint(tmp_path, monkeypatc
     assert torch.load(save, weights_only=True)["epoch"] == 3
 
 
+@pytest.mark.parametrize("wrapper", ["class", "import"])
 @pytest.mark.parametrize("exc, code, word", [(KeyboardInterrupt, 130, "interrupted"),
                                              (Terminated, 143, "terminated")])
-def test_a_ctrl_c_that_python_wraps_in_a_runtime_error_is_said_as_one(tmp_path, monkeypatch,
-                                                                      capsys, exc, code, word):
+def test_a_ctrl_c_that_python_wraps_is_said_as_one(tmp_path, monkeypatch, capsys, exc, code,
+                                                   word, wrapper):
     # Python 3.11 wraps what a descriptor's __set_name__ raises, as a class is made, in a
-    # RuntimeError: a Ctrl-C while matplotlib's import made its classes printed that
-    # RuntimeError's traceback and ended with status 1.
+    # RuntimeError, and what a compiled module's initialization raises in an ImportError: a
+    # Ctrl-C while matplotlib's import made its classes or its ft2font printed that error's
+    # traceback and ended with status 1.
     import torchlr.plots
 
     class Descriptor:
         def __set_name__(self, owner, name):
             raise exc  # where the signal's handler ran
 
-    real = torchlr.plots.save_figure
+    def broken_first(*args, **kwargs):
+        if wrapper == "class":
+            type("Made", (), {"field": Descriptor()})
+        raise ImportError("initialization failed") from exc()  # as a compiled module's is
 
-    def made_a_class_first(*args, **kwargs):
-        type("Made", (), {"field": Descriptor()})
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torchlr.plots, "save_figure", made_a_class_first)
+    monkeypatch.setattr(torchlr.plots, "save_figure", broken_first)
     save = tmp_path / "c.pt"
     assert main(["train", "--epochs", "2", "--save", str(save), "--no-tensorboard",
                  "--plot", str(tmp_path / "loss.png")]) == code
     assert capsys.readouterr().err.splitlines()[-1] == f"torchlr: {word}; {save} holds epoch 2"
+
+
+@pytest.mark.parametrize("outer", [False, True])
+def test_unbroken_holds_back_a_second_ctrl_c_too(outer):
+    # A compiled module's import broken by a second Ctrl-C inside held() was left half made,
+    # and the interpreter's end crashed on it: inside unbroken() every signal waits.
+    from torchlr.interrupts import unbroken
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with held() if outer else contextlib.nullcontext():
+            with unbroken():
+                for _ in range(3):
+                    signal.raise_signal(signal.SIGINT)
+                reached.append("the block's end")
+            reached.append("after unbroken")
+            if outer:  # held() again: a second press acts at once
+                signal.raise_signal(signal.SIGINT)
+                reached.append("after a press in held() alone")
+    assert reached == ["the block's end", "after unbroken"][:2 if outer else 1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_bug_while_a_ctrl_c_is_handled_keeps_its_traceback(monkeypatch):

@@ -29,7 +29,7 @@ from torchlr.cli_data import (
     write_lines,
 )
 from torchlr.data import PERMUTATIONS, synthetic_data
-from torchlr.interrupts import Terminated, raise_interrupt, signal_again
+from torchlr.interrupts import Terminated, raise_interrupt, signal_again, unbroken
 from torchlr.io import check_fits_in_memory
 from torchlr.terminal import (
     EXIT_BROKEN_PIPE,
@@ -290,7 +290,8 @@ def _train(args: argparse.Namespace, out: TextIO) -> int:
         for config in configs:  # every run's options are checked before any run starts
             config.validate()
         if args.plot is not None:  # "" too: refused by check_image_path, not ignored
-            from torchlr import plots  # matplotlib is imported only when a plot is asked for
+            with unbroken():  # matplotlib, imported only when a plot is asked for
+                from torchlr import plots
 
             plots.check_image_path(args.plot)
             if all(config.num_epochs == 0 for config in configs):
@@ -508,6 +509,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"torchlr: error: {rank_tag()}the process group failed: "
             f"{cause or type(exc).__name__}{_kept(exc)}")
         return EXIT_USAGE
+    except Exception as exc:  # only a Ctrl-C that Python wrapped is handled here
+        if (interrupt := _wrapped_interrupt(exc)) is None:
+            raise  # a bug: its traceback says where
+        return _interrupted(exc, interrupt)  # an import a Ctrl-C broke (ImportError)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         return _interrupted(exc, exc)
     return EXIT_USAGE
@@ -524,9 +529,11 @@ def _interrupted(exc: BaseException, signal_exc: KeyboardInterrupt) -> int:
 def _wrapped_interrupt(exc: BaseException) -> Optional[KeyboardInterrupt]:
     """The Ctrl-C or SIGTERM that exc was raised from (its __cause__, at any depth), if any.
 
-    Python 3.11 wraps an exception raised while a class is made, in a descriptor's
-    __set_name__, in a RuntimeError: a Ctrl-C that landed there while matplotlib was
-    imported for --plot printed that RuntimeError's traceback and ended with status 1.
+    Python wraps some exceptions in its own: one raised while a class is made, in a
+    descriptor's __set_name__, in a RuntimeError (3.11), and one raised while a compiled
+    module initializes in an ImportError ("initialization failed"). A Ctrl-C that landed
+    there while matplotlib was imported printed that error's traceback and ended with
+    status 1.
     """
     seen: set[int] = set()
     cause: Optional[BaseException] = exc
@@ -598,7 +605,8 @@ def console() -> None:
         # where. Not under torchrun, which stops its workers with it, even mid-collective;
         # and one the parent ignored stays ignored, as launch leaves it while torch loads.
         signal.signal(signal.SIGTERM, raise_interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignored (nohup)
+    # Not a SIGINT the parent ignored (a job a script started with `&`): it stays so.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, raise_interrupt)
     code: Optional[int] = None
     unraisablehook = sys.unraisablehook

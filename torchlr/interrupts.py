@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any, Optional
 
 HELD = (signal.SIGINT, signal.SIGTERM)
+_unbroken = 0  # how many unbroken() blocks the main thread is in
 
 
 class Terminated(KeyboardInterrupt):
@@ -83,7 +84,8 @@ def held() -> Iterator[None]:
     replaced: dict[int, Any] = {}
 
     def note(signum: int, frame: Optional[FrameType]) -> None:
-        if any(seen == signum for seen, _ in came):  # pressed again: the user means it
+        # Pressed again: the user means it (but not inside unbroken()).
+        if not _unbroken and any(seen == signum for seen, _ in came):
             came.clear()
             signal.signal(signum, replaced[signum])
             replaced[signum](signum, frame)
@@ -105,3 +107,24 @@ def held() -> Iterator[None]:
         if came:  # also when the block raised: the user's interrupt is not dropped
             signum, frame = came[0]
             replaced[signum](signum, frame)  # raises as it would have, now that it is safe
+
+
+@contextmanager
+def unbroken() -> Iterator[None]:
+    """Run the block as held() does, but hold back a signal pressed again too.
+
+    For an import of a compiled module, matplotlib's: a Ctrl-C raised while one initializes
+    leaves it half made, Python names the failure an ImportError, and its shutdown then
+    crashed on what was left ("Fatal Python error", killed by SIGABRT; a second Ctrl-C while
+    a fit's figure was drawn, 2-4 times in 100). Such a block takes a moment and cannot hang.
+    """
+    global _unbroken
+    with held():
+        if threading.current_thread() is not threading.main_thread():
+            yield  # held() holds nothing there: signals are the main thread's
+            return
+        _unbroken += 1
+        try:
+            yield
+        finally:
+            _unbroken -= 1

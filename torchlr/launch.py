@@ -52,9 +52,9 @@ def console() -> None:
         else:
             unraisablehook(args)
 
-    # The handlers torchlr.cli installs after: Python's for Ctrl-C (a SIGINT ignored, in a
-    # job started with nohup, stays so) and its own for SIGTERM, which it leaves to the
-    # system under torchrun (torchrun stops its workers with it).
+    # The handlers torchlr.cli replaces after: Python's for Ctrl-C (a SIGINT ignored, in a
+    # job a script started with `&`, stays so) and the default for SIGTERM, which it leaves
+    # to the system under torchrun (torchrun stops its workers with it).
     watched = {signal.SIGINT: signal.default_int_handler}
     if not in_torchrun():
         watched[signal.SIGTERM] = signal.SIG_DFL

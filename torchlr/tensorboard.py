@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from torchlr.atomic import cannot_write
-from torchlr.interrupts import held
+from torchlr.interrupts import held, unbroken
 from torchlr.preprocess import Scaling
 from torchlr.scratch import linreg
 from torchlr.validation import check_writable_folder
@@ -299,9 +299,10 @@ def _with_status(session_end: Any, success: bool) -> Any:
 def fit_figure(features: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
                b: float) -> np.ndarray:
     """The chapter's scatter of features[:, 1] against labels with the fitted line, as RGB."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    with unbroken():  # a compiled module's import: see unbroken
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from torchlr.plots import scatter
+        from torchlr.plots import scatter
 
     # Subsampled where the data lives: only FIGURE_POINTS rows ever reach the host.
     keep = torch.arange(0, len(features), max(1, -(-len(features) // FIGURE_POINTS)),
