@@ -744,3 +744,21 @@ def test_sampled_rows_spread_evenly_from_the_first_row_to_the_last():
     rows = set(sampled_rows(n).tolist())
     assert len(rows) == 3 * SAMPLED_ROWS - 2  # rows 0 and n - 1 are read once
     assert {i * (n - 1) // (SAMPLED_ROWS - 1) for i in range(SAMPLED_ROWS)} <= rows
+
+
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+def test_a_loaded_model_predicts_one_row_to_the_bit_as_its_fit_result(impl, tmp_path):
+    # Concise keeps nn.Linear's weight (1, d), whose transpose has strides (1, d); BLAS
+    # rounded a one-row product with it 1 ulp off the result's (d, 1) copy of the same w.
+    differ = []
+    for seed in range(16):
+        g = torch.Generator().manual_seed(seed)
+        d = 9 + seed % 4
+        X = torch.randn(1, d, generator=g) * 100 + 1000
+        y = X @ torch.randn(d, generator=g) + 5e5
+        path = tmp_path / f"{seed}.pt"
+        result = torchlr.fit(X, y, impl=impl, num_epochs=1, lr=1e-9, device="cpu",
+                             save=str(path))
+        if not torch.equal(result.predict(X), load_model(path).predict(X)):
+            differ.append(seed)
+    assert differ == []

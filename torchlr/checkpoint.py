@@ -343,8 +343,10 @@ def predict(features: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     if features.dim() != 2 or features.shape[1] != w.shape[0]:
         raise ValueError(f"features must have shape (n, {w.shape[0]}), the columns the model "
                          f"was trained on; got shape {tuple(features.shape)}")
-    # On the features' device: a FitResult keeps w on the CPU whatever device X is on.
-    w, b = w.to(features.device), b.to(features.device)
+    # On the features' device: a FitResult keeps w on the CPU whatever device X is on. And
+    # in one layout, strides (1, 1): concise's weight.T has (1, d), and BLAS rounded a
+    # one-row product with it 1 ulp off the FitResult's own (d, 1) copy.
+    w, b = w.to(features.device).reshape(-1).reshape(-1, 1), b.to(features.device)
     predictions = scaling.unscale_target(linreg(scaling.features(features), w, b))  # (n, 1)
     if not bool(torch.isfinite(predictions.sum())):  # one read when all is well
         bad = (~torch.isfinite(predictions[:, 0])).nonzero()

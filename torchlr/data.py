@@ -272,6 +272,8 @@ BLOCK_BYTES = 1 << 20
 # no prefetch 0.46 / 0.64 s; 1 MiB 0.37 / 0.49, 2 MiB 0.28 / 0.42, 4 MiB 0.26 / 0.39,
 # 8 MiB 0.25 / 0.41, 16 MiB 0.27 / 0.47.
 PREFETCH_BLOCK_BYTES = 4 << 20
+# Bytes to which torch's CPU allocator aligns every tensor it makes (c10's gAlignment).
+ALIGNMENT = 64
 
 
 def batches_in_order(
@@ -328,18 +330,25 @@ def _gathered_blocks(
     thread, each with its slice of the labels, which are gathered once in order."""
     starts = range(0, len(order), block)
     prefetch = prefetch and len(starts) > 1  # one block: nothing to overlap it with
+    row_size = features[:1].numel()
+    # BLAS (MKL) rounds a product by where its rows start, to the 64 bytes: a batch at
+    # another offset in its block gave w 1 ulp off. So each block is placed in its buffer
+    # (64-byte aligned, as torch allocates) where a gather of the whole epoch would have it,
+    # and a batch lies the same whatever the block size: with the gather thread or without.
+    slack = ALIGNMENT // features.element_size()
     buffers: list[torch.Tensor] = []
     if reuse_buffer:  # one per block in flight: the caller's and, with prefetch, the next
         rows = min(block, len(order))
-        buffers = [features.new_empty((rows, *features.shape[1:]))
+        buffers = [features.new_empty(rows * row_size + slack)
                    for _ in range(2 if prefetch else 1)]
 
     def gather(k: int) -> torch.Tensor:
         idx = order[starts[k]:starts[k] + block]
-        if not buffers:
-            return features.index_select(0, idx)
-        X_buf = buffers[k % len(buffers)]  # leading rows: contiguous, overwritten later
-        return torch.index_select(features, 0, idx, out=X_buf[:len(idx)])
+        flat = buffers[k % len(buffers)] if buffers else features.new_empty(
+            len(idx) * row_size + slack)
+        at = starts[k] * row_size % slack
+        X_buf = flat[at:at + len(idx) * row_size].view(len(idx), *features.shape[1:])
+        return torch.index_select(features, 0, idx, out=X_buf)
 
     if not prefetch:
         y_ordered = gather_labels(labels, order)
