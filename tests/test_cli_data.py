@@ -273,7 +273,7 @@ def test_resume_keeps_the_saved_target_and_features(houses, tmp_path, capsys):
     for extra, message in [(["--target", "area"], "--target area differs from the "
                                                    "checkpoint's 'rooms'"),
                            (["--features", "price,area"], "--features price,area differs "
-                                                          "from the checkpoint's area,price"),
+                                                          "from the checkpoint's 'area,price'"),
                            (["--standardize-target"], "--standardize-target was not given to "
                                                       "the checkpoint's run")]:
         assert main([*again, *extra]) == 2
@@ -838,3 +838,30 @@ def test_a_feature_whose_name_holds_a_comma_is_named_quoted(tmp_path, capsys):
     assert main(["train", "--data", str(table), "--features", ' , ""', "--epochs", "1",
                  "--no-tensorboard"]) == 2
     assert "--features lists no column" in capsys.readouterr().err
+
+
+def test_resume_quotes_the_checkpoints_columns_and_target_is_stripped(tmp_path, capsys):
+    # A column named lr=5: unquoted in the message, it was rewritten as the flag --lr 5.
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(40, 3, generator=g).tolist()
+    path = tmp_path / "lr.csv"
+    path.write_text("lr=5,b,y\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    part = tmp_path / "part.pt"
+    assert main(["train", "--data", str(path), "--epochs", "1", "--save", str(part),
+                 "--no-tensorboard"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(path), "--resume", str(part), "--epochs", "2",
+                 "--features", "b", "--no-tensorboard"]) == 2
+    assert capsys.readouterr().err == ("torchlr: error: --features b differs from the "
+                                       "checkpoint's 'lr=5,b'; a resumed run keeps its "
+                                       "columns\n")
+    # --target ' y ' names y, as --features ' b ' names b: the header's names are stripped.
+    assert main(["train", "--data", str(path), "--resume", str(part), "--epochs", "2",
+                 "--target", " y ", "--features", " lr=5 , b ", "--no-tensorboard"]) == 0
+    assert "epoch 2, loss" in capsys.readouterr().out
+
+
+def test_an_unknown_device_is_named_by_its_option(capsys):
+    assert main(["train", "--device", "gpu", "--no-tensorboard"]) == 2
+    assert capsys.readouterr().err.startswith("torchlr: error: --device gpu is not a device "
+                                              "name; expected one of auto, cpu, cuda")

@@ -332,7 +332,7 @@ def prediction_features(features: Any) -> torch.Tensor:
     float32 (which would become inf and be predicted as such, without a word)."""
     X = numbers_tensor("features", features)  # float64, ints, numpy, lists: as float32
     check_finite("features", X, features)
-    return X
+    return X.contiguous()  # as fit's check_data: a prediction whatever the table's layout
 
 
 @torch.no_grad()

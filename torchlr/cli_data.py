@@ -163,7 +163,9 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
             raise ValueError(f"{' and '.join(named)} name{'s' * (len(named) == 1)} the "
                              f"TensorBoard run, which --no-tensorboard does not write")
     logging = dict(logdir=None if args.no_tensorboard else args.logdir, run_name=args.run_name)
-    target, features = args.target, _features_arg(args)
+    # Stripped as the header's names are (and --features'), or ' y' could name no column.
+    target = None if args.target is None else args.target.strip()
+    features = _features_arg(args)
     data_seed = args.seed  # --seed draws the chapter's data too
     num_examples = args.num_examples
     if args.resume == "":  # "No such checkpoint file: " would not say what is wrong
@@ -205,9 +207,10 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                 raise ValueError(f"--target {target} differs from the checkpoint's "
                                  f"{base.target_name!r}; a resumed run keeps its columns")
             if features is not None and tuple(features) != tuple(base.feature_names):
+                # The saved names quoted, as --target's: an unquoted lr=5 read as a flag.
                 raise ValueError(f"--features {','.join(features)} differs from the "
-                                 f"checkpoint's {','.join(base.feature_names)}; a resumed run "
-                                 f"keeps its columns")
+                                 f"checkpoint's {','.join(base.feature_names)!r}; a resumed "
+                                 f"run keeps its columns")
             target = base.target_name if target is None else target
             features = list(base.feature_names) if features is None else features
             if args.data is None:

@@ -23,7 +23,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device must be a str or torch.device, got {type(device).__name__}: {device!r}"
         )
     if not _DEVICE_RE.match(spec):
-        raise ValueError(f"Unknown device {device!r}; expected one of {', '.join(CHOICES)}.")
+        raise ValueError(f"device={device!r} is not a device name; expected one of "
+                         f"{', '.join(CHOICES)}.")
     spec = spec.removesuffix(":0") if spec[:3] in ("cpu", "mps") else spec
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

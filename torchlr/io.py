@@ -587,6 +587,9 @@ def _load_arrays(path: str, suffix: str) -> list[tuple[str, Any]]:
 def _npz_arrays(path: str) -> list[tuple[str, Any]]:
     """An .npz file's arrays, each named by its key; each dtype is checked before any is
     read (numpy's "Object arrays cannot be loaded when allow_pickle=False" named none)."""
+    if not zipfile.is_zipfile(path):  # numpy would try it as a pickle, and advise allow_pickle
+        raise ValueError(f"{path} is not a valid .npz data file: not a zip archive of .npy "
+                         f"arrays, as numpy.savez writes")
     try:
         with np.load(path, allow_pickle=False) as z:
             members = set(z.zip.namelist())
