@@ -7,6 +7,7 @@ import torch
 import torchlr
 from torchlr import summed_loss, train
 from torchlr.holdout import Holdout
+from torchlr.preprocess import train_val_split
 from torchlr.stream import BlockStream
 
 
@@ -80,11 +81,42 @@ def test_noisy_data_never_pay_for_float64(monkeypatch, epoch_end):
         result = torchlr.fit(X, y, num_epochs=3, standardize=scaled, standardize_target=scaled,
                              val_fraction=0.2)
         assert result.losses[-1] < 1e-4 and result.val_losses[-1] < 1e-4
-    # Nor a target far from 0 whose noise is small beside it: 0.1 on 1000, a loss of 5e-9
-    # of its mean square.
+    # Nor many rows of a target far from 0 whose noise is small beside it: 0.1 on 1000, a
+    # loss of 5e-9 of its mean square, where 100,000 rows average float32's rounding out
+    # far below the printed digits (on 1,000 rows it would reach them: the next test).
+    X, y = torchlr.synthetic_data([2.0, -3.4], 4.2, 100_000, generator=g)
     y_far = y.reshape(-1) + 1000 - 4.2 + 0.1 * torch.randn(len(y), generator=g)
-    result = torchlr.fit(X, y_far, num_epochs=30, lr=0.1, standardize=True, batch_size=100)
+    result = torchlr.fit(X, y_far, num_epochs=3, lr=0.1, standardize=True, batch_size=1000)
     assert 4e-3 < result.losses[-1] < 6e-3
+
+
+def printed_error(loss, exact):
+    """How far a loss is from the exact one, less float32's own rounding of it (twice: the
+    mean, then its product with a scaled target's variance), in units of what the CLI
+    prints of it: the last of six decimals, or 1e-7 of it from 10 up (seven digits)."""
+    return max(0.0, abs(loss - exact) - 2 ** -23 * exact) / max(1e-6, 1e-7 * exact)
+
+
+@pytest.mark.parametrize("rows, noise", [(400, 1.0), (2000, 1.0), (400, 10.0), (100, 0.1)])
+@pytest.mark.parametrize("scale_target", [False, True])
+def test_a_loss_holds_the_digits_it_is_printed_with(rows, noise, scale_target, epoch_end):
+    # Targets near 12,000 from columns near 1e4: float32's predictions are rounded by about
+    # 1e-3, and the mean of a loss near 0.5 over 2,000 rows missed by 1.2e-5 (0.507847 for
+    # 0.507835); a fit on the same rows laid out by column printed yet another 5th digit.
+    g = torch.Generator().manual_seed(rows)
+    area = torch.rand(rows, generator=g) * 2000 + 9000
+    age = torch.rand(rows, generator=g) * 100 + 450
+    X = torch.stack([area, age], 1)
+    y = 0.3 * area - 2 * age + 1e4 + noise * torch.randn(rows, generator=g)
+    result = torchlr.fit(X, y, standardize=True, standardize_target=scale_target, lr=0.1,
+                         num_epochs=4, val_fraction=0.25)
+    scaling, (train, val) = result.scaling, train_val_split(rows, 0.25, seed=0)
+    for loss, rows_of in ((result.losses[-1], train), (result.val_losses[-1], val)):
+        # The reference: the model's own float32 parameters on the rows as it saw them
+        # (scaled), in float64 arithmetic, in the units reported.
+        Xs, ys = scaling.features(X[rows_of]), scaling.target(y[rows_of].reshape(-1, 1))
+        exact = exact_mean(Xs, ys, result.scaled_w, result.scaled_b) * scaling.loss_scale
+        assert printed_error(loss, exact) < 0.5, (loss, exact)  # under half a printed unit
 
 
 def test_whole_pieces_of_a_close_fit_take_the_float64_sum(close_fit, monkeypatch):

@@ -365,15 +365,15 @@ class DataParallel:
         return all_reduce_sum(chunk).cpu()
 
     @torch.no_grad()
-    def mean_loss(self, features: Any, labels: Any, w: torch.Tensor,
-                  b: torch.Tensor) -> torch.Tensor:
+    def mean_loss(self, features: Any, labels: Any, w: torch.Tensor, b: torch.Tensor,
+                  loss_scale: float = 1.0) -> torch.Tensor:
         """Mean squared_loss over the whole data set, each rank summing its own rows (0-d)."""
         n = features.shape[0]
         lo, hi = shard_bounds(n, self.rank, self.world_size)
         if isinstance(features, BlockStream):
-            return (all_reduce_sum(features.loss_sum(w, b, lo, hi)) / n).float()
+            return (all_reduce_sum(features.loss_sum(w, b, lo, hi, loss_scale)) / n).float()
         # float32 over the wire, as before loss_sum was float64 (a group_agreement's "stream").
-        total = loss_sum(features[lo:hi], labels[lo:hi], w, b).float()
+        total = loss_sum(features[lo:hi], labels[lo:hi], w, b, loss_scale).float()
         return all_reduce_sum(total) / n
 
 

@@ -10,7 +10,7 @@ import torch
 
 from torchlr.preprocess import r2_score
 from torchlr.scratch import linreg
-from torchlr.summed_loss import mean_and_limit, refined
+from torchlr.summed_loss import mean_and_coarse, refined
 
 
 @dataclass
@@ -19,13 +19,14 @@ class Holdout:
 
     features: torch.Tensor  # (n_val, d)
     labels: torch.Tensor  # (n_val, 1)
+    loss_scale: float = 1.0  # what its loss is reported multiplied by (a scaled target's)
 
     @torch.no_grad()
     def metrics(self, w: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
         """Mean squared_loss (of the target as the model sees it) and R² (one host read)."""
         y_hat = linreg(self.features, w, b)
-        mean, limit = mean_and_limit(y_hat, self.labels, b)
-        values = torch.stack([mean, limit, r2_score(y_hat, self.labels)]).cpu()
+        mean, coarse = mean_and_coarse(y_hat, self.labels, b, self.loss_scale)
+        values = torch.stack([mean, coarse, r2_score(y_hat, self.labels)]).cpu()
         # A close fit's float32 residuals hold few digits: summed again from float64 then.
         loss = refined(values[0], values[1], self.features, self.labels, w, b)
         return float(loss), float(values[2])

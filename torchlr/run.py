@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -171,7 +171,8 @@ class RunState:
             self.scaling = Scaling.identity(X.shape[1])
         self.X, self.y = self.scaling.features(X), self.scaling.target(y)  # what the model sees
         if config.val_fraction > 0:
-            self.val = Holdout(self.scaling.features(X_val), self.scaling.target(y_val))
+            self.val = Holdout(self.scaling.features(X_val), self.scaling.target(y_val),
+                               self.scaling.loss_scale)
         self.num_examples = len(self.X)
         self.val_losses: list[float] = []
         self.val_r2: list[float] = []
@@ -242,7 +243,8 @@ class RunState:
     def to(self, device: torch.device) -> None:
         """Move the validation rows once, like the training rows."""
         if self.val is not None:
-            self.val = Holdout(self.val.features.to(device), self.val.labels.to(device))
+            self.val = replace(self.val, features=self.val.features.to(device),
+                               labels=self.val.labels.to(device))
 
     def resume(self, model: Any, generator: torch.Generator, history: History) -> int:
         """Restore the saved state if config.resume is set; return the first epoch to train."""

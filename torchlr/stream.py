@@ -218,21 +218,21 @@ class BlockStream:
             yield carry
 
     @torch.no_grad()
-    def evaluate(self, w: Any, b: Any) -> torch.Tensor:
+    def evaluate(self, w: Any, b: Any, *, loss_scale: float = 1.0) -> torch.Tensor:
         """Mean squared_loss over every row, read block by block in file order (0-d).
 
         w holds d numbers ((d, 1) or (d,)) and b one, as for torchlr.evaluate: a FitResult's
-        w and b do."""
+        w and b do. loss_scale: what the loss is reported multiplied by (a fit's scaling)."""
         w = parameter_values("w", w, self.shape[1]).reshape(-1, 1)
         b = parameter_values("b", b, 1).to(w.device)  # a float's tensor is made on the CPU
-        return (self.loss_sum(w, b) / self.shape[0]).float()
+        return (self.loss_sum(w, b, loss_scale=loss_scale) / self.shape[0]).float()
 
     @torch.no_grad()
     def loss_sum(self, w: torch.Tensor, b: torch.Tensor, start: int = 0,
-                 stop: Optional[int] = None) -> torch.Tensor:
+                 stop: Optional[int] = None, loss_scale: float = 1.0) -> torch.Tensor:
         """Summed squared_loss over rows [start, stop), block by block (0-d float64)."""
         total = torch.zeros((), dtype=torch.float64, device=w.device)
         for X, y in self._blocks(start, stop):
             X, y = X.to(w.device), y.to(w.device)
-            total += loss_sum(X, y, w, b)
+            total += loss_sum(X, y, w, b, loss_scale)
         return total

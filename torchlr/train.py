@@ -24,7 +24,7 @@ from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
 from torchlr.stream import BlockStream
-from torchlr.summed_loss import loss_mean, loss_sum, mean_and_limit, refined
+from torchlr.summed_loss import loss_mean, loss_sum, mean_and_coarse, refined
 from torchlr.tensorboard import RunWriter, as_float_tuple, check_options
 from torchlr.threads import CpuThreads
 from torchlr.validation import (
@@ -343,19 +343,21 @@ def evaluate(features: Any, labels: Any, w: Any, b: Any, *,
 
 @torch.no_grad()
 def mean_loss(features: torch.Tensor, labels: torch.Tensor, w: Any, b: Any, *,
-              worker_thread: bool = False) -> torch.Tensor:
-    """evaluate() without its checks, for the fit's own float32 tensors and parameters."""
+              worker_thread: bool = False, loss_scale: float = 1.0) -> torch.Tensor:
+    """evaluate() without its checks, for the fit's own float32 tensors and parameters
+    (loss_scale: what the loss is reported multiplied by; torchlr.summed_loss.too_coarse)."""
     # Views or no-ops for the (d, 1), (1,) and (n, 1) the fit passes.
     w = torch.as_tensor(w, dtype=features.dtype, device=features.device).reshape(-1, 1)
     b = torch.as_tensor(b, dtype=features.dtype, device=features.device).reshape(1)
     labels = labels.reshape(-1, 1)
     n = len(features)
     if features.device.type != "cpu" or n <= EVAL_ROWS:
-        return loss_mean(features, labels, w, b)
+        return loss_mean(features, labels, w, b, loss_scale)
 
     @torch.no_grad()  # grad mode is per thread: the worker's is on by default
     def piece(start: int) -> torch.Tensor:
-        return loss_sum(features[start:start + EVAL_ROWS], labels[start:start + EVAL_ROWS], w, b)
+        return loss_sum(features[start:start + EVAL_ROWS], labels[start:start + EVAL_ROWS], w, b,
+                        loss_scale)
 
     starts = range(0, n, EVAL_ROWS)
     if worker_thread and threads.spare_core(features.device):
@@ -507,25 +509,27 @@ def _epoch_batches(config: FitConfig, X: Any, y: Any, stream: Optional[BlockStre
 
 def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
                stream: Optional[BlockStream], group: Any, worker_thread: bool,
-               last_read: Callable[[], None]) -> tuple[float, torch.Tensor, torch.Tensor]:
+               last_read: Callable[[], None],
+               loss_scale: float) -> tuple[float, torch.Tensor, torch.Tensor]:
     """After last_read() (the epoch's last host read of minibatch losses, which raises on a
     non-finite one): the chapter's number, the mean squared_loss over the whole training
     set, and copies of w (d,) and b (0-d) on the host."""
     if group is not None or stream is not None:
         last_read()
         # In a group each rank sums the loss over its share of the rows.
-        loss = group.mean_loss(X, y, w, b) if group is not None else stream.evaluate(w, b)
+        loss = (group.mean_loss(X, y, w, b, loss_scale) if group is not None
+                else stream.evaluate(w, b, loss_scale=loss_scale))
         return float(loss), _snapshot(w, -1), _snapshot(b)
     # Queued before the host read's sync, and brought over with w and b in one copy: on a
     # GPU the loss's kernels run behind the last steps, and the host waits once, not thrice.
-    # With them the loss below which float32's predictions are too coarse for it
-    # (torchlr.summed_loss), checked on the host. On the CPU mean_loss sees to that itself.
+    # With them whether float32's predictions are too coarse for the loss
+    # (torchlr.summed_loss), acted on by the host. On the CPU mean_loss sees to that itself.
     w, b = w.detach(), b.detach()
     with torch.no_grad():
         if _refined_by_mean_loss(X.device):
-            queued = [mean_loss(X, y, w, b, worker_thread=worker_thread)]
+            queued = [mean_loss(X, y, w, b, worker_thread=worker_thread, loss_scale=loss_scale)]
         else:
-            queued = list(mean_and_limit(linreg(X, w, b), y, b))
+            queued = list(mean_and_coarse(linreg(X, w, b), y, b, loss_scale))
     last_read()
     # A new tensor, on the CPU too: the next epoch's steps must not change these copies.
     values = torch.cat([*(v.reshape(1) for v in queued), w.reshape(-1), b.reshape(-1)]).cpu()
@@ -536,7 +540,7 @@ def _epoch_end(X: Any, y: Any, w: torch.Tensor, b: torch.Tensor,
 
 def _refined_by_mean_loss(device: torch.device) -> bool:
     """Whether _epoch_end leaves the coarse-loss check to mean_loss (on the CPU, where a
-    host read costs nothing), rather than bringing the limit over with its one copy."""
+    host read costs nothing), rather than bringing its flag over with its one copy."""
     return device.type == "cpu"
 
 
@@ -772,7 +776,8 @@ def _fit(
                             on_progress(Progress(epoch, config.num_epochs, done, steps))
             w, b = model.params()
             loss, w_now, b_now = _epoch_end(X, y, w, b, stream, group, config.worker_thread,
-                                            partial(host_read, epoch, done, None))
+                                            partial(host_read, epoch, done, None),
+                                            state.scaling.loss_scale)
             if not math.isfinite(loss):
                 raise _divergence("epoch loss", loss, epoch, steps, config.lr, largest,
                                   unscaled)
