@@ -571,8 +571,7 @@ def test_a_model_of_columns_named_by_numbers_predicts_on_their_columns_alone(tmp
     assert capsys.readouterr().err == (
         f"torchlr: error: {new}, line 1: the first row holds only numbers ('0.2,0.4'), not "
         f"the names of the columns; add a header row that names them ('400.5', '500.5', "
-        f"'conc'); if that row is the header, name one of its columns as the target or a "
-        f"feature\n")
+        f"'conc')\n")  # not train's advice to name a column
 
 
 def test_a_npy_without_columns_is_one_line(tmp_path, capsys):

@@ -141,7 +141,8 @@ def feature_columns(path: str | os.PathLike[str], feature_names: Sequence[str],
     Other columns are left alone, as train leaves those --features does not name: a model
     of some of a file's columns predicts on that file, ids and notes beside them."""
     path = os.fspath(path)
-    names = column_names(path, [*feature_names, *([target_name] if target_name else [])])
+    names = column_names(path, [*feature_names, *([target_name] if target_name else [])],
+                         model=True)
     missing = [name for name in feature_names if name not in names]
     if missing:
         raise ValueError(f"The columns of {path} do not match the model's features "
@@ -165,15 +166,17 @@ def _check_path(path: str) -> str:
     return suffix
 
 
-def column_names(path: str | os.PathLike[str], known: Collection[str] = ()) -> list[str]:
+def column_names(path: str | os.PathLike[str], known: Collection[str] = (), *,
+                 model: bool = False) -> list[str]:
     """The names of a file's columns, read cheaply (the header, or the arrays' shapes).
 
     known: columns the caller will name; a CSV file's first row of numbers alone is taken
-    as its header only if it holds one of them (or is pandas' 0,1,2...)."""
+    as its header only if it holds one of them (or is pandas' 0,1,2...). model: known are a
+    trained model's columns, which the caller cannot name otherwise."""
     path = os.fspath(path)
     suffix = _check_path(path)
     if suffix == ".csv":
-        return _csv_header(path, known)[0]
+        return _csv_header(path, known, model)[0]
     if suffix == ".npy":  # the header alone: the data may be larger than memory
         shape = npy_header(path)[0]
         if len(shape) == 2 and shape[1] == 0:
@@ -311,7 +314,8 @@ def _not_utf8(path: str, exc: UnicodeDecodeError) -> ValueError:
     return ValueError(f"{path} is not a readable CSV file: {exc}")
 
 
-def _csv_header(path: str, known: Optional[Collection[str]]) -> tuple[list[str], int]:
+def _csv_header(path: str, known: Optional[Collection[str]],
+                model: bool = False) -> tuple[list[str], int]:
     """The header's names and its line number (1 unless blank lines come first).
 
     known: the columns the caller will name (the user's target and features, a model's),
@@ -338,10 +342,12 @@ def _csv_header(path: str, known: Optional[Collection[str]]) -> tuple[list[str],
         # A file without a header: read as one, its first row would name the columns and
         # be lost from the data without a word.
         such_as = ", ".join(map(repr, known)) if known else "such as x1,x2,y"
+        # A model's own columns would have been taken: naming others is train's way out.
+        alternative = "" if model else ("; if that row is the header, name one of its "
+                                        "columns as the target or a feature")
         raise ValueError(f"{path}, line {line}: the first row holds only numbers "
                          f"({reprlib.repr(','.join(names))}), not the names of the columns; "
-                         f"add a header row that names them ({such_as}); if that row is the "
-                         f"header, name one of its columns as the target or a feature")
+                         f"add a header row that names them ({such_as}){alternative}")
     seen = set()
     for name in names:
         if name in seen:
