@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 import torchlr
 from torchlr import summed_loss, train
@@ -97,19 +98,16 @@ def printed_error(loss, exact):
     return max(0.0, abs(loss - exact) - 2 ** -23 * exact) / max(1e-6, 1e-7 * exact)
 
 
-@pytest.mark.parametrize("rows, noise", [(400, 1.0), (2000, 1.0), (400, 10.0), (100, 0.1)])
-@pytest.mark.parametrize("scale_target", [False, True])
-def test_a_loss_holds_the_digits_it_is_printed_with(rows, noise, scale_target, epoch_end):
-    # Targets near 12,000 from columns near 1e4: float32's predictions are rounded by about
-    # 1e-3, and the mean of a loss near 0.5 over 2,000 rows missed by 1.2e-5 (0.507847 for
-    # 0.507835); a fit on the same rows laid out by column printed yet another 5th digit.
+def assert_printed_digits_hold(rows, noise, scale_target, device="cpu"):
+    """A fit on targets near 12,000 from columns near 1e4, whose training and validation
+    losses must hold the digits the CLI prints of them."""
     g = torch.Generator().manual_seed(rows)
     area = torch.rand(rows, generator=g) * 2000 + 9000
     age = torch.rand(rows, generator=g) * 100 + 450
     X = torch.stack([area, age], 1)
     y = 0.3 * area - 2 * age + 1e4 + noise * torch.randn(rows, generator=g)
     result = torchlr.fit(X, y, standardize=True, standardize_target=scale_target, lr=0.1,
-                         num_epochs=4, val_fraction=0.25)
+                         num_epochs=4, val_fraction=0.25, device=device)
     scaling, (train, val) = result.scaling, train_val_split(rows, 0.25, seed=0)
     for loss, rows_of in ((result.losses[-1], train), (result.val_losses[-1], val)):
         # The reference: the model's own float32 parameters on the rows as it saw them
@@ -117,6 +115,24 @@ def test_a_loss_holds_the_digits_it_is_printed_with(rows, noise, scale_target, e
         Xs, ys = scaling.features(X[rows_of]), scaling.target(y[rows_of].reshape(-1, 1))
         exact = exact_mean(Xs, ys, result.scaled_w, result.scaled_b) * scaling.loss_scale
         assert printed_error(loss, exact) < 0.5, (loss, exact)  # under half a printed unit
+
+
+@pytest.mark.parametrize("rows, noise", [(400, 1.0), (2000, 1.0), (400, 10.0), (100, 0.1)])
+@pytest.mark.parametrize("scale_target", [False, True])
+def test_a_loss_holds_the_digits_it_is_printed_with(rows, noise, scale_target, epoch_end):
+    # float32's predictions near 12,000 are rounded by about 1e-3, and the mean of a loss
+    # near 0.5 over 2,000 rows missed by 1.2e-5 (0.507847 for 0.507835); a fit on the same
+    # rows laid out by column printed yet another 5th digit.
+    assert_printed_digits_hold(rows, noise, scale_target)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("scale_target", [False, True])
+def test_a_loss_on_a_gpu_holds_the_digits_it_is_printed_with(scale_target):
+    # There the flag comes over with the loss, w and b in _epoch_end's one copy, and the
+    # holdout's with its loss and R².
+    assert_printed_digits_hold(2000, 1.0, scale_target, device="cuda")
 
 
 def test_whole_pieces_of_a_close_fit_take_the_float64_sum(close_fit, monkeypatch):
