@@ -16,7 +16,7 @@ from torchlr.scratch import linreg, squared_loss
 #   at most), that is PRINTED_ABS, or PRINTED_REL of L. On 2,000 rows of targets near
 #   12,000 (standardized columns near 1e4), a loss of 0.507847 was 0.507835, and the same
 #   float32 sum in another order gave yet another 5th digit. It cannot reach them where
-#   L < PRINTED_ABS² n / (ROUNDING_ERROR² M) (a loss that small changes no printed
+#   L < PRINTED_ABS² n / (ROUNDING_ERROR² M) (its error stays under half a printed
 #   decimal) or L > ROUNDING_ERROR² M / (PRINTED_REL² n), and never where M < 1.25 n: the
 #   chapter's data (M near 50 over 1,000 rows) and the benchmark's 1Mx100 are left alone;
 # - three digits of a loss far below the targets' size, below ROUNDING_SHARE of M: on
