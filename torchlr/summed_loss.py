@@ -39,7 +39,8 @@ def too_coarse(mean: torch.Tensor, y: torch.Tensor, b: torch.Tensor,
     """Whether float32's predictions of y are too coarse for a mean loss of them: 1.0 or
     0.0, a float32 0-d tensor on y's device (not read: a caller brings it over with its
     loss). Never for a NaN or inf mean, nor for no rows. loss_scale: what the loss is
-    multiplied by when it is reported (a scaled target's variance), so printed."""
+    multiplied by when it is reported (a scaled target's variance): the printed digits
+    are that product's."""
     wide = torch.float32 if y.device.type == "mps" else torch.float64  # MPS has no float64
     scale = y.square().mean(dtype=wide) + b.to(wide).square().sum()  # M
     loss, n = mean.to(wide), len(y)
