@@ -235,6 +235,25 @@ def test_dist_timeout_takes_positive_seconds(capsys):
             capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("option", ["--lr", "--val-fraction"])
+def test_a_float_option_names_the_number_that_overflowed(capsys, option):
+    # float("1e400") is inf: the later check said "got inf", a value nobody typed.
+    for typed in ("1e400", "-1e400"):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(["train", option, typed])
+        assert info.value.code == 2
+        assert f"argument {option}: '{typed}' is beyond a float's range" in (
+            capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", option, "abc"])
+    assert f"argument {option}: invalid float value: 'abc'" in capsys.readouterr().err
+    # What float() reads is unchanged: inf typed as such is left to the fit's own check.
+    for typed in ("inf", "-Infinity", "1e308", "-2.5e-3"):
+        args = build_parser().parse_args(["train", option, typed])
+        value = args.lr if option == "--lr" else args.val_fraction
+        assert value == float(typed)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize("argv", [["train", "--epochs", "1", "--no-tensorboard"],
                                   ["predict", "--model", "m.pt", "--data", "d.csv"]])

@@ -9,6 +9,7 @@ own).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 # A value that starts with "-" and reads as a float: -1e-3, -.5, -inf, -nan.
@@ -20,3 +21,18 @@ def read_negative_numbers(parser: argparse.ArgumentParser) -> None:
     """Make parser take any negative float as a value, as it already takes "-0.5"."""
     # argparse's own matcher, a private attribute it consults in _parse_optional.
     parser._negative_number_matcher = NEGATIVE_NUMBER  # type: ignore[attr-defined]
+
+
+def float_value(text: str) -> float:
+    """argparse type: float(text), refusing a finite number too large for a float by name.
+
+    float("1e400") is inf, so a later check would say "got inf", a value nobody typed.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if math.isinf(value) and "inf" not in text.lower():
+        raise argparse.ArgumentTypeError(f"{text!r} is beyond a float's range "
+                                         f"(magnitude at most about 1.8e308)")
+    return value

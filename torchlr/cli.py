@@ -19,7 +19,7 @@ import torch
 
 from torchlr import __version__, distributed
 from torchlr.analytic import GRADIENTS
-from torchlr.argnumbers import read_negative_numbers
+from torchlr.argnumbers import float_value, read_negative_numbers
 from torchlr.cli_data import (
     add_predict_command,
     add_train_options,
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "concise: nn.Linear and torch.optim.SGD; both: run each in turn")
     train.add_argument("--epochs", type=int, default=defaults.num_epochs,
                        help="passes over the training set")
-    train.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    train.add_argument("--lr", type=float_value, default=defaults.lr, help="learning rate")
     train.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help="examples per minibatch; a short last batch is kept")
     train.add_argument("--num-examples", type=int, default=1000,

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from torchlr.argnumbers import float_value
 from torchlr.atomic import write_atomic
 from torchlr.checkpoint import NonFinitePrediction, TrainedModel, load_checkpoint, load_model
 from torchlr.io import feature_columns, load_columns, load_data, row_location
@@ -48,7 +49,7 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
                             "and predictions stay in original units")
     group.add_argument("--standardize-target", action="store_true",
                        help="scale the target the same way")
-    group.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+    group.add_argument("--val-fraction", type=float_value, default=0.0, metavar="F",
                        help="hold out this fraction of rows (seeded) and report validation "
                             "loss and R² per epoch")
     group.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
