@@ -20,6 +20,10 @@ DOCS = Path(__file__).resolve().parent
 def main(argv: list[str]) -> int:
     """Write scatter.png, trajectories.png and lr_sweep.png to docs/ (or the folder given)."""
     out = Path(argv[0]) if argv else DOCS
+    if out.exists() and not out.is_dir():
+        print(f"make_figures.py: {out} is not a folder", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)  # a folder to write to, made if new
     true_w, true_b = torch.tensor([2.0, -3.4]), 4.2
     gen = torch.Generator().manual_seed(0)  # the notebooks' and the CLI's data set
     features, labels = torchlr.synthetic_data(true_w, true_b, 1000, generator=gen)

@@ -323,11 +323,14 @@ def test_readme_figures_script_draws_its_three_figures(tmp_path):
     spec = importlib.util.spec_from_file_location("make_figures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main([str(tmp_path)]) == 0
-    written = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "a-file").write_text("")
+    assert module.main([str(tmp_path / "a-file")]) == 2  # said on stderr, no traceback
+    out = tmp_path / "figures" / "new"  # made when it is not there yet
+    assert module.main([str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
     assert written == ["lr_sweep.png", "scatter.png", "trajectories.png"]
     for name in written:
-        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
         # The README shows the committed copies of these figures.
         assert (script.parent / name).is_file()
 
