@@ -37,13 +37,15 @@ def epoch_end(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("epochs", [12, 30])
+@pytest.mark.parametrize("epochs", [9, 12, 30])
 def test_a_close_fit_reports_its_loss_to_three_digits(close_fit, epochs, epoch_end):
     X, y = close_fit
     result = torchlr.fit(X, y, num_epochs=epochs, lr=0.05)
     exact = exact_mean(X, y, result.w, result.b)
-    assert exact < 1e-9  # far below float32's rounding of predictions near 5
-    # The float32 sum read 2.79e-11 for 2.72e-11 (12 epochs) and 7.9e-14 for 1.14e-13 (30).
+    M = float(np.mean(y.astype(np.float64) ** 2)) + result.b ** 2  # targets near 5
+    assert exact < 1e-9 * M  # far below float32's rounding of the predictions
+    # The float32 sum read 2.79e-11 for 2.72e-11 (12 epochs) and 7.9e-14 for 1.14e-13 (30);
+    # at 9 epochs, 2e-10 of the targets' mean square over 200 rows, 1.6e-3 off.
     float32_mean = float(((torch.tensor(X) @ result.w + result.b - torch.tensor(y)) ** 2 / 2)
                          .mean())
     assert abs(float32_mean - exact) > 1e-3 * exact  # the case float32 gets wrong
@@ -108,13 +110,19 @@ def assert_printed_digits_hold(rows, noise, scale_target, device="cpu"):
     y = 0.3 * area - 2 * age + 1e4 + noise * torch.randn(rows, generator=g)
     result = torchlr.fit(X, y, standardize=True, standardize_target=scale_target, lr=0.1,
                          num_epochs=4, val_fraction=0.25, device=device)
-    scaling, (train, val) = result.scaling, train_val_split(rows, 0.25, seed=0)
-    for loss, rows_of in ((result.losses[-1], train), (result.val_losses[-1], val)):
-        # The reference: the model's own float32 parameters on the rows as it saw them
-        # (scaled), in float64 arithmetic, in the units reported.
-        Xs, ys = scaling.features(X[rows_of]), scaling.target(y[rows_of].reshape(-1, 1))
-        exact = exact_mean(Xs, ys, result.scaled_w, result.scaled_b) * scaling.loss_scale
-        assert printed_error(loss, exact) < 0.5, (loss, exact)  # under half a printed unit
+    train, val = train_val_split(rows, 0.25, seed=0)
+    assert_printed_digits(result.losses[-1], result, X[train], y[train])
+    assert_printed_digits(result.val_losses[-1], result, X[val], y[val])
+
+
+def assert_printed_digits(loss, result, X, y):
+    """loss, reported by result for the rows (X, y), within half a printed unit of the
+    reference: the model's own float32 parameters on the rows as it saw them (scaled), in
+    float64 arithmetic, in the units reported."""
+    scaling = result.scaling
+    Xs, ys = scaling.features(X), scaling.target(y.reshape(-1, 1))
+    exact = exact_mean(Xs, ys, result.scaled_w, result.scaled_b) * scaling.loss_scale
+    assert printed_error(loss, exact) < 0.5, (loss, exact)
 
 
 @pytest.mark.parametrize("rows, noise", [(400, 1.0), (2000, 1.0), (400, 10.0), (100, 0.1)])
@@ -158,3 +166,79 @@ def test_a_large_intercept_counts_in_the_limit():
     float32_mean = float(((X @ w + b - y) ** 2 / 2).mean())
     assert abs(float32_mean - exact) > 0.1 * exact  # the case float32 gets wrong
     assert float(summed_loss.loss_mean(X, y, w, b)) == pytest.approx(exact, rel=1e-6, abs=0)
+
+
+def wide_target(rows=300):
+    """Targets of std near 58,000 with noise 10: a scaled target's loss is 1e-8 of the
+    scaled targets' mean square, where float32's rounding is far above a printed unit in
+    the reported units (a loss near 50), and only loss_scale tells too_coarse so."""
+    g = torch.Generator().manual_seed(rows)
+    area = torch.rand(rows, generator=g) * 2000 + 9000
+    age = torch.rand(rows, generator=g) * 100 + 450
+    X = torch.stack([area, age], 1)
+    y = 100 * area - 2 * age + 1e4 + 10 * torch.randn(rows, generator=g)
+    return X, y
+
+
+WIDE = dict(standardize=True, standardize_target=True, lr=0.1, num_epochs=3, device="cpu")
+
+
+@pytest.mark.parametrize("pieces", [False, True])
+def test_a_scaled_targets_train_and_val_losses_hold_their_printed_digits(pieces,
+                                                                        monkeypatch):
+    # Each path that sums a whole-data loss must pass the target's scale on to too_coarse.
+    if pieces:  # the CPU's piecewise epoch loss (loss_sum), in 5 pieces
+        monkeypatch.setattr(train, "EVAL_ROWS", 48)
+    X, y = wide_target()
+    result = torchlr.fit(X, y, val_fraction=0.25, **WIDE)
+    train_rows, val_rows = train_val_split(len(X), 0.25, seed=0)
+    assert_printed_digits(result.losses[-1], result, X[train_rows], y[train_rows])
+    assert_printed_digits(result.val_losses[-1], result, X[val_rows], y[val_rows])
+
+
+def wide_target_file(tmp_path):
+    X, y = wide_target()
+    np.save(tmp_path / "t.npy", torch.cat([X, y[:, None]], 1).numpy())
+    return X, y, BlockStream(tmp_path / "t.npy", block_rows=64)
+
+
+def test_a_streamed_scaled_targets_loss_holds_its_printed_digits(tmp_path):
+    X, y, stream = wide_target_file(tmp_path)
+    result = torchlr.fit(stream, None, **WIDE)
+    assert_printed_digits(result.losses[-1], result, X, y)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_groups_scaled_target_loss_holds_its_printed_digits(single_process_group, streamed,
+                                                              tmp_path):
+    X, y, stream = wide_target_file(tmp_path)
+    result = torchlr.fit(*((stream, None) if streamed else (X, y)), **WIDE)
+    assert_printed_digits(result.losses[-1], result, X, y)
+
+
+def flagged(loss, value, n, loss_scale=1.0):
+    """too_coarse's flag for a mean loss of n rows of targets equal to value, b = 0."""
+    y = torch.full((n, 1), float(value))  # M = value²
+    return float(summed_loss.too_coarse(torch.tensor(loss, dtype=torch.float32), y,
+                                        torch.zeros(1), loss_scale))
+
+
+def test_too_coarse_flags_the_window_its_comment_states():
+    # float32 misses a mean loss L of n rows by up to 2e-7 sqrt(M L / n): that reaches half
+    # a printed unit (5e-7, or 1e-7 of the loss, in reported units) only for
+    # 6.25 n / (M s²) < L < 4 M / n, s the loss_scale.
+    n = 1000  # M = 4e6: the window is 1.5625e-3 to 16,000
+    assert [flagged(L, 2000, n) for L in (1.25e-3, 1.96e-3, 12800, 20000)] == [0, 1, 1, 0]
+    # A scaled target (M 1) reported times s = 1e6: 6.25e-9 to 4e-3.
+    assert [flagged(L, 1.0, n, 1e6) for L in (5e-9, 7.8e-9, 3.2e-3, 5e-3)] == [0, 1, 1, 0]
+    assert flagged(7.8e-9, 1.0, n, 1.0) == 0
+    assert flagged(float("nan"), 2000, n) == 0 and flagged(float("inf"), 2000, n) == 0
+    assert flagged(float("nan"), 2000, 0) == 0  # no rows
+
+
+@pytest.mark.parametrize("n, edge", [(100, 1.6e-9), (1000, 1.6e-10), (100_000, 1e-10)])
+def test_too_coarse_keeps_three_digits_of_a_loss_far_below_the_targets(n, edge):
+    # Below (2e-7 / 5e-4)² M / n the relative error sqrt(M / (L n)) 2e-7 passes half a unit
+    # of the third digit; below 1e-10 M, whatever n, the predictions' squared rounding
+    # shows. M = 1 < 1.25 n: the printed window is empty, only this share flags.
+    assert flagged(0.9 * edge, 1.0, n) == 1 and flagged(1.1 * edge, 1.0, n) == 0

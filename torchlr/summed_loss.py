@@ -19,16 +19,20 @@ from torchlr.scratch import linreg, squared_loss
 #   L < PRINTED_ABS² n / (ROUNDING_ERROR² M) (its error stays under half a printed
 #   decimal) or L > ROUNDING_ERROR² M / (PRINTED_REL² n), and never where M < 1.25 n: the
 #   chapter's data (M near 50 over 1,000 rows) and the benchmark's 1Mx100 are left alone;
-# - three digits of a loss far below the targets' size, below ROUNDING_SHARE of M: on
-#   targets near 5 fitted to 1e-11, the float32 loss read 2.79e-11 where float64 arithmetic
-#   on the same float32 data and parameters gives 2.72e-11, and on a closer fit 7.9e-14 for
-#   1.14e-13.
+# - three digits of a loss far below the targets' size. Its relative error,
+#   c * sqrt(M / (L n)), reaches THREE_DIGITS (half a unit of the third) below
+#   (ROUNDING_ERROR / THREE_DIGITS)² M / n: on 200 rows of targets near 5, a loss of 2e-10
+#   of M was 1.6e-3 off. And below ROUNDING_SHARE of M whatever n, as the squares of the
+#   predictions' own rounding (about 1e-15 of M a row) stop averaging out: on those targets
+#   fitted to 1e-11, the float32 loss read 2.79e-11 where float64 arithmetic on the same
+#   float32 data and parameters gives 2.72e-11, and on a closer fit 7.9e-14 for 1.14e-13.
 # Terms of X w that cancel each other (columns near 1e6 weighted 1.3 and -1.3) are not seen
 # by either test: there float32 keeps fewer digits than it says.
 ROUNDING_ERROR = 2e-7
 PRINTED_ABS = 5e-7
 PRINTED_REL = 1e-7
 ROUNDING_SHARE = 1e-10
+THREE_DIGITS = 5e-4
 # Bytes of X's float64 copy per piece: small beside the data, and few pieces (few kernel
 # launches on a GPU) for narrow data: 2 columns take a million rows a piece.
 FLOAT64_BYTES = 1 << 24
@@ -46,7 +50,8 @@ def too_coarse(mean: torch.Tensor, y: torch.Tensor, b: torch.Tensor,
     loss, n = mean.to(wide), len(y)
     printed = ((loss > (PRINTED_ABS / loss_scale / ROUNDING_ERROR) ** 2 * n / scale)
                & (loss < (ROUNDING_ERROR / PRINTED_REL) ** 2 * scale / n))
-    return (printed | (loss < ROUNDING_SHARE * scale)).float()
+    share = max(ROUNDING_SHARE, (ROUNDING_ERROR / THREE_DIGITS) ** 2 / max(n, 1))
+    return (printed | (loss < share * scale)).float()
 
 
 @torch.no_grad()
