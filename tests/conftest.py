@@ -9,6 +9,7 @@ import signal
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import torchlr
 from torchlr.data import batch_order
@@ -145,3 +146,13 @@ def same_but_rounding(a: str, b: str, rtol: float = PRINT_RTOL) -> bool:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def single_process_group():
+    """A gloo group of one process, in this process: fit's group path without a spawn."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -113,16 +113,6 @@ def _stall_on_rank_one(X, y):
     return torchlr.fit(X, y, device="cpu", log_every=5, on_progress=stall)
 
 
-@pytest.fixture
-def single_process_group():
-    """A gloo group of one process, in this process: fit's group path without a spawn."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shard_bounds_split_like_tensor_split(world):
     for length in range(0, 25):

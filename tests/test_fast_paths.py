@@ -389,3 +389,30 @@ def test_alternate_keeps_the_order_and_cancels_on_an_error():
     with pytest.raises(ValueError, match="four"):
         threads.alternate(fail_on_four, range(100))
     assert not gather_threads()
+
+
+@pytest.mark.parametrize("reuse_buffer", [False, True])
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("d", [1, 3, 7, 9])
+def test_each_batch_lies_to_the_64_bytes_where_a_whole_epoch_gather_puts_it(
+        monkeypatch, prefetch, reuse_buffer, d):
+    # MKL rounds a product by where its rows start, to the 64 bytes: a batch must start at
+    # the same offset whatever the block size (1 MiB alone, 4 MiB with the gather thread).
+    # The layout itself is checked here, on any CPU, whatever its BLAS does with it.
+    monkeypatch.setattr(threads, "spare_core", lambda device: prefetch)
+    monkeypatch.setattr(data, "BLOCK_BYTES", 700)
+    monkeypatch.setattr(data, "PREFETCH_BLOCK_BYTES", 1900)
+    g = torch.Generator().manual_seed(d)
+    X, y = torch.randn(301, d, generator=g), torch.randn(301, 1, generator=g)
+    order = torch.randperm(301, generator=g)
+    whole = X.index_select(0, order)  # torch's allocator aligns a new tensor to 64 bytes
+    assert whole.data_ptr() % 64 == 0
+    at = 0
+    for X_batch, y_batch in data.batches_in_order(3, X, y, order, False,
+                                                  reuse_buffer=reuse_buffer,
+                                                  prefetch=prefetch):
+        assert torch.equal(X_batch, whole[at:at + len(X_batch)])
+        assert torch.equal(y_batch, y[order[at:at + len(y_batch)]])
+        assert X_batch.data_ptr() % 64 == whole[at:].data_ptr() % 64, at
+        at += len(X_batch)
+    assert at == 301
