@@ -111,7 +111,15 @@ def test_a_ctrl_c_while_an_epoch_is_logged_leaves_its_validation_with_it(tmp_pat
     acc = read_run(info.value.run_dir)
     for tag in ("loss/epoch", "loss/val", "r2/val"):
         assert scalars(acc, tag)[0] == [1, 2], tag
-    assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 1  # saved after
+    # Held back until the epoch was saved too: the checkpoint holds what TensorBoard shows,
+    # so the resumed run logs epoch 2 nowhere again (it did, when the save came after).
+    assert (info.value.saved_epoch, torch.load(tmp_path / "c.pt", weights_only=True)["epoch"]
+            ) == (2, 2)
+    monkeypatch.undo()
+    resumed = torchlr.fit(X, y, num_epochs=4, val_fraction=0.2, device="cpu",
+                          logdir=tmp_path, resume=tmp_path / "c.pt")
+    for tag in ("loss/epoch", "loss/val", "r2/val"):
+        assert scalars(read_run(resumed.run_dir), tag)[0] == [3, 4], tag
 
 
 def ctrl_c_after_saving(monkeypatch, epoch):

@@ -20,6 +20,7 @@ from torchlr.checkpoint import predict, prediction_features
 from torchlr.concise import LinearRegression, make_optimizer, mse, optimizer_step
 from torchlr.data import PERMUTATIONS, OrdersAhead, batches_in_order, data_iter, orders_ahead
 from torchlr.devices import resolve_device
+from torchlr.interrupts import held
 from torchlr.preprocess import Scaling
 from torchlr.run import History, RunState, sampled_digest
 from torchlr.scratch import init_params, linreg, sgd, squared_loss
@@ -788,10 +789,13 @@ def _fit(
             history.b.append(b_now)
             val_loss, val_r2, stop = state.validate(
                 epoch, model, partial(_held_out_overflow, epoch, held_out=state.val))
-            # Logged, then saved, then told: a checkpoint never holds an epoch TensorBoard lacks
-            # (its resumed run would start after it), whenever Ctrl-C comes.
-            run.epoch(epoch, loss, w, b, history.epoch_seconds[-1], val_loss, val_r2)
-            state.save(epoch, model, generator, history)
+            # Logged, then saved, then told, with Ctrl-C and SIGTERM held back in between: a
+            # checkpoint never holds an epoch TensorBoard lacks (its resumed run would start
+            # after it), nor TensorBoard one the checkpoint lacks (the resume would log it
+            # again). Both writes take milliseconds; a second press acts at once.
+            with held():
+                run.epoch(epoch, loss, w, b, history.epoch_seconds[-1], val_loss, val_r2)
+                state.save(epoch, model, generator, history)
             if on_progress is not None:
                 on_progress(Progress(epoch, config.num_epochs, steps, steps, loss, val_loss,
                                      val_r2))
