@@ -209,6 +209,51 @@ def test_cli_resume_equals_straight(houses, tmp_path, capsys, impl):
     assert a["history"]["val_losses"] == b["history"]["val_losses"]
 
 
+def test_a_resume_logs_where_its_run_did_unless_told_otherwise(houses, tmp_path, capsys):
+    from test_tensorboard import read_run, scalars
+
+    mine = tmp_path / "mine"
+    assert main(["train", "--data", str(houses), *TRAIN, "--epochs", "2", "--device", "cpu",
+                 "--logdir", str(mine), "--run-name", "exp1", "--save", "m.pt"]) == 0
+    resume = ["train", "--data", str(houses), "--resume", "m.pt", "--device", "cpu"]
+    assert main([*resume, "--epochs", "3"]) == 0
+    # Under the run's own --logdir, with its name: one watching `--logdir mine` sees epoch 3.
+    first, second = sorted(mine.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert "-scratch-exp1" in first.name and "-scratch-exp1" in second.name
+    assert scalars(read_run(str(second)), "loss/epoch")[0] == [3]
+    assert not (tmp_path / "runs").exists()
+    saved = torch.load("m.pt", weights_only=True)["config"]
+    assert (saved["logdir"], saved["run_name"]) == (str(mine), "exp1")
+    # Named on the line, they win; --no-tensorboard writes no run.
+    assert main([*resume, "--epochs", "4", "--logdir", "elsewhere", "--run-name", "b"]) == 0
+    [other] = (tmp_path / "elsewhere").iterdir()
+    assert other.name.endswith("-scratch-b")
+    assert scalars(read_run(str(other)), "loss/epoch")[0] == [4]
+    assert main([*resume, "--epochs", "5", "--no-tensorboard"]) == 0
+    assert len(list(mine.iterdir())) == 2 and len(list((tmp_path / "elsewhere").iterdir())) == 1
+    capsys.readouterr()
+
+
+def test_a_streamed_run_resumes_streamed_without_being_told(tmp_path, capsys, monkeypatch):
+    # Read in blocks, its batch order is the blocks': resumed from memory it was refused,
+    # and the message did not say to add --stream. A resume keeps its options.
+    from torchlr import stream
+
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 1200)  # 100 rows of 3 float32 a block
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(500, 2, generator=g)
+    np.save("t.npy", torch.cat([X, (X @ torch.tensor([2.0, -3.4]) + 4.2)[:, None]], 1).numpy())
+    common = ["train", "--data", "t.npy", "--device", "cpu", "--no-tensorboard"]
+    assert main([*common, "--stream", "--epochs", "3", "--save", "straight.pt"]) == 0
+    assert main([*common, "--stream", "--epochs", "1", "--save", "part.pt"]) == 0
+    assert torch.load("part.pt", weights_only=True)["data"]["block_rows"] == 100
+    assert main([*common, "--resume", "part.pt", "--epochs", "3"]) == 0
+    a, b = (torch.load(p, weights_only=True) for p in ("straight.pt", "part.pt"))
+    assert b["epoch"] == 3 and torch.equal(a["params"]["w"], b["params"]["w"])
+    assert a["history"]["losses"] == b["history"]["losses"]
+    capsys.readouterr()
+
+
 def test_resume_refuses_other_options(houses, tmp_path, capsys):
     part = tmp_path / "part.pt"
     assert main(["train", "--data", str(houses), "--epochs", "1", "--save", str(part),

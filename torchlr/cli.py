@@ -130,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "name what was kept (saved PATH, early stopping's epoch) and, "
                             "with --impl both, each block's name")
     train.add_argument("--logdir", default="runs",
-                       help="TensorBoard log root: each run writes one folder under it")
+                       help="TensorBoard log root: each run writes one folder under it "
+                            "(with --resume: the checkpoint's)")
     train.add_argument("--no-tensorboard", action="store_true",
                        help="write no TensorBoard run")
     train.add_argument("--run-name", default=None,
-                       help="suffix for the run folder <YYYYmmdd-HHMMSS>-<impl>-<run-name>")
+                       help="suffix for the run folder <YYYYmmdd-HHMMSS>-<impl>-<run-name> "
+                            "(with --resume: the checkpoint's)")
     train.add_argument("--plot", metavar="FILE.png",
                        help="save the loss curves (every run of --impl both on one figure)")
     add_train_options(train)

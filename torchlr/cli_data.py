@@ -196,6 +196,15 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                 raise ValueError(f"--num-examples {args.num_examples} differs from the "
                                  f"checkpoint's {saved_rows}; a resumed run keeps its data")
             num_examples = saved_rows
+        # Where the run logs, as its options: a resume's epochs join the run's own folder of
+        # runs (and its name) unless the line names others.
+        if not args.no_tensorboard:
+            for option in ("logdir", "run_name"):
+                if option not in args.given:
+                    logging[option] = saved.get(option)
+        # A stream read in blocks sets the batch order: resumed from memory, it would differ.
+        if (state.get("data") or {}).get("block_rows") is not None and args.data is not None:
+            args.stream = True
         impls = (base.impl,)
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
                        save=args.resume if args.save is None else args.save,
