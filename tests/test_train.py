@@ -681,6 +681,25 @@ def test_a_split_without_early_stopping_keeps_the_last_epochs_params():
     assert result.b == pytest.approx(float(result.b_history[-1]), abs=0)
 
 
+@pytest.mark.parametrize("impl", ["scratch", "concise"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_standardized_constant_column_gets_no_weight(impl, streamed, tmp_path):
+    # Standardized, the column is all zeros: no gradient moved its weight from its random
+    # start (-0.0218), and in original units b took that weight times the column's 1234.567
+    # (31.1 where least squares says 4.2).
+    X, y = chapter_data(num_examples=1003)
+    X = torch.cat([X, torch.full((len(X), 1), 1234.567)], 1)
+    data = (X, y)
+    if streamed:
+        np.save(tmp_path / "t.npy", torch.cat([X, y.reshape(-1, 1)], 1).numpy())
+        data = (torchlr.BlockStream(tmp_path / "t.npy", block_rows=77), None)
+    result = fit(*data, impl=impl, standardize=True, device="cpu")
+    w_exact, b_exact = least_squares(X, y)  # centred: the constant column's weight is 0
+    assert w_exact[2] == 0 and bool((result.w_history[:, 2] == 0).all())
+    torch.testing.assert_close(result.w.double(), w_exact, rtol=0, atol=2e-3)
+    assert result.b == pytest.approx(b_exact, abs=2e-3)
+
+
 def test_a_column_major_table_of_unrefined_losses_fits_as_its_rows_do():
     # Targets near 0 (M < 1.25 n): the epoch loss is never summed again in float64, so it
     # is BLAS's float32 sum, which depends on the layout unless fit copies the table to rows

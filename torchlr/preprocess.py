@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
@@ -35,6 +35,9 @@ class Scaling:
     x_scale: torch.Tensor  # (d,) float32, never 0
     y_mean: float = 0.0  # float32 values, as Python floats
     y_scale: float = 1.0
+    # (d,) bool: the standardized columns that did not vary in the rows the statistics came
+    # from (scaled to all zeros), else None. Not saved: only a fresh start uses it.
+    constant: Optional[torch.Tensor] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # The model's float32 target is shifted and scaled by these in float32, which rounds
@@ -64,8 +67,10 @@ class Scaling:
     def from_moments(cls, x_mean: torch.Tensor, x_std: torch.Tensor, y_mean: float,
                      y_std: float, *, features: bool, target: bool) -> Scaling:
         """Scaling from means and standard deviations; an unscaled part stays the identity."""
+        constant = None
         if features:
             # A constant column is only shifted.
+            constant = (x_std == 0).cpu()
             x_std = torch.where(x_std > 0, x_std, torch.ones_like(x_std))
         else:
             x_mean, x_std = torch.zeros_like(x_mean), torch.ones_like(x_std)
@@ -89,7 +94,7 @@ class Scaling:
         # Kept on the CPU, as a checkpoint holds them, whatever device the data was on:
         # original_params mixes them with CPU copies of w; features() moves them to X's device.
         return cls(x_mean.float().cpu(), x_std.float().cpu(), y_mean,
-                   y_std if y_std > 0 else 1.0)
+                   y_std if y_std > 0 else 1.0, constant)
 
     @property
     def loss_scale(self) -> float:

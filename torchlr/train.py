@@ -716,6 +716,14 @@ def _fit(
         models = ANALYTIC_MODELS if config.gradient == "analytic" else MODELS
         model = models[config.impl](d, config.lr, generator, device)
         w, b = model.params()
+        constant = state.scaling.constant
+        if constant is not None and bool(constant.any()):
+            # A standardized column that does not vary is all zeros: no gradient moves its
+            # weight, which kept its random start, and in original units b took that weight
+            # times the column's value (31.1 for 4.2 beside a column of 1234.567). It starts
+            # at 0, what least squares gives it: no effect. Drawn first, so nothing else moves.
+            with torch.no_grad():
+                w[constant.to(w.device)] = 0
         history = History(w=[_snapshot(w, -1)], b=[_snapshot(b)])
         first_epoch = state.resume(model, generator, history)
     if group is not None:
