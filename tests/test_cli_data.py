@@ -545,12 +545,14 @@ def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     said = next(line for line in out if line.startswith("early stopping"))
-    stopped, kept = map(int, re.fullmatch(
+    stopped, kept, kept_loss = re.fullmatch(
         r"early stopping: stopped after epoch (\d+); kept epoch (\d+) \(lowest validation "
-        r"loss\)", said).groups())
+        r"loss, (\S+)\)", said).groups()
+    stopped, kept = int(stopped), int(kept)
     epochs = [EPOCH.match(line) for line in out if line.startswith("epoch")]
     val = [float(m.group(3)) for m in epochs]
     assert len(epochs) == stopped == kept + 2 < 60 and val[kept - 1] == min(val)
+    assert kept_loss == epochs[kept - 1].group(3)  # the kept epoch's line, digit for digit
 
     # A patience longer than the run: every epoch runs, and the line says so.
     argv[argv.index("--epochs") + 1] = "3"
@@ -559,8 +561,9 @@ def test_early_stopping_from_the_cli(houses, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     val = [float(m.group(3)) for m in map(EPOCH.match, out) if m]
     kept = val.index(min(val)) + 1
+    kept_loss = [m.group(3) for m in map(EPOCH.match, out) if m][kept - 1]
     assert len(val) == 3 and (f"early stopping: ran all 3 epochs; kept epoch {kept} (lowest "
-                              f"validation loss)") in out
+                              f"validation loss, {kept_loss})") in out
 
 
 def trained_and_predicted(tmp_path, header):

@@ -339,8 +339,9 @@ def _tell_result(result: FitResult, config: FitConfig, args: argparse.Namespace,
         ran = len(result.losses)
         how = (f"stopped after epoch {ran}" if ran < config.num_epochs
                else f"ran all {ran} epochs")
+        kept_loss = _loss_text(result.val_losses[result.best_epoch - 1])
         print(f"early stopping: {how}; kept epoch {result.best_epoch} (lowest validation "
-              f"loss)", file=out)
+              f"loss, {kept_loss})", file=out)
     if result.saved_to is not None:  # not when no epoch ran (--epochs 0, say)
         print(f"saved {result.saved_to}", file=out)
 
