@@ -84,6 +84,26 @@ def test_a_closed_quote_may_hold_line_breaks_and_lines_are_still_counted(tmp_pat
         load_data(tmp_path / "open.csv", target="y", features=["a"])
 
 
+def test_a_text_column_among_the_default_features_is_named_with_the_way_out(tmp_path):
+    # An id column is a common first column: training on every other column failed with
+    # "'h1' is not a number" and no word on how to leave it out.
+    path = tmp_path / "ids.csv"
+    path.write_text("id,a,y\nh1,1,2\nh2,2,3.5\nh3,4,4\n")
+    way_out = "leave it out by naming the feature columns (features, or --features"
+    with pytest.raises(ValueError, match=r"ids.csv, line 2, column 'id': 'h1' is not a "
+                                         r"number; if the column holds text") as info:
+        load_data(path, target="y")
+    assert way_out in str(info.value)
+    assert load_data(path, target="y", features=["a"]).features.reshape(-1).tolist() == [1, 2, 4]
+    # Not where the user named the column, nor for the target, nor past the first row.
+    for target, features in (("y", ["id", "a"]), ("id", None)):
+        with pytest.raises(ValueError, match="'h1' is not a number$"):
+            load_data(path, target=target, features=features)
+    path.write_text("a,y\n1,2\n2,oops\n")
+    with pytest.raises(ValueError, match="'oops' is not a number$"):
+        load_data(path)
+
+
 def test_quoted_cells_names_and_line_endings_keep_every_line_number(tmp_path):
     # Rows are checked to end on their own line: quotes, a BOM, CRLF and blank lines must
     # not set that check off, nor move the line an error names.

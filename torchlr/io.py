@@ -51,8 +51,10 @@ def load_data(
     path = os.fspath(path)
     named = [*([] if features is None or isinstance(features, str) else features),
              *([] if target is None else [target])]
+    chosen = features is None  # every column but the target, the user naming none
     features, target = choose_columns(path, column_names(path, named), target, features)
-    values = load_columns(path, [*features, target])  # (n, d + 1)
+    values = load_columns(path, [*features, target],  # (n, d + 1)
+                          text_hint=features if chosen else ())
     y = values[:, -1:]
     if is_constant(y):
         raise constant_target(path, target, y)
@@ -188,17 +190,19 @@ def column_names(path: str | os.PathLike[str], known: Collection[str] = (), *,
 
 def load_columns(path: str | os.PathLike[str], names: Sequence[str],
                  missing_ok: Sequence[str] = (), *,
-                 too_large: str = TRAIN_FROM_DISK) -> torch.Tensor:
+                 too_large: str = TRAIN_FROM_DISK, text_hint: Sequence[str] = ()) -> torch.Tensor:
     """The named columns of a file as one float32 tensor (n, len(names)), fully checked.
 
     In a CSV file, a missing cell (empty, NA, ...) of a column in missing_ok reads as NaN
     instead of being refused: predict echoes a target that is known for some rows only.
+    Text in the first row of a column in text_hint (features chosen by default) is refused
+    with the advice to name the feature columns.
     """
     path = os.fspath(path)
     suffix = _check_path(path)
     check_fits_in_memory(path, estimate_bytes(path, len(names)), too_large)
     if suffix == ".csv":
-        return _read_csv(path, names, missing_ok)
+        return _read_csv(path, names, missing_ok, text_hint)
     columns = dict(_array_columns(path, suffix))
     return _numeric_columns(path, [(name, columns[name]) for name in names])
 
@@ -417,7 +421,8 @@ def _numbered(reader: Any, path: str) -> Iterator[tuple[int, list[str]]]:
         yield held
 
 
-def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) -> torch.Tensor:
+def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = (),
+              text_hint: Sequence[str] = ()) -> torch.Tensor:
     names, header_line = _csv_header(path, wanted)
     index = [names.index(name) for name in wanted]
     optional = [name in missing_ok for name in wanted]
@@ -436,7 +441,8 @@ def _read_csv(path: str, wanted: Sequence[str], missing_ok: Sequence[str] = ()) 
         if "_" in text or not text.isascii():  # maybe a cell only float() reads: look closer
             parsed = []
         if len(parsed) != len(index) or not all(map(math.isfinite, parsed)):
-            parsed = _parse_cells(path, line, row, index, names, optional)
+            parsed = _parse_cells(path, line, row, index, names, optional,
+                                  text_hint if rows == 0 else ())
         values.extend(parsed)
         lines.append(line)
         rows += 1
@@ -485,9 +491,10 @@ def beyond_float32(value: float) -> str:
 
 
 def _parse_cells(path: str, line: int, row: list[str], index: list[int], names: list[str],
-                 optional: list[bool]) -> list[float]:
+                 optional: list[bool], text_hint: Sequence[str] = ()) -> list[float]:
     """The row's values, NaN for a missing cell of an optional column; raises for the first
-    other cell that is missing, not a number, or not finite."""
+    other cell that is missing, not a number, or not finite. Text in a column of text_hint
+    is likely a column of text (an id, a name): the error says how to leave it out."""
     parsed = []
     for i, may_miss in zip(index, optional):
         cell = row[i].strip()
@@ -500,7 +507,10 @@ def _parse_cells(path: str, line: int, row: list[str], index: list[int], names: 
         try:
             value = _csv_float(cell)
         except ValueError:
-            raise ValueError(f"{where}: {row[i]!r} is not a number") from None
+            hint = ("; if the column holds text (an id, a name), leave it out by naming the "
+                    "feature columns (features, or --features on the command line)"
+                    if names[i] in text_hint else "")
+            raise ValueError(f"{where}: {row[i]!r} is not a number{hint}") from None
         if math.isinf(value) and cell.lstrip("+-").lower() not in ("inf", "infinity"):
             # 1e400: a finite number as written, past float64 as read, and so float32's.
             raise ValueError(f"{where}: {beyond_float32(cell)}")
