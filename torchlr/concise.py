@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.optim import optimizer as optim_base
 
+from torchlr.devices import resolve_device
 from torchlr.scratch import init_params
 from torchlr.validation import check_positive_float, check_positive_int
 
@@ -28,6 +29,7 @@ class LinearRegression(nn.Linear):
     ) -> None:
         # Checked before nn.Linear sees it, whose own error is about empty()'s arguments.
         check_positive_int("num_inputs", num_inputs)
+        device = resolve_device(device) if device is not None else None  # as fit checks it
         # Parameters left uninitialized; float32 whatever torch's default dtype.
         super().__init__(num_inputs, 1, device=device, dtype=torch.float32)
         self.sigma = sigma

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
 from torchlr.data import fresh_generator
+from torchlr.devices import resolve_device
 from torchlr.validation import check_finite_number, check_generator, check_positive_int
 
 
@@ -22,6 +25,8 @@ def init_params(
     num_inputs = check_positive_int("num_inputs", num_inputs)
     sigma = check_finite_number("sigma", sigma, minimum=0)
     check_generator(generator)
+    # Checked as fit checks it: "auto" resolved, a device that is not there named.
+    device = resolve_device(device) if device is not None else None
     gen = generator if generator is not None else fresh_generator()
     # Drawn on the generator's device and then moved, so every device starts from the same w.
     # float32 whatever torch's default dtype, like the data.
@@ -48,15 +53,29 @@ def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
 
     The gradients it used are cleared (set to None), so the next backward() starts afresh.
     """
-    # Numbers only: a tensor's comparison would sync the host with the GPU every step.
-    if isinstance(batch_size, (int, float)) and not batch_size > 0:
+    _check_step(params, lr, batch_size)  # a clear error, before anything moves
+    for param in params:
+        # param -= lr * param.grad / batch_size as one in-place kernel instead of three;
+        # in place, so param stays the leaf that autograd tracks.
+        param.sub_(param.grad, alpha=lr / batch_size)
+        param.grad = None
+
+
+def _check_step(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
+    """Refuse what sgd cannot step with, naming it. Python numbers only: a tensor's
+    comparison would sync the host with the GPU every step."""
+    for name, value in (("lr", lr), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    if isinstance(batch_size, numbers.Real) and not batch_size > 0:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+    if isinstance(lr, numbers.Real) and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be positive and finite, got {lr!r}")
+    if isinstance(params, torch.Tensor):  # iterating one would step its rows, views of it
+        raise TypeError("params must be a sequence of tensors, such as [w, b]; got one tensor: "
+                        "pass [w]")
     for param in params:
         if param.grad is None:  # sgd twice in a row, or no backward() before it
             raise RuntimeError(
                 f"A parameter of shape {tuple(param.shape)} has no gradient: call "
                 f"backward() on the loss before sgd (each sgd clears the gradients it used)")
-        # param -= lr * param.grad / batch_size as one in-place kernel instead of three;
-        # in place, so param stays the leaf that autograd tracks.
-        param.sub_(param.grad, alpha=lr / batch_size)
-        param.grad = None
