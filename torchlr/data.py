@@ -344,6 +344,8 @@ def _gathered_blocks(
 
     def gather(k: int) -> torch.Tensor:
         idx = order[starts[k]:starts[k] + block]
+        if features.requires_grad:  # an out= gather is not tracked: batches autograd follows
+            return features.index_select(0, idx)
         flat = buffers[k % len(buffers)] if buffers else features.new_empty(
             len(idx) * row_size + slack)
         at = starts[k] * row_size % slack

@@ -531,6 +531,16 @@ def launch_fit(features: torch.Tensor, labels: torch.Tensor, nprocs: int = 2, *,
     if isinstance(features, BlockStream):  # its memory map cannot be sent to a process
         raise TypeError("launch_fit takes tensors or arrays; to train on a BlockStream, call "
                         "launch(fn) with a top-level fn that opens the stream in each process")
-    device = options.get("device", "auto")
-    return launch(_fit_worker, nprocs, args=(features, labels, options), device=device,
+    # Checked here, as fit would check them, before any process starts: a worker's error
+    # came back a second or more later, wrapped in a WorkerError.
+    from torchlr.train import configured  # train imports this module
+    from torchlr.validation import check_data
+
+    config = configured(options.get("config"),
+                        {k: v for k, v in options.items() if k not in ("config", "on_progress")},
+                        "launch_fit", ("config", "on_progress"))
+    config.validate()
+    resolve_device(config.device)
+    check_data(features, labels)
+    return launch(_fit_worker, nprocs, args=(features, labels, options), device=config.device,
                   backend=backend, timeout=timeout)

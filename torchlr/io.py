@@ -11,7 +11,7 @@ import reprlib
 import unicodedata
 import warnings
 import zipfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,7 +27,7 @@ MISSING = {"", "na", "n/a", "nan", "null", "none"}  # cells read as a missing va
 COPIES_NEEDED = 2
 
 
-@dataclass
+@dataclass(eq=False)  # tensor fields: see FitResult
 class Dataset:
     """Features and target read from a file, with the names of their columns."""
 
@@ -49,7 +49,8 @@ def load_data(
 ) -> Dataset:
     """Read a CSV/.npy/.npz/.pt table; target defaults to the last column, features to the rest."""
     path = os.fspath(path)
-    named = [*([] if features is None or isinstance(features, str) else features),
+    target, features = column_arguments(target, features)
+    named = [*([] if features is None else features),
              *([] if target is None else [target])]
     chosen = features is None  # every column but the target, the user naming none
     features, target = choose_columns(path, column_names(path, named), target, features)
@@ -97,10 +98,33 @@ def lookalikes(unknown: Sequence[str], names: Sequence[str], *, given: bool = Tr
             else f" (the file has {'; '.join(hints)}: rename the file's column)")
 
 
+def column_arguments(target: Any, features: Any) -> tuple[Optional[str], Optional[list[str]]]:
+    """target and features as a caller gave them, checked to be column names (str) and
+    features read once (a generator is used up by one pass)."""
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"target must be a column name (a str), got {type(target).__name__}: "
+                        f"{target!r}")
+    if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
+        raise TypeError(f"features must be a sequence of column names, got the str "
+                        f"{features!r}; use {features.split(',')!r}")
+    if features is None:
+        return target, None
+    if not isinstance(features, Iterable):
+        raise TypeError(f"features must be a sequence of column names, got "
+                        f"{type(features).__name__}: {features!r}")
+    features = list(features)
+    for name in features:
+        if not isinstance(name, str):
+            raise TypeError(f"features must be column names (str), got "
+                            f"{type(name).__name__}: {name!r}")
+    return target, features
+
+
 def choose_columns(path: str, names: Sequence[str], target: Optional[str],
                    features: Optional[Sequence[str]]) -> tuple[list[str], str]:
     """The feature and target columns of a table with these names: target defaults to the
     last column, features to the rest. Raises naming what is unknown, repeated or missing."""
+    target, features = column_arguments(target, features)
     target = names[-1] if target is None else target
     # One column whose name holds ';' or a tab: a file of other separators, read as one.
     one_column = ("; its header reads as one column: torchlr reads comma-separated values "
@@ -110,13 +134,9 @@ def choose_columns(path: str, names: Sequence[str], target: Optional[str],
         raise ValueError(f"Unknown target column {target!r} in {path}; "
                          f"{_its_columns(names)}{one_column}"
                          f"{lookalikes([target], names)}")
-    if isinstance(features, str):  # list("x1") would be the columns 'x' and '1'
-        raise TypeError(f"features must be a sequence of column names, got the str "
-                        f"{features!r}; use {features.split(',')!r}")
     if features is None:
         features = [name for name in names if name != target]
     else:
-        features = list(features)
         unknown = [name for name in features if name not in names]
         if unknown:
             raise ValueError(f"Unknown feature column(s) {', '.join(map(repr, unknown))} in "

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from torchlr.atomic import write_atomic
 from torchlr.sweep import SweepPoint
 from torchlr.train import FitResult
-from torchlr.validation import unwritable_file
+from torchlr.validation import check_finite_number, unwritable_file
 
 Runs = Union[Sequence[FitResult], Mapping[str, Union[FitResult, Sequence[float]]]]
 Vector = Union[torch.Tensor, Sequence[float]]
@@ -48,6 +48,11 @@ def _labelled(runs: Runs) -> list[tuple[str, Any]]:
         return [(str(label), run) for label, run in runs.items()]
     if isinstance(runs, FitResult):
         runs = [runs]
+    for run in runs:
+        if not isinstance(run, FitResult):  # a list of losses, say: which run is it?
+            raise TypeError(f"runs must be FitResults, or a mapping of labels to FitResults "
+                            f"or losses (such as {{'lr 0.1': result.losses}}), got "
+                            f"{type(run).__name__}: {run!r}")
     return [(f"{run.impl} ({run.device})" if _devices_differ(runs) else run.impl, run)
             for run in runs]
 
@@ -82,9 +87,13 @@ def scatter(
         raise ValueError(f"features must be 2-D (n_samples, n_features), got shape "
                          f"{tuple(X.shape)}")
     column = min(1, X.shape[1] - 1) if column is None else column
+    if isinstance(column, bool) or not isinstance(column, int):
+        raise TypeError(f"column must be an int, got {type(column).__name__}: {column!r}")
     if not -X.shape[1] <= column < X.shape[1]:
         raise ValueError(f"column must be in [-{X.shape[1]}, {X.shape[1]}), got {column!r}")
     y = _cpu(labels).reshape(-1)
+    if len(y) != len(X):
+        raise ValueError(f"labels has {len(y)} values but features has {len(X)} rows")
     x = X[:, column]
     fig = NotebookFigure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
@@ -93,6 +102,8 @@ def scatter(
         if b is None:
             raise ValueError("scatter() needs b together with w to draw the fitted line")
         w_vec = _cpu(w).reshape(-1)
+        # A number or a one-number tensor (the chapter's b, requires_grad and all).
+        b = check_finite_number("b", b.detach() if isinstance(b, torch.Tensor) else b)
         if len(w_vec) != X.shape[1]:
             raise ValueError(
                 f"w has {len(w_vec)} entries but features has {X.shape[1]} columns"
@@ -138,13 +149,15 @@ def loss_curves(
             ax.plot(list(range(1, len(val_losses) + 1)), [float(v) for v in val_losses],
                     color=color, linestyle=":", marker="x", label=f"{label} (validation)")
     if reference is not None:
-        ax.axhline(reference, color="black", linestyle=":", label="closed form")
+        ax.axhline(check_finite_number("reference", reference), color="black", linestyle=":",
+                   label="closed form")
     if log_scale:
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.get_legend_handles_labels()[1]:  # none for no runs: matplotlib would warn
+        ax.legend()
     return fig
 
 
