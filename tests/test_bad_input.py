@@ -415,3 +415,126 @@ def test_output_and_save_paths_are_named_alike(tmp_path, capsys, monkeypatch):
                      f"{folder}/"]) == 2
         assert saved == f"torchlr: error: --save {shown} is a folder; give a file path\n"
         assert capsys.readouterr().err == saved.replace("--save", "--output")
+
+
+# --- The public pieces beside fit: what a review of the API found reaching raw errors. ---
+
+
+def test_data_iter_batches_follow_autograd_when_the_features_require_it():
+    # The gather into a buffer (index_select's out=) is not tracked; it raised at the first
+    # batch, though only reuse_buffer=True says it cannot track.
+    X = torch.randn(10, 2, requires_grad=True)
+    batches = list(torchlr.data_iter(3, X, torch.randn(10, 1),
+                                     generator=torch.Generator().manual_seed(0)))
+    sum(Xb.sum() for Xb, _ in batches).backward()
+    assert torch.equal(X.grad, torch.ones(10, 2))  # each row once: d(sum)/dX is all ones
+
+
+def test_plots_take_the_chapters_parameters_and_name_their_bad_arguments():
+    import torchlr.plots as plots
+
+    w, b = torchlr.scratch.init_params(2, generator=torch.Generator().manual_seed(0))
+    assert plots.scatter(X, Y, w=w, b=b) is not None  # b requires grad, as in the chapter
+    for call, error, message in [
+        (lambda: plots.scatter(X, Y[:5]), ValueError, "labels has 5 values but features has 20"),
+        (lambda: plots.scatter(X, Y, column=1.5), TypeError, "column must be an int"),
+        (lambda: plots.scatter(X, Y, w=w, b="1"), TypeError, "b must be a real number"),
+        (lambda: plots.scatter(X, Y, w=w, b=torch.ones(2)), ValueError, "b must be one number"),
+        (lambda: plots.loss_curves([0.5, 0.1]), TypeError, "runs must be FitResults, or a"),
+        (lambda: plots.loss_curves({"a": [1.0]}, reference="x"), TypeError,
+         "reference must be a real number"),
+    ]:
+        with pytest.raises(error, match=message):
+            call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the library never warns: matplotlib did, of a legend
+        plots.loss_curves([])
+
+
+def test_load_data_and_streams_name_a_column_that_is_no_name(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,target\n1,2,3\n2,3,5\n4,1,7\n")
+    for options, message in [({"target": 3}, "target must be a column name (a str), got int"),
+                             ({"features": [0, 1]}, "features must be column names (str), got int"),
+                             ({"features": 5}, "features must be a sequence of column names")]:
+        with pytest.raises(TypeError, match=re.escape(message)):
+            torchlr.load_data(path, **options)
+    # A generator is read once: it named no column when load_data went over it twice.
+    once = torchlr.load_data(path, features=(name for name in ["a", "b"]))
+    assert once.feature_names == ["a", "b"]
+    assert torch.equal(once.features, torchlr.load_data(path, features=["a", "b"]).features)
+    np.save(tmp_path / "t.npy", np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="target must be a column name"):
+        torchlr.BlockStream(tmp_path / "t.npy", target=1)
+
+
+def test_the_chapter_pieces_check_their_device_as_fit_does():
+    from torchlr.concise import LinearRegression
+    from torchlr.scratch import init_params
+
+    assert init_params(2, device="auto")[0].device == torchlr.resolve_device("auto")
+    assert LinearRegression(2, device="auto").weight.device == torchlr.resolve_device("auto")
+    with pytest.raises(ValueError, match=r"device='gpu' is not a device name"):
+        init_params(2, device="gpu")
+    with pytest.raises(TypeError, match="device must be a str or torch.device, got int"):
+        LinearRegression(2, device=3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_chapter_pieces_say_cuda_is_missing_as_fit_does():
+    from torchlr.concise import LinearRegression
+    from torchlr.scratch import init_params
+
+    for make in (lambda: init_params(2, device="cuda"), lambda: LinearRegression(2, device="cuda")):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            make()
+
+
+def test_sgd_refuses_a_rate_or_batch_it_cannot_step_with():
+    from torchlr.scratch import init_params, sgd
+
+    w, b = init_params(2, generator=torch.Generator().manual_seed(0))
+    w.grad, b.grad = torch.ones_like(w), torch.ones_like(b)
+    before = w.detach().clone()
+    for args, error, message in [
+        (([w, b], None, 10), TypeError, "lr must be a number, got NoneType"),
+        (([w, b], math.nan, 10), ValueError, "lr must be positive and finite, got nan"),
+        (([w, b], -1.0, 10), ValueError, "lr must be positive and finite, got -1.0"),
+        (([w, b], 0.1, True), TypeError, "batch_size must be a number, got bool"),
+        (([w, b], 0.1, "10"), TypeError, "batch_size must be a number, got str"),
+        ((w, 0.1, 10), TypeError, r"params must be a sequence of tensors, such as \[w, b\]"),
+    ]:
+        with pytest.raises(error, match=message):
+            sgd(*args)
+    assert torch.equal(w.detach(), before) and w.grad is not None  # refused before a step
+    sgd([w, b], torch.tensor(0.1), torch.tensor(10))  # tensors pass unchecked: no GPU sync
+    assert torch.allclose(w.detach(), before - 0.01)
+
+
+def test_results_compare_as_objects_and_sweep_points_hash():
+    result = fit(X, Y, num_epochs=1, device="cpu")
+    assert result == result and result != fit(X, Y, num_epochs=1, device="cpu")
+    [point] = torchlr.sweep.lr_sweep(X, Y, [0.1], config=torchlr.FitConfig(num_epochs=1,
+                                                                           device="cpu"))
+    assert point in {point} and point.lr == 0.1 and len(point.losses) == 1
+    data = torchlr.io.Dataset(X, Y, ["a", "b"], "y", "p")
+    assert data == data
+
+
+def test_launch_fit_checks_its_options_and_data_before_starting_processes():
+    from torchlr.distributed import launch_fit
+
+    for options, error, message in [({"lr": -1}, ValueError, "lr must be positive"),
+                                    ({"epochs": 3}, TypeError, "did you mean num_epochs"),
+                                    ({"device": "gpu"}, ValueError, "is not a device name")]:
+        with pytest.raises(error, match=message):  # a ValueError, not a WorkerError
+            launch_fit(X, Y, nprocs=1, **options)
+    with pytest.raises(ValueError, match="features has 20, labels has 5"):
+        launch_fit(X, Y[:5], nprocs=1)
+
+
+def test_the_package_ships_its_type_hints():
+    from importlib.resources import files
+
+    assert files("torchlr").joinpath("py.typed").is_file()  # PEP 561: checkers read the hints
+    assert 'torchlr = ["py.typed"]' in (REPO_ROOT / "pyproject.toml").read_text()

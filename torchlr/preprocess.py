@@ -27,7 +27,7 @@ def train_val_split(num_examples: int, val_fraction: float,
     return order[num_val:].sort().values, order[:num_val].sort().values
 
 
-@dataclass
+@dataclass(eq=False)  # tensor fields: compared with torch.equal where it matters
 class Scaling:
     """Per-column x -> (x - mean) / scale, and the same for the target; identity by default."""
 

@@ -14,7 +14,7 @@ from torchlr.train import DivergenceError, FitConfig, FitResult, configured, fit
 from torchlr.validation import check_positive_float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a FitResult: hashable as an object
 class SweepPoint:
     """The outcome of one learning rate: a FitResult, or the DivergenceError's message."""
 
@@ -54,7 +54,6 @@ def lr_sweep(
     labels: Any,
     lrs: Sequence[float],
     config: Optional[FitConfig] = None,
-    /,
     **overrides: Any,
 ) -> list[SweepPoint]:
     """Fit once per learning rate, same seed; a DivergenceError becomes a point, not a raise."""

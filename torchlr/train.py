@@ -52,7 +52,30 @@ class DivergenceError(FloatingPointError):
 
 @dataclass
 class FitConfig:
-    """Everything that defines a run. The defaults reproduce the chapter."""
+    """Everything that defines a run. The defaults reproduce the chapter.
+
+    Attributes (each also a keyword of fit and lr_sweep):
+        impl: "scratch" (raw tensors, autograd, sgd) or "concise" (nn.Linear, optim.SGD).
+        lr, batch_size, num_epochs: the step size, rows per minibatch, passes over the data.
+        device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
+        seed: seeds the initial parameters and every epoch's batch order.
+        drop_last: leave out the short last batch (kept, with its true mean, by default).
+        log_every: steps between host reads of the minibatch losses (0: once per epoch).
+        val_fraction: rows held out by a seeded split, scored after each epoch.
+        standardize, standardize_target: scale features (and the target) by the training
+            rows' mean and std; results stay in original units.
+        early_stopping: epochs without a lower validation loss before stopping (0: off).
+        save, resume: a checkpoint path written after each epoch; one to continue from.
+        feature_names, target_name: column names, kept in checkpoints.
+        logdir, run_name: write a TensorBoard run in a folder under logdir.
+        true_w, true_b: the truth, for TensorBoard's error/w and error/b.
+        threads: torch threads while fitting on the CPU (None: torch's own setting).
+        worker_thread: gather the next rows on a second thread (same results to the bit).
+        cuda_graphs: on CUDA, replay the steps as CUDA graphs.
+        gradient: "autograd" (backward()) or "analytic" (the gradient written out).
+        permutation: "randperm" (the chapter's order) or "hashed" (another, GPU-made order).
+    The comments beside each field below say why.
+    """
 
     impl: str = "scratch"  # "scratch" (raw tensors + sgd) or "concise" (nn.Linear + optim.SGD)
     lr: float = 0.03
@@ -166,9 +189,18 @@ class Progress:
     val_r2: Optional[float] = None
 
 
-@dataclass
+# eq=False: a dataclass == compares tensor fields with ==, which raises for more than one
+# element; two results compare as objects, and field by field with torch.equal.
+@dataclass(eq=False)
 class FitResult:
-    """The trained parameters and the history of a fit."""
+    """The trained parameters and the history of a fit.
+
+    w (d,) float32 and b, in the data's original units (with early stopping, the kept
+    epoch's); losses, val_losses and val_r2 per epoch, in the target's units; train_losses
+    each minibatch's mean loss; w_history (num_epochs + 1, d) and b_history, at the start
+    and after each epoch; scaling, scaled_w and scaled_b, what the model holds (the identity
+    scaling and w, b themselves without standardize); predict(X) for new rows.
+    """
 
     w: torch.Tensor  # (d,) on the CPU
     b: float
@@ -585,7 +617,18 @@ def fit(
     on_progress: Optional[Callable[[Progress], None]] = None,
     **overrides: Any,
 ) -> FitResult:
-    """Train linear regression by minibatch SGD; options are FitConfig's fields."""
+    """Train linear regression by minibatch SGD; return a FitResult.
+
+    features: an (n, d) table (tensor, NumPy array or nested sequence, read as float32), or
+    a BlockStream of a .npy file with labels None. labels: the n targets, (n,) or (n, 1).
+    config: a FitConfig; keywords override its fields (lr=0.1, impl="concise", ...).
+    on_progress: called with a Progress at each host read and at each epoch's end.
+
+    Bad data or options raise TypeError or ValueError before anything trains; a loss that
+    stops being finite raises DivergenceError. An exception that leaves a fit carries its
+    TensorBoard folder as .run_dir and, once a checkpoint was written, .saved_to and
+    .saved_epoch.
+    """
     if on_progress is not None and not callable(on_progress):  # found now, not after epoch 1
         raise TypeError(f"on_progress must be a callable or None, got "
                         f"{type(on_progress).__name__}: {on_progress!r}")
