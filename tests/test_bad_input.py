@@ -538,3 +538,28 @@ def test_the_package_ships_its_type_hints():
 
     assert files("torchlr").joinpath("py.typed").is_file()  # PEP 561: checkers read the hints
     assert 'torchlr = ["py.typed"]' in (REPO_ROOT / "pyproject.toml").read_text()
+
+
+def test_true_w_of_another_length_is_refused_without_a_logdir_too():
+    # It was checked only where TensorBoard used it: without a logdir it passed unseen.
+    with pytest.raises(ValueError, match="true_w has 1 values but features has 2 columns"):
+        fit(X, Y, num_epochs=1, device="cpu", true_w=(1.0,))
+
+
+def test_compare_and_evaluate_name_what_they_cannot_read(tmp_path):
+    w, b = torchlr.least_squares(X, Y)
+    assert torchlr.compare.mean_loss(X, Y, w, b) == pytest.approx(
+        float(((X.double() @ w + b - Y.double().reshape(-1)) ** 2 / 2).mean()), rel=1e-12)
+    for args, message in [((X, Y, torch.ones(3), 0.0), r"w must hold 2 value\(s\), got shape"),
+                          ((X, Y[:5], w, b), "features has 20, labels has 5"),
+                          ((X, Y, w, math.nan), r"b must hold finite numbers, got \[nan\]"),
+                          ((X, Y, w, torch.ones(2)), r"b must hold 1 value\(s\)")]:
+        with pytest.raises(ValueError, match=message):
+            torchlr.compare.mean_loss(*args)
+    np.save(tmp_path / "t.npy", np.ones((4, 3), dtype=np.float32))
+    stream = torchlr.BlockStream(tmp_path / "t.npy")
+    with pytest.raises(TypeError, match=r"for a BlockStream, call its own evaluate\(w, b\)"):
+        torchlr.evaluate(stream, None, [1.0, 2.0], 0.0)
+    for given in (stream, None):  # said as what it is, not "holding" itself
+        with pytest.raises(TypeError, match=rf"got {type(given).__name__}: "):
+            torchlr.least_squares(given, Y)

@@ -10,7 +10,8 @@ from torchlr.validation import check_data
 
 
 def least_squares(features: Any, labels: Any) -> tuple[torch.Tensor, float]:
-    """Minimize sum (X w + b - y)^2 exactly in float64; return w of shape (d,) and b.
+    """Minimize sum (X w + b - y)^2 exactly in float64; return w, a float64 tensor of shape
+    (d,) on the CPU, and b, a Python float.
 
     features (n, d) and labels (n,) or (n, 1) are tensors, arrays or lists, as fit takes them.
     When several (w, b) minimize it (collinear columns, fewer rows than columns), this

@@ -38,12 +38,14 @@ def max_abs_difference(a: FitResult, b: FitResult) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_loss(features: torch.Tensor, labels: torch.Tensor, w: Vector, b: float) -> float:
-    """The chapter's loss, mean squared_loss, of parameters (w, b) on a data set, in float64."""
-    X = torch.as_tensor(features).detach().cpu().double()
-    y = torch.as_tensor(labels).detach().cpu().double().reshape(-1, 1)
-    w_col = torch.as_tensor(w).detach().cpu().double().reshape(-1, 1)  # (d, 1)
-    return float(squared_loss(linreg(X, w_col, torch.tensor([float(b)], dtype=X.dtype)), y)
-                 .mean())
+    """The chapter's loss, mean squared_loss, of parameters (w, b) on a data set, in float64.
+
+    Checked as evaluate checks them: features (n, d), labels n values, w d numbers, b one.
+    """
+    X, y = check_data(features, labels, dtype=torch.float64)
+    w_col = parameter_values("w", w, X.shape[1], torch.float64).cpu().reshape(-1, 1)
+    b_one = parameter_values("b", b, 1, torch.float64).cpu()
+    return float(squared_loss(linreg(X.cpu(), w_col, b_one), y.cpu()).mean())
 
 
 def summary(

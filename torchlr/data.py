@@ -35,7 +35,8 @@ def synthetic_data(
     *,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1)."""
+    """Draw X ~ N(0, 1) of shape (n, d) and y = X w + b + N(0, noise^2) of shape (n, 1),
+    both float32 on the CPU, from generator (a fresh, OS-seeded one when None)."""
     num_examples = check_positive_int("num_examples", num_examples)
     given = w
     w = weights("w", w).cpu()

@@ -152,9 +152,6 @@ class RunWriter:
     def _open(self, config: FitConfig, X: torch.Tensor, y: torch.Tensor, device: torch.device,
               steps: int, scaling: Optional[Scaling], val_examples: int) -> None:
         n, d = X.shape
-        if config.true_w is not None and len(config.true_w) != d:
-            raise ValueError(f"true_w has {len(config.true_w)} values but features has "
-                             f"{d} columns")
         # Imported here: `import torchlr` stays light, and only runs that log pay for it.
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams

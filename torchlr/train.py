@@ -367,6 +367,9 @@ def evaluate(features: Any, labels: Any, w: Any, b: Any, *,
     float64 sums of EVAL_ROWS-row pieces; with worker_thread=True and two cores or more, a
     second thread sums every other piece.
     """
+    if isinstance(features, BlockStream):
+        raise TypeError("evaluate reads a table in memory; for a BlockStream, call its own "
+                        "evaluate(w, b)")
     X, y = check_data(features, labels)
     check_bool("worker_thread", worker_thread)
     w = parameter_values("w", w, X.shape[1])
@@ -745,6 +748,9 @@ def _fit(
                              f"permutation='randperm'")
         cpu_threads.limit(config.threads, device)
         n, d = state.num_examples, stream.shape[1] if stream is not None else X.shape[1]
+        if config.true_w is not None and len(config.true_w) != d:  # with a logdir or not
+            raise ValueError(f"true_w has {len(config.true_w)} values but features has "
+                             f"{d} columns")
         steps = steps_per_epoch(n, config.batch_size, config.drop_last)
         if steps == 0:
             raise ValueError(

@@ -177,6 +177,8 @@ def _not_numbers(value: Any, array: Optional[np.ndarray]) -> str:
         return ""
     if array.dtype.kind in "USV":
         return f" holding text (numpy dtype {array.dtype})"
+    if array.ndim == 0:  # no sequence at all (None, an object): it holds nothing
+        return ""
     for item in array.flat:  # dtype object: the first item that is no int or float
         if not isinstance(item, (int, float, np.number)):
             return f" holding {type(item).__name__} {reprlib.repr(item)}"
