@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import same_but_rounding
+
+import torchlr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,22 +41,37 @@ def test_readme_python_examples_run_in_order(tmp_path, monkeypatch):
         1: lambda ns: torch.allclose(ns["w"].detach().reshape(-1), truth, atol=0.01),
         # The concise loop took the chapter's steps: the float64 replay of its epoch.
         2: lambda ns: _concise_loop_is_the_chapters_epoch(ns, generator_before[2]),
+        # Around a fit: progress said per epoch, the sweep's last rate diverged, the closed
+        # form's loss is the least, and the streamed file trained as the data in memory did.
+        3: _around_a_fit,
         # The run is where the comment says, and holds the event file TensorBoard reads.
-        3: lambda ns: re.fullmatch(r"runs/\d{8}-\d{6}-scratch-demo", ns["result"].run_dir)
+        4: lambda ns: re.fullmatch(r"runs/\d{8}-\d{6}-scratch-demo", ns["result"].run_dir)
         and any(f.startswith("events.out.tfevents") for f in os.listdir(ns["result"].run_dir)),
-        4: _houses_predictions_are_the_fitted_line,
+        5: _houses_predictions_are_the_fitted_line,
         # Two processes train the single-process model.
-        5: lambda ns: torch.allclose(ns["result"].w, ns["torchlr"].fit(
+        6: lambda ns: torch.allclose(ns["result"].w, ns["torchlr"].fit(
             ns["X"], ns["y"], impl="concise", device="cpu").w, rtol=1e-5, atol=1e-6),
     }
     namespace: dict = {}
     blocks = python_blocks()
+    # The file the streaming example reads: the examples' own chapter data, as one table.
+    g = torch.Generator().manual_seed(0)
+    X, y = torchlr.synthetic_data(truth, 4.2, 1000, generator=g)
+    np.save("big.npy", torch.cat([X, y], 1).numpy())
     assert len(blocks) == len(checks)  # a new example comes with its check
     for i, block in enumerate(blocks):
         if "g" in namespace:
             generator_before[i] = namespace["g"].get_state()
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
         assert checks[i](namespace), f"README example {i + 1}"
+
+
+def _around_a_fit(ns):
+    result, points, big = ns["result"], ns["points"], ns["big"]
+    exact = ns["compare"].mean_loss(ns["X"], ns["y"], ns["w_exact"], ns["b_exact"])
+    return ([p.lr for p in points] == [0.01, 0.1, 1.0, 3.0] and points[-1].diverged
+            and not points[1].diverged and exact <= min(result.losses)
+            and torch.allclose(big.w, result.w, atol=1e-3) and abs(big.b - result.b) < 1e-3)
 
 
 def _concise_loop_is_the_chapters_epoch(ns, generator_state):

@@ -733,3 +733,14 @@ def test_a_column_major_table_trains_and_predicts_as_its_rows_do():
         assert a.losses == b.losses
         assert torch.equal(a.w_history, b.w_history) and torch.equal(a.b_history, b.b_history)
         assert torch.equal(a.predict(X), b.predict(given))
+
+
+def test_a_result_prints_as_a_short_summary_of_itself():
+    # The dataclass's repr printed every tensor and the whole config (5 kB at 50 columns).
+    X = torch.randn(100, 50, generator=torch.Generator().manual_seed(0))
+    result = fit(X, X.sum(1), num_epochs=2, device="cpu")
+    text = repr(result)
+    assert len(text) < 250 and str(result) == text
+    assert text.startswith("FitResult(impl='scratch', device='cpu', epochs=2, loss=")
+    assert f"loss={result.losses[-1]:.6g}," in text and f"b={result.b:.6g})" in text
+    assert f"w=[{result.w[0].item():.6g}, " in text and "... (50 in all)]" in text

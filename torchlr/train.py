@@ -228,6 +228,16 @@ class FitResult:
         b = self.b if self.scaled_b is None else self.scaled_b
         return predict(X, w.reshape(-1, 1), torch.tensor([b], dtype=torch.float32), scaling)
 
+    def __repr__(self) -> str:
+        # The dataclass's repr printed every tensor and the whole config: 5 kB for 50 columns.
+        w = ", ".join(f"{v:.6g}" for v in self.w[:6].tolist())
+        more = f", ... ({len(self.w)} in all)" if len(self.w) > 6 else ""
+        loss = f"{self.losses[-1]:.6g}" if self.losses else None
+        where = f", run_dir={self.run_dir!r}" if self.run_dir is not None else ""
+        return (f"FitResult(impl={self.impl!r}, device={self.device!r}, "
+                f"epochs={len(self.losses)}, loss={loss}, w=[{w}{more}], b={self.b:.6g}"
+                f"{where})")
+
     @property
     def impl(self) -> str:
         """The implementation that produced this result."""
