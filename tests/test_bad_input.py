@@ -509,6 +509,10 @@ def test_sgd_refuses_a_rate_or_batch_it_cannot_step_with():
     assert torch.equal(w.detach(), before) and w.grad is not None  # refused before a step
     sgd([w, b], torch.tensor(0.1), torch.tensor(10))  # tensors pass unchecked: no GPU sync
     assert torch.allclose(w.detach(), before - 0.01)
+    # A generator of parameters (model.parameters()) is read once, not used up by the checks.
+    w.grad, b.grad = torch.ones_like(w), torch.ones_like(b)
+    sgd((p for p in [w, b]), 0.1, 10)
+    assert torch.allclose(w.detach(), before - 0.02) and w.grad is None and b.grad is None
 
 
 def test_results_compare_as_objects_and_sweep_points_hash():

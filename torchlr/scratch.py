@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Optional
 
 import torch
@@ -48,12 +48,12 @@ def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
+def sgd(params: Iterable[torch.Tensor], lr: float, batch_size: int) -> None:
     """Minibatch SGD on a summed loss: each gradient is divided by batch_size.
 
     The gradients it used are cleared (set to None), so the next backward() starts afresh.
     """
-    _check_step(params, lr, batch_size)  # a clear error, before anything moves
+    params = _checked(params, lr, batch_size)  # a clear error, before anything moves
     for param in params:
         # param -= lr * param.grad / batch_size as one in-place kernel instead of three;
         # in place, so param stays the leaf that autograd tracks.
@@ -61,9 +61,10 @@ def sgd(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
         param.grad = None
 
 
-def _check_step(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> None:
-    """Refuse what sgd cannot step with, naming it. Python numbers only: a tensor's
-    comparison would sync the host with the GPU every step."""
+def _checked(params: Iterable[torch.Tensor], lr: float, batch_size: int) -> list[torch.Tensor]:
+    """params as a list (a generator, model.parameters(), is read once), or an error naming
+    what sgd cannot step with. Python numbers only: a tensor's comparison would sync the
+    host with the GPU every step."""
     for name, value in (("lr", lr), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
@@ -74,8 +75,10 @@ def _check_step(params: Sequence[torch.Tensor], lr: float, batch_size: int) -> N
     if isinstance(params, torch.Tensor):  # iterating one would step its rows, views of it
         raise TypeError("params must be a sequence of tensors, such as [w, b]; got one tensor: "
                         "pass [w]")
+    params = list(params)
     for param in params:
         if param.grad is None:  # sgd twice in a row, or no backward() before it
             raise RuntimeError(
                 f"A parameter of shape {tuple(param.shape)} has no gradient: call "
                 f"backward() on the loss before sgd (each sgd clears the gradients it used)")
+    return params
