@@ -231,6 +231,12 @@ def test_a_resume_logs_where_its_run_did_unless_told_otherwise(houses, tmp_path,
     assert scalars(read_run(str(other)), "loss/epoch")[0] == [4]
     assert main([*resume, "--epochs", "5", "--no-tensorboard"]) == 0
     assert len(list(mine.iterdir())) == 2 and len(list((tmp_path / "elsewhere").iterdir())) == 1
+    # A run without TensorBoard resumes without it.
+    assert main(["train", "--data", str(houses), *TRAIN, "--epochs", "1", "--device", "cpu",
+                 "--no-tensorboard", "--save", "quiet.pt"]) == 0
+    assert main(["train", "--data", str(houses), "--resume", "quiet.pt", "--epochs", "2",
+                 "--device", "cpu"]) == 0
+    assert not (tmp_path / "runs").exists()
     capsys.readouterr()
 
 
