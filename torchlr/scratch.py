@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -65,6 +65,21 @@ def _checked(params: Iterable[torch.Tensor], lr: float, batch_size: int) -> list
     """params as a list (a generator, model.parameters(), is read once), or an error naming
     what sgd cannot step with. Python numbers only: a tensor's comparison would sync the
     host with the GPU every step."""
+    # The fit's own call, every step: a float rate, an int batch and a list, checked in
+    # about 0.5 µs (the general checks below took 2, 1.5% of a chapter-sized step).
+    if not (type(lr) is float and 0.0 < lr < math.inf and type(batch_size) is int
+            and batch_size > 0 and type(params) is list):
+        params = _checked_slowly(params, lr, batch_size)
+    for param in params:
+        if param.grad is None:  # sgd twice in a row, or no backward() before it
+            raise RuntimeError(
+                f"A parameter of shape {tuple(param.shape)} has no gradient: call "
+                f"backward() on the loss before sgd (each sgd clears the gradients it used)")
+    return params
+
+
+def _checked_slowly(params: Iterable[torch.Tensor], lr: Any,
+                    batch_size: Any) -> list[torch.Tensor]:
     for name, value in (("lr", lr), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
@@ -75,10 +90,4 @@ def _checked(params: Iterable[torch.Tensor], lr: float, batch_size: int) -> list
     if isinstance(params, torch.Tensor):  # iterating one would step its rows, views of it
         raise TypeError("params must be a sequence of tensors, such as [w, b]; got one tensor: "
                         "pass [w]")
-    params = list(params)
-    for param in params:
-        if param.grad is None:  # sgd twice in a row, or no backward() before it
-            raise RuntimeError(
-                f"A parameter of shape {tuple(param.shape)} has no gradient: call "
-                f"backward() on the loss before sgd (each sgd clears the gradients it used)")
-    return params
+    return list(params)
