@@ -57,7 +57,7 @@ class FitConfig:
     Attributes (each also a keyword of fit and lr_sweep):
         impl: "scratch" (raw tensors, autograd, sgd) or "concise" (nn.Linear, optim.SGD).
         lr, batch_size, num_epochs: the step size, rows per minibatch, passes over the data.
-        device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps".
+        device: "auto" (CUDA if present, else the CPU), "cpu", "cuda", "cuda:N" or "mps".
         seed: seeds the initial parameters and every epoch's batch order.
         drop_last: leave out the short last batch (kept, with its true mean, by default).
         log_every: steps between host reads of the minibatch losses (0: once per epoch).
