@@ -268,3 +268,34 @@ def test_a_full_disk_under_stdout_is_named(tmp_path, argv):
     assert done.returncode == 2
     assert done.stderr == ("torchlr: error: cannot write to standard output: No space left "
                            "on device\n")
+
+
+def test_the_readme_synopsis_names_every_option_there_is():
+    # A new option left out of the README's synopsis is an option users never hear of.
+    readme = (REPO_ROOT / "README.md").read_text()
+    synopsis = readme.split("## Command line\n\n```\n", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"--[a-z][a-z-]*", synopsis))
+    parser = build_parser()
+    options = set()
+    for command in parser._subparsers._group_actions[0].choices.values():
+        for action in command._actions:
+            options.update(o for o in action.option_strings if o.startswith("--"))
+    assert named == options - {"--help"}
+
+
+def test_log_every_sets_how_often_the_losses_are_read_and_nothing_else(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = {}
+    for every in ("10", "0"):
+        logdir = tmp_path / every
+        assert main(["train", "--log-every", every, "--logdir", str(logdir), "--device",
+                     "cpu"]) == 0
+        [run] = logdir.iterdir()
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        runs[every] = (capsys.readouterr().out, [e.step for e in acc.Scalars("loss/train")])
+    assert runs["10"][0] == runs["0"][0]  # the same printed numbers
+    assert runs["10"][1] == list(range(10, 301, 10)) and runs["0"][1] == [100, 200, 300]
+    assert main(["train", "--log-every", "-1"]) == 2
+    assert "--log-every must be an int in [0, 2**63 - 1], got -1" in capsys.readouterr().err

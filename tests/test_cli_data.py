@@ -225,10 +225,13 @@ def test_a_resume_logs_where_its_run_did_unless_told_otherwise(houses, tmp_path,
     saved = torch.load("m.pt", weights_only=True)["config"]
     assert (saved["logdir"], saved["run_name"]) == (str(mine), "exp1")
     # Named on the line, they win; --no-tensorboard writes no run.
-    assert main([*resume, "--epochs", "4", "--logdir", "elsewhere", "--run-name", "b"]) == 0
+    assert main([*resume, "--epochs", "4", "--logdir", "elsewhere", "--run-name", "b",
+                 "--log-every", "5"]) == 0
     [other] = (tmp_path / "elsewhere").iterdir()
     assert other.name.endswith("-scratch-b")
     assert scalars(read_run(str(other)), "loss/epoch")[0] == [4]
+    steps = scalars(read_run(str(other)), "loss/train")[0]  # a resume may read more often
+    assert len(steps) > 2 and all(b - a == 5 for a, b in zip(steps[:-2], steps[1:-1]))
     assert main([*resume, "--epochs", "5", "--no-tensorboard"]) == 0
     assert len(list(mine.iterdir())) == 2 and len(list((tmp_path / "elsewhere").iterdir())) == 1
     # A run without TensorBoard resumes without it.

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="examples per minibatch; a short last batch is kept")
     train.add_argument("--num-examples", type=int, default=1000,
                        help="rows of the chapter's synthetic data, validation rows included")
+    train.add_argument("--log-every", type=int, default=defaults.log_every, metavar="STEPS",
+                       help="steps between reads of the minibatch losses: TensorBoard's "
+                            "loss/train points and the progress bar's redraws (0: once an "
+                            "epoch); no result depends on it")
     train.add_argument("--seed", type=int, default=defaults.seed,
                        help="seeds the data, the initial parameters and the batch order")
     train.add_argument("--device", default=defaults.device,

@@ -155,6 +155,7 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                          "--impl scratch or --impl concise")
     options = dict(lr=args.lr, batch_size=args.batch_size, num_epochs=args.epochs,
                    device=args.device, cuda_graphs=args.cuda_graphs, seed=args.seed,
+                   log_every=args.log_every,
                    val_fraction=args.val_fraction,
                    standardize=args.standardize, standardize_target=args.standardize_target,
                    early_stopping=args.early_stopping, save=args.save, resume=args.resume)
@@ -209,6 +210,8 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         options = dict(num_epochs=args.epochs, device=args.device, resume=args.resume,
                        save=args.resume if args.save is None else args.save,
                        cuda_graphs=args.cuda_graphs)
+        if "log_every" in args.given:  # how often it reads, not what it computes
+            options["log_every"] = args.log_every
         defaults = replace(base, feature_names=None, target_name=None)
         if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
             # Columns given again must be the run's: checked here, before other columns can
