@@ -449,6 +449,14 @@ def test_plots_take_the_chapters_parameters_and_name_their_bad_arguments():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the library never warns: matplotlib did, of a legend
         plots.loss_curves([])
+    # Integers of numpy and torch name a column; runs may come from a generator.
+    for column in (np.int64(0), torch.tensor(1)):
+        assert plots.scatter(X, Y, column=column).axes[0].get_xlabel() == (
+            f"features[:, {int(column)}]")
+    result = fit(X, Y, num_epochs=2, device="cpu")
+    drawn = plots.loss_curves(run for run in [result, result])
+    assert len(drawn.axes[0].get_lines()) == 2
+    assert plots.trajectories(run for run in [result]) is not None
 
 
 def test_load_data_and_streams_name_a_column_that_is_no_name(tmp_path):
@@ -522,7 +530,7 @@ def test_results_compare_as_objects_and_sweep_points_hash():
                                                                            device="cpu"))
     assert point in {point} and point.lr == 0.1 and len(point.losses) == 1
     data = torchlr.io.Dataset(X, Y, ["a", "b"], "y", "p")
-    assert data == data
+    assert data != torchlr.io.Dataset(X.clone(), Y, ["a", "b"], "y", "p")  # raised on tensors
 
 
 def test_launch_fit_checks_its_options_and_data_before_starting_processes():

@@ -244,11 +244,14 @@ def test_a_float_option_names_the_number_that_overflowed(capsys, option):
         assert info.value.code == 2
         assert f"argument {option}: '{typed}' is beyond a float's range" in (
             capsys.readouterr().err)
+    with pytest.raises(SystemExit):  # and one too small reads as 0.0, also not typed
+        build_parser().parse_args(["train", option, "1e-400"])
+    assert f"argument {option}: '1e-400' is too small for a float" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", option, "abc"])
     assert f"argument {option}: invalid float value: 'abc'" in capsys.readouterr().err
     # What float() reads is unchanged: inf typed as such is left to the fit's own check.
-    for typed in ("inf", "-Infinity", "1e308", "-2.5e-3"):
+    for typed in ("inf", "-Infinity", "1e308", "-2.5e-3", "0e5", "0.0", "5e-324"):
         args = build_parser().parse_args(["train", option, typed])
         value = args.lr if option == "--lr" else args.val_fraction
         assert value == float(typed)

@@ -234,12 +234,15 @@ def test_a_resume_logs_where_its_run_did_unless_told_otherwise(houses, tmp_path,
     assert len(steps) > 2 and all(b - a == 5 for a, b in zip(steps[:-2], steps[1:-1]))
     assert main([*resume, "--epochs", "5", "--no-tensorboard"]) == 0
     assert len(list(mine.iterdir())) == 2 and len(list((tmp_path / "elsewhere").iterdir())) == 1
-    # A run without TensorBoard resumes without it.
+    # A run that logged nowhere resumes into the default folder, as every train logs, with
+    # the name the line gives.
     assert main(["train", "--data", str(houses), *TRAIN, "--epochs", "1", "--device", "cpu",
                  "--no-tensorboard", "--save", "quiet.pt"]) == 0
     assert main(["train", "--data", str(houses), "--resume", "quiet.pt", "--epochs", "2",
-                 "--device", "cpu"]) == 0
-    assert not (tmp_path / "runs").exists()
+                 "--device", "cpu", "--run-name", "bar"]) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert run.name.endswith("-scratch-bar")
+    assert scalars(read_run(str(run)), "loss/epoch")[0] == [2]
     capsys.readouterr()
 
 
@@ -921,3 +924,22 @@ def test_an_unknown_device_is_named_by_its_option(capsys):
     assert main(["train", "--device", "gpu", "--no-tensorboard"]) == 2
     assert capsys.readouterr().err.startswith("torchlr: error: --device gpu is not a device "
                                               "name; expected one of auto, cpu, cuda")
+
+
+def test_a_file_whose_columns_are_named_as_the_chapters_resumes_on_them(tmp_path, capsys):
+    # x1,x2 of a .npy file looked like the chapter's synthetic columns, so a resume did not
+    # take them from the checkpoint and was refused.
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(300, 4, generator=g)
+    table[:, 3] = table[:, 0] * 2 - table[:, 1] + 0.5
+    np.save("t.npy", table.numpy())
+    common = ["train", "--data", "t.npy", "--device", "cpu", "--no-tensorboard"]
+    assert main([*common, "--features", "x1,x2", "--target", "x4", "--epochs", "2",
+                 "--save", "straight.pt"]) == 0
+    assert main([*common, "--features", "x1,x2", "--target", "x4", "--epochs", "1",
+                 "--save", "part.pt"]) == 0
+    assert main([*common, "--resume", "part.pt", "--epochs", "2"]) == 0
+    a, b = (torch.load(p, weights_only=True) for p in ("straight.pt", "part.pt"))
+    assert tuple(b["config"]["feature_names"]) == ("x1", "x2") and b["epoch"] == 2
+    assert torch.equal(a["params"]["w"], b["params"]["w"])
+    capsys.readouterr()

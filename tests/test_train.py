@@ -744,3 +744,17 @@ def test_a_result_prints_as_a_short_summary_of_itself():
     assert text.startswith("FitResult(impl='scratch', device='cpu', epochs=2, loss=")
     assert f"loss={result.losses[-1]:.6g}," in text and f"b={result.b:.6g})" in text
     assert f"w=[{result.w[0].item():.6g}, " in text and "... (50 in all)]" in text
+
+
+def test_a_results_summary_gives_the_loss_of_the_epoch_it_kept():
+    # With early stopping, w and b are the kept epoch's: the summary printed the last
+    # epoch's loss beside them.
+    X, y = chapter_data(num_examples=200)
+    y = y + 3.0 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    result = fit(X, y, num_epochs=40, val_fraction=0.3, early_stopping=2, lr=0.3,
+                 batch_size=2, device="cpu")
+    assert result.best_epoch is not None and result.best_epoch < len(result.losses)
+    text = repr(result)
+    assert f"best_epoch={result.best_epoch}, loss={result.losses[result.best_epoch - 1]:.6g}," \
+        in text
+    assert torch.equal(result.w, result.w_history[result.best_epoch])

@@ -35,4 +35,9 @@ def float_value(text: str) -> float:
     if math.isinf(value) and "inf" not in text.lower():
         raise argparse.ArgumentTypeError(f"{text!r} is beyond a float's range "
                                          f"(magnitude at most about 1.8e308)")
+    # 1e-400 reads as 0.0, which a later check would name as "0.0": a digit other than 0
+    # before the exponent says a nonzero number was typed.
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text, maxsplit=1)[0]):
+        raise argparse.ArgumentTypeError(f"{text!r} is too small for a float "
+                                         f"(magnitude at least about 5e-324), it reads as 0")
     return value

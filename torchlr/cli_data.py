@@ -197,9 +197,10 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
                 raise ValueError(f"--num-examples {args.num_examples} differs from the "
                                  f"checkpoint's {saved_rows}; a resumed run keeps its data")
             num_examples = saved_rows
-        # Where the run logs, as its options: a resume's epochs join the run's own folder of
-        # runs (and its name) unless the line names others.
-        if not args.no_tensorboard:
+        # Where the run logged: a resume's epochs join its folder of runs (and its name)
+        # unless the line names others. A checkpoint of no run (--no-tensorboard, or the
+        # library's fit without a logdir) resumes into the default, as every train does.
+        if not args.no_tensorboard and saved.get("logdir") is not None:
             for option in ("logdir", "run_name"):
                 if option not in args.given:
                     logging[option] = saved.get(option)
@@ -213,7 +214,11 @@ def training_inputs(args: argparse.Namespace, defaults: FitConfig, synthetic: An
         if "log_every" in args.given:  # how often it reads, not what it computes
             options["log_every"] = args.log_every
         defaults = replace(base, feature_names=None, target_name=None)
-        if base.feature_names is not None and tuple(base.feature_names) != SYNTHETIC_NAMES[0]:
+        # The chapter's columns are restored only with --data: x1,x2 of a .npy file are real
+        # columns, and without a file the run resumes on the synthetic data it drew.
+        if base.feature_names is not None and (
+                args.data is not None
+                or (tuple(base.feature_names), base.target_name) != SYNTHETIC_NAMES):
             # Columns given again must be the run's: checked here, before other columns can
             # make another error (a new target that is one of the saved features, say).
             if target is not None and target != base.target_name:

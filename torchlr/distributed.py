@@ -538,7 +538,7 @@ def launch_fit(features: torch.Tensor, labels: torch.Tensor, nprocs: int = 2, *,
 
     config = configured(options.get("config"),
                         {k: v for k, v in options.items() if k not in ("config", "on_progress")},
-                        "launch_fit", ("config", "on_progress"))
+                        "launch_fit", ("config", "on_progress", "nprocs", "backend", "timeout"))
     config.validate()
     resolve_device(config.device)
     check_data(features, labels)

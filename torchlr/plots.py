@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,8 +47,7 @@ def _labelled(runs: Runs) -> list[tuple[str, Any]]:
     """(label, FitResult or losses) pairs; FitResults without a label are named by impl."""
     if isinstance(runs, Mapping):
         return [(str(label), run) for label, run in runs.items()]
-    if isinstance(runs, FitResult):
-        runs = [runs]
+    runs = [runs] if isinstance(runs, FitResult) else list(runs)  # a generator: read once
     for run in runs:
         if not isinstance(run, FitResult):  # a list of losses, say: which run is it?
             raise TypeError(f"runs must be FitResults, or a mapping of labels to FitResults "
@@ -87,8 +87,13 @@ def scatter(
         raise ValueError(f"features must be 2-D (n_samples, n_features), got shape "
                          f"{tuple(X.shape)}")
     column = min(1, X.shape[1] - 1) if column is None else column
-    if isinstance(column, bool) or not isinstance(column, int):
-        raise TypeError(f"column must be an int, got {type(column).__name__}: {column!r}")
+    if isinstance(column, bool):
+        raise TypeError(f"column must be an int, got bool: {column!r}")
+    try:
+        column = operator.index(column)  # np.argmax's int64 and a 0-d int tensor too
+    except TypeError:
+        raise TypeError(f"column must be an int, got {type(column).__name__}: {column!r}") \
+            from None
     if not -X.shape[1] <= column < X.shape[1]:
         raise ValueError(f"column must be in [-{X.shape[1]}, {X.shape[1]}), got {column!r}")
     y = _cpu(labels).reshape(-1)

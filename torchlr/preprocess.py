@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -37,7 +37,7 @@ class Scaling:
     y_scale: float = 1.0
     # (d,) bool: the standardized columns that did not vary in the rows the statistics came
     # from (scaled to all zeros), else None. Not saved: only a fresh start uses it.
-    constant: Optional[torch.Tensor] = field(default=None, compare=False)
+    constant: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         # The model's float32 target is shifted and scaled by these in float32, which rounds

@@ -58,7 +58,8 @@ class FitConfig:
         impl: "scratch" (raw tensors, autograd, sgd) or "concise" (nn.Linear, optim.SGD).
         lr, batch_size, num_epochs: the step size, rows per minibatch, passes over the data.
         device: "auto" (CUDA if present, else the CPU), "cpu", "cuda", "cuda:N" or "mps".
-        seed: seeds the initial parameters and every epoch's batch order.
+        seed: seeds the initial parameters, every epoch's batch order and the
+            validation split.
         drop_last: leave out the short last batch (kept, with its true mean, by default).
         log_every: steps between host reads of the minibatch losses (0: once per epoch).
         val_fraction: rows held out by a seeded split, scored after each epoch.
@@ -232,11 +233,14 @@ class FitResult:
         # The dataclass's repr printed every tensor and the whole config: 5 kB for 50 columns.
         w = ", ".join(f"{v:.6g}" for v in self.w[:6].tolist())
         more = f", ... ({len(self.w)} in all)" if len(self.w) > 6 else ""
-        loss = f"{self.losses[-1]:.6g}" if self.losses else None
+        # The loss of the epoch whose w and b these are: early stopping's kept one.
+        kept = self.best_epoch if self.best_epoch is not None else len(self.losses)
+        loss = f"{self.losses[kept - 1]:.6g}" if self.losses else None
+        best = f", best_epoch={self.best_epoch}" if self.best_epoch is not None else ""
         where = f", run_dir={self.run_dir!r}" if self.run_dir is not None else ""
         return (f"FitResult(impl={self.impl!r}, device={self.device!r}, "
-                f"epochs={len(self.losses)}, loss={loss}, w=[{w}{more}], b={self.b:.6g}"
-                f"{where})")
+                f"epochs={len(self.losses)}{best}, loss={loss}, w=[{w}{more}], "
+                f"b={self.b:.6g}{where})")
 
     @property
     def impl(self) -> str:
@@ -859,7 +863,8 @@ def _fit(
             # Logged, then saved, then told, with Ctrl-C and SIGTERM held back in between: a
             # checkpoint never holds an epoch TensorBoard lacks (its resumed run would start
             # after it), nor TensorBoard one the checkpoint lacks (the resume would log it
-            # again). Both writes take milliseconds; a second press acts at once.
+            # again). Both are short (grad/norm's pass over the data at most); a second press
+            # acts at once.
             with held():
                 run.epoch(epoch, loss, w, b, history.epoch_seconds[-1], val_loss, val_r2)
                 state.save(epoch, model, generator, history)
