@@ -34,6 +34,7 @@ from torchlr.scratch import linreg, sgd, squared_loss
 from torchlr.stream import BlockStream, block_order
 from torchlr.summed_loss import loss_sum
 from torchlr.terminal import TORCHRUN_VARS, in_torchrun  # noqa: F401 (in_torchrun: part of this API)
+from torchlr.validation import check_data
 
 BACKENDS = ("gloo", "nccl")
 # Long enough for ranks that start minutes apart on different machines, short enough that a
@@ -534,7 +535,6 @@ def launch_fit(features: torch.Tensor, labels: torch.Tensor, nprocs: int = 2, *,
     # Checked here, as fit would check them, before any process starts: a worker's error
     # came back a second or more later, wrapped in a WorkerError.
     from torchlr.train import configured  # train imports this module
-    from torchlr.validation import check_data
 
     config = configured(options.get("config"),
                         {k: v for k, v in options.items() if k not in ("config", "on_progress")},

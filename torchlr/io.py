@@ -123,8 +123,8 @@ def column_arguments(target: Any, features: Any) -> tuple[Optional[str], Optiona
 def choose_columns(path: str, names: Sequence[str], target: Optional[str],
                    features: Optional[Sequence[str]]) -> tuple[list[str], str]:
     """The feature and target columns of a table with these names: target defaults to the
-    last column, features to the rest. Raises naming what is unknown, repeated or missing."""
-    target, features = column_arguments(target, features)
+    last column, features to the rest, both as column_arguments returns them. Raises naming
+    what is unknown, repeated or missing."""
     target = names[-1] if target is None else target
     # One column whose name holds ';' or a tab: a file of other separators, read as one.
     one_column = ("; its header reads as one column: torchlr reads comma-separated values "

@@ -53,8 +53,8 @@ def _labelled(runs: Runs) -> list[tuple[str, Any]]:
             raise TypeError(f"runs must be FitResults, or a mapping of labels to FitResults "
                             f"or losses (such as {{'lr 0.1': result.losses}}), got "
                             f"{type(run).__name__}: {run!r}")
-    return [(f"{run.impl} ({run.device})" if _devices_differ(runs) else run.impl, run)
-            for run in runs]
+    with_device = _devices_differ(runs)
+    return [(f"{run.impl} ({run.device})" if with_device else run.impl, run) for run in runs]
 
 
 def _style(i: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from torchlr.io import (
     beyond_float32,
     check_npy_length,
     choose_columns,
+    column_arguments,
     constant_target,
     dtype_problem,
     is_constant,
@@ -69,7 +70,8 @@ class BlockStream:
             raise ValueError(f"{self.path}: streaming needs a C-ordered real array, "
                              f"got dtype {dtype}{' in Fortran order' if fortran else ''}")
         names = [f"x{j + 1}" for j in range(shape[1])]
-        features, target = choose_columns(self.path, names, target, features)
+        features, target = choose_columns(self.path, names,
+                                          *column_arguments(target, features))
         self.feature_names, self.target_name = features, target
         # The columns read, features then target: a NaN in a column the run does not use is
         # no concern of it, as in memory.
